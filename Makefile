@@ -1,0 +1,39 @@
+# spinppo: `make run` trains, `make test` runs the suite. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NP ?= $(shell nproc)
+STAMP := $(VENV)/.spinppo-installed
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: it is the local CPU build; an unpinned torch would pull gigabytes of CUDA.
+$(STAMP): setup.py pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip check
+	@touch $@
+
+run: install
+	$(PY) -m spinppo.run ppo --env Walker --cpu $(NP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) scripts/bench_mpi_avg_grads.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

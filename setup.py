@@ -1,0 +1,37 @@
+"""spinppo: MPI data-parallel PPO, VPG and A2C in PyTorch, in the style of Spinning Up."""
+
+import sys
+
+from setuptools import find_packages, setup
+
+install_requires = [
+    # 2.13.0 is the CPU build this project is developed and tested with; keep the range admitting it.
+    "torch>=2.2,<3",
+    "mpi4py>=4",
+    "numpy>=2",
+    "gymnasium[mujoco]>=1.1",
+    "joblib",
+    "matplotlib",
+    "tensorboard",
+    "imageio",
+    "imageio-ffmpeg",
+    # The only mlagents-envs release that installs on Python 3.11 beside numpy 2.
+    "mlagents-envs==0.28.0",
+    "protobuf<3.21",
+]
+if sys.platform.startswith("linux"):
+    # Puts mpirun/mpiexec inside the virtualenv: no system MPI needed.
+    install_requires.append("mpich")
+
+setup(
+    name="spinppo",
+    version="0.1.0",
+    description="MPI data-parallel on-policy RL (PPO, VPG, A2C) in PyTorch for gymnasium and Unity ML-Agents",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["spinppo", "spinppo.*"]),
+    python_requires=">=3.10",
+    install_requires=install_requires,
+    extras_require={"dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"]},
+    entry_points={"console_scripts": ["spinppo=spinppo.run:main"]},
+)

@@ -1,0 +1,349 @@
+"""One logger for screen and file, as Spinning Up's users know it.
+
+``EpochLogger.store()`` collects values during an epoch on every rank; ``log_tabular()`` reduces them over
+all ranks; ``dump_tabular()`` prints the table on rank 0 and appends a tab-separated row to
+``progress.txt`` (and TensorBoard). Every file is written atomically: a temporary file, then a rename, so
+a killed run never leaves a torn config or checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import torch
+
+from spinppo.utils.errors import UserError
+from spinppo.utils.mpi_tools import broadcast, mpi_statistics_scalar, proc_id
+
+MODEL_FORMAT = "spinppo-model-v1"
+
+
+def default_data_dir() -> str:
+    """Where runs go: $SPINPPO_DATA_DIR, else the source checkout's data/, else ./data."""
+    if os.environ.get("SPINPPO_DATA_DIR"):
+        return os.environ["SPINPPO_DATA_DIR"]
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.py").exists() and (checkout / "spinppo").is_dir():
+        return str(checkout / "data")
+    return osp.join(os.getcwd(), "data")
+
+
+# ---------------------------------------------------------------------------------------------- atomic files
+
+
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` by calling ``write(f)`` on a temporary file beside it, then renaming it into place.
+
+    Readers see the old file or the new one, never half of one; on any error the old file is untouched
+    and the temporary file is removed.
+    """
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{osp.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save`` made atomic."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_joblib_dump(obj: Any, path: str) -> None:
+    """``joblib.dump`` made atomic."""
+    atomic_write(path, lambda f: joblib.dump(obj, f))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file atomically."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def convert_json(obj: Any) -> Any:
+    """A JSON-serialisable version of ``obj`` (callables and classes by name, numpy values as numbers)."""
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {str(k): convert_json(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [convert_json(x) for x in obj]
+    if hasattr(obj, "__name__") and not hasattr(obj, "lambda"):
+        return getattr(obj, "__qualname__", obj.__name__)
+    if hasattr(obj, "__dict__") and obj.__dict__:
+        return {str(obj): {str(k): convert_json(v) for k, v in obj.__dict__.items()}}
+    return str(obj)
+
+
+def setup_logger_kwargs(
+    exp_name: str, seed: int | None = None, data_dir: str | None = None, datestamp: bool = False
+) -> dict[str, str]:
+    """Logger arguments for a run: ``output_dir`` is ``data_dir/exp_name/exp_name_s<seed>``.
+
+    With ``datestamp`` both levels get a date (and the run a time) so that repeated runs never collide;
+    every rank gets rank 0's time stamp. Call it on every rank.
+    """
+    data_dir = data_dir or default_data_dir()
+    stamp = broadcast(time.strftime("%Y-%m-%d_%H-%M-%S") if proc_id() == 0 else None)
+    relpath = f"{stamp[:10]}_{exp_name}" if datestamp else exp_name
+    subfolder = f"{exp_name}" if seed is None else f"{exp_name}_s{seed}"
+    if datestamp:
+        subfolder = f"{stamp}-{subfolder}"
+    return dict(output_dir=osp.join(data_dir, relpath, subfolder), exp_name=exp_name)
+
+
+def _run_files(output_dir: str) -> list[str]:
+    return [f for f in ("progress.txt", "config.json", "pyt_save") if osp.exists(osp.join(output_dir, f))]
+
+
+class Logger:
+    """Writes a run's files: ``progress.txt``, ``config.json``, model checkpoints and ``vars.pkl``.
+
+    Only rank 0 writes. ``output_dir`` defaults to ``./data/<timestamp>``. A directory that already holds a
+    run is refused with a clear message unless ``overwrite=True``: nothing a user has made is lost silently.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        output_fname: str = "progress.txt",
+        exp_name: str | None = None,
+        overwrite: bool = False,
+        tensorboard: bool = True,
+        resume: bool = False,
+    ) -> None:
+        self.output_dir = output_dir or osp.join(default_data_dir(), f"run_{int(time.time())}")
+        self.exp_name = exp_name
+        self.output_fname = output_fname
+        self.first_row = True
+        self.log_headers: list[str] = []
+        self.log_current_row: dict[str, Any] = {}
+        self.pytorch_saver_elements: torch.nn.Module | None = None
+        self.tb_writer = None
+        error = None
+        if proc_id() == 0:
+            error = self._prepare_dir(overwrite, resume)
+        error = broadcast(error)
+        if error:
+            raise UserError(error)
+        self.progress_path = osp.join(self.output_dir, output_fname)
+        if proc_id() == 0:
+            if resume and osp.exists(self.progress_path):
+                with open(self.progress_path) as f:
+                    header = f.readline().rstrip("\n")
+                if header:
+                    self.log_headers = header.split("\t")
+                    self.first_row = False
+            else:
+                open(self.progress_path, "w").close()
+            print(f"Logging data to {self.progress_path}", flush=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb_writer = SummaryWriter(log_dir=osp.join(self.output_dir, "tb"))
+
+    def _prepare_dir(self, overwrite: bool, resume: bool) -> str | None:
+        try:
+            if osp.isdir(self.output_dir) and _run_files(self.output_dir) and not (overwrite or resume):
+                return (
+                    f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
+                    "--datestamp for a fresh directory, or another --exp_name"
+                )
+            os.makedirs(self.output_dir, exist_ok=True)
+            probe = osp.join(self.output_dir, ".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.unlink(probe)
+        except OSError as e:
+            return (
+                f"cannot write the run directory {self.output_dir} ({e.strerror}): choose another --data_dir"
+            )
+        return None
+
+    # -------------------------------------------------------------------------------------------- table
+
+    def log(self, msg: str, color: str | None = None) -> None:
+        """Print a message on rank 0."""
+        if proc_id() == 0:
+            print(msg, flush=True)
+
+    def log_tabular(self, key: str, val: Any) -> None:
+        """Set this epoch's value of column ``key``. The columns of the first row fix the table's columns."""
+        if self.first_row:
+            if key not in self.log_headers:
+                self.log_headers.append(key)
+        elif key not in self.log_headers:
+            raise KeyError(f"new column {key!r} after the first row; log every column in the first epoch")
+        if key in self.log_current_row:
+            raise KeyError(f"column {key!r} set twice this epoch; call dump_tabular() between epochs")
+        self.log_current_row[key] = val
+
+    def dump_tabular(self, step: int | None = None) -> dict[str, Any]:
+        """Print the epoch's table (rank 0), append its row to progress.txt and TensorBoard; return the row.
+
+        ``step`` is TensorBoard's x value (default: the row's Epoch column).
+        """
+        row = {k: self.log_current_row.get(k, "") for k in self.log_headers}
+        if proc_id() == 0:
+            width = max(15, max(len(k) for k in self.log_headers))
+            lines = ["-" * (width + 22)]
+            for k, v in row.items():
+                shown = f"{v:8.3g}" if isinstance(v, (float, np.floating)) else str(v)
+                lines.append(f"| {k:>{width}} | {shown:>15} |")
+            lines.append("-" * (width + 22))
+            print("\n".join(lines), flush=True)
+            text = ""
+            if self.first_row:
+                text += "\t".join(self.log_headers) + "\n"
+            text += "\t".join(_cell(v) for v in row.values()) + "\n"
+            # One write() of the whole row with O_APPEND: a kill leaves the row whole or absent.
+            fd = os.open(self.progress_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, text.encode("utf-8"))
+            finally:
+                os.close(fd)
+            if self.tb_writer is not None:
+                x = step if step is not None else row.get("Epoch", 0)
+                for k, v in row.items():
+                    if isinstance(v, (int, float, np.number)) and k != "Epoch":
+                        self.tb_writer.add_scalar(k, float(v), int(x))
+                self.tb_writer.flush()
+        self.log_current_row.clear()
+        self.first_row = False
+        return row
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        """Write ``config.json`` (atomically) and print it, on rank 0."""
+        config_json = convert_json(config)
+        if self.exp_name is not None:
+            config_json["exp_name"] = self.exp_name
+        if proc_id() == 0:
+            text = json.dumps(config_json, separators=(",", ":\t"), indent=4, sort_keys=True)
+            atomic_write_text(osp.join(self.output_dir, "config.json"), text + "\n")
+
+    def setup_pytorch_saver(self, what_to_save: torch.nn.Module) -> None:
+        """Name the module that ``save_state`` checkpoints.
+
+        The module should carry a ``ctor_spec`` dict (plain values) saying how to rebuild it.
+        """
+        self.pytorch_saver_elements = what_to_save
+
+    def save_state(self, state_dict: dict[str, Any], itr: int | None = None) -> None:
+        """Save ``state_dict`` to ``vars.pkl`` (joblib) and the module to ``pyt_save/model.pt``, atomically.
+
+        With ``itr`` the files are ``vars<itr>.pkl`` and ``model<itr>.pt``, kept beside the latest.
+        """
+        if proc_id() != 0:
+            return
+        suffix = "" if itr is None else str(itr)
+        atomic_joblib_dump(state_dict, osp.join(self.output_dir, f"vars{suffix}.pkl"))
+        if self.pytorch_saver_elements is not None:
+            save_model(
+                self.pytorch_saver_elements, osp.join(self.output_dir, "pyt_save", f"model{suffix}.pt")
+            )
+
+    def close(self) -> None:
+        """Flush and close TensorBoard files."""
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    return str(v)
+
+
+def save_model(module: torch.nn.Module, path: str, extra: dict[str, Any] | None = None) -> None:
+    """Save a module as its state_dict plus ``module.ctor_spec`` (how to rebuild it), atomically.
+
+    The file loads with ``torch.load(path, weights_only=True)``: it holds tensors and plain values only.
+    """
+    payload = {
+        "format": MODEL_FORMAT,
+        "ctor": getattr(module, "ctor_spec", None),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+    }
+    if extra:
+        payload.update(extra)
+    atomic_torch_save(payload, path)
+
+
+def load_model_payload(path: str) -> dict[str, Any]:
+    """Read a file written by ``save_model`` with weights-only loading; a UserError if it is unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}: train a run first or pick another --itr") from None
+    except Exception as e:  # torch raises several types for torn or foreign files
+        raise UserError(
+            f"cannot read checkpoint {path} ({type(e).__name__}): it is damaged or not spinppo's"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path} is not a spinppo model checkpoint")
+    return payload
+
+
+class EpochLogger(Logger):
+    """A Logger that also averages values stored over an epoch, over all ranks.
+
+    ``store(EpRet=r)`` any number of times on any rank, then ``log_tabular('EpRet', with_min_and_max=True)``
+    logs AverageEpRet, StdEpRet, MaxEpRet and MinEpRet over every value stored on every rank.
+    Every rank must call ``log_tabular`` for the same keys in the same order (they are collectives).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_dict: dict[str, list] = {}
+
+    def store(self, **kwargs: Any) -> None:
+        """Add values to this epoch's lists, one list per keyword."""
+        for k, v in kwargs.items():
+            self.epoch_dict.setdefault(k, []).append(v)
+
+    def log_tabular(
+        self, key: str, val: Any = None, with_min_and_max: bool = False, average_only: bool = False
+    ) -> None:
+        """Log ``val``, or the statistics over ranks of the values stored under ``key`` this epoch."""
+        if val is not None:
+            super().log_tabular(key, val)
+            return
+        stats = self.get_stats(key, with_min_and_max)
+        super().log_tabular(key if average_only else "Average" + key, stats[0])
+        if not average_only:
+            super().log_tabular("Std" + key, stats[1])
+        if with_min_and_max:
+            super().log_tabular("Max" + key, stats[3])
+            super().log_tabular("Min" + key, stats[2])
+        self.epoch_dict[key] = []
+
+    def get_stats(self, key: str, with_min_and_max: bool = False) -> tuple:
+        """(mean, std[, min, max]) over ranks of the values stored under ``key`` (nan where none were)."""
+        values = self.epoch_dict.get(key, [])
+        flat = np.concatenate([np.ravel(v) for v in values]) if values else np.zeros(0)
+        return mpi_statistics_scalar(flat, with_min_and_max=with_min_and_max)

@@ -1,0 +1,176 @@
+"""Tiny MPI helpers in the manner of Spinning Up's ``spinup.utils.mpi_tools``.
+
+Every function works unchanged in a plain ``python`` process (a world of one rank).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+# Environment variables set by the MPI launchers we know of; their presence means we already run under one.
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
+
+
+def _find_mpirun() -> str:
+    """The mpirun of the running Python environment (the ``mpich`` wheel puts one in the venv), else PATH's."""
+    for name in ("mpirun", "mpiexec"):
+        candidate = Path(sys.executable).parent / name
+        if candidate.exists():
+            return str(candidate)
+    for name in ("mpirun", "mpiexec"):
+        found = shutil.which(name)
+        if found:
+            return found
+    from spinppo.utils.errors import UserError
+
+    raise UserError("no mpirun found: install MPI with 'pip install mpich' (or your cluster's MPI)")
+
+
+def mpi_fork(n: int, bind_to_core: bool = False) -> None:
+    """Re-run the current command under ``mpirun -np n`` and exit with its status.
+
+    Call it at the top of a script (``--cpu N`` does). Does nothing when ``n <= 1`` or when the process
+    already runs under MPI. Each rank gets one BLAS/OpenMP thread; ``setup_pytorch_for_mpi`` then shares
+    the cores among ranks.
+    """
+    if n <= 1 or os.environ.get("IN_MPI") or num_procs() > 1:
+        return
+    env = os.environ.copy()
+    env.update(IN_MPI="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    mpirun = _find_mpirun()
+    args = [mpirun, "-np", str(n)]
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        args += ["--oversubscribe"]  # Open MPI refuses more ranks than cores unless told
+        if os.geteuid() == 0:
+            args += ["--allow-run-as-root"]
+        if bind_to_core:
+            args += ["--bind-to", "core"]
+    elif bind_to_core:
+        args += ["-bind-to", "core"]
+    # sys.orig_argv keeps "-m spinppo.run" and interpreter flags, unlike sys.argv.
+    args += [sys.executable] + sys.orig_argv[1:]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(subprocess.call(args, env=env))
+
+
+def under_mpi_launcher() -> bool:
+    """True when a launcher (mpirun, srun) started this process."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def msg(m: str, string: str = "") -> None:
+    """Print a message prefixed with the rank that sends it."""
+    print(f"Message from {proc_id()}: {string} \t{m}", flush=True)
+
+
+def proc_id() -> int:
+    """Rank of the calling process."""
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def num_procs() -> int:
+    """Number of active MPI processes."""
+    return MPI.COMM_WORLD.Get_size()
+
+
+@cache
+def _local_comm() -> MPI.Comm:
+    # Ranks that share memory are ranks on one host.
+    return MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=proc_id())
+
+
+def local_rank() -> int:
+    """Rank of the calling process among the ranks on its own host."""
+    return _local_comm().Get_rank()
+
+
+def local_size() -> int:
+    """Number of ranks on the calling process's host."""
+    return _local_comm().Get_size()
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point."""
+    MPI.COMM_WORLD.Barrier()
+
+
+def broadcast(x, root: int = 0):
+    """Rank ``root``'s value on every rank.
+
+    A numpy array is overwritten in place (and returned); any other picklable object is returned.
+    """
+    if isinstance(x, np.ndarray):
+        MPI.COMM_WORLD.Bcast(x, root=root)
+        return x
+    return MPI.COMM_WORLD.bcast(x, root=root)
+
+
+def allgather(x) -> list:
+    """A list of every rank's (picklable) ``x``, in rank order."""
+    return MPI.COMM_WORLD.allgather(x)
+
+
+def mpi_op(x, op):
+    """Element-wise ``op`` over ranks of a scalar or array; returns the same shape (a float for scalars)."""
+    x, scalar = ([x], True) if np.isscalar(x) else (x, False)
+    x = np.asarray(x, dtype=np.float64)
+    buff = np.zeros_like(x)
+    MPI.COMM_WORLD.Allreduce(x, buff, op=op)
+    return float(buff[0]) if scalar else buff
+
+
+def mpi_sum(x):
+    """Sum of ``x`` over ranks."""
+    return mpi_op(x, MPI.SUM)
+
+
+def mpi_avg(x):
+    """Average of ``x`` over ranks."""
+    return mpi_sum(x) / num_procs()
+
+
+def mpi_min(x):
+    """Minimum of ``x`` over ranks."""
+    return mpi_op(x, MPI.MIN)
+
+
+def mpi_max(x):
+    """Maximum of ``x`` over ranks."""
+    return mpi_op(x, MPI.MAX)
+
+
+def mpi_statistics_scalar(x, with_min_and_max: bool = False):
+    """Mean and standard deviation of the values of ``x`` pooled over all ranks.
+
+    ``x`` is a sequence of numbers; a rank may hold none. Returns ``(mean, std)``, or
+    ``(mean, std, min, max)`` with ``with_min_and_max``. When no rank holds a value every figure is nan.
+    Three small collectives: (sum, count), (min, max) and the sum of squared deviations.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    local_min = x.min() if x.size else np.inf
+    local_max = x.max() if x.size else -np.inf
+    # Sum and count in one Allreduce; min and max folded in as -max(-x) and max(x).
+    packed = np.array([x.sum(), x.size, -local_min, local_max])
+    out = np.zeros(4)
+    MPI.COMM_WORLD.Allreduce(packed[:2].copy(), out[:2], op=MPI.SUM)
+    MPI.COMM_WORLD.Allreduce(packed[2:].copy(), out[2:], op=MPI.MAX)
+    global_sum, global_n = out[0], out[1]
+    if global_n == 0:
+        nan = float("nan")
+        return (nan, nan, nan, nan) if with_min_and_max else (nan, nan)
+    mean = global_sum / global_n
+    global_sum_sq = mpi_sum(np.sum((x - mean) ** 2))
+    std = float(np.sqrt(global_sum_sq / global_n))
+    if with_min_and_max:
+        return float(mean), std, float(-out[2]), float(out[3])
+    return float(mean), std

@@ -1,0 +1,44 @@
+"""Shared test helpers: run commands under a real mpirun from this virtualenv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MPIRUN = str(Path(sys.executable).parent / "mpirun")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: one BLAS thread, no launcher variables from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "IN_MPI"))}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", MUJOCO_GL="egl")
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], timeout: float = 300, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run a command, capture its output, and fail with that output if it exits non-zero (with check)."""
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(**env),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, **env: str):
+    """``mpirun -np n python ARGS...`` with the virtualenv's MPI."""
+    return run([MPIRUN, "-np", str(n), sys.executable, *args], timeout=timeout, check=check, **env)

@@ -1,0 +1,89 @@
+"""Checks of the MPI helpers, run under a real mpirun by tests/test_mpi.py.
+
+Each check asserts on every rank and prints ``OK <name>`` on rank 0 when all ranks agree.
+"""
+
+import sys
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from spinppo.utils.mpi_pytorch import mpi_avg_grads, setup_pytorch_for_mpi, sync_params
+from spinppo.utils.mpi_tools import allgather, mpi_statistics_scalar, num_procs, proc_id
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        self.unused = torch.nn.Parameter(torch.ones(4))  # never gets a gradient
+        self.rank1_only = torch.nn.Parameter(torch.ones(2))  # gets a gradient on rank 1 alone
+        self.register_buffer("count", torch.tensor(proc_id(), dtype=torch.int64))
+
+
+def check_avg_grads():
+    torch.manual_seed(0)
+    net = Net()
+    torch.manual_seed(100 + proc_id())  # different data on every rank
+    x = torch.randn(7, 5)
+    loss = net.body(x).pow(2).sum()
+    if proc_id() == 1:
+        loss = loss + (net.rank1_only * 3.0).sum()
+    loss.backward()
+    mine = {n: (None if p.grad is None else p.grad.clone().numpy()) for n, p in net.named_parameters()}
+    everyone = allgather(mine)
+    mpi_avg_grads(net)
+    for name, p in net.named_parameters():
+        grads = [g[name] for g in everyone]
+        if all(g is None for g in grads):
+            assert p.grad is None, f"{name}: no rank had a gradient, yet one appeared"
+            continue
+        expected = np.mean([np.zeros(p.shape, np.float32) if g is None else g for g in grads], axis=0)
+        assert p.grad is not None, f"{name}: gradient missing on rank {proc_id()}"
+        np.testing.assert_allclose(p.grad.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert net.unused.grad is None
+    if num_procs() > 1:
+        np.testing.assert_allclose(net.rank1_only.grad.numpy(), np.full(2, 3.0 / num_procs()), rtol=1e-6)
+    # Every rank holds the very same averaged gradient, bit for bit.
+    flat = torch.cat([p.grad.reshape(-1) for p in net.parameters() if p.grad is not None]).numpy().tobytes()
+    assert len(set(allgather(flat))) == 1, "ranks disagree on the averaged gradient"
+
+
+def check_sync_params():
+    torch.manual_seed(proc_id())  # different parameters on every rank
+    net = Net()
+    before = [t.detach().clone() for t in list(net.parameters()) + list(net.buffers())]
+    root_before = allgather([t.numpy().tobytes() for t in before])[0]
+    sync_params(net)
+    after = [t.detach().numpy().tobytes() for t in list(net.parameters()) + list(net.buffers())]
+    assert after == root_before, "parameters differ from rank 0's after sync_params"
+    assert len({b"".join(a) for a in allgather(after)}) == 1
+
+
+def check_statistics():
+    rng = np.random.default_rng(proc_id())
+    # Rank 1 holds nothing (an epoch in which no episode ended there).
+    x = np.zeros(0) if proc_id() == 1 else rng.normal(proc_id(), 1 + proc_id(), size=10 + 3 * proc_id())
+    allx = np.concatenate(allgather(x))
+    mean, std, lo, hi = mpi_statistics_scalar(x, with_min_and_max=True)
+    np.testing.assert_allclose(
+        [mean, std, lo, hi], [allx.mean(), allx.std(), allx.min(), allx.max()], rtol=1e-12
+    )
+    m2, s2 = mpi_statistics_scalar(list(x))
+    np.testing.assert_allclose([m2, s2], [allx.mean(), allx.std()], rtol=1e-12)
+    empty = mpi_statistics_scalar([], with_min_and_max=True)
+    assert all(np.isnan(v) for v in empty), empty
+
+
+def check_threads():
+    threads = setup_pytorch_for_mpi()
+    assert threads >= 1 and torch.get_num_threads() == threads
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        globals()[f"check_{name}"]()
+        MPI.COMM_WORLD.Barrier()
+        if proc_id() == 0:
+            print(f"OK {name} np={num_procs()}", flush=True)
