@@ -20,7 +20,7 @@ _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "
 
 
 def _find_mpirun() -> str:
-    """The mpirun of the running Python environment (the ``mpich`` wheel puts one in the venv), else PATH's."""
+    """The mpirun beside the running Python (the ``mpich`` wheel puts one in the venv), else PATH's."""
     for name in ("mpirun", "mpiexec"):
         candidate = Path(sys.executable).parent / name
         if candidate.exists():

@@ -1,0 +1,119 @@
+"""Environment names to environments.
+
+``--env`` takes any gymnasium id (``Walker2d-v5``), a short name (``Walker`` means Walker2d-v5; ``Hopper``,
+``CartPole``... mean the newest registered version), or ``unity:/path/to/Build.x86_64`` for a Unity
+ML-Agents build. ``Walker`` means a Unity Walker build when one is given (``unity_file`` or the
+SPINPPO_UNITY_FILE environment variable), else MuJoCo's Walker2d-v5.
+
+Every environment is handed to the rollout as a gymnasium ``VectorEnv`` in SAME_STEP autoreset mode: when a
+sub-environment's episode ends, ``step`` returns the first observation of its next episode and puts the
+last observation of the finished one in ``info["final_obs"]`` (where ``info["_final_obs"]`` is True).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from spinppo.utils.errors import UserError
+
+# Short names whose target is not simply "the newest version of the same name".
+ALIASES = {"Walker": "Walker2d"}
+
+
+@dataclass(frozen=True)
+class EnvChoice:
+    """What ``--env`` resolved to: ``kind`` is "gym" (``target`` a gymnasium id) or "unity" (a file path)."""
+
+    kind: str
+    target: str
+
+    def describe(self) -> str:
+        """A line for the run's log saying which environment it uses."""
+        if self.kind == "unity":
+            return f"Unity ML-Agents build {self.target}"
+        return f"gymnasium {self.target}"
+
+
+def _newest_versions() -> dict[str, str]:
+    newest: dict[str, tuple[int, str]] = {}
+    for env_id in gym.registry:
+        m = re.fullmatch(r"([A-Za-z0-9_]+)-v(\d+)", env_id)
+        if m and (m[1] not in newest or int(m[2]) > newest[m[1]][0]):
+            newest[m[1]] = (int(m[2]), env_id)
+    return {name: env_id for name, (_, env_id) in newest.items()}
+
+
+def short_names() -> dict[str, str]:
+    """Every short name and the gymnasium id it means."""
+    newest = _newest_versions()
+    names = dict(newest)
+    for alias, name in ALIASES.items():
+        if name in newest:
+            names[alias] = newest[name]
+    return names
+
+
+def resolve_env(name: str, unity_file: str | None = None) -> EnvChoice:
+    """Resolve an ``--env`` value; a UserError listing close matches when the name is unknown."""
+    if name.startswith("unity:"):
+        return EnvChoice("unity", name[len("unity:") :])
+    unity_file = unity_file or os.environ.get("SPINPPO_UNITY_FILE")
+    if unity_file and name.lower() == "walker":
+        return EnvChoice("unity", unity_file)
+    if name in gym.registry:
+        return EnvChoice("gym", name)
+    names = short_names()
+    by_lower = {k.lower(): v for k, v in names.items()}
+    if name.lower() in by_lower:
+        return EnvChoice("gym", by_lower[name.lower()])
+    candidates = sorted(set(names) | {k for k in gym.registry if "/" not in k})
+    close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
+    raise UserError(f"unknown environment {name!r}{hint}")
+
+
+def make_env(
+    env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
+) -> gym.Env:
+    """One gymnasium environment, with bad keyword arguments and missing extras as UserErrors."""
+    env_kwargs = dict(env_kwargs or {})
+    try:
+        return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    except TypeError as e:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        what = f"keyword {bad[1]!r}" if bad else f"these keywords ({e})"
+        raise UserError(f"{env_id} does not take {what}: fix --env_kwargs") from None
+    except gym.error.DependencyNotInstalled as e:
+        raise UserError(f"{env_id} needs an extra package: {str(e).splitlines()[0]}") from None
+
+
+def make_vec_env(
+    choice: EnvChoice,
+    num_envs: int = 1,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    unity_kwargs: dict[str, Any] | None = None,
+) -> gym.vector.VectorEnv:
+    """The vectorised environment a rank's rollout steps: ``num_envs`` copies seeded ``seed, seed+1, ...``.
+
+    For a Unity build the agents of its behavior are the sub-environments and ``num_envs`` is ignored;
+    ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir) go to the Unity adapter.
+    The caller resets it (``env.reset(seed=seed)``) before the first step.
+    """
+    if choice.kind == "unity":
+        from spinppo.envs.unity import make_unity_env
+
+        env = make_unity_env(file_name=choice.target, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {}))
+    else:
+        make_env(choice.target, env_kwargs).close()  # fail early, with a clear message, on bad kwargs
+        fns = [lambda: make_env(choice.target, env_kwargs) for _ in range(num_envs)]
+        env = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    env.action_space.seed(seed)
+    return env
