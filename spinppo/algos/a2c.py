@@ -1,0 +1,106 @@
+"""Synchronous Advantage Actor-Critic (A2C), data-parallel over MPI ranks.
+
+    L = L_pi + c_v L_v - c_reg H,   L_pi = -E[log pi(a_t|s_t) A_t],   L_v = E[(V(s_t) - R_t)^2]
+
+Every rank steps ``num_envs`` environments for ``n_steps`` steps, then all ranks take ONE gradient step
+together. With ``lam=1`` the advantages are n-step returns bootstrapped with V; with ``lam<1``, GAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.core.networks import MLPActorCritic
+from spinppo.utils.errors import UserError
+from spinppo.utils.mpi_pytorch import mpi_avg_grads
+from spinppo.utils.mpi_tools import num_procs
+
+
+def a2c(
+    env_fn: Callable[[], Any],
+    actor_critic: type[MLPActorCritic] = MLPActorCritic,
+    ac_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 4000,
+    epochs: int = 50,
+    num_envs: int = 8,
+    n_steps: int = 5,
+    gamma: float = 0.99,
+    lam: float = 1.0,
+    lr: float = 7e-4,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    max_grad_norm: float = 0.5,
+    norm_adv: bool = False,
+    norm_reward: bool = False,
+    logger_kwargs: dict[str, Any] | None = None,
+    save_freq: int = 10,
+) -> MLPActorCritic:
+    """Train a policy with A2C; returns the trained actor-critic.
+
+    Args:
+        env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
+        actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
+        seed: random seed; rank r uses seed + 10000 r.
+        steps_per_epoch: environment steps per epoch over all ranks (a whole number of rollouts).
+        epochs: number of epochs to run; an epoch holds steps_per_epoch / (ranks x num_envs x n_steps) updates.
+        num_envs: environments each rank steps together with one batched policy call.
+        n_steps: steps per environment between gradient steps.
+        gamma: discount factor.
+        lam: GAE lambda; 1.0 gives n-step returns.
+        lr: RMSprop learning rate.
+        vf_coef: value-loss coefficient c_v.
+        ent_coef: entropy regularisation coefficient c_reg.
+        max_grad_norm: clip the global gradient norm to this (0 turns it off).
+        norm_adv: normalise advantages over each rollout (over all ranks).
+        norm_reward: scale rewards by the running std of the discounted return.
+        logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
+        save_freq: save the model every this many epochs (and at the end).
+    """
+    config = dict(locals())
+    check_positive(lr=lr, n_steps=n_steps, epochs=epochs, num_envs=num_envs, steps_per_epoch=steps_per_epoch)
+    rollout = num_procs() * num_envs * n_steps
+    if steps_per_epoch % rollout:
+        raise UserError(
+            f"--steps_per_epoch {steps_per_epoch} must be a multiple of ranks x num_envs x n_steps = {rollout}, "
+            f"e.g. {max(1, round(steps_per_epoch / rollout)) * rollout}"
+        )
+    run = OnPolicyRun(
+        env_fn,
+        actor_critic,
+        ac_kwargs,
+        seed,
+        steps_per_epoch,
+        rollouts_per_epoch=steps_per_epoch // rollout,
+        num_envs=num_envs,
+        gamma=gamma,
+        lam=lam,
+        norm_reward=norm_reward,
+        logger_kwargs=logger_kwargs,
+        config=config,
+    )
+    ac = run.ac
+    optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5)
+
+    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
+        adv = data["adv"] if norm_adv else data["ret"] - data["val"]
+        logp, entropy, v = ac.evaluate(data["obs"], data["act"])
+        loss_pi = -(logp * adv).mean()
+        loss_v = ((v - data["ret"]) ** 2).mean()
+        ent = entropy.mean()
+        loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        mpi_avg_grads(ac)
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
+        optimizer.step()
+        return dict(LossPi=float(loss_pi), LossV=float(loss_v), Entropy=float(ent))
+
+    run.train(update, epochs, log_keys=["LossPi", "LossV", "Entropy"], save_freq=save_freq)
+    return ac

@@ -1,0 +1,160 @@
+"""Proximal Policy Optimization (clip), data-parallel over MPI ranks.
+
+    L(theta) = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
+
+with r_t = pi(a_t|s_t) / pi_old(a_t|s_t), A_t the GAE-lambda advantage and R_t the lambda-return.
+Several epochs of minibatch SGD per rollout; gradients are averaged over ranks after every backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.core.networks import MLPActorCritic
+from spinppo.utils.errors import UserError
+from spinppo.utils.mpi_pytorch import mpi_avg_grads
+from spinppo.utils.mpi_tools import mpi_avg, num_procs
+
+
+def ppo(
+    env_fn: Callable[[], Any],
+    actor_critic: type[MLPActorCritic] = MLPActorCritic,
+    ac_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 4096,
+    epochs: int = 50,
+    num_envs: int = 4,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    clip_ratio: float = 0.2,
+    lr: float = 3e-4,
+    anneal_lr: bool = True,
+    update_epochs: int = 10,
+    minibatch_size: int = 64,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    clip_vloss: bool = False,
+    max_grad_norm: float = 0.5,
+    target_kl: float | None = None,
+    norm_adv: bool = True,
+    norm_reward: bool = True,
+    logger_kwargs: dict[str, Any] | None = None,
+    save_freq: int = 10,
+) -> MLPActorCritic:
+    """Train a policy with PPO-clip; returns the trained actor-critic.
+
+    Args:
+        env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
+        actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
+        seed: random seed; rank r uses seed + 10000 r for its environments and sampling.
+        steps_per_epoch: environment steps per epoch over all ranks and environments (the batch).
+        epochs: number of epochs (rollout + update) to run.
+        num_envs: environments each rank steps together with one batched policy call.
+        gamma: discount factor.
+        lam: GAE lambda (ML-Agents' lambd).
+        clip_ratio: PPO's clip range epsilon.
+        lr: Adam learning rate.
+        anneal_lr: decay the learning rate linearly to 0 over the epochs.
+        update_epochs: passes over the batch per update (ML-Agents' num_epoch).
+        minibatch_size: samples per gradient step over all ranks (ML-Agents' batch_size).
+        vf_coef: value-loss coefficient c_v.
+        ent_coef: entropy bonus coefficient (ML-Agents' beta).
+        clip_vloss: clip the value function's change like the policy's (usually no help).
+        max_grad_norm: clip the global gradient norm to this (0 turns it off).
+        target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
+        norm_adv: normalise advantages over the batch (over all ranks).
+        norm_reward: scale rewards by the running std of the discounted return.
+        logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
+        save_freq: save the model every this many epochs (and at the end).
+    """
+    config = dict(locals())
+    check_positive(
+        lr=lr, update_epochs=update_epochs, minibatch_size=minibatch_size, clip_ratio=clip_ratio, epochs=epochs
+    )
+    if target_kl is not None and target_kl <= 0:
+        raise UserError(f"--target_kl must be positive (or None to turn it off), not {target_kl}")
+    if minibatch_size % num_procs() or minibatch_size > steps_per_epoch:
+        raise UserError(
+            f"--minibatch_size {minibatch_size} must divide among {num_procs()} ranks and not exceed "
+            f"--steps_per_epoch {steps_per_epoch}"
+        )
+    run = OnPolicyRun(
+        env_fn,
+        actor_critic,
+        ac_kwargs,
+        seed,
+        steps_per_epoch,
+        num_envs=num_envs,
+        gamma=gamma,
+        lam=lam,
+        norm_reward=norm_reward,
+        logger_kwargs=logger_kwargs,
+        config=config,
+    )
+    ac = run.ac
+    local_mb = minibatch_size // num_procs()
+    optimizer = torch.optim.Adam(ac.parameters(), lr=lr, eps=1e-5)
+
+    def anneal(epoch: int) -> None:
+        if anneal_lr:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1.0 - epoch / epochs)
+
+    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
+        obs, act, adv, ret = data["obs"], data["act"], data["adv"], data["ret"]
+        logp_old, v_old = data["logp"], data["val"]
+        n = obs.shape[0]
+        sums = np.zeros(5)  # loss_pi, loss_v, entropy, clipfrac, count
+        stop_iter = update_epochs
+        kl = 0.0
+        for i in range(update_epochs):
+            perm = torch.randperm(n)
+            kl_sum, kl_count = 0.0, 0
+            for start in range(0, n - local_mb + 1, local_mb):
+                idx = perm[start : start + local_mb]
+                logp, entropy, v = ac.evaluate(obs[idx], act[idx])
+                log_ratio = logp - logp_old[idx]
+                ratio = log_ratio.exp()
+                a = adv[idx]
+                loss_pi = -torch.min(ratio * a, torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * a).mean()
+                if clip_vloss:
+                    v_clipped = v_old[idx] + torch.clamp(v - v_old[idx], -clip_ratio, clip_ratio)
+                    loss_v = 0.5 * torch.max((v - ret[idx]) ** 2, (v_clipped - ret[idx]) ** 2).mean()
+                else:
+                    loss_v = 0.5 * ((v - ret[idx]) ** 2).mean()
+                ent = entropy.mean()
+                loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+
+                optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                mpi_avg_grads(ac)
+                if max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
+                optimizer.step()
+
+                with torch.no_grad():
+                    kl_sum += float(((ratio - 1) - log_ratio).mean())  # low-variance KL estimate
+                    clipfrac = float(((ratio - 1).abs() > clip_ratio).float().mean())
+                kl_count += 1
+                sums += (float(loss_pi), float(loss_v), float(ent), clipfrac, 1)
+            kl = mpi_avg(kl_sum / max(kl_count, 1))
+            if target_kl is not None and kl > 1.5 * target_kl:
+                stop_iter = i + 1
+                break
+        loss_pi, loss_v, ent, clipfrac = sums[:4] / max(sums[4], 1)
+        return dict(LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=kl, ClipFrac=clipfrac, StopIter=stop_iter)
+
+    run.train(
+        update,
+        epochs,
+        log_keys=["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"],
+        save_freq=save_freq,
+        on_epoch_start=anneal,
+    )
+    return ac

@@ -1,0 +1,102 @@
+"""Vanilla Policy Gradient with a learned value baseline and GAE-lambda advantages (Spinning Up's VPG).
+
+    grad J(theta) = E[ grad log pi(a_t|s_t) A_t ]        one policy step per epoch, on the whole batch
+    V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.core.networks import MLPActorCritic
+from spinppo.utils.mpi_pytorch import mpi_avg_grads
+
+
+def vpg(
+    env_fn: Callable[[], Any],
+    actor_critic: type[MLPActorCritic] = MLPActorCritic,
+    ac_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 4000,
+    epochs: int = 50,
+    num_envs: int = 1,
+    gamma: float = 0.99,
+    lam: float = 0.97,
+    pi_lr: float = 3e-4,
+    vf_lr: float = 1e-3,
+    train_v_iters: int = 80,
+    ent_coef: float = 0.0,
+    norm_reward: bool = False,
+    logger_kwargs: dict[str, Any] | None = None,
+    save_freq: int = 10,
+) -> MLPActorCritic:
+    """Train a policy with vanilla policy gradient; returns the trained actor-critic.
+
+    Args:
+        env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
+        actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
+        seed: random seed; rank r uses seed + 10000 r.
+        steps_per_epoch: environment steps per epoch over all ranks and environments.
+        epochs: number of epochs (rollout + update) to run.
+        num_envs: environments each rank steps together with one batched policy call.
+        gamma: discount factor.
+        lam: GAE lambda.
+        pi_lr: policy learning rate (Adam).
+        vf_lr: value-function learning rate (Adam).
+        train_v_iters: value-function gradient steps per epoch.
+        ent_coef: entropy bonus coefficient.
+        norm_reward: scale rewards by the running std of the discounted return.
+        logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
+        save_freq: save the model every this many epochs (and at the end).
+    """
+    config = dict(locals())
+    check_positive(pi_lr=pi_lr, vf_lr=vf_lr, train_v_iters=train_v_iters, epochs=epochs)
+    ac_kwargs = {"shared_trunk": False, **(ac_kwargs or {})}
+    run = OnPolicyRun(
+        env_fn,
+        actor_critic,
+        ac_kwargs,
+        seed,
+        steps_per_epoch,
+        num_envs=num_envs,
+        gamma=gamma,
+        lam=lam,
+        norm_reward=norm_reward,
+        logger_kwargs=logger_kwargs,
+        config=config,
+    )
+    ac = run.ac
+    v_params = list(ac.v.parameters())
+    pi_params = [p for name, p in ac.named_parameters() if not name.startswith("v.")]
+    pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr)
+    vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr)
+
+    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
+        obs, act, adv, ret = data["obs"], data["act"], data["adv"], data["ret"]
+        # One policy-gradient step on the whole batch.
+        logp, entropy, _ = ac.evaluate(obs, act)
+        loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
+        pi_optimizer.zero_grad(set_to_none=False)
+        loss_pi.backward()
+        mpi_avg_grads(ac)
+        pi_optimizer.step()
+        with torch.no_grad():
+            kl = float((data["logp"] - ac.evaluate(obs, act)[0]).mean())
+        # Value-function regression on the lambda-returns.
+        loss_v_first = None
+        for _ in range(train_v_iters):
+            loss_v = ((ac.value(obs) - ret) ** 2).mean()
+            vf_optimizer.zero_grad(set_to_none=False)
+            loss_v.backward()
+            mpi_avg_grads(ac)
+            vf_optimizer.step()
+            loss_v_first = float(loss_v) if loss_v_first is None else loss_v_first
+        return dict(LossPi=float(loss_pi), LossV=loss_v_first, Entropy=float(entropy.mean()), KL=kl)
+
+    run.train(update, epochs, log_keys=["LossPi", "LossV", "Entropy", "KL"], save_freq=save_freq)
+    return ac

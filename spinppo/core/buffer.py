@@ -1,0 +1,110 @@
+"""Trajectory storage for N environments x T steps, with GAE-lambda advantages and returns.
+
+Gymnasium's two ways an episode ends are kept apart:
+- terminated: the state is terminal, its future is worth 0, so nothing is bootstrapped;
+- truncated (time limit): the episode was cut, so the return is bootstrapped with V(final observation),
+  folded into the last reward as ``r + gamma * V(s_final)``;
+- the epoch cut: every unfinished trajectory is bootstrapped with V(next observation) (``finish``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from spinppo.utils.mpi_tools import mpi_statistics_scalar
+
+
+class GAEBuffer:
+    """Stores one rank's rollout of ``steps`` steps of ``num_envs`` environments.
+
+    Call ``store`` once per step with per-environment arrays, ``finish(last_val)`` after the last step,
+    then ``get()`` for the flat training batch. Advantages are normalised over all ranks.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_shape: tuple[int, ...],
+        num_envs: int,
+        steps: int,
+        gamma: float = 0.99,
+        lam: float = 0.95,
+        discrete: bool = False,
+    ) -> None:
+        self.obs = np.zeros((steps, num_envs, obs_dim), dtype=np.float32)
+        self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
+        self.rew = np.zeros((steps, num_envs), dtype=np.float32)
+        self.val = np.zeros((steps, num_envs), dtype=np.float32)
+        self.logp = np.zeros((steps, num_envs), dtype=np.float32)
+        self.done = np.zeros((steps, num_envs), dtype=bool)
+        self.adv = np.zeros((steps, num_envs), dtype=np.float32)
+        self.ret = np.zeros((steps, num_envs), dtype=np.float32)
+        self.gamma, self.lam = gamma, lam
+        self.steps, self.num_envs = steps, num_envs
+        self.ptr = 0
+
+    def store(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        rew: np.ndarray,
+        val: np.ndarray,
+        logp: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        final_val: np.ndarray | None = None,
+    ) -> None:
+        """Record one step of every environment.
+
+        ``final_val`` is V(final observation) for environments whose episode was truncated at this step
+        (other entries are ignored); it is required when any entry of ``truncated`` is set.
+        """
+        t = self.ptr
+        assert t < self.steps, "buffer full: call finish() and get() before storing more"
+        self.obs[t] = obs
+        self.act[t] = act
+        self.val[t] = val
+        self.logp[t] = logp
+        rew = np.asarray(rew, dtype=np.float32)
+        bootstrap = np.logical_and(truncated, np.logical_not(terminated))
+        if bootstrap.any():
+            rew = rew + self.gamma * np.where(bootstrap, final_val, 0.0).astype(np.float32)
+        self.rew[t] = rew
+        self.done[t] = np.logical_or(terminated, truncated)
+        self.ptr += 1
+
+    def finish(self, last_val: np.ndarray) -> None:
+        """Compute GAE advantages and lambda-returns; ``last_val`` is V(next observation) per environment."""
+        assert self.ptr == self.steps, f"buffer holds {self.ptr} of {self.steps} steps"
+        next_val = np.asarray(last_val, dtype=np.float32)
+        gae = np.zeros(self.num_envs, dtype=np.float32)
+        discount = self.gamma * self.lam
+        for t in reversed(range(self.steps)):
+            not_done = 1.0 - self.done[t]
+            delta = self.rew[t] + self.gamma * next_val * not_done - self.val[t]
+            gae = delta + discount * not_done * gae
+            self.adv[t] = gae
+            next_val = self.val[t]
+        self.ret[:] = self.adv + self.val
+
+    def get(self, normalize_adv: bool = True) -> dict[str, torch.Tensor]:
+        """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.
+
+        Advantage normalisation uses the mean and standard deviation over all ranks (a collective).
+        """
+        assert self.ptr == self.steps
+        self.ptr = 0
+        adv = self.adv.reshape(-1)
+        if normalize_adv:
+            mean, std = mpi_statistics_scalar(adv)
+            adv = (adv - mean) / (std + 1e-8)
+        n = self.steps * self.num_envs
+        return {
+            "obs": torch.from_numpy(self.obs.reshape(n, -1)),
+            "act": torch.from_numpy(self.act.reshape(n, *self.act.shape[2:])),
+            "ret": torch.from_numpy(self.ret.reshape(n)),
+            "adv": torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),
+            "logp": torch.from_numpy(self.logp.reshape(n)),
+            "val": torch.from_numpy(self.val.reshape(n)),
+        }

@@ -1,0 +1,178 @@
+"""Actor-critic networks: MLP trunks with a Gaussian (Box actions) or Categorical (Discrete) policy head.
+
+The hot path is ``step()``: one batched call per environment step. It samples with plain tensor
+arithmetic rather than building ``torch.distributions`` objects, which costs as much as a MuJoCo step when
+done per observation. ``evaluate()`` is the update's path: log-probabilities, entropies and values for a
+minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from spinppo.core.normalize import RunningMeanStd
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def space_spec(space: gym.Space) -> dict[str, Any]:
+    """A plain-values description of an observation or action space (saved in checkpoints)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"kind": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        return {"kind": "box", "shape": [int(s) for s in space.shape]}
+    raise TypeError(f"spinppo supports Box and Discrete spaces, not {type(space).__name__}")
+
+
+def mlp(sizes: list[int], activation: str, layer_norm: bool = False, output_gain: float = 1.0) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ``activation`` (and LayerNorm, ML-Agents style) between them.
+
+    Orthogonal initialisation: gain sqrt(2) for hidden layers, ``output_gain`` for the last; zero biases.
+    """
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        linear = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, gain=output_gain if last else math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            if layer_norm:
+                layers.append(nn.LayerNorm(sizes[i + 1]))
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPActorCritic(nn.Module):
+    """Policy ``pi`` and value function ``v`` for flat observations.
+
+    Pass the environment's single observation and action spaces. Box actions get a Gaussian policy with a
+    state-independent log standard deviation; Discrete actions a Categorical one. ``shared_trunk`` puts
+    policy and value heads on one trunk (ML-Agents' default is separate trunks, as here).
+    Observations are normalised inside the module by ``obs_rms`` (running statistics the algorithm
+    updates between epochs, saved with the weights), so a saved policy takes raw observations.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
+        activation: str = "tanh",
+        layer_norm: bool = False,
+        shared_trunk: bool = False,
+        log_std_init: float = 0.0,
+        norm_obs: bool = True,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+        obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
+        if obs_spec["kind"] != "box" or len(obs_spec["shape"]) != 1:
+            raise ValueError("MLPActorCritic needs flat Box observations")
+        hidden = [int(h) for h in hidden_sizes]
+        # Everything needed to rebuild this module from a checkpoint, in plain values.
+        self.ctor_spec = {
+            "class": "MLPActorCritic",
+            "observation": obs_spec,
+            "action": act_spec,
+            "hidden_sizes": hidden,
+            "activation": activation,
+            "layer_norm": bool(layer_norm),
+            "shared_trunk": bool(shared_trunk),
+            "log_std_init": float(log_std_init),
+            "norm_obs": bool(norm_obs),
+        }
+        obs_dim = obs_spec["shape"][0]
+        self.discrete = act_spec["kind"] == "discrete"
+        act_dim = act_spec["n"] if self.discrete else int(np.prod(act_spec["shape"]))
+        self.act_shape = () if self.discrete else tuple(act_spec["shape"])
+        self.norm_obs = norm_obs
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.shared_trunk = shared_trunk
+        if shared_trunk and hidden:
+            self.trunk = mlp([obs_dim, *hidden], activation, layer_norm, output_gain=math.sqrt(2))
+            self.trunk.append(ACTIVATIONS[activation]())
+            feat = hidden[-1]
+            # A small policy output layer keeps the initial policy near uniform / near zero mean.
+            self.pi = mlp([feat, act_dim], activation, output_gain=0.01)
+            self.v = mlp([feat, 1], activation, output_gain=1.0)
+        else:
+            self.trunk = nn.Identity()
+            self.pi = mlp([obs_dim, *hidden, act_dim], activation, layer_norm, output_gain=0.01)
+            self.v = mlp([obs_dim, *hidden, 1], activation, layer_norm, output_gain=1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+
+    # ----------------------------------------------------------------------------------------- helpers
+
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.norm_obs:
+            obs = self.obs_rms.normalize(obs)
+        return self.trunk(obs)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) for a batch of raw observations, shape [B]."""
+        return self.v(self._features(obs)).squeeze(-1)
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients."""
+        feat = self._features(obs)
+        out = self.pi(feat)
+        value = self.v(feat).squeeze(-1)
+        if self.discrete:
+            logp_all = torch.log_softmax(out, dim=-1)
+            action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
+            logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        else:
+            noise = torch.randn_like(out)
+            action = out + noise * self.log_std.exp()
+            logp = -(0.5 * noise.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
+            action = action.view(-1, *self.act_shape)
+        return action, value, logp
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete)."""
+        if not deterministic:
+            return self.step(obs)[0]
+        out = self.pi(self._features(obs))
+        return out.argmax(-1) if self.discrete else out.view(-1, *self.act_shape)
+
+    def evaluate(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients."""
+        feat = self._features(obs)
+        out = self.pi(feat)
+        value = self.v(feat).squeeze(-1)
+        if self.discrete:
+            logp_all = torch.log_softmax(out, dim=-1)
+            logp = logp_all.gather(-1, act.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        else:
+            act = act.view(act.shape[0], -1)
+            z = (act - out) * torch.exp(-self.log_std)
+            logp = -(0.5 * z.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
+            entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(obs.shape[0])
+        return logp, entropy, value
+
+
+def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:
+    """Rebuild an actor-critic from the ``ctor_spec`` saved in a checkpoint."""
+    spec = dict(ctor_spec)
+    if spec.pop("class", "MLPActorCritic") != "MLPActorCritic":
+        raise ValueError(f"unknown actor-critic class in checkpoint: {ctor_spec.get('class')}")
+    obs, act = spec.pop("observation"), spec.pop("action")
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs["shape"]), dtype=np.float32)
+    if act["kind"] == "discrete":
+        act_space: gym.Space = gym.spaces.Discrete(act["n"])
+    else:
+        act_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(act["shape"]), dtype=np.float32)
+    return MLPActorCritic(obs_space, act_space, **spec)

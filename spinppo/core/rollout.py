@@ -1,0 +1,84 @@
+"""One rank's rollout worker: steps its vectorised environments with one batched policy call per step."""
+
+from __future__ import annotations
+
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from spinppo.core.buffer import GAEBuffer
+from spinppo.core.networks import MLPActorCritic
+from spinppo.core.normalize import RewardScaler
+
+
+class RolloutWorker:
+    """Fills a ``GAEBuffer`` from a gymnasium ``VectorEnv`` in SAME_STEP autoreset mode.
+
+    Episode returns and lengths (of the environment's own rewards, before any scaling) go to the logger
+    as ``EpRet`` and ``EpLen`` when episodes end. Actions are stored as sampled and clipped to the action
+    bounds only when sent to the environment.
+    """
+
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        ac: MLPActorCritic,
+        seed: int,
+        reward_scaler: RewardScaler | None = None,
+    ) -> None:
+        self.env, self.ac, self.reward_scaler = env, ac, reward_scaler
+        obs, _ = env.reset(seed=seed)
+        self.obs = np.asarray(obs, dtype=np.float32)
+        self.num_envs = env.num_envs
+        self.ep_ret = np.zeros(self.num_envs)
+        self.ep_len = np.zeros(self.num_envs, dtype=np.int64)
+        space = env.single_action_space
+        self.clip = isinstance(space, gym.spaces.Box) and bool(np.all(np.isfinite(space.low)))
+        if self.clip:
+            self.low, self.high = space.low, space.high
+        self.env_time = 0.0
+        self.inference_time = 0.0
+
+    def collect(self, buf: GAEBuffer, logger) -> None:
+        """Run ``buf.steps`` steps of every environment into ``buf`` and finish it (GAE)."""
+        ac, env = self.ac, self.env
+        obs = self.obs
+        for _ in range(buf.steps):
+            t0 = time.perf_counter()
+            act, val, logp = ac.step(torch.from_numpy(obs))
+            act_np = act.numpy()
+            env_act = np.clip(act_np, self.low, self.high) if self.clip else act_np
+            t1 = time.perf_counter()
+            next_obs, rew, terminated, truncated, info = env.step(env_act)
+            t2 = time.perf_counter()
+            self.env_time += t2 - t1
+            rew = np.asarray(rew, dtype=np.float64)
+            done = np.logical_or(terminated, truncated)
+            self.ep_ret += rew
+            self.ep_len += 1
+            final_val = None
+            bootstrap = np.logical_and(truncated, np.logical_not(terminated))
+            if bootstrap.any():
+                # The value of where a truncated episode stopped: its return continues past the cut.
+                idx = np.flatnonzero(bootstrap)
+                final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
+                final_val = np.zeros(self.num_envs, dtype=np.float32)
+                with torch.no_grad():
+                    final_val[idx] = ac.value(torch.from_numpy(final_obs)).numpy()
+            if self.reward_scaler is not None:
+                rew = self.reward_scaler.scale(rew, done)
+            buf.store(obs, act_np, rew, val.numpy(), logp.numpy(), terminated, truncated, final_val)
+            if done.any():
+                for i in np.flatnonzero(done):
+                    logger.store(EpRet=self.ep_ret[i], EpLen=self.ep_len[i])
+                self.ep_ret[done] = 0.0
+                self.ep_len[done] = 0
+            obs = np.asarray(next_obs, dtype=np.float32)
+            self.inference_time += time.perf_counter() - t2 + t1 - t0
+        self.obs = obs
+        with torch.no_grad():
+            last_val = ac.value(torch.from_numpy(obs)).numpy()
+        buf.finish(last_val)
+        logger.store(VVals=buf.val.reshape(-1))
