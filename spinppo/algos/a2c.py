@@ -48,7 +48,7 @@ def a2c(
         ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
         seed: random seed; rank r uses seed + 10000 r.
         steps_per_epoch: environment steps per epoch over all ranks (a whole number of rollouts).
-        epochs: number of epochs to run; an epoch holds steps_per_epoch / (ranks x num_envs x n_steps) updates.
+        epochs: number of epochs; each holds steps_per_epoch / (ranks x num_envs x n_steps) updates.
         num_envs: environments each rank steps together with one batched policy call.
         n_steps: steps per environment between gradient steps.
         gamma: discount factor.
@@ -67,7 +67,8 @@ def a2c(
     rollout = num_procs() * num_envs * n_steps
     if steps_per_epoch % rollout:
         raise UserError(
-            f"--steps_per_epoch {steps_per_epoch} must be a multiple of ranks x num_envs x n_steps = {rollout}, "
+            f"--steps_per_epoch {steps_per_epoch} must be a multiple of ranks x num_envs x n_steps "
+            f"= {rollout}, "
             f"e.g. {max(1, round(steps_per_epoch / rollout)) * rollout}"
         )
     run = OnPolicyRun(
@@ -81,6 +82,7 @@ def a2c(
         gamma=gamma,
         lam=lam,
         norm_reward=norm_reward,
+        norm_adv=norm_adv,
         logger_kwargs=logger_kwargs,
         config=config,
     )
@@ -88,7 +90,7 @@ def a2c(
     optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5)
 
     def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
-        adv = data["adv"] if norm_adv else data["ret"] - data["val"]
+        adv = data["adv"]
         logp, entropy, v = ac.evaluate(data["obs"], data["act"])
         loss_pi = -(logp * adv).mean()
         loss_v = ((v - data["ret"]) ** 2).mean()

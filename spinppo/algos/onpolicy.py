@@ -67,6 +67,7 @@ class OnPolicyRun:
         gamma: float = 0.99,
         lam: float = 0.95,
         norm_reward: bool = True,
+        norm_adv: bool = True,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -74,10 +75,6 @@ class OnPolicyRun:
         if not 0 < gamma <= 1 or not 0 <= lam <= 1:
             raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
         setup_pytorch_for_mpi()
-        self.logger = EpochLogger(**(logger_kwargs or {}))
-        if config is not None:
-            self.logger.save_config(config)
-
         # Each rank explores differently; sync_params below makes the networks identical anyway.
         self.seed = seed + 10000 * proc_id()
         torch.manual_seed(self.seed)
@@ -96,8 +93,13 @@ class OnPolicyRun:
                 + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
                 + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
             )
+        # Only now, with the input checked, make the run directory.
+        self.logger = EpochLogger(**(logger_kwargs or {}))
+        if config is not None:
+            self.logger.save_config(config)
         self.steps_per_epoch = steps_per_epoch
         self.rollouts_per_epoch = rollouts_per_epoch
+        self.norm_adv = norm_adv
         self.rollout_steps = per_env  # steps per environment in one rollout
 
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
@@ -145,7 +147,7 @@ class OnPolicyRun:
             update_time = 0.0
             for _ in range(self.rollouts_per_epoch):
                 worker.collect(buf, logger)
-                data = buf.get()
+                data = buf.get(normalize_adv=self.norm_adv)
                 t0 = time.perf_counter()
                 stats = update(data)
                 update_time += time.perf_counter() - t0
@@ -180,4 +182,3 @@ class OnPolicyRun:
     def output_dir(self) -> str:
         """The run directory."""
         return self.logger.output_dir
-

@@ -1,6 +1,6 @@
 """Proximal Policy Optimization (clip), data-parallel over MPI ranks.
 
-    L(theta) = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
+    L = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
 
 with r_t = pi(a_t|s_t) / pi_old(a_t|s_t), A_t the GAE-lambda advantage and R_t the lambda-return.
 Several epochs of minibatch SGD per rollout; gradients are averaged over ranks after every backward.
@@ -75,7 +75,11 @@ def ppo(
     """
     config = dict(locals())
     check_positive(
-        lr=lr, update_epochs=update_epochs, minibatch_size=minibatch_size, clip_ratio=clip_ratio, epochs=epochs
+        lr=lr,
+        update_epochs=update_epochs,
+        minibatch_size=minibatch_size,
+        clip_ratio=clip_ratio,
+        epochs=epochs,
     )
     if target_kl is not None and target_kl <= 0:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {target_kl}")
@@ -94,6 +98,7 @@ def ppo(
         gamma=gamma,
         lam=lam,
         norm_reward=norm_reward,
+        norm_adv=norm_adv,
         logger_kwargs=logger_kwargs,
         config=config,
     )

@@ -1,7 +1,7 @@
 """Vanilla Policy Gradient with a learned value baseline and GAE-lambda advantages (Spinning Up's VPG).
 
-    grad J(theta) = E[ grad log pi(a_t|s_t) A_t ]        one policy step per epoch, on the whole batch
-    V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser.
+grad J(theta) = E[ grad log pi(a_t|s_t) A_t ]        one policy step per epoch, on the whole batch
+V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser.
 """
 
 from __future__ import annotations

@@ -69,6 +69,8 @@ class GAEBuffer:
         rew = np.asarray(rew, dtype=np.float32)
         bootstrap = np.logical_and(truncated, np.logical_not(terminated))
         if bootstrap.any():
+            if final_val is None:
+                raise ValueError("a truncated episode needs final_val, V(final observation), to bootstrap")
             rew = rew + self.gamma * np.where(bootstrap, final_val, 0.0).astype(np.float32)
         self.rew[t] = rew
         self.done[t] = np.logical_or(terminated, truncated)

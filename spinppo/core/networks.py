@@ -18,7 +18,14 @@ from torch import nn
 
 from spinppo.core.normalize import RunningMeanStd
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -31,7 +38,9 @@ def space_spec(space: gym.Space) -> dict[str, Any]:
     raise TypeError(f"spinppo supports Box and Discrete spaces, not {type(space).__name__}")
 
 
-def mlp(sizes: list[int], activation: str, layer_norm: bool = False, output_gain: float = 1.0) -> nn.Sequential:
+def mlp(
+    sizes: list[int], activation: str, layer_norm: bool = False, output_gain: float = 1.0
+) -> nn.Sequential:
     """Linear layers of ``sizes`` with ``activation`` (and LayerNorm, ML-Agents style) between them.
 
     Orthogonal initialisation: gain sqrt(2) for hidden layers, ``output_gain`` for the last; zero biases.
@@ -147,7 +156,9 @@ class MLPActorCritic(nn.Module):
         out = self.pi(self._features(obs))
         return out.argmax(-1) if self.discrete else out.view(-1, *self.act_shape)
 
-    def evaluate(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, obs: torch.Tensor, act: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients."""
         feat = self._features(obs)
         out = self.pi(feat)

@@ -110,10 +110,46 @@ def make_vec_env(
     if choice.kind == "unity":
         from spinppo.envs.unity import make_unity_env
 
-        env = make_unity_env(file_name=choice.target, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {}))
+        env = make_unity_env(
+            file_name=choice.target, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {})
+        )
     else:
         make_env(choice.target, env_kwargs).close()  # fail early, with a clear message, on bad kwargs
         fns = [lambda: make_env(choice.target, env_kwargs) for _ in range(num_envs)]
         env = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     env.action_space.seed(seed)
     return env
+
+
+class EnvFactory:
+    """A picklable ``env_fn`` for the algorithms, saved in config.json as plain values.
+
+    Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents
+    (``unity_kwargs`` as for ``make_vec_env``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env_kwargs: dict[str, Any] | None = None,
+        unity_file: str | None = None,
+        unity_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.choice = resolve_env(name, unity_file)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.unity_kwargs = dict(unity_kwargs or {})
+
+    def __call__(self) -> gym.Env | gym.vector.VectorEnv:
+        if self.choice.kind == "unity":
+            return make_vec_env(self.choice, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs)
+        return make_env(self.choice.target, self.env_kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        """What config.json records, enough to make the environment again."""
+        return {
+            "name": self.name,
+            "kind": self.choice.kind,
+            "env": self.choice.target,
+            "env_kwargs": self.env_kwargs,
+        }

@@ -90,6 +90,8 @@ def convert_json(obj: Any) -> Any:
         return {str(k): convert_json(v) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
         return [convert_json(x) for x in obj]
+    if hasattr(obj, "to_json"):
+        return convert_json(obj.to_json())
     if hasattr(obj, "__name__") and not hasattr(obj, "lambda"):
         return getattr(obj, "__qualname__", obj.__name__)
     if hasattr(obj, "__dict__") and obj.__dict__:

@@ -1,0 +1,363 @@
+"""The command line: ``python -m spinppo.run {ppo,vpg,a2c,plot,test_policy} ...``.
+
+    python -m spinppo.run ppo --env Walker --cpu 2
+    mpirun -np 8 python -m spinppo.run ppo --env Walker --hid 256 256 --seed 0 10 20
+    python -m spinppo.run ppo --help
+
+Every keyword of an algorithm is a flag, parsed by its type (user input is never evaluated as Python).
+Several values for a flag run a grid of experiments, one after another, each in its own run directory.
+Bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spinppo.utils.errors import UserError
+
+ALGOS = ("ppo", "vpg", "a2c")
+TOOLS = ("plot", "test_policy")
+
+# Flags that fill ac_kwargs, with their defaults and meaning.
+AC_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "hid": ("hidden_sizes", (64, 64), "hidden layer sizes, e.g. --hid 64 64 (a grid: --hid [32,32] [64,64])"),
+    "act": ("activation", "tanh", "activation: tanh, relu, elu, gelu, silu, leaky_relu"),
+    "layer_norm": ("layer_norm", False, "LayerNorm after each hidden layer (ML-Agents-style nets)"),
+    "shared_trunk": ("shared_trunk", False, "one trunk for policy and value instead of two"),
+    "log_std_init": ("log_std_init", 0.0, "initial log standard deviation of the Gaussian policy"),
+    "norm_obs": ("norm_obs", True, "normalise observations with running statistics merged over ranks"),
+}
+# Flags that are not algorithm keywords.
+RUN_FLAGS: dict[str, tuple[Any, str]] = {
+    "env": (None, "environment: a gymnasium id, a short name (Walker, Hopper, CartPole...) or unity:PATH"),
+    "env_kwargs": (
+        {},
+        "environment keyword arguments as JSON or key=value pairs, e.g. forward_reward_weight=-1",
+    ),
+    "exp_name": (None, "experiment name; ALGO-ENV when not given"),
+    "data_dir": (None, "where runs go; $SPINPPO_DATA_DIR or data/ when not given"),
+    "datestamp": (False, "put a date and time in the run directory's name"),
+    "overwrite": (False, "replace a run already in the run directory"),
+    "cpu": (1, "MPI ranks to start on this host (runs itself under mpirun); 'auto' for one per core"),
+    "tensorboard": (True, "also write TensorBoard event files in the run directory"),
+    "unity_file": (None, "a Unity ML-Agents build to use for --env Walker (or set SPINPPO_UNITY_FILE)"),
+    "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
+    "time_scale": (20.0, "Unity: simulation speed-up"),
+    "no_graphics": (True, "Unity: run the player without graphics"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors (one line, exit 2) instead of usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see python -m spinppo.run {self.prog.split()[-1]} --help)")
+
+
+def _algo(name: str) -> Callable[..., Any]:
+    module = __import__(f"spinppo.algos.{name}", fromlist=[name])
+    return getattr(module, name)
+
+
+def _arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
+    docs, current = {}, None
+    for line in (fn.__doc__ or "").splitlines():
+        m = re.match(r"\s{8}(\w+): (.*)", line)
+        if m:
+            current = m[1]
+            docs[current] = m[2]
+        elif current and line.startswith(" " * 12):
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    return docs
+
+
+# ------------------------------------------------------------------------------------- typed value parsing
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, 1/0, on/off (any case)."""
+    low = text.lower()
+    if low in ("true", "yes", "1", "on"):
+        return True
+    if low in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_scalar(text: str, kind: Any) -> Any:
+    if kind is bool:
+        return parse_bool(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
+
+
+def _kind(default: Any, annotation: str) -> Any:
+    if isinstance(default, bool) or annotation == "bool":
+        return bool
+    if isinstance(default, int) or annotation == "int":
+        return int
+    if isinstance(default, float) or "float" in annotation:
+        return float
+    return str
+
+
+def parse_values(flag: str, tokens: list[str], default: Any, annotation: str = "") -> list[Any]:
+    """The values of one flag, by the type of its default; several values make a grid."""
+    kind = _kind(default, annotation)
+    optional = default is None or "None" in annotation
+    if kind is bool and not tokens:
+        return [True]
+    out = []
+    for tok in tokens:
+        try:
+            if optional and tok.lower() == "none":
+                out.append(None)
+            else:
+                out.append(_parse_scalar(tok, kind))
+        except ValueError:
+            name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+            raise UserError(f"--{flag} takes {name}, not {tok!r}") from None
+    return out
+
+
+def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
+    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two."""
+    try:
+        if any(t.startswith("[") or t.startswith("(") for t in tokens):
+            return [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
+        return [tuple(int(t) for t in tokens)]
+    except ValueError:
+        raise UserError(f"--hid takes layer sizes such as '64 64', not {' '.join(tokens)!r}") from None
+
+
+def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
+    """JSON (``'{"ctrl_cost_weight": 0.01}'``) or key=value pairs with JSON values (strings may be bare)."""
+    text = " ".join(tokens).strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--env_kwargs is not valid JSON ({e.msg}); or use key=value pairs") from None
+        if not isinstance(value, dict):
+            raise UserError("--env_kwargs must be a JSON object or key=value pairs")
+        return value
+    out: dict[str, Any] = {}
+    for tok in tokens:
+        key, sep, raw = tok.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"--env_kwargs takes key=value pairs, not {tok!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+# -------------------------------------------------------------------------------------------- the parser
+
+
+def _nargs(default: Any) -> str:
+    # A bare boolean flag (--datestamp) means true, as Spinning Up's users type it.
+    return "*" if isinstance(default, bool) else "+"
+
+
+def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]]:
+    """The argparse parser for an algorithm, from its signature and docstring."""
+    fn = _algo(algo)
+    params = {
+        name: p
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in ("env_fn", "actor_critic", "ac_kwargs", "logger_kwargs")
+    }
+    docs = _arg_docs(fn)
+    parser = OneLineParser(
+        prog=f"python -m spinppo.run {algo}",
+        usage=f"python -m spinppo.run {algo} --env ENV [--FLAG VALUE [VALUE ...]] ...",
+        description=(fn.__doc__ or "").strip().splitlines()[0],
+        epilog="Several values for one flag run a grid, e.g. --env Walker Hopper --seed 0 10 20.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    group = parser.add_argument_group("environment and run")
+    for flag, (default, help_text) in RUN_FLAGS.items():
+        group.add_argument(
+            f"--{flag}",
+            nargs=_nargs(default),
+            default=default,
+            required=flag == "env",
+            help=help_text,
+            metavar="V",
+        )
+    group = parser.add_argument_group(f"{algo} (keywords of spinppo.algos.{algo}.{algo})")
+    for name, p in params.items():
+        group.add_argument(
+            f"--{name}", nargs=_nargs(p.default), default=p.default, help=docs.get(name), metavar="V"
+        )
+    group = parser.add_argument_group("actor-critic (ac_kwargs)")
+    for flag, (_, default, help_text) in AC_FLAGS.items():
+        group.add_argument(f"--{flag}", nargs=_nargs(default), default=default, help=help_text, metavar="V")
+    return parser, params
+
+
+def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Parse an algorithm's command line into (grid: flag -> list of values, run options)."""
+    parser, params = build_parser(algo)
+    ns = vars(parser.parse_args(list(argv)))
+    given = {k: v for k, v in ns.items() if isinstance(v, list)}  # flags the user typed come as lists
+    grid: dict[str, list[Any]] = {}
+    for name, p in params.items():
+        annotation = str(p.annotation)
+        grid[name] = parse_values(name, given[name], p.default, annotation) if name in given else [p.default]
+    for flag, (_, default, _) in AC_FLAGS.items():
+        if flag not in given:
+            grid[f"ac:{flag}"] = [default]
+        elif flag == "hid":
+            grid["ac:hid"] = parse_hid(given[flag])
+        else:
+            grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
+    grid["env"] = given["env"]
+    options: dict[str, Any] = {}
+    for flag, (default, _) in RUN_FLAGS.items():
+        if flag == "env":
+            continue
+        if flag not in given:
+            options[flag] = default
+        elif flag == "env_kwargs":
+            options[flag] = parse_env_kwargs(given[flag])
+        elif flag == "cpu" and given[flag] == ["auto"]:
+            from spinppo.utils.mpi_pytorch import available_cores
+
+            options[flag] = available_cores()
+        else:
+            values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
+            if len(values) != 1:
+                raise UserError(f"--{flag} takes one value, not {len(values)}")
+            options[flag] = values[0]
+    if options["cpu"] < 1:
+        raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
+    return grid, options
+
+
+def _grid_name(algo: str, env: str, exp_name: str | None) -> str:
+    return exp_name or f"{algo}-{re.sub(r'[^A-Za-z0-9._-]+', '-', env.split('/')[-1]).strip('-').lower()}"
+
+
+def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
+    """Parse, fork under MPI if asked (--cpu), and run every variant of the grid; return the run dirs."""
+    grid, options = parse_algo_args(algo, argv)
+    from spinppo.envs.registry import EnvFactory
+    from spinppo.utils.logx import setup_logger_kwargs
+    from spinppo.utils.mpi_tools import local_rank, mpi_fork, proc_id
+    from spinppo.utils.run_utils import ExperimentGrid
+
+    for env in grid["env"]:  # unknown environments fail before any process is started
+        EnvFactory(env, options["env_kwargs"], options["unity_file"])
+    mpi_fork(options["cpu"])
+
+    fn = _algo(algo)
+    dirs = []
+    for env in grid["env"]:
+        eg = ExperimentGrid(_grid_name(algo, env, options["exp_name"]))
+        for key, values in grid.items():
+            if key != "env":
+                eg.add(key, values, shorthand=key.split(":")[-1])
+        for variant in eg.variants():
+            ac = variant.pop("ac")
+            ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
+            name = eg.variant_name({**variant, "ac": ac})
+            logger_kwargs = setup_logger_kwargs(
+                name, variant["seed"], options["data_dir"], options["datestamp"]
+            )
+            logger_kwargs.update(overwrite=options["overwrite"], tensorboard=options["tensorboard"])
+            unity_kwargs = dict(
+                base_port=options["base_port"],
+                worker_id=local_rank(),
+                time_scale=options["time_scale"],
+                no_graphics=options["no_graphics"],
+                log_dir=logger_kwargs["output_dir"],
+            )
+            env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+            if proc_id() == 0:
+                print(f"Environment: {env_fn.choice.describe()}", flush=True)
+            fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
+            dirs.append(logger_kwargs["output_dir"])
+    if proc_id() == 0:
+        for d in dirs:
+            rel = os.path.relpath(d)
+            shown = rel if not rel.startswith("..") else d
+            print(f"\nRun saved in {shown}\n  plot it:    python -m spinppo.run plot {shown}")
+            print(f"  replay it:  python -m spinppo.run test_policy {shown}", flush=True)
+    return dirs
+
+
+USAGE = """usage: python -m spinppo.run COMMAND [flags]
+
+commands:
+  ppo           train with Proximal Policy Optimization
+  vpg           train with Vanilla Policy Gradient
+  a2c           train with Advantage Actor-Critic
+  plot          plot runs' progress.txt files
+  test_policy   replay a saved policy
+
+python -m spinppo.run COMMAND --help lists a command's flags."""
+
+
+def _report_crash() -> None:
+    """An unexpected error: name the rank, print the traceback, end every rank (no hang in collectives)."""
+    from spinppo.utils.mpi_tools import num_procs, proc_id
+
+    rank = proc_id()
+    sys.stderr.write(f"spinppo: rank {rank} failed:\n{traceback.format_exc()}")
+    sys.stderr.flush()
+    if num_procs() > 1:
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd in ALGOS:
+            run_algo(cmd, rest)
+            return 0
+        if cmd in TOOLS:
+            module = __import__(f"spinppo.utils.{cmd}", fromlist=["main"])
+            return module.main(rest)
+        import difflib
+
+        close = difflib.get_close_matches(cmd, ALGOS + TOOLS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"unknown command {cmd!r}: choose one of {', '.join(ALGOS + TOOLS)}{hint}")
+    except UserError as e:
+        from spinppo.utils.mpi_tools import proc_id
+
+        if proc_id() == 0:
+            print(f"spinppo: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        _report_crash()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

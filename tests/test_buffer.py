@@ -1,0 +1,75 @@
+"""GAE advantages and returns against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from spinppo.core.buffer import GAEBuffer
+
+GAMMA, LAM = 0.9, 0.8
+
+
+def hand_gae(rewards, values, bootstrap):
+    """Textbook GAE for ONE trajectory: bootstrap is V after its last step (0 when terminated)."""
+    vals = list(values) + [bootstrap]
+    adv, gae = [], 0.0
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + GAMMA * vals[t + 1] - vals[t]
+        gae = delta + GAMMA * LAM * gae
+        adv.insert(0, gae)
+    return np.array(adv), np.array(adv) + np.array(values)
+
+
+def test_gae_terminated_truncated_and_epoch_cut():
+    # One environment, 7 steps: episode A terminates at t=2, episode B is truncated at t=4
+    # (its final observation has V = 5.0), episode C is cut by the epoch end (V(next obs) = 7.0).
+    rew = [1.0, 2.0, 3.0, 0.5, -1.0, 2.0, 1.5]
+    val = [0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1]
+    term = [0, 0, 1, 0, 0, 0, 0]
+    trunc = [0, 0, 0, 0, 1, 0, 0]
+    final_v_b, last_v = 5.0, 7.0
+    buf = GAEBuffer(obs_dim=2, act_shape=(1,), num_envs=1, steps=7, gamma=GAMMA, lam=LAM)
+    for t in range(7):
+        final_val = np.array([final_v_b if trunc[t] else np.nan], dtype=np.float32)
+        buf.store(
+            np.full((1, 2), t),
+            np.zeros((1, 1)),
+            [rew[t]],
+            [val[t]],
+            [0.0],
+            [bool(term[t])],
+            [bool(trunc[t])],
+            final_val,
+        )
+    buf.finish(np.array([last_v]))
+
+    adv_a, ret_a = hand_gae(rew[0:3], val[0:3], 0.0)  # terminated: nothing after
+    adv_b, ret_b = hand_gae(rew[3:5], val[3:5], final_v_b)  # truncated: V(final obs)
+    adv_c, ret_c = hand_gae(rew[5:7], val[5:7], last_v)  # epoch cut: V(next obs)
+    np.testing.assert_allclose(buf.adv[:, 0], np.concatenate([adv_a, adv_b, adv_c]), rtol=1e-5)
+    np.testing.assert_allclose(buf.ret[:, 0], np.concatenate([ret_a, ret_b, ret_c]), rtol=1e-5)
+
+    data = buf.get(normalize_adv=True)
+    adv = np.concatenate([adv_a, adv_b, adv_c])
+    np.testing.assert_allclose(data["adv"].numpy(), (adv - adv.mean()) / adv.std(), rtol=1e-4, atol=1e-5)
+    assert data["obs"].shape == (7, 2) and data["ret"].shape == (7,)
+
+
+def test_environments_are_independent_columns():
+    buf = GAEBuffer(obs_dim=1, act_shape=(), num_envs=2, steps=3, gamma=GAMMA, lam=LAM, discrete=True)
+    rew = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 5.0]])
+    val = np.array([[0.5, 0.1], [0.5, 0.2], [0.5, 0.3]])
+    term = np.array([[0, 0], [1, 0], [0, 0]], dtype=bool)
+    for t in range(3):
+        buf.store(np.zeros((2, 1)), np.zeros(2), rew[t], val[t], np.zeros(2), term[t], np.zeros(2, bool))
+    buf.finish(np.array([2.0, 3.0]))
+    adv0 = np.concatenate(
+        [hand_gae(rew[:2, 0], val[:2, 0], 0.0)[0], hand_gae(rew[2:, 0], val[2:, 0], 2.0)[0]]
+    )
+    adv1 = hand_gae(rew[:, 1], val[:, 1], 3.0)[0]
+    np.testing.assert_allclose(buf.adv, np.stack([adv0, adv1], axis=1), rtol=1e-5)
+
+
+def test_truncation_without_value_is_refused():
+    buf = GAEBuffer(obs_dim=1, act_shape=(), num_envs=1, steps=2, discrete=True)
+    with pytest.raises(ValueError, match="final_val"):
+        buf.store(np.zeros((1, 1)), np.zeros(1), [1.0], [0.0], [0.0], [False], [True], None)

@@ -1,0 +1,48 @@
+"""PPO, VPG and A2C really learn, under a real mpirun -np 2, and keep all ranks' parameters identical."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import mpirun
+
+
+def read_progress(run_dir):
+    lines = (run_dir / "progress.txt").read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def train(tmp_path, algo, env, **kwargs):
+    out = tmp_path / algo
+    proc = mpirun(2, ["tests/train_check.py", algo, env, str(out), json.dumps(kwargs)], timeout=400)
+    digests = next(line for line in proc.stdout.splitlines() if line.startswith("DIGESTS")).split()[1:]
+    assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different parameters"
+    rows = read_progress(out)
+    assert len(rows) == kwargs["epochs"]
+    return np.array([float(r["AverageEpRet"]) for r in rows])
+
+
+# A uniformly random CartPole policy averages about 22; it never averages 150 over an epoch's episodes.
+@pytest.mark.parametrize(
+    "algo, kwargs, threshold",
+    [
+        ("ppo", dict(epochs=10, steps_per_epoch=2048, minibatch_size=128), 150),
+        ("vpg", dict(epochs=25, steps_per_epoch=2000, num_envs=2, pi_lr=0.01, train_v_iters=20), 100),
+        ("a2c", dict(epochs=12, steps_per_epoch=8000, lr=1e-3), 100),
+    ],
+)
+def test_learns_cartpole(tmp_path, algo, kwargs, threshold):
+    returns = train(tmp_path, algo, "CartPole-v1", seed=1, **kwargs)
+    assert returns[0] < 40, returns  # it starts untrained
+    assert returns[-2:].mean() > threshold, returns
+
+
+def test_ppo_improves_on_continuous_inverted_pendulum(tmp_path):
+    # Random actions keep MuJoCo's InvertedPendulum up for about 5-10 steps (return 5-10).
+    returns = train(
+        tmp_path, "ppo", "InvertedPendulum-v5", seed=0, epochs=10, steps_per_epoch=2048, minibatch_size=128
+    )
+    assert returns[0] < 30, returns
+    assert returns[-2:].mean() > 60, returns  # 7x what random actions get

@@ -1,0 +1,178 @@
+"""Multi-host MPI runs, on one machine: each "host" is a network namespace (tests/multihost/netns.py).
+
+Two hosts h1 (10.213.7.1) and h2 (10.213.7.2), each with its own network namespace, UTS hostname and mount
+namespace, joined by a bridge; MPICH's hydra starts its proxies on them through ``netns_rsh`` (its rsh
+launcher) and MPI moves data between them over TCP on the veths. Each host also gets a private filesystem
+at one shared path: ``DATA`` (and the ranks' working directory ``RUN``) are bind-mounted from
+``hosts/<name>/`` on each host, as on machines without a shared filesystem. A rank therefore writes into
+its own host's directory, and the directories show afterwards which host wrote what.
+
+Skipped where namespaces cannot be made (not root, no iproute2, no permission).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run
+from tests.multihost.hashing import state_hash
+from tests.multihost.netns import NetnsCluster, NetnsUnavailable, unavailable_reason
+
+REASON = unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"multi-host tests need namespaces: {REASON}")
+
+HOSTS = ("h1", "h2")
+PROBE = str(REPO / "tests" / "multihost" / "probe.py")  # absolute: the ranks run in RUN
+DRIVER = str(REPO / "tests" / "multihost" / "train_driver.py")
+
+
+class Layout:
+    """Paths of the fake cluster's filesystems, as seen from the machine's own (root) mount namespace."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"  # the data dir every rank is given: a mount point, empty out here
+        self.run = root / "run"  # the ranks' working directory: a mount point as well
+        for path in (self.data, self.run):
+            path.mkdir()
+        for name in HOSTS:
+            (self.host_data(name)).mkdir(parents=True)
+            (self.host_run(name)).mkdir(parents=True)
+            (self.host_data(name) / ".host").write_text(name)
+
+    def host_data(self, name: str) -> Path:
+        return self.root / "hosts" / name / "data"
+
+    def host_run(self, name: str) -> Path:
+        return self.root / "hosts" / name / "run"
+
+    def binds(self) -> dict[str, list[tuple[str, str]]]:
+        return {
+            name: [(str(self.host_data(name)), str(self.data)), (str(self.host_run(name)), str(self.run))]
+            for name in HOSTS
+        }
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Layout:
+    return Layout(tmp_path_factory.mktemp("multihost"))
+
+
+@pytest.fixture(scope="module")
+def cluster(layout):
+    c = NetnsCluster(len(HOSTS), layout.root, binds=layout.binds())
+    try:
+        c.up()
+    except NetnsUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield c
+    finally:
+        c.down()  # kills whatever is left in the namespaces, deletes them and with them the veths
+
+
+def mpi_run(
+    cluster: NetnsCluster, layout: Layout, hosts: list[str], n: int, args: list[str], timeout=90, **env
+):
+    cmd = cluster.mpiexec(hosts, n, [sys.executable, *args], mpiexec_args=["-wdir", str(layout.run)])
+    return run(cmd, timeout=timeout, **cluster.env(**env))
+
+
+def json_lines(tag: str, out: str) -> list[dict]:
+    rows = [json.loads(m) for m in re.findall(rf"^{tag} (\{{.*\}})$", out, flags=re.M)]
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def assert_only_first_host_wrote(layout: Layout) -> None:
+    assert files_under(layout.host_data("h2")) == [".host"], "a rank on h2 wrote into its data dir"
+    assert files_under(layout.host_run("h2")) == [], "a rank on h2 wrote into its working directory"
+    # The bind mounts stayed inside the hosts' mount namespaces: the mount points are untouched out here.
+    assert files_under(layout.data) == [] and files_under(layout.run) == []
+
+
+@pytest.mark.parametrize("netmod", ["ucx", "ofi"])
+def test_namespaces_are_separate_hosts(cluster, layout, netmod):
+    before = cluster.link_bytes("h2")
+    out = mpi_run(
+        cluster, layout, ["h1", "h2"], 2, [PROBE, str(layout.data / ".host")], MPIR_CVAR_CH4_NETMOD=netmod
+    )
+    moved = cluster.link_bytes("h2") - before
+    ranks = json_lines("PROBE", out.stdout)
+    assert [r["rank"] for r in ranks] == [0, 1], out.stdout
+    assert [r["hostname"] for r in ranks] == ["h1", "h2"]
+    assert [r["processor"] for r in ranks] == ["h1", "h2"]  # what MPI.Get_processor_name() says
+    assert ranks[0]["netns"] != ranks[1]["netns"]
+    assert [(r["local_rank"], r["local_size"]) for r in ranks] == [(0, 1), (0, 1)]
+    assert all(r["sum"] == 3.0 and r["big_ok"] for r in ranks)
+    # Each rank sees its own host's filesystem at the shared path.
+    assert [r["marker"] for r in ranks] == ["h1", "h2"]
+    # The 8 MiB Allreduce crossed the veth (shared memory or CMA between the namespaces would not show).
+    assert moved > 2 * 8 * 2**20, f"only {moved} bytes on h2's link"
+
+
+def test_shared_memory_split_follows_hosts(cluster, layout):
+    # Hydra's order: two ranks on h1, then one on h2.
+    out = mpi_run(cluster, layout, ["h1:2", "h2:1"], 3, [PROBE])
+    ranks = json_lines("PROBE", out.stdout)
+    assert [r["hostname"] for r in ranks] == ["h1", "h1", "h2"], out.stdout
+    assert [(r["local_rank"], r["local_size"]) for r in ranks] == [(0, 2), (1, 2), (0, 1)]
+    assert all(r["sum"] == 6.0 and r["big_ok"] for r in ranks)
+
+
+def test_ppo_trains_across_hosts_in_lockstep(cluster, layout):
+    import torch
+
+    before = cluster.link_bytes("h2")
+    epochs = 3
+    out = mpi_run(
+        cluster,
+        layout,
+        ["h1", "h2"],
+        2,
+        [DRIVER, "--data_dir", str(layout.data), "--exp_name", "mh", "--epochs", str(epochs)],
+        timeout=120,
+    )
+    moved = cluster.link_bytes("h2") - before
+    ranks = json_lines("RANK", out.stdout)
+    assert [r["rank"] for r in ranks] == [0, 1], out.stdout + out.stderr
+    assert [r["hostname"] for r in ranks] == ["h1", "h2"]
+    assert [r["local_size"] for r in ranks] == [1, 1]
+    assert [r["host_marker"] for r in ranks] == ["h1", "h2"]
+    # Gradients averaged over TCP kept the two networks bitwise identical...
+    assert ranks[0]["hash"] == ranks[1]["hash"]
+    # ... and identical to the checkpoint, which only h1 holds.
+    run_dir = layout.host_data("h1") / "mh" / "mh_s0"
+    payload = torch.load(run_dir / "pyt_save" / "model.pt", map_location="cpu", weights_only=True)
+    assert state_hash(payload["state_dict"]) == ranks[0]["hash"]
+    rows = (run_dir / "progress.txt").read_text().splitlines()
+    assert len(rows) == 1 + epochs
+    header = rows[0].split("\t")
+    assert rows[-1].split("\t")[header.index("TotalEnvInteracts")] == str(epochs * 2000)
+    assert {"progress.txt", "config.json", "pyt_save"} <= set(p.name for p in run_dir.iterdir())
+    # Rank 1 saw an empty data dir on its host the whole time, and left it so.
+    assert ranks[1]["data_dir_listing"] == [".host"]
+    assert_only_first_host_wrote(layout)
+    n_params = sum(payload["state_dict"][k].numel() for k in payload["state_dict"] if "rms" not in k)
+    assert moved > 100 * 4 * n_params, f"only {moved} bytes on h2's link for {n_params} parameters"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("spinppo.run") is None, reason="no spinppo.run command line yet")
+def test_command_line_across_hosts(cluster, layout):
+    args = ["-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--steps_per_epoch", "2000", "--epochs", "2"]
+    args += ["--data_dir", str(layout.data), "--exp_name", "cli"]
+    out = mpi_run(cluster, layout, ["h1", "h2"], 2, args, timeout=120)
+    written = files_under(layout.host_data("h1") / "cli")
+    assert any(f.endswith("progress.txt") for f in written), out.stdout + out.stderr
+    progress = next((layout.host_data("h1") / "cli").rglob("progress.txt"))
+    assert len(progress.read_text().splitlines()) == 1 + 2
+    assert_only_first_host_wrote(layout)

@@ -1,0 +1,498 @@
+"""A stand-in for a Unity ML-Agents player: the real gRPC protocol, gymnasium bodies as the agents.
+
+``mlagents_envs.environment.UnityEnvironment`` starts a gRPC server on ``base_port + worker_id`` and
+launches its ``file_name`` with ``[-nographics -batchmode] --mlagents-port PORT [-logFile PATH]``. A build
+written by ``build.py`` is a small executable script that runs this file with its configuration. Like
+the C# side of ML-Agents (com.unity.ml-agents 2.x, communication version 1.5.0) it is the gRPC client of
+``UnityToExternalProto.Exchange``:
+
+1. it sends the academy's name, versions and capabilities and receives Python's seed and versions;
+2. it sends an empty message, whose answer is Python's first command (a RESET);
+3. from then on every answer is a command (RESET, STEP with one action per agent that asked for a
+   decision, QUIT) plus side-channel bytes, and every request carries the agents' infos;
+4. a header status other than 200 (Python's ``close()``) ends the player.
+
+The academy advances "physics steps" (one step of each agent's gymnasium body) and talks to Python only
+when some agent asks for a decision (every ``decision_period`` academy steps, as a DecisionRequester
+does) or ends an episode. Between decisions an agent repeats its last action. An episode ends when the
+body terminates (``done``) or after ``max_step`` physics steps (``done`` with ``max_step_reached``); the
+agent then starts a new episode under a NEW id, and its first decision comes at the next decision step.
+Brain parameters go with the first infos of each behavior, as Unity sends them.
+
+Side channels: the EngineConfigurationChannel's time scale paces the academy (``fixed_dt`` seconds of
+simulated time per physics step, at most ``time_scale`` times real time); the EnvironmentParametersChannel
+sets ``reward_scale`` (multiplies every reward) and ``gravity`` (the MuJoCo model's or CartPole's);
+everything received is written to the log file, which is how tests see what arrived.
+
+Configuration (JSON, ``--standin-config FILE`` or the STANDIN_CONFIG variable) — see DEFAULTS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+# Only the message modules: mlagents_envs.envs and .registry reach the internet when imported.
+from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
+from mlagents_envs.communicator_objects.brain_parameters_pb2 import ActionSpecProto, BrainParametersProto
+from mlagents_envs.communicator_objects.capabilities_pb2 import UnityRLCapabilitiesProto
+from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
+from mlagents_envs.communicator_objects.header_pb2 import HeaderProto
+from mlagents_envs.communicator_objects.observation_pb2 import ObservationProto
+from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
+from mlagents_envs.communicator_objects.unity_rl_initialization_output_pb2 import (
+    UnityRLInitializationOutputProto,
+)
+from mlagents_envs.communicator_objects.unity_rl_output_pb2 import UnityRLOutputProto
+from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import UnityToExternalProtoStub
+from mlagents_envs.side_channel.incoming_message import IncomingMessage
+
+DEFAULTS: dict[str, Any] = {
+    "task": "pendulum",  # pendulum | hopper | walker | cartpole | script (deterministic, for tests)
+    "agents": 4,  # agents of the main behavior after each reset
+    "behavior_name": "StandIn",
+    "decision_period": 5,  # academy steps between decisions (DecisionRequester.DecisionPeriod)
+    "max_step": 1000,  # physics steps per episode before an interruption (Agent.MaxStep); 0: none
+    "obs_pad": 0,  # extra observations (zeros, a second sensor), e.g. to mimic Walker's 243
+    "act_pad": 0,  # extra continuous actions, ignored, e.g. to mimic Walker's 39
+    "branches": [2],  # cartpole: discrete branch sizes; the first drives the cart, the rest are ignored
+    "hybrid": False,  # add a discrete branch (continuous tasks) or a continuous action (cartpole)
+    "visual": False,  # add an 8x8x3 camera observation
+    "second_behavior": False,  # a second behavior, "Spectator", with one agent
+    "communication_version": "1.5.0",
+    "package_version": "2.2.1-exp.1",
+    "hang": None,  # "init": never connect; N: stop answering after N exchanges
+    "fixed_dt": 0.02,  # simulated seconds per physics step (Unity's fixedDeltaTime)
+    "first_id": 0,  # the first agent (episode) id
+    # task "script": observations [lineage, id] + [episode step, action]; reward per physics step is
+    # reward_scale * action; lineage i's episode k terminates after lengths[i][k] physics steps (no entry:
+    # only max_step ends it); vanish {lineage: academy step}: the agent disappears without a terminal
+    # info; spawn [academy step, ...]: a new lineage appears; offsets [per lineage]: decision step offset.
+    "script": {},
+}
+
+ENGINE_CHANNEL = uuid.UUID("e951342c-4f7e-11ea-b238-784f4387d1f7")
+PARAMETERS_CHANNEL = uuid.UUID("534c891e-810f-11ea-a9d0-822485860400")
+ENGINE_FIELDS = {0: "screen_resolution", 1: "quality_level", 2: "time_scale", 3: "target_frame_rate"}
+
+
+class Log:
+    """Unity's -logFile: one line per event, flushed at once so that a killed player leaves its log."""
+
+    def __init__(self, path: str | None) -> None:
+        self.file = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115
+
+    def __call__(self, line: str) -> None:
+        self.file.write(f"standin: {line}\n")
+        self.file.flush()
+
+
+class Body:
+    """One agent's simulated body: a gymnasium environment with Unity-style [-1, 1] actions."""
+
+    GYM_IDS = {"pendulum": "InvertedPendulum-v5", "hopper": "Hopper-v5", "walker": "Walker2d-v5"}
+
+    def __init__(self, task: str, cfg: dict[str, Any]) -> None:
+        import gymnasium as gym
+
+        self.task = task
+        if task == "cartpole":
+            self.env = gym.make("CartPole-v1").unwrapped  # no TimeLimit: max_step interrupts instead
+            self.num_continuous, self.branches = 0, list(cfg["branches"])
+            if cfg["hybrid"]:
+                self.num_continuous = 1
+        else:
+            self.env = gym.make(self.GYM_IDS[task]).unwrapped
+            space = self.env.action_space
+            self.low, self.high = space.low, space.high
+            self.num_continuous = space.shape[0] + cfg["act_pad"]
+            self.branches = [2] if cfg["hybrid"] else []
+        self.obs_dim = self.env.observation_space.shape[0]
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        return np.asarray(obs, np.float32)
+
+    def step(self, cont: np.ndarray, disc: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        if self.task == "cartpole":
+            action = int(disc[0])
+        else:
+            n = self.low.shape[0]
+            # Unity agents get actions in [-1, 1]; map them onto the body's own range.
+            action = self.low + (np.clip(cont[:n], -1, 1) + 1) * 0.5 * (self.high - self.low)
+        obs, reward, terminated, _, _ = self.env.step(action)
+        return np.asarray(obs, np.float32), float(reward), bool(terminated)
+
+    def set_gravity(self, g: float) -> None:
+        if self.task == "cartpole":
+            self.env.gravity = abs(g)
+        else:
+            self.env.model.opt.gravity[2] = g
+
+
+class ScriptBody:
+    """The deterministic body of task "script": it counts steps and echoes the action it applies."""
+
+    obs_dim = 4
+    num_continuous = 1
+    branches: list[int] = []
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.num_continuous = 1 + cfg["act_pad"]
+        self.lengths: list[list[int]] = cfg["script"].get("lengths", [])
+        self.agent: Agent | None = None
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        return self._obs(0.0)
+
+    def _obs(self, a: float) -> np.ndarray:
+        ag = self.agent
+        return np.array([ag.lineage, ag.id, ag.ep_step, a], np.float32)
+
+    def step(self, cont: np.ndarray, disc: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        ag = self.agent
+        a = float(cont[0])
+        lengths = self.lengths[ag.lineage] if ag.lineage < len(self.lengths) else []
+        ends = ag.episode < len(lengths) and ag.ep_step + 1 >= lengths[ag.episode]
+        # The agent's ep_step is incremented by the academy after this call; report the new count.
+        obs = np.array([ag.lineage, ag.id, ag.ep_step + 1, a], np.float32)
+        return obs, a, ends
+
+    def set_gravity(self, g: float) -> None:
+        pass
+
+
+class Agent:
+    """A Unity Agent: a lineage (one GameObject) whose episodes each carry a new id."""
+
+    def __init__(self, lineage: int, body: Body | ScriptBody, offset: int) -> None:
+        self.lineage, self.body, self.offset = lineage, body, offset
+        self.id = -1
+        self.episode = -1
+        self.ep_step = 0
+        self.reward = 0.0
+        self.cont = np.zeros(body.num_continuous, np.float32)
+        self.disc = np.zeros(len(body.branches), np.int32)
+        self.obs = np.zeros(body.obs_dim, np.float32)
+
+    def begin(self, agent_id: int, seed: int | None) -> None:
+        """A new episode: a new id, a reset body, no action yet (Unity clears stored actions)."""
+        self.id, self.episode, self.ep_step, self.reward = agent_id, self.episode + 1, 0, 0.0
+        self.cont[:] = 0
+        self.disc[:] = 0
+        if isinstance(self.body, ScriptBody):
+            self.body.agent = self
+        self.obs = self.body.reset(seed)
+
+
+class Academy:
+    """The scene: behaviors of agents, stepped a physics step at a time."""
+
+    def __init__(self, cfg: dict[str, Any], seed: int, log: Log) -> None:
+        self.cfg, self.seed, self.log = cfg, seed, log
+        self.script = cfg["script"] if cfg["task"] == "script" else {}
+        self.reward_scale = 1.0
+        self.gravity: float | None = None
+        self.next_id = cfg["first_id"]
+        self.names = [cfg["behavior_name"]] + (["Spectator"] if cfg["second_behavior"] else [])
+        self.agents: dict[str, list[Agent]] = {n: [] for n in self.names}
+        self.pending: dict[str, list[Agent]] = {n: [] for n in self.names}  # asked for a decision
+        self.bodies: dict[tuple[str, int], Body | ScriptBody] = {}
+        self.sent_brains: set[str] = set()
+        self.step_count = 0
+        self.lineages = 0
+
+    def _body(self, name: str, lineage: int) -> Body | ScriptBody:
+        key = (name, lineage)
+        if key not in self.bodies:  # bodies persist across resets, like a scene's GameObjects
+            task = self.cfg["task"]
+            self.bodies[key] = ScriptBody(self.cfg) if task == "script" else Body(task, self.cfg)
+            if self.gravity is not None:
+                self.bodies[key].set_gravity(self.gravity)
+        return self.bodies[key]
+
+    def _new_agent(self, name: str, lineage: int) -> Agent:
+        offsets = self.script.get("offsets", [])
+        agent = Agent(lineage, self._body(name, lineage), offsets[lineage] if lineage < len(offsets) else 0)
+        self._begin(agent)
+        return agent
+
+    def _begin(self, agent: Agent) -> None:
+        # Each body's first episode is seeded from Python's seed; later ones continue its generator.
+        seed = self.seed * 1000 + agent.lineage if agent.episode < 0 else None
+        agent.begin(self.next_id, seed)
+        self.next_id += 1
+
+    def reset(self) -> None:
+        self.step_count = 0
+        self.pending = {n: [] for n in self.names}
+        self.agents = {n: [] for n in self.names}
+        for lineage in range(self.cfg["agents"]):
+            self.agents[self.names[0]].append(self._new_agent(self.names[0], lineage))
+        self.lineages = self.cfg["agents"]
+        if len(self.names) > 1:
+            self.agents["Spectator"].append(self._new_agent("Spectator", 0))
+        self.log(f"reset: {self.cfg['agents']} agents, ids {[a.id for a in self.agents[self.names[0]]]}")
+
+    def set_parameter(self, key: str, value: float) -> None:
+        self.log(f"environment parameter {key}={value:g}")
+        if key == "reward_scale":
+            self.reward_scale = value
+        elif key == "gravity":
+            self.gravity = value
+            for body in self.bodies.values():
+                body.set_gravity(value)
+
+    def apply_actions(self, agent_actions: Any) -> None:
+        """STEP: the actions answer, in order, the agents that asked for a decision."""
+        for name in self.names:
+            actions = agent_actions[name].value if name in agent_actions else []
+            pending = self.pending[name]
+            if len(actions) == 0:
+                continue
+            if len(actions) != len(pending):
+                raise RuntimeError(f"{name}: {len(actions)} actions for {len(pending)} decisions")
+            for agent, action in zip(pending, actions):
+                if agent.cont.size:
+                    agent.cont[:] = np.asarray(action.continuous_actions, np.float32)
+                if agent.disc.size:
+                    agent.disc[:] = np.asarray(action.discrete_actions, np.int32)
+
+    def advance(self) -> UnityOutputProto:
+        """Run physics steps until some agent asks for a decision or ends, and return the infos."""
+        infos: dict[str, list[AgentInfoProto]] = {n: [] for n in self.names}
+        pending: dict[str, list[Agent]] = {n: [] for n in self.names}
+        if self.step_count == 0:  # just reset: decisions at academy step 0, before any physics
+            self._decisions(infos, pending)
+        while not any(infos.values()):
+            self._physics_step(infos)
+            self.step_count += 1
+            self._events()
+            self._decisions(infos, pending)
+        self.pending = pending
+        return self._output(infos)
+
+    def _physics_step(self, infos: dict[str, list[AgentInfoProto]]) -> None:
+        max_step = self.cfg["max_step"]
+        for name in self.names:
+            for agent in self.agents[name]:
+                agent.obs, r, terminated = agent.body.step(agent.cont, agent.disc)
+                agent.reward += r * self.reward_scale
+                agent.ep_step += 1
+                interrupted = not terminated and 0 < max_step <= agent.ep_step
+                if terminated or interrupted:
+                    # EndEpisode: the terminal info goes out at the next exchange, then a new episode.
+                    infos[name].append(self._info(agent, done=True, max_step_reached=interrupted))
+                    self._begin(agent)
+
+    def _events(self) -> None:
+        """Scripted disappearances (no terminal info) and new lineages."""
+        main = self.names[0]
+        for lineage, at in self.script.get("vanish", {}).items():
+            if at == self.step_count:
+                gone = [a for a in self.agents[main] if a.lineage == int(lineage)]
+                self.agents[main] = [a for a in self.agents[main] if a.lineage != int(lineage)]
+                self.log(f"agent {[a.id for a in gone]} vanished at step {self.step_count}")
+        for at in self.script.get("spawn", []):
+            if at == self.step_count:
+                agent = self._new_agent(main, self.lineages)
+                self.lineages += 1
+                self.agents[main].append(agent)
+                self.log(f"agent {agent.id} spawned at step {self.step_count}")
+
+    def _decisions(self, infos: dict[str, list[AgentInfoProto]], pending: dict[str, list[Agent]]) -> None:
+        period = self.cfg["decision_period"]
+        for name in self.names:
+            for agent in self.agents[name]:
+                if (self.step_count - agent.offset) % period == 0:
+                    infos[name].append(self._info(agent, done=False, max_step_reached=False))
+                    pending[name].append(agent)
+
+    def _info(self, agent: Agent, done: bool, max_step_reached: bool) -> AgentInfoProto:
+        info = AgentInfoProto(reward=agent.reward, done=done, max_step_reached=max_step_reached, id=agent.id)
+        agent.reward = 0.0
+        info.observations.extend(self._observations(agent))
+        return info
+
+    def _observations(self, agent: Agent) -> list[ObservationProto]:
+        obs = agent.obs
+        if self.cfg["task"] == "script":  # two sensors, so that Python has to concatenate them
+            sensors = [("Identity", obs[:2]), ("Progress", obs[2:])]
+        else:
+            sensors = [("Body", obs)]
+        if self.cfg["obs_pad"]:
+            sensors.append(("Padding", np.zeros(self.cfg["obs_pad"], np.float32)))
+        protos = []
+        for sensor_name, values in sensors:
+            proto = ObservationProto(shape=[len(values)], name=sensor_name)
+            proto.float_data.data.extend(values.tolist())
+            protos.append(proto)
+        if self.cfg["visual"]:
+            proto = ObservationProto(shape=[8, 8, 3], name="Camera")
+            proto.float_data.data.extend([0.5] * 192)
+            protos.append(proto)
+        return protos
+
+    def _brain(self, name: str) -> BrainParametersProto:
+        body = self.agents[name][0].body
+        spec = ActionSpecProto(
+            num_continuous_actions=body.num_continuous,
+            num_discrete_actions=len(body.branches),
+            discrete_branch_sizes=body.branches,
+        )
+        return BrainParametersProto(brain_name=name, is_training=True, action_spec=spec)
+
+    def _output(self, infos: dict[str, list[AgentInfoProto]]) -> UnityOutputProto:
+        out = UnityOutputProto()
+        for name, values in infos.items():
+            if values:
+                out.rl_output.agentInfos[name].value.extend(values)
+                if name not in self.sent_brains:
+                    out.rl_initialization_output.brain_parameters.append(self._brain(name))
+                    self.sent_brains.add(name)
+        return out
+
+
+def read_side_channels(data: bytes, academy: Academy, log: Log, state: dict[str, float]) -> None:
+    """Unpack Python's side-channel bytes: 16-byte channel id, int32 length, payload, repeated."""
+    offset = 0
+    while offset < len(data):
+        channel = uuid.UUID(bytes_le=bytes(data[offset : offset + 16]))
+        (length,) = struct.unpack_from("<i", data, offset + 16)
+        payload = bytes(data[offset + 20 : offset + 20 + length])
+        offset += 20 + length
+        msg = IncomingMessage(payload)
+        if channel == ENGINE_CHANNEL:
+            kind = msg.read_int32()
+            if kind == 2:
+                state["time_scale"] = msg.read_float32()
+                log(f"engine configuration time_scale={state['time_scale']:g}")
+            else:
+                log(f"engine configuration {ENGINE_FIELDS.get(kind, kind)} ignored")
+        elif channel == PARAMETERS_CHANNEL:
+            key = msg.read_string()
+            if msg.read_int32() == 0:
+                academy.set_parameter(key, msg.read_float32())
+            else:
+                log(f"environment parameter {key}: samplers are not simulated")
+        else:
+            log(f"side channel {channel} ({length} bytes) ignored")
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], int, str | None, list[str]]:
+    """The configuration and what UnityEnvironment passes: the port, the log file, the rest."""
+    cfg = dict(DEFAULTS)
+    port, log_file, rest = 5004, None, []
+    raw = os.environ.get("STANDIN_CONFIG")
+    it = iter(argv)
+    for arg in it:
+        if arg == "--standin-config":
+            raw = Path(next(it)).read_text()
+        elif arg == "--mlagents-port":
+            port = int(next(it))
+        elif arg.lower() == "-logfile":
+            log_file = next(it)
+        else:
+            rest.append(arg)
+    if raw:
+        extra = json.loads(raw)
+        unknown = set(extra) - set(DEFAULTS)
+        if unknown:
+            raise SystemExit(f"standin: unknown configuration keys {sorted(unknown)}")
+        cfg.update(extra)
+    return cfg, port, log_file, rest
+
+
+def hang(log: Log, why: str) -> None:
+    log(f"hanging: {why}")
+    while True:
+        time.sleep(3600)
+
+
+def main(argv: list[str]) -> int:
+    cfg, port, log_file, rest = parse_args(argv)
+    log = Log(log_file)
+    log(f"started pid {os.getpid()} port {port} args {rest} task {cfg['task']} agents {cfg['agents']}")
+    if cfg["hang"] == "init":
+        hang(log, "before the handshake (hang=init)")
+
+    stub = UnityToExternalProtoStub(grpc.insecure_channel(f"localhost:{port}"))
+
+    def exchange(output: UnityOutputProto | None) -> UnityMessageProto:
+        msg = UnityMessageProto(header=HeaderProto(status=200))
+        if output is not None:
+            msg.unity_output.CopyFrom(output)
+        return stub.Exchange(msg, wait_for_ready=True)
+
+    caps = UnityRLCapabilitiesProto(
+        baseRLCapabilities=True,
+        concatenatedPngObservations=True,
+        compressedChannelMapping=True,
+        hybridActions=True,
+        trainingAnalytics=True,
+        variableLengthObservation=True,
+        multiAgentGroups=True,
+    )
+    init = UnityRLInitializationOutputProto(
+        name="StandIn",
+        communication_version=cfg["communication_version"],
+        package_version=cfg["package_version"],
+        capabilities=caps,
+        log_path=log_file or "",
+    )
+    try:
+        reply = exchange(UnityOutputProto(rl_initialization_output=init))
+        if reply.header.status != 200:
+            log(f"handshake refused (status {reply.header.status})")
+            return 0
+        py = reply.unity_input.rl_initialization_input
+        log(f"handshake: python communication {py.communication_version}, package {py.package_version}")
+        academy = Academy(cfg, py.seed, log)
+        state = {"time_scale": 1.0}
+        reply = exchange(None)  # answered by Python's first command
+        exchanges = 0
+        sim_time, wall0, scale = 0.0, time.monotonic(), state["time_scale"]
+        while True:
+            if reply.header.status != 200:
+                log(f"close received (status {reply.header.status}); quitting")
+                return 0
+            rl_in = reply.unity_input.rl_input
+            read_side_channels(rl_in.side_channel, academy, log, state)
+            if rl_in.command == QUIT:
+                log("quit command; quitting")
+                return 0
+            if rl_in.command == RESET:
+                academy.reset()
+            else:
+                academy.apply_actions(rl_in.agent_actions)
+            before = academy.step_count
+            output = academy.advance()
+            # Pace the physics at no more than time_scale times real time (Unity's Time.timeScale).
+            if state["time_scale"] != scale:
+                sim_time, wall0, scale = 0.0, time.monotonic(), state["time_scale"]
+            sim_time += (academy.step_count - before) * cfg["fixed_dt"]
+            delay = wall0 + sim_time / max(scale, 1e-6) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            exchanges += 1
+            if cfg["hang"] is not None and exchanges > int(cfg["hang"]):
+                hang(log, f"after {cfg['hang']} exchanges (hang={cfg['hang']})")
+            reply = exchange(output)
+    except grpc.RpcError as e:
+        # Python went away without closing (killed): there is nobody left to talk to.
+        log(f"connection lost: {e.code()}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
