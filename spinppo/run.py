@@ -225,6 +225,13 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             grid[f"ac:{flag}"] = [default]
         elif flag == "hid":
             grid["ac:hid"] = parse_hid(given[flag])
+        elif flag == "act":
+            from spinppo.core.networks import ACTIVATIONS
+
+            for name in given[flag]:
+                if name not in ACTIVATIONS:
+                    raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+            grid["ac:act"] = given[flag]
         else:
             grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
     grid["env"] = given["env"]

@@ -93,10 +93,6 @@ class OnPolicyRun:
                 + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
                 + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
             )
-        # Only now, with the input checked, make the run directory.
-        self.logger = EpochLogger(**(logger_kwargs or {}))
-        if config is not None:
-            self.logger.save_config(config)
         self.steps_per_epoch = steps_per_epoch
         self.rollouts_per_epoch = rollouts_per_epoch
         self.norm_adv = norm_adv
@@ -104,6 +100,10 @@ class OnPolicyRun:
 
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+        # Only now, with the input checked, make the run directory.
+        self.logger = EpochLogger(**(logger_kwargs or {}))
+        if config is not None:
+            self.logger.save_config(config)
         sync_params(self.ac)
         self.buf = GAEBuffer(
             obs_space.shape[0],

@@ -1,0 +1,210 @@
+"""python -m spinppo.run end to end: under mpirun, with --cpu, grids, and bad input."""
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import mpirun, run
+
+TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime"}
+SHORT = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
+
+
+def rows_without_timing(run_dir):
+    lines = (run_dir / "progress.txt").read_text().splitlines()
+    header = lines[0].split("\t")
+    keep = [i for i, h in enumerate(header) if h not in TIMING]
+    return [[line.split("\t")[i] for i in keep] for line in lines]
+
+
+def test_mpirun_and_cpu_flag_give_the_same_run(tmp_path):
+    a = mpirun(2, ["-m", "spinppo.run", "ppo", *SHORT, "--data_dir", str(tmp_path / "a"), "--exp_name", "x"])
+    b = run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "ppo",
+            *SHORT,
+            "--cpu",
+            "2",
+            "--data_dir",
+            str(tmp_path / "b"),
+            "--exp_name",
+            "x",
+        ]
+    )
+    for proc, d in ((a, "a"), (b, "b")):
+        run_dir = tmp_path / d / "x" / "x_s0"
+        assert "AverageEpRet" in proc.stdout and "TotalEnvInteracts" in proc.stdout  # the epoch table
+        assert f"python -m spinppo.run test_policy {run_dir}" in proc.stdout
+        assert (run_dir / "pyt_save" / "model.pt").exists()
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["env_fn"]["env"] == "CartPole-v1" and config["steps_per_epoch"] == 1024
+    rows_a = rows_without_timing(tmp_path / "a" / "x" / "x_s0")
+    assert len(rows_a) == 3
+    # Same seed, same rank count: the same numbers, whichever way MPI was started.
+    assert rows_a == rows_without_timing(tmp_path / "b" / "x" / "x_s0")
+
+
+def test_grid_of_two_seeds_and_two_hidden_sizes(tmp_path):
+    run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "ppo",
+            *SHORT,
+            "--epochs",
+            "1",
+            "--seed",
+            "0",
+            "10",
+            "--hid",
+            "[16,16]",
+            "[8]",
+            "--data_dir",
+            str(tmp_path),
+        ]
+    )
+    dirs = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*") if p.is_dir())
+    assert dirs == [
+        "ppo-cartpole_hid16-16/ppo-cartpole_hid16-16_s0",
+        "ppo-cartpole_hid16-16/ppo-cartpole_hid16-16_s10",
+        "ppo-cartpole_hid8/ppo-cartpole_hid8_s0",
+        "ppo-cartpole_hid8/ppo-cartpole_hid8_s10",
+    ]
+    config = json.loads((tmp_path / dirs[2] / "config.json").read_text())
+    assert config["ac_kwargs"]["hidden_sizes"] == [8] and config["seed"] == 0
+
+
+def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
+    run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "vpg",
+            "--env",
+            "Walker",
+            "--env_kwargs",
+            "forward_reward_weight=-1",
+            "healthy_reward=0.5",
+            "--epochs",
+            "1",
+            "--steps_per_epoch",
+            "200",
+            "--data_dir",
+            str(tmp_path),
+            "--exp_name",
+            "back",
+        ]
+    )
+    config = json.loads((tmp_path / "back" / "back_s0" / "config.json").read_text())
+    assert config["env_fn"]["env"] == "Walker2d-v5"
+    assert config["env_fn"]["env_kwargs"] == {"forward_reward_weight": -1, "healthy_reward": 0.5}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ppx"], "unknown command 'ppx'"),
+        (["ppo"], "required: --env"),
+        (["ppo", "--env", "Walkr"], "unknown environment 'Walkr'; did you mean Walker"),
+        (["ppo", "--env", "CartPole", "--lr", "fast"], "--lr takes a number, not 'fast'"),
+        (["ppo", "--env", "CartPole", "--lr", "0"], "--lr must be positive"),
+        (["ppo", "--env", "CartPole", "--epochs", "-3"], "--epochs must be positive"),
+        (["ppo", "--env", "CartPole", "--anneal_lr", "maybe"], "--anneal_lr takes true or false"),
+        (
+            ["ppo", "--env", "CartPole", "--steps_per_epoch", "1001"],
+            "--steps_per_epoch 1001 must be a positive multiple of 4",
+        ),
+        (["ppo", "--env", "CartPole", "--hid", "a", "b"], "--hid takes layer sizes"),
+        (["ppo", "--env", "CartPole", "--act", "sigmoidal"], "--act must be one of tanh"),
+        (["ppo", "--env", "CartPole", "--nonsense", "1"], "unrecognized arguments: --nonsense"),
+        (
+            ["ppo", "--env", "Walker", "--env_kwargs", "gravity=3"],
+            "Walker2d-v5 does not take keyword 'gravity'",
+        ),
+        (["ppo", "--env", "CartPole", "--env_kwargs", "{bad json"], "--env_kwargs is not valid JSON"),
+        (["ppo", "--env", "CartPole", "--cpu", "0"], "--cpu must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = run(
+        [sys.executable, "-m", "spinppo.run", *args, "--data_dir", str(tmp_path)], check=False, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spinppo: error: "), proc.stderr
+    assert message in lines[0]
+    assert not list(tmp_path.iterdir()), "a refused run must not leave a directory behind"
+
+
+def test_bad_input_under_mpirun_exits_2_without_hanging(tmp_path):
+    proc = mpirun(
+        2,
+        [
+            "-m",
+            "spinppo.run",
+            "ppo",
+            "--env",
+            "CartPole",
+            "--steps_per_epoch",
+            "1002",
+            "--data_dir",
+            str(tmp_path),
+        ],
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("spinppo: error: --steps_per_epoch 1002") == 1  # said once, by rank 0
+
+
+def test_existing_run_is_refused_then_overwritten_on_request(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "spinppo.run",
+        "a2c",
+        "--env",
+        "CartPole",
+        "--epochs",
+        "1",
+        "--steps_per_epoch",
+        "80",
+        "--data_dir",
+        str(tmp_path),
+        "--exp_name",
+        "keep",
+    ]
+    run(args)
+    progress = tmp_path / "keep" / "keep_s0" / "progress.txt"
+    before = progress.read_text()
+    proc = run(args, check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert progress.read_text() == before
+    run([*args, "--overwrite"])
+
+
+def test_help_lists_every_flag_with_default():
+    out = run([sys.executable, "-m", "spinppo.run", "ppo", "--help"]).stdout
+    for flag in [
+        "--env",
+        "--env_kwargs",
+        "--cpu",
+        "--hid",
+        "--act",
+        "--clip_ratio",
+        "--target_kl",
+        "--num_envs",
+        "--exp_name",
+        "--datestamp",
+        "--seed",
+        "--epochs",
+        "--steps_per_epoch",
+    ]:
+        assert flag in out
+    assert "(default: 0.2)" in out  # clip_ratio
