@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from mpi4py import MPI
 
@@ -61,42 +60,71 @@ def sync_params(module: torch.nn.Module, root: int = 0) -> None:
             offset += n
 
 
+class _FlatGrads:
+    """One flat buffer holding every gradient of a module, plus one has-gradient flag per parameter.
+
+    After the first call the parameters' ``.grad`` ARE views into the buffer, so backward accumulates
+    straight into it and averaging needs no copies. A gradient replaced by a new tensor (for instance
+    after ``zero_grad(set_to_none=True)``) is copied in and the view adopted again.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        dtype = params[0].dtype if len({p.dtype for p in params}) == 1 else torch.float64
+        self.total = sum(p.numel() for p in params)
+        self.flat = torch.zeros(self.total + len(params), dtype=dtype)
+        self.views, offset = [], 0
+        for p in params:
+            self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        self.flat_np = self.flat.numpy()  # shares memory; numpy scalar access is far cheaper than torch's
+        self.flags = self.flat_np[self.total :]
+        self.adopt = all(p.dtype == dtype for p in params)
+
+    def average(self) -> None:
+        for i, (p, view) in enumerate(zip(self.params, self.views, strict=True)):
+            if p.grad is None:
+                view.zero_()
+                self.flags[i] = 0.0
+            else:
+                if p.grad.data_ptr() != view.data_ptr():
+                    view.copy_(p.grad)
+                self.flags[i] = 1.0
+        MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, self.flat_np, op=MPI.SUM)
+        self.flat[: self.total].mul_(1.0 / num_procs())
+        flags = self.flags.tolist()
+        for i, (p, view) in enumerate(zip(self.params, self.views, strict=True)):
+            if flags[i] <= 0:
+                continue  # no rank had a gradient: stays None everywhere
+            if p.grad is not None and p.grad.data_ptr() == view.data_ptr():
+                continue  # already averaged in place
+            if self.adopt:
+                p.grad = view
+            elif p.grad is None:
+                p.grad = view.to(p.dtype)
+            else:
+                p.grad.copy_(view)
+
+
+_flat_grads: dict[int, tuple[list[int], _FlatGrads]] = {}
+
+
 def mpi_avg_grads(module: torch.nn.Module) -> None:
     """Replace every parameter's gradient by its mean over ranks, in place, in ONE flat Allreduce.
 
     A parameter without a gradient on this rank counts as a zero gradient. After the call it has a
     gradient on every rank if any rank had one, and stays ``None`` on every rank if none had: all ranks
-    end with the same set of gradients, so their optimizers stay in step.
+    end with the same set of gradients, so their optimizers stay in step. The gradients become views
+    of one flat buffer kept for the module, so later calls copy nothing.
     """
     if num_procs() == 1:
         return
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
-    sizes = [p.numel() for p in params]
-    total = sum(sizes)
-    dtype = np.float32 if all(p.dtype == torch.float32 for p in params) else np.float64
-    # Layout: all gradients, then one has-gradient flag per parameter, reduced in the same call.
-    send = np.empty(total + len(params), dtype=dtype)
-    offset = 0
-    for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
-        if p.grad is None:
-            send[offset : offset + n] = 0.0
-            send[total + i] = 0.0
-        else:
-            send[offset : offset + n] = p.grad.detach().reshape(-1).numpy()
-            send[total + i] = 1.0
-        offset += n
-    recv = np.empty_like(send)
-    MPI.COMM_WORLD.Allreduce(send, recv, op=MPI.SUM)
-    recv[:total] /= num_procs()
-    mean = torch.from_numpy(recv)
-    offset = 0
-    for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
-        if recv[total + i] > 0:
-            g = mean[offset : offset + n].view_as(p).to(p.dtype)
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.copy_(g)
-        offset += n
+    key = [id(p) for p in params]
+    cached = _flat_grads.get(id(module))
+    if cached is None or cached[0] != key:
+        cached = (key, _FlatGrads(params))
+        _flat_grads[id(module)] = cached
+    cached[1].average()
