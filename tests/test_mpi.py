@@ -23,5 +23,5 @@ def test_mpi_helpers_in_a_single_process():
 
 def test_mpi_fork_from_plain_python_runs_n_ranks():
     out = run([sys.executable, "tests/fork_probe.py", "3"]).stdout
-    lines = sorted(re.findall(r"rank (\d) of (\d) threads=(\S+)", out))
+    lines = sorted(re.findall(r"rank (\d) of (\d) threads=(\d+)", out))
     assert lines == [("0", "3", "1"), ("1", "3", "1"), ("2", "3", "1")], out
