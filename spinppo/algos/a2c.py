@@ -87,7 +87,7 @@ def a2c(
         config=config,
     )
     ac = run.ac
-    optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5)
+    optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)
 
     def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
         adv = data["adv"]

@@ -104,7 +104,8 @@ def ppo(
     )
     ac = run.ac
     local_mb = minibatch_size // num_procs()
-    optimizer = torch.optim.Adam(ac.parameters(), lr=lr, eps=1e-5)
+    # fused: one kernel per tensor instead of a dozen small ops per tensor on the hot path.
+    optimizer = torch.optim.Adam(ac.parameters(), lr=lr, eps=1e-5, fused=True)
 
     def anneal(epoch: int) -> None:
         if anneal_lr:

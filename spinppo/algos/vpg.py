@@ -73,8 +73,8 @@ def vpg(
     ac = run.ac
     v_params = list(ac.v.parameters())
     pi_params = [p for name, p in ac.named_parameters() if not name.startswith("v.")]
-    pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr)
-    vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr)
+    pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr, fused=True)
+    vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr, fused=True)
 
     def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
         obs, act, adv, ret = data["obs"], data["act"], data["adv"], data["ret"]

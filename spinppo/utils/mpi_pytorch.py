@@ -30,10 +30,14 @@ def available_cores() -> int:
 def setup_pytorch_for_mpi() -> int:
     """Share the host's cores among the ranks on it, at least one torch thread each.
 
-    Without this, every rank's torch starts one thread per core and they clobber each other.
+    Without this, every rank's torch starts one thread per core and they clobber each other. An
+    OMP_NUM_THREADS set by the user (mpi_fork sets 1) caps the count: for the small networks of on-policy
+    RL, extra threads buy little and, on a busy machine, can make each call many times slower.
     Returns the number of threads this rank will use.
     """
     threads = max(1, available_cores() // local_size())
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)
     return threads
 
