@@ -45,7 +45,7 @@ def unavailable_reason() -> str | None:
         return "network namespaces are Linux-only"
     if os.geteuid() != 0:
         return "making network namespaces needs root"
-    for tool in ("ip", "unshare", "mount"):
+    for tool in ("ip", "unshare", "mount", "taskset"):
         if shutil.which(tool) is None:
             return f"'{tool}' is not installed (apt-get install iproute2 util-linux mount)"
     return None
@@ -110,17 +110,25 @@ class Host:
     addr: str  # its address on the private /24
     netns: str  # network namespace name
     binds: list[tuple[str, str]] = field(default_factory=list)  # (source, mount point) bind mounts
+    cpus: list[int] | None = None  # the cores its processes may run on (None: all of this machine's)
 
 
 class NetnsCluster:
     """``n`` hosts h1..hn with addresses SUBNET.1..n, each in its own network namespace.
 
     Use as a context manager, or call ``up()`` and (always) ``down()``. ``binds`` maps a host name to
-    (source, mount point) pairs bind-mounted for every process started on that host.
+    (source, mount point) pairs bind-mounted for every process started on that host. With ``split_cpus``
+    (the default) the machine's cores are shared out among the hosts, so that each host has cores of its
+    own as real machines do (spinppo sizes its torch thread pools by the cores it may use per host); with
+    fewer cores than hosts every host gets them all.
     """
 
     def __init__(
-        self, n: int, workdir: str | os.PathLike, binds: dict[str, list[tuple[str, str]]] | None = None
+        self,
+        n: int,
+        workdir: str | os.PathLike,
+        binds: dict[str, list[tuple[str, str]]] | None = None,
+        split_cpus: bool = True,
     ):
         if not 1 <= n <= 8:
             raise ValueError("between 1 and 8 hosts")
@@ -136,6 +144,10 @@ class NetnsCluster:
             )
             for i in range(1, n + 1)
         ]
+        cores = sorted(os.sched_getaffinity(0))
+        if split_cpus and len(cores) >= n:
+            for i, h in enumerate(self.hosts):
+                h.cpus = cores[i * len(cores) // n : (i + 1) * len(cores) // n]
         self.workdir = Path(workdir)
         self.map_file = self.workdir / f"{self.tag}.hosts"
         self._made: list[str] = []
@@ -148,36 +160,43 @@ class NetnsCluster:
             raise NetnsUnavailable(reason)
         remove_stale_namespaces()
         try:
-            self._add_netns(self.switch)
-        except RuntimeError as e:  # e.g. a container without CAP_SYS_ADMIN
-            raise NetnsUnavailable(f"cannot create a network namespace: {e}") from None
-        try:
-            self._ns(self.switch, "ip", "link", "add", "br0", "type", "bridge")
-            self._ns(self.switch, "ip", "link", "set", "br0", "up")
-            for i, h in enumerate(self.hosts, start=1):
-                self._add_netns(h.netns)
-                # Both veth ends are made directly in their namespaces: no name ever appears in the root one.
-                _sh(
-                    ["ip", "link", "add", "eth0", "netns", h.netns, "type", "veth", "peer", "name", f"p{i}"]
-                    + ["netns", self.switch]
-                )
-                self._ns(self.switch, "ip", "link", "set", f"p{i}", "master", "br0", "up")
-                self._ns(h.netns, "ip", "addr", "add", f"{h.addr}/24", "dev", "eth0")
-                self._ns(h.netns, "ip", "link", "set", "lo", "up")
-                self._ns(h.netns, "ip", "link", "set", "eth0", "up")
-            lines = []
-            for h in self.hosts:
-                binds = " ".join(f"{src}={dst}" for src, dst in h.binds)
-                if any(c.isspace() or c == "=" for src, dst in h.binds for c in src + dst):
-                    raise ValueError("bind paths may not hold spaces or '='")
-                lines.append(f"{h.addr} {h.netns} {h.name} {binds}".rstrip())
+            try:
+                self._build()
+            except RuntimeError as e:  # an `ip` command refused: no permission, no veth or bridge support
+                raise NetnsUnavailable(f"cannot build the namespaces' network: {e}") from None
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self.map_file.write_text("\n".join(lines) + "\n")
+            self.map_file.write_text(self._map_text())
             self._wait_reachable()
         except BaseException:
             self.down()
             raise
         return self
+
+    def _build(self) -> None:
+        self._add_netns(self.switch)
+        self._ns(self.switch, "ip", "link", "add", "br0", "type", "bridge")
+        self._ns(self.switch, "ip", "link", "set", "br0", "up")
+        for i, h in enumerate(self.hosts, start=1):
+            self._add_netns(h.netns)
+            # Both veth ends are made directly in their namespaces: no name ever appears in the root one.
+            _sh(
+                ["ip", "link", "add", "eth0", "netns", h.netns, "type", "veth", "peer", "name", f"p{i}"]
+                + ["netns", self.switch]
+            )
+            self._ns(self.switch, "ip", "link", "set", f"p{i}", "master", "br0", "up")
+            self._ns(h.netns, "ip", "addr", "add", f"{h.addr}/24", "dev", "eth0")
+            self._ns(h.netns, "ip", "link", "set", "lo", "up")
+            self._ns(h.netns, "ip", "link", "set", "eth0", "up")
+
+    def _map_text(self) -> str:
+        lines = []
+        for h in self.hosts:
+            if any(c.isspace() or c == "=" for src, dst in h.binds for c in src + dst):
+                raise ValueError("bind paths may not hold spaces or '='")
+            binds = " ".join(f"{src}={dst}" for src, dst in h.binds)
+            cpus = ",".join(map(str, h.cpus)) if h.cpus else "-"
+            lines.append(f"{h.addr} {h.netns} {h.name} {cpus} {binds}".rstrip())
+        return "\n".join(lines) + "\n"
 
     def _add_netns(self, ns: str) -> None:
         _sh(["ip", "netns", "add", ns])

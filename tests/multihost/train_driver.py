@@ -5,7 +5,8 @@
 After training rank 0 prints one ``RANK {json}`` line per rank: rank, hostname, local_size, the host marker it
 finds in DIR (``DIR/.host``, if there), what it sees in DIR, and the sha256 of its actor-critic's state.
 Rank 0 then prints ``RESULT {json}``: the epoch times from progress.txt and, with ``--time_mpi``, the time
-each rank spent inside MPI calls (every Comm method the training calls, waiting for other ranks included).
+each rank spent inside MPI calls (every Comm method the training calls, waiting for other ranks included;
+``--split_wait`` times that wait apart, with a Barrier before each call).
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import argparse
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
+from hashing import state_hash  # beside this script, which is sys.path[0]
 from mpi4py import MPI
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for tests.multihost.*
-
-from tests.multihost.hashing import state_hash  # noqa: E402
 
 # Comm methods that spinppo's MPI helpers and normalisation call; each is timed under --time_mpi.
 TIMED = (
@@ -42,16 +39,26 @@ TIMED = (
 
 
 class TimedIntracomm(MPI.Intracomm):
-    """COMM_WORLD with a stopwatch around the collectives (the same communicator handle)."""
+    """COMM_WORLD with a stopwatch around the collectives (the same communicator handle).
+
+    With ``split_wait`` every timed call is preceded by a Barrier, timed apart as ``wait_seconds``: the time
+    a rank waits for the slowest one. What is left in ``seconds`` is then mostly moving the data.
+    """
 
     seconds = 0.0
+    wait_seconds = 0.0
     calls = 0
+    split_wait = False
 
 
 def _timed(name: str):
     method = getattr(MPI.Intracomm, name)
 
     def wrapper(self, *args, **kwargs):
+        if TimedIntracomm.split_wait:
+            t0 = time.perf_counter()
+            MPI.Intracomm.Barrier(self)
+            TimedIntracomm.wait_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
@@ -78,6 +85,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--hid", type=int, nargs="+", default=[64, 64])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time_mpi", action="store_true", help="time every MPI collective (see TIMED)")
+    p.add_argument("--split_wait", action="store_true", help="with --time_mpi: a timed Barrier before each")
     return p.parse_args()
 
 
@@ -87,6 +95,7 @@ def main() -> None:
     if args.time_mpi:
         # spinppo looks MPI.COMM_WORLD up at every call, so this one replacement times all its collectives.
         MPI.COMM_WORLD = TimedIntracomm(world)
+        TimedIntracomm.split_wait = args.split_wait
 
     import gymnasium as gym
 
@@ -109,8 +118,11 @@ def main() -> None:
     )
     train_seconds = time.perf_counter() - t0
     MPI.COMM_WORLD = world  # the reports below are not training's MPI time
+    import torch
+
     report = {
         "rank": world.Get_rank(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "size": world.Get_size(),
         "hostname": socket.gethostname(),
         "processor": MPI.Get_processor_name(),
@@ -120,6 +132,7 @@ def main() -> None:
         "hash": state_hash(ac.state_dict()),
         "train_seconds": train_seconds,
         "mpi_seconds": TimedIntracomm.seconds,
+        "mpi_wait_seconds": TimedIntracomm.wait_seconds,
         "mpi_calls": TimedIntracomm.calls,
     }
     # Rank 0 prints every rank's line: hydra forwards the ranks' output in chunks that may interleave.
@@ -136,6 +149,7 @@ def main() -> None:
             "epoch_seconds": epoch_seconds,
             "train_seconds": train_seconds,
             "mpi_seconds": [r["mpi_seconds"] for r in reports],
+            "mpi_wait_seconds": [r["mpi_wait_seconds"] for r in reports],
             "mpi_calls": [r["mpi_calls"] for r in reports],
             "hosts": [r["hostname"] for r in reports],
         }
