@@ -39,11 +39,12 @@ class Layout:
         self.root = root
         self.data = root / "data"  # the data dir every rank is given: a mount point, empty out here
         self.run = root / "run"  # the ranks' working directory: a mount point as well
-        for path in (self.data, self.run):
+        self.opt = root / "opt"  # software installed on each host (a Unity build), a mount point too
+        for path in (self.data, self.run, self.opt):
             path.mkdir()
         for name in HOSTS:
-            (self.host_data(name)).mkdir(parents=True)
-            (self.host_run(name)).mkdir(parents=True)
+            for path in (self.host_data(name), self.host_run(name), self.host_opt(name)):
+                path.mkdir(parents=True)
             (self.host_data(name) / ".host").write_text(name)
 
     def host_data(self, name: str) -> Path:
@@ -52,9 +53,16 @@ class Layout:
     def host_run(self, name: str) -> Path:
         return self.root / "hosts" / name / "run"
 
+    def host_opt(self, name: str) -> Path:
+        return self.root / "hosts" / name / "opt"
+
     def binds(self) -> dict[str, list[tuple[str, str]]]:
         return {
-            name: [(str(self.host_data(name)), str(self.data)), (str(self.host_run(name)), str(self.run))]
+            name: [
+                (str(self.host_data(name)), str(self.data)),
+                (str(self.host_run(name)), str(self.run)),
+                (str(self.host_opt(name)), str(self.opt)),
+            ]
             for name in HOSTS
         }
 
@@ -203,3 +211,19 @@ def test_command_line_across_hosts(cluster, layout):
     progress = next((layout.host_data("h1") / "cli").rglob("progress.txt"))
     assert len(progress.read_text().splitlines()) == 1 + 2
     assert_only_first_host_wrote(layout)
+
+
+def test_an_error_on_one_host_ends_the_job_with_its_message(cluster, layout):
+    from tests.unity_standin.build import write_build
+
+    # The Unity build was installed on the first host only: the rank on h2 cannot find it. Rank 0, busy in
+    # a collective, would wait for it forever: the job must end anyway, saying what went wrong and where.
+    write_build(layout.host_opt("h1"), task="cartpole", agents=2)
+    args = ["-m", "spinppo.run", "ppo", "--env", f"unity:{layout.opt / 'StandIn.x86_64'}", "--epochs", "1"]
+    args += ["--steps_per_epoch", "400", "--data_dir", str(layout.data), "--exp_name", "missing"]
+    cmd = cluster.mpiexec(["h1", "h2"], 2, [sys.executable, *args], mpiexec_args=["-wdir", str(layout.run)])
+    out = run(cmd, timeout=60, check=False, **cluster.env(MPIEXEC_TIMEOUT="20"))
+    text = out.stdout + out.stderr
+    assert "APPLICATION TIMED OUT" not in text, "the job hung until MPIEXEC_TIMEOUT"
+    assert out.returncode != 0
+    assert "StandIn.x86_64 not found" in text and "(rank 1)" in text, text
