@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import sys
 from pathlib import Path
@@ -159,6 +160,8 @@ class UnityVectorEnv(VectorEnv):
             UnityTimeOutException,
             UnityWorkerInUseException,
         )
+
+        environment_class = _queue_unity_environment()
         from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
         from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
 
@@ -181,7 +184,7 @@ class UnityVectorEnv(VectorEnv):
             parameters.set_float_parameter(str(key), float(value))
 
         try:
-            self._env = UnityEnvironment(
+            self._env = environment_class(
                 file_name=self.file_name,
                 worker_id=worker_id,
                 base_port=base_port,
@@ -527,6 +530,71 @@ class UnityVectorEnv(VectorEnv):
             raise UserError(
                 f"the Unity player {self.file_name} quit ({_one_line(e)}): {self._see_log()}"
             ) from None
+
+
+class _QueueEnd:
+    """One end of a pair of queues with the three methods of ``multiprocessing.Connection`` that
+    mlagents_envs' RpcCommunicator uses (send, poll, recv, plus close).
+
+    mlagents_envs hands every message between its gRPC thread and the main thread through a
+    ``multiprocessing.Pipe``, which pickles it: with the pure-Python protobuf that mlagents_envs 0.28
+    needs, that is one more serialisation and one more parse of every message, most of the trainer's
+    time at Walker's size (docs/unity.md). Both threads are in one process, so a queue hands over the
+    message object itself.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
+        self._inbox, self._outbox = inbox, outbox
+        self._held: list[Any] = []
+
+    def send(self, obj: Any) -> None:
+        self._outbox.put(obj)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        if not self._held:
+            try:
+                self._held.append(
+                    self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                return False
+        return True
+
+    def recv(self) -> Any:
+        return self._held.pop() if self._held else self._inbox.get()
+
+    def close(self) -> None:
+        pass
+
+
+def _queue_unity_environment() -> type:
+    """``UnityEnvironment`` whose communicator passes messages between its threads through queues.
+
+    Only the servicer's two pipe ends are swapped (before the player is launched, so before any message);
+    the protocol, the gRPC server and every check stay mlagents_envs' own.
+    """
+    from mlagents_envs.environment import UnityEnvironment
+    from mlagents_envs.rpc_communicator import RpcCommunicator
+
+    class QueueCommunicator(RpcCommunicator):
+        def create_server(self) -> None:
+            super().create_server()
+            to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
+            self.unity_to_external.parent_conn = _QueueEnd(to_python, to_unity)
+            self.unity_to_external.child_conn = _QueueEnd(to_unity, to_python)
+
+    class QueueUnityEnvironment(UnityEnvironment):
+        @staticmethod
+        def _get_communicator(worker_id: int, base_port: int, timeout_wait: int) -> RpcCommunicator:
+            return QueueCommunicator(worker_id, base_port, timeout_wait)
+
+        def _close(self, timeout: int | None = None) -> None:
+            # UnityEnvironment registers _close with atexit before it has a communicator: when the port
+            # is taken it has none, and the stock _close would print a traceback at exit.
+            if hasattr(self, "_communicator"):
+                super()._close(timeout)
+
+    return QueueUnityEnvironment
 
 
 def _one_line(e: Exception) -> str:

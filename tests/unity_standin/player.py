@@ -42,19 +42,14 @@ import grpc
 import numpy as np
 
 # Only the message modules: mlagents_envs.envs and .registry reach the internet when imported.
-from mlagents_envs.communicator_objects.agent_info_pb2 import AgentInfoProto
 from mlagents_envs.communicator_objects.brain_parameters_pb2 import ActionSpecProto, BrainParametersProto
 from mlagents_envs.communicator_objects.capabilities_pb2 import UnityRLCapabilitiesProto
 from mlagents_envs.communicator_objects.command_pb2 import QUIT, RESET
 from mlagents_envs.communicator_objects.header_pb2 import HeaderProto
-from mlagents_envs.communicator_objects.observation_pb2 import ObservationProto
 from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
-from mlagents_envs.communicator_objects.unity_output_pb2 import UnityOutputProto
 from mlagents_envs.communicator_objects.unity_rl_initialization_output_pb2 import (
     UnityRLInitializationOutputProto,
 )
-from mlagents_envs.communicator_objects.unity_rl_output_pb2 import UnityRLOutputProto
-from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import UnityToExternalProtoStub
 from mlagents_envs.side_channel.incoming_message import IncomingMessage
 
 DEFAULTS: dict[str, Any] = {
@@ -77,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     # task "script": observations [lineage, id] + [episode step, action]; reward per physics step is
     # reward_scale * action; lineage i's episode k terminates after lengths[i][k] physics steps (no entry:
     # only max_step ends it); vanish {lineage: academy step}: the agent disappears without a terminal
-    # info; spawn [academy step, ...]: a new lineage appears; offsets [per lineage]: decision step offset.
+    # info; spawn [academy step, ...]: a new lineage appears; periods [per lineage]: its decision period.
     "script": {},
 }
 
@@ -175,8 +170,8 @@ class ScriptBody:
 class Agent:
     """A Unity Agent: a lineage (one GameObject) whose episodes each carry a new id."""
 
-    def __init__(self, lineage: int, body: Body | ScriptBody, offset: int) -> None:
-        self.lineage, self.body, self.offset = lineage, body, offset
+    def __init__(self, lineage: int, body: Body | ScriptBody, period: int) -> None:
+        self.lineage, self.body, self.period = lineage, body, period
         self.id = -1
         self.episode = -1
         self.ep_step = 0
@@ -210,6 +205,7 @@ class Academy:
         self.bodies: dict[tuple[str, int], Body | ScriptBody] = {}
         self.sent_brains: set[str] = set()
         self.step_count = 0
+        self.just_reset = False
         self.lineages = 0
 
     def _body(self, name: str, lineage: int) -> Body | ScriptBody:
@@ -222,8 +218,9 @@ class Academy:
         return self.bodies[key]
 
     def _new_agent(self, name: str, lineage: int) -> Agent:
-        offsets = self.script.get("offsets", [])
-        agent = Agent(lineage, self._body(name, lineage), offsets[lineage] if lineage < len(offsets) else 0)
+        periods = self.script.get("periods", [])
+        period = periods[lineage] if lineage < len(periods) else self.cfg["decision_period"]
+        agent = Agent(lineage, self._body(name, lineage), period)
         self._begin(agent)
         return agent
 
@@ -235,6 +232,7 @@ class Academy:
 
     def reset(self) -> None:
         self.step_count = 0
+        self.just_reset = True
         self.pending = {n: [] for n in self.names}
         self.agents = {n: [] for n in self.names}
         for lineage in range(self.cfg["agents"]):
@@ -268,12 +266,13 @@ class Academy:
                 if agent.disc.size:
                     agent.disc[:] = np.asarray(action.discrete_actions, np.int32)
 
-    def advance(self) -> UnityOutputProto:
+    def advance(self) -> bytes:
         """Run physics steps until some agent asks for a decision or ends, and return the infos."""
-        infos: dict[str, list[AgentInfoProto]] = {n: [] for n in self.names}
+        infos: dict[str, list[bytes]] = {n: [] for n in self.names}
         pending: dict[str, list[Agent]] = {n: [] for n in self.names}
-        if self.step_count == 0:  # just reset: decisions at academy step 0, before any physics
+        if self.just_reset:  # decisions at academy step 0, before any physics
             self._decisions(infos, pending)
+            self.just_reset = False
         while not any(infos.values()):
             self._physics_step(infos)
             self.step_count += 1
@@ -282,7 +281,7 @@ class Academy:
         self.pending = pending
         return self._output(infos)
 
-    def _physics_step(self, infos: dict[str, list[AgentInfoProto]]) -> None:
+    def _physics_step(self, infos: dict[str, list[bytes]]) -> None:
         max_step = self.cfg["max_step"]
         for name in self.names:
             for agent in self.agents[name]:
@@ -310,38 +309,29 @@ class Academy:
                 self.agents[main].append(agent)
                 self.log(f"agent {agent.id} spawned at step {self.step_count}")
 
-    def _decisions(self, infos: dict[str, list[AgentInfoProto]], pending: dict[str, list[Agent]]) -> None:
-        period = self.cfg["decision_period"]
+    def _decisions(self, infos: dict[str, list[bytes]], pending: dict[str, list[Agent]]) -> None:
         for name in self.names:
             for agent in self.agents[name]:
-                if (self.step_count - agent.offset) % period == 0:
+                if self.step_count % agent.period == 0:
                     infos[name].append(self._info(agent, done=False, max_step_reached=False))
                     pending[name].append(agent)
 
-    def _info(self, agent: Agent, done: bool, max_step_reached: bool) -> AgentInfoProto:
-        info = AgentInfoProto(reward=agent.reward, done=done, max_step_reached=max_step_reached, id=agent.id)
+    def _info(self, agent: Agent, done: bool, max_step_reached: bool) -> bytes:
+        info = encode_agent_info(agent.reward, done, max_step_reached, agent.id, self._observations(agent))
         agent.reward = 0.0
-        info.observations.extend(self._observations(agent))
         return info
 
-    def _observations(self, agent: Agent) -> list[ObservationProto]:
+    def _observations(self, agent: Agent) -> list[tuple[str, list[int], np.ndarray]]:
         obs = agent.obs
         if self.cfg["task"] == "script":  # two sensors, so that Python has to concatenate them
-            sensors = [("Identity", obs[:2]), ("Progress", obs[2:])]
+            sensors = [("Identity", [2], obs[:2]), ("Progress", [2], obs[2:])]
         else:
-            sensors = [("Body", obs)]
+            sensors = [("Body", [len(obs)], obs)]
         if self.cfg["obs_pad"]:
-            sensors.append(("Padding", np.zeros(self.cfg["obs_pad"], np.float32)))
-        protos = []
-        for sensor_name, values in sensors:
-            proto = ObservationProto(shape=[len(values)], name=sensor_name)
-            proto.float_data.data.extend(values.tolist())
-            protos.append(proto)
+            sensors.append(("Padding", [self.cfg["obs_pad"]], np.zeros(self.cfg["obs_pad"], np.float32)))
         if self.cfg["visual"]:
-            proto = ObservationProto(shape=[8, 8, 3], name="Camera")
-            proto.float_data.data.extend([0.5] * 192)
-            protos.append(proto)
-        return protos
+            sensors.append(("Camera", [8, 8, 3], np.full(192, 0.5, np.float32)))
+        return sensors
 
     def _brain(self, name: str) -> BrainParametersProto:
         body = self.agents[name][0].body
@@ -352,15 +342,69 @@ class Academy:
         )
         return BrainParametersProto(brain_name=name, is_training=True, action_spec=spec)
 
-    def _output(self, infos: dict[str, list[AgentInfoProto]]) -> UnityOutputProto:
-        out = UnityOutputProto()
+    def _output(self, infos: dict[str, list[bytes]]) -> bytes:
+        """The UnityMessageProto (status 200) carrying these infos and any brain parameters not yet sent."""
+        init = UnityRLInitializationOutputProto()
         for name, values in infos.items():
-            if values:
-                out.rl_output.agentInfos[name].value.extend(values)
-                if name not in self.sent_brains:
-                    out.rl_initialization_output.brain_parameters.append(self._brain(name))
-                    self.sent_brains.add(name)
-        return out
+            if values and name not in self.sent_brains:
+                init.brain_parameters.append(self._brain(name))
+                self.sent_brains.add(name)
+        return encode_output(infos, init.SerializeToString())
+
+
+# Wire encoding of the messages sent at every exchange. Unity's C# protobuf is fast; Python's pure-Python
+# protobuf 3.20 is not, and building the infos with it would make the stand-in, not the protocol, the cost
+# measured by scripts/bench_unity.py. Field numbers are those of mlagents_envs' .proto files (proto3:
+# repeated scalars packed); tests/test_unity.py checks the result against the protobuf classes.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_agent_info(
+    reward: float,
+    done: bool,
+    max_step_reached: bool,
+    agent_id: int,
+    sensors: list[tuple[str, list[int], Any]],
+) -> bytes:
+    """An AgentInfoProto: reward=7 (float), done=8, max_step_reached=9, id=10, observations=13."""
+    parts = [_varint(7 << 3 | 5) + struct.pack("<f", reward), _varint(8 << 3) + _varint(int(done))]
+    parts.append(_varint(9 << 3) + _varint(int(max_step_reached)))
+    parts.append(_varint(10 << 3) + _varint(agent_id))
+    for name, shape, values in sensors:
+        # ObservationProto: shape=1 (packed int32), float_data=4 (FloatData: data=1, packed float), name=8
+        floats = np.asarray(values, dtype="<f4").tobytes()
+        obs = _field(1, b"".join(_varint(d) for d in shape)) + _field(4, _field(1, floats))
+        parts.append(_field(13, obs + _field(8, name.encode())))
+    return b"".join(parts)
+
+
+def encode_output(infos: dict[str, list[bytes]], init: bytes = b"") -> bytes:
+    """A UnityMessageProto: header=1 (status=1: 200), unity_output=2 (UnityOutputProto: rl_output=1,
+    UnityRLOutputProto: agentInfos=2, a map entry key=1 value=2 per behavior, ListAgentInfoProto: value=1;
+    rl_initialization_output=2)."""
+    entries = b"".join(
+        _field(2, _field(1, name.encode()) + _field(2, b"".join(_field(1, info) for info in values)))
+        for name, values in infos.items()
+        if values
+    )
+    output = _field(1, entries) + (_field(2, init) if init else b"")
+    return _field(1, _varint(1 << 3) + _varint(200)) + _field(2, output)
 
 
 def read_side_channels(data: bytes, academy: Academy, log: Log, state: dict[str, float]) -> None:
@@ -426,13 +470,15 @@ def main(argv: list[str]) -> int:
     if cfg["hang"] == "init":
         hang(log, "before the handshake (hang=init)")
 
-    stub = UnityToExternalProtoStub(grpc.insecure_channel(f"localhost:{port}"))
+    # The stub's own serializer would re-encode; requests here are already encoded (see encode_output).
+    exchange_rpc = grpc.insecure_channel(f"localhost:{port}").unary_unary(
+        "/communicator_objects.UnityToExternalProto/Exchange",
+        request_serializer=bytes,
+        response_deserializer=UnityMessageProto.FromString,
+    )
 
-    def exchange(output: UnityOutputProto | None) -> UnityMessageProto:
-        msg = UnityMessageProto(header=HeaderProto(status=200))
-        if output is not None:
-            msg.unity_output.CopyFrom(output)
-        return stub.Exchange(msg, wait_for_ready=True)
+    def exchange(request: bytes) -> UnityMessageProto:
+        return exchange_rpc(request, wait_for_ready=True)
 
     caps = UnityRLCapabilitiesProto(
         baseRLCapabilities=True,
@@ -451,7 +497,9 @@ def main(argv: list[str]) -> int:
         log_path=log_file or "",
     )
     try:
-        reply = exchange(UnityOutputProto(rl_initialization_output=init))
+        hello = UnityMessageProto(header=HeaderProto(status=200))
+        hello.unity_output.rl_initialization_output.CopyFrom(init)
+        reply = exchange(hello.SerializeToString())
         if reply.header.status != 200:
             log(f"handshake refused (status {reply.header.status})")
             return 0
@@ -459,7 +507,7 @@ def main(argv: list[str]) -> int:
         log(f"handshake: python communication {py.communication_version}, package {py.package_version}")
         academy = Academy(cfg, py.seed, log)
         state = {"time_scale": 1.0}
-        reply = exchange(None)  # answered by Python's first command
+        reply = exchange(encode_output({}))  # answered by Python's first command
         exchanges = 0
         sim_time, wall0, scale = 0.0, time.monotonic(), state["time_scale"]
         while True:
