@@ -38,6 +38,7 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
 # Flags that are not algorithm keywords.
 RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "env": (None, "environment: a gymnasium id, a short name (Walker, Hopper, CartPole...) or unity:PATH"),
+    "resume": (None, "continue the run in this directory from its last checkpoint (other flags: as saved)"),
     "env_kwargs": (
         {},
         "environment keyword arguments as JSON or key=value pairs, e.g. forward_reward_weight=-1",
@@ -196,7 +197,6 @@ def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]
             f"--{flag}",
             nargs=_nargs(default),
             default=default,
-            required=flag == "env",
             help=help_text,
             metavar="V",
         )
@@ -234,8 +234,10 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             grid["ac:act"] = given[flag]
         else:
             grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
-    grid["env"] = given["env"]
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"given": given}
+    if "resume" not in given and "env" not in given:
+        raise UserError("the following arguments are required: --env (see python -m spinppo.run ppo --help)")
+    grid["env"] = given.get("env", [])
     for flag, (default, _) in RUN_FLAGS.items():
         if flag == "env":
             continue
@@ -261,9 +263,96 @@ def _grid_name(algo: str, env: str, exp_name: str | None) -> str:
     return exp_name or f"{algo}-{re.sub(r'[^A-Za-z0-9._-]+', '-', env.split('/')[-1]).strip('-').lower()}"
 
 
+def read_run_config(run_dir: str) -> dict[str, Any]:
+    """A run's config.json; a UserError when ``run_dir`` is not a run."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a spinppo run (no config.json): check the --resume path") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}): is this a spinppo run?") from None
+
+
+def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) -> str:
+    """Continue a run from its last checkpoint, with its saved configuration; return its directory."""
+    from spinppo.envs.registry import EnvFactory
+    from spinppo.utils.mpi_tools import (
+        broadcast,
+        local_rank,
+        mpi_fork,
+        num_procs,
+        proc_id,
+        under_mpi_launcher,
+    )
+
+    run_dir = options["resume"]
+    config = read_run_config(run_dir)
+    given = options["given"]
+    if config.get("algo", algo) != algo:
+        raise UserError(
+            f"{run_dir} is a {config['algo']} run: resume it with python -m spinppo.run {config['algo']}"
+        )
+    # Flags typed with --resume must agree with the saved run; only --epochs may change (to extend it).
+    saved_env = config["env_fn"]["name"]
+    if given.get("env") and given["env"] != [saved_env]:
+        raise UserError(f"--env {' '.join(given['env'])} contradicts the run's saved env {saved_env}")
+    for key, values in grid.items():
+        name = key.split(":")[-1]
+        if name not in given or name in ("epochs", "env"):
+            continue
+        saved = config["ac_kwargs"].get(AC_FLAGS[name][0]) if key.startswith("ac:") else config.get(name)
+        saved = tuple(saved) if isinstance(saved, list) else saved
+        if len(values) != 1 or values[0] != saved:
+            shown = " ".join(given[name])
+            raise UserError(
+                f"--{name} {shown} contradicts the run's saved {name} {saved}: drop the flag to resume"
+            )
+    cpu = options["cpu"] if "cpu" in given else config.get("num_procs", 1)
+    if not under_mpi_launcher():
+        mpi_fork(cpu)
+    # Every rank takes rank 0's reading of the configuration (hosts need not share a disk).
+    config = broadcast(config if proc_id() == 0 else None)
+    fn = _algo(algo)
+    params = inspect.signature(fn).parameters
+    kwargs = {
+        k: v
+        for k, v in config.items()
+        if k in params and k not in ("env_fn", "actor_critic", "logger_kwargs")
+    }
+    if "epochs" in given:
+        kwargs["epochs"] = grid["epochs"][0]
+    env = config["env_fn"]
+    unity_kwargs = dict(
+        base_port=options["base_port"],
+        worker_id=local_rank(),
+        time_scale=options["time_scale"],
+        no_graphics=options["no_graphics"],
+        log_dir=run_dir,
+    )
+    name = f"unity:{env['env']}" if env["kind"] == "unity" else env["env"]
+    kwargs["env_fn"] = EnvFactory(name, env.get("env_kwargs"), unity_kwargs=unity_kwargs)
+    saved_logger = config.get("logger_kwargs", {})
+    kwargs["logger_kwargs"] = dict(
+        output_dir=run_dir,
+        exp_name=config.get("exp_name"),
+        tensorboard=saved_logger.get("tensorboard", True),
+        resume=True,
+    )
+    if proc_id() == 0:
+        print(f"Resuming {run_dir} on {num_procs()} rank(s)", flush=True)
+    fn(**kwargs)
+    return run_dir
+
+
 def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     """Parse, fork under MPI if asked (--cpu), and run every variant of the grid; return the run dirs."""
     grid, options = parse_algo_args(algo, argv)
+    if options["resume"]:
+        dirs = [resume_algo(algo, grid, options)]
+        _print_next_steps(dirs)
+        return dirs
     from spinppo.envs.registry import EnvFactory
     from spinppo.utils.logx import setup_logger_kwargs
     from spinppo.utils.mpi_tools import local_rank, mpi_fork, proc_id
@@ -300,13 +389,19 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
                 print(f"Environment: {env_fn.choice.describe()}", flush=True)
             fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
             dirs.append(logger_kwargs["output_dir"])
+    _print_next_steps(dirs)
+    return dirs
+
+
+def _print_next_steps(dirs: list[str]) -> None:
+    from spinppo.utils.mpi_tools import proc_id
+
     if proc_id() == 0:
         for d in dirs:
             rel = os.path.relpath(d)
             shown = rel if not rel.startswith("..") else d
             print(f"\nRun saved in {shown}\n  plot it:    python -m spinppo.run plot {shown}")
             print(f"  replay it:  python -m spinppo.run test_policy {shown}", flush=True)
-    return dirs
 
 
 USAGE = """usage: python -m spinppo.run COMMAND [flags]
@@ -319,6 +414,37 @@ commands:
   test_policy   replay a saved policy
 
 python -m spinppo.run COMMAND --help lists a command's flags."""
+
+
+_error_comm = None  # a duplicate of COMM_WORLD, so error agreement never meets a pending collective
+
+
+def _exit_with(message: str, code: int) -> int:
+    """End this rank with ``message`` on stderr and exit ``code``, without ever hanging the job.
+
+    With several ranks, the failing ranks meet in a non-blocking barrier: if every rank failed the same
+    way (bad input is seen by all), rank 0 prints once and all exit cleanly; if some rank is still at
+    work, it would wait forever for this one, so this rank prints with its number and aborts the job.
+    """
+    from spinppo.utils.mpi_tools import num_procs, proc_id
+
+    if num_procs() == 1 or _error_comm is None:
+        print(message, file=sys.stderr, flush=True)
+        return code
+    import time
+
+    request = _error_comm.Ibarrier()
+    deadline = time.monotonic() + 3.0
+    while not request.Test():
+        if time.monotonic() > deadline:
+            print(f"{message} (rank {proc_id()})", file=sys.stderr, flush=True)
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(code)
+        time.sleep(0.01)
+    if proc_id() == 0:
+        print(message, file=sys.stderr, flush=True)
+    return code
 
 
 def _report_crash() -> None:
@@ -336,11 +462,19 @@ def _report_crash() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input)."""
+    global _error_comm
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
+    from spinppo.utils.errors import TrainingDiverged, TrainingStopped
+    from spinppo.utils.mpi_tools import num_procs, proc_id
+
+    if num_procs() > 1 and _error_comm is None:
+        from mpi4py import MPI
+
+        _error_comm = MPI.COMM_WORLD.Dup()
     try:
         if cmd in ALGOS:
             run_algo(cmd, rest)
@@ -354,11 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; did you mean {close[0]}?" if close else ""
         raise UserError(f"unknown command {cmd!r}: choose one of {', '.join(ALGOS + TOOLS)}{hint}")
     except UserError as e:
-        from spinppo.utils.mpi_tools import proc_id
-
+        return _exit_with(f"spinppo: error: {e}", 2)
+    except TrainingDiverged as e:
+        return _exit_with(f"spinppo: error: {e}", 1)
+    except TrainingStopped as e:
         if proc_id() == 0:
-            print(f"spinppo: error: {e}", file=sys.stderr, flush=True)
-        return 2
+            print(f"spinppo: {e}", flush=True)
+        return 0
     except KeyboardInterrupt:
         return 130
     except Exception:

@@ -39,6 +39,7 @@ def a2c(
     norm_reward: bool = False,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
+    keep_checkpoints: int = 5,
 ) -> MLPActorCritic:
     """Train a policy with A2C; returns the trained actor-critic.
 
@@ -60,7 +61,8 @@ def a2c(
         norm_adv: normalise advantages over each rollout (over all ranks).
         norm_reward: scale rewards by the running std of the discounted return.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
-        save_freq: save the model every this many epochs (and at the end).
+        save_freq: save a checkpoint every this many epochs (and at the end).
+        keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
     check_positive(lr=lr, n_steps=n_steps, epochs=epochs, num_envs=num_envs, steps_per_epoch=steps_per_epoch)
@@ -85,6 +87,7 @@ def a2c(
         norm_adv=norm_adv,
         logger_kwargs=logger_kwargs,
         config=config,
+        algo="a2c",
     )
     ac = run.ac
     optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)
@@ -102,7 +105,14 @@ def a2c(
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
         optimizer.step()
-        return dict(LossPi=float(loss_pi), LossV=float(loss_v), Entropy=float(ent))
+        return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
 
-    run.train(update, epochs, log_keys=["LossPi", "LossV", "Entropy"], save_freq=save_freq)
+    run.train(
+        update,
+        epochs,
+        log_keys=["LossPi", "LossV", "Entropy"],
+        save_freq=save_freq,
+        optimizers={"optimizer": optimizer},
+        keep_checkpoints=keep_checkpoints,
+    )
     return ac

@@ -8,11 +8,23 @@ An algorithm is a function that builds an ``OnPolicyRun`` and hands ``train`` it
 
 Each epoch, on every rank: collect ``steps_per_epoch / num_procs`` steps -> update (gradients averaged over
 ranks) -> fold the epoch's observations into the normalisation statistics -> log -> save.
+
+Checkpoints (``checkpoints/ckpt-<epoch>.pt``, the last ``keep_checkpoints`` kept) hold the whole state of
+every rank: model, optimisers, normalisation statistics, random generators, environments and the episodes
+in progress. Resuming from one (``logger_kwargs=dict(output_dir=RUN, resume=True)``) continues exactly as
+the run would have gone on.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import os.path as osp
+import pickle
 import random
+import re
+import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +38,13 @@ from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
-from spinppo.utils.errors import UserError
-from spinppo.utils.logx import EpochLogger
+from spinppo.envs.state import get_vector_env_state, set_vector_env_state
+from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
+from spinppo.utils.logx import EpochLogger, atomic_torch_save, save_model
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
-from spinppo.utils.mpi_tools import num_procs, proc_id
+from spinppo.utils.mpi_tools import allgather, broadcast, mpi_max, num_procs, proc_id
+
+CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
 
 
 def make_vector_env(env_fn: Callable[[], Any], num_envs: int) -> gym.vector.VectorEnv:
@@ -70,11 +85,14 @@ class OnPolicyRun:
         norm_adv: bool = True,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
+        algo: str = "ppo",
     ) -> None:
         check_positive(steps_per_epoch=steps_per_epoch, num_envs=num_envs)
         if not 0 < gamma <= 1 or not 0 <= lam <= 1:
             raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
         setup_pytorch_for_mpi()
+        self.algo = algo
+        self.resume = bool((logger_kwargs or {}).get("resume"))
         # Each rank explores differently; sync_params below makes the networks identical anyway.
         self.seed = seed + 10000 * proc_id()
         torch.manual_seed(self.seed)
@@ -103,7 +121,10 @@ class OnPolicyRun:
         # Only now, with the input checked, make the run directory.
         self.logger = EpochLogger(**(logger_kwargs or {}))
         if config is not None:
-            self.logger.save_config(config)
+            kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
+            self.logger.save_config(
+                {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
+            )
         sync_params(self.ac)
         self.buf = GAEBuffer(
             obs_space.shape[0],
@@ -117,6 +138,9 @@ class OnPolicyRun:
         self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
         self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler)
         self.logger.setup_pytorch_saver(self.ac)
+        if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
+            ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
+            self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
         n_params = sum(p.numel() for p in self.ac.parameters())
         self.logger.log(
             f"{num_procs()} rank(s) x {self.num_envs} env(s), {self.rollout_steps} steps each per rollout; "
@@ -130,55 +154,221 @@ class OnPolicyRun:
         log_keys: list[str],
         save_freq: int = 10,
         on_epoch_start: Callable[[int], None] | None = None,
+        optimizers: dict[str, torch.optim.Optimizer] | None = None,
+        keep_checkpoints: int = 5,
     ) -> MLPActorCritic:
         """Run ``epochs`` epochs of collect -> ``update(data)`` -> log -> save; return the actor-critic.
 
         ``update`` returns a dict of statistics; the keys named in ``log_keys`` become table columns
-        (averaged over the epoch's updates and over ranks).
+        (averaged over the epoch's updates and over ranks). ``optimizers`` are saved in checkpoints.
         """
-        check_positive(epochs=epochs, save_freq=save_freq)
+        check_positive(epochs=epochs, save_freq=save_freq, keep_checkpoints=keep_checkpoints)
+        self.optimizers = optimizers or {}
+        self.keep_checkpoints = keep_checkpoints
         logger, worker, buf, ac = self.logger, self.worker, self.buf, self.ac
-        start = time.time()
-        for epoch in range(epochs):
-            if on_epoch_start is not None:
-                on_epoch_start(epoch)
-            epoch_start = time.perf_counter()
-            env_t0, inf_t0 = worker.env_time, worker.inference_time
-            update_time = 0.0
-            for _ in range(self.rollouts_per_epoch):
-                worker.collect(buf, logger)
-                data = buf.get(normalize_adv=self.norm_adv)
-                t0 = time.perf_counter()
-                stats = update(data)
-                update_time += time.perf_counter() - t0
-                logger.store(**stats)
-                # Fold this rollout's observations (all ranks) into the statistics used from now on.
-                ac.obs_rms.update(buf.obs.reshape(-1, buf.obs.shape[-1]))
-                if self.reward_scaler is not None:
-                    self.reward_scaler.sync()
-            epoch_time = time.perf_counter() - epoch_start
+        first_epoch, elapsed = 0, 0.0
+        if self.resume:
+            first_epoch, elapsed = self.load_checkpoint()
+        start = time.time() - elapsed
+        stop_signal = self._install_signal_handlers()
+        try:
+            for epoch in range(first_epoch, epochs):
+                if on_epoch_start is not None:
+                    on_epoch_start(epoch)
+                epoch_start = time.perf_counter()
+                env_t0, inf_t0 = worker.env_time, worker.inference_time
+                update_time = 0.0
+                for _ in range(self.rollouts_per_epoch):
+                    worker.collect(buf, logger)
+                    data = buf.get(normalize_adv=self.norm_adv)
+                    t0 = time.perf_counter()
+                    stats = update(data)
+                    update_time += time.perf_counter() - t0
+                    self._check_finite(stats, epoch)
+                    logger.store(**stats)
+                    # Fold this rollout's observations (all ranks) into the statistics used from now on.
+                    ac.obs_rms.update(buf.obs.reshape(-1, buf.obs.shape[-1]))
+                    if self.reward_scaler is not None:
+                        self.reward_scaler.sync()
+                epoch_time = time.perf_counter() - epoch_start
 
-            if (epoch + 1) % save_freq == 0 or epoch == epochs - 1:
-                logger.save_state({"epoch": epoch}, itr=None)
+                logger.log_tabular("Epoch", epoch)
+                logger.log_tabular("EpRet", with_min_and_max=True)
+                logger.log_tabular("EpLen", average_only=True)
+                logger.log_tabular("VVals", with_min_and_max=True)
+                logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
+                for key in log_keys:
+                    logger.log_tabular(key, average_only=True)
+                logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
+                logger.log_tabular("EnvTime", worker.env_time - env_t0)
+                logger.log_tabular("InferenceTime", worker.inference_time - inf_t0)
+                logger.log_tabular("UpdateTime", update_time)
+                logger.log_tabular("Time", time.time() - start)
+                logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
 
-            logger.log_tabular("Epoch", epoch)
-            logger.log_tabular("EpRet", with_min_and_max=True)
-            logger.log_tabular("EpLen", average_only=True)
-            logger.log_tabular("VVals", with_min_and_max=True)
-            logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
-            for key in log_keys:
-                logger.log_tabular(key, average_only=True)
-            logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
-            logger.log_tabular("EnvTime", worker.env_time - env_t0)
-            logger.log_tabular("InferenceTime", worker.inference_time - inf_t0)
-            logger.log_tabular("UpdateTime", update_time)
-            logger.log_tabular("Time", time.time() - start)
-            logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
-        self.env.close()
-        logger.close()
+                # A signal on any rank stops every rank here, at the same epoch, with a checkpoint.
+                stopping = mpi_max(len(stop_signal)) > 0
+                if stopping or (epoch + 1) % save_freq == 0 or epoch == epochs - 1:
+                    self.save_checkpoint(epoch, time.time() - start)
+                if stopping:
+                    name = signal.Signals(stop_signal[0]).name if stop_signal else "a signal on another rank"
+                    raise TrainingStopped(
+                        f"stopped by {name} after epoch {epoch}; checkpoint saved. Resume with: "
+                        f"python -m spinppo.run {self.algo} --resume {self.output_dir}"
+                    )
+        finally:
+            self._restore_signal_handlers()
+            self.env.close()
+            logger.close()
         return ac
+
+    # ------------------------------------------------------------------------------- failure handling
+
+    def _install_signal_handlers(self) -> list[int]:
+        received: list[int] = []
+
+        def handler(signum: int, frame: Any) -> None:
+            if received and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            received.append(signum)
+            if proc_id() == 0:
+                print(f"\n{signal.Signals(signum).name} received: stopping after this epoch", flush=True)
+
+        self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return received
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(signum, old)
+
+    def _check_finite(self, stats: dict[str, float], epoch: int) -> None:
+        # Parameters are identical on all ranks, so every rank reaches the same verdict.
+        bad = [k for k, v in stats.items() if not np.isfinite(v)]
+        bad += [n for n, p in self.ac.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite {', '.join(bad[:4])} in epoch {epoch}: training stopped; the last good "
+                f"checkpoint in {self.output_dir}/checkpoints is kept (try a smaller --lr)"
+            )
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def _rank_state(self) -> dict[str, Any]:
+        worker = self.worker
+        return {
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "envs": get_vector_env_state(self.env),
+            "obs": worker.obs,
+            "ep_ret": worker.ep_ret,
+            "ep_len": worker.ep_len,
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+        }
+
+    def save_checkpoint(self, epoch: int, elapsed: float) -> None:
+        """Write ``checkpoints/ckpt-<epoch>.pt`` (every rank's state, gathered to rank 0) and the model."""
+        from mpi4py import MPI
+
+        states = MPI.COMM_WORLD.gather(pickle.dumps(self._rank_state()), root=0)
+        out = self.output_dir
+
+        def write() -> None:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "elapsed": elapsed,
+                "num_procs": num_procs(),
+                "ctor": self.ac.ctor_spec,
+                "model": self.ac.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                # Pickled per-rank states (random generators, environments): read back only on resume.
+                "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
+            }
+            atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
+            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"))
+            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"))
+            for old in checkpoint_epochs(out)[: -self.keep_checkpoints]:
+                os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
+                if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
+                    os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
+
+        self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
+
+    def load_checkpoint(self) -> tuple[int, float]:
+        """Restore every part from the run's latest checkpoint; return (first epoch to run, elapsed time)."""
+        from mpi4py import MPI
+
+        payload, error = None, None
+        if proc_id() == 0:
+            try:
+                payload = read_checkpoint(self.output_dir)
+                if payload["num_procs"] != num_procs():
+                    n = payload["num_procs"]
+                    error = (
+                        f"the run was made with {n} ranks; resume it with the same number "
+                        f"(--cpu {n} or mpirun -np {n}), not {num_procs()}"
+                    )
+            except UserError as e:
+                error = str(e)
+        error = broadcast(error)
+        if error:
+            raise UserError(error)
+        # Rank 0 read the file; every rank gets the shared parts and its own state from it.
+        shared = broadcast(None if payload is None else {k: v for k, v in payload.items() if k != "ranks"})
+        mine = MPI.COMM_WORLD.scatter(
+            None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]]
+        )
+        try:
+            self.ac.load_state_dict(shared["model"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(shared["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(
+                f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
+            ) from None
+        state = pickle.loads(mine)
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        if state["envs"] is not None:
+            set_vector_env_state(self.env, state["envs"])
+            self.worker.obs = state["obs"]
+            self.worker.ep_ret, self.worker.ep_len = state["ep_ret"], state["ep_len"]
+        else:  # an environment we cannot snapshot (Unity): start fresh episodes
+            self.worker.obs = np.asarray(
+                self.env.reset(seed=self.seed + 1 + shared["epoch"])[0], dtype=np.float32
+            )
+        if self.reward_scaler is not None and state["reward_scaler"] is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        epoch = shared["epoch"]
+        self.logger.restore_progress(epoch, step=(epoch + 1) * self.steps_per_epoch)
+        self.logger.log(f"Resumed from the checkpoint of epoch {epoch}")
+        return epoch + 1, float(shared["elapsed"])
 
     @property
     def output_dir(self) -> str:
         """The run directory."""
         return self.logger.output_dir
+
+
+def checkpoint_epochs(run_dir: str) -> list[int]:
+    """Epochs that have a checkpoint in ``run_dir``, oldest first."""
+    found = glob.glob(osp.join(run_dir, "checkpoints", "ckpt-*.pt"))
+    return sorted(int(m[1]) for f in found if (m := re.fullmatch(r"ckpt-(\d+)\.pt", osp.basename(f))))
+
+
+def read_checkpoint(run_dir: str) -> dict[str, Any]:
+    """The latest checkpoint of a run (weights-only loading); a UserError when none is readable."""
+    epochs = checkpoint_epochs(run_dir)
+    if not epochs:
+        raise UserError(f"{run_dir} has no checkpoint to resume from (checkpoints/ckpt-*.pt)")
+    path = osp.join(run_dir, "checkpoints", f"ckpt-{epochs[-1]:06d}.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        hint = f" (delete it to resume from epoch {epochs[-2]})" if len(epochs) > 1 else ""
+        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}){hint}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a spinppo checkpoint")
+    return payload

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_positive
@@ -45,6 +44,7 @@ def ppo(
     norm_reward: bool = True,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
+    keep_checkpoints: int = 5,
 ) -> MLPActorCritic:
     """Train a policy with PPO-clip; returns the trained actor-critic.
 
@@ -71,7 +71,8 @@ def ppo(
         norm_adv: normalise advantages over the batch (over all ranks).
         norm_reward: scale rewards by the running std of the discounted return.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
-        save_freq: save the model every this many epochs (and at the end).
+        save_freq: save a checkpoint every this many epochs (and at the end).
+        keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
     check_positive(
@@ -101,6 +102,7 @@ def ppo(
         norm_adv=norm_adv,
         logger_kwargs=logger_kwargs,
         config=config,
+        algo="ppo",
     )
     ac = run.ac
     local_mb = minibatch_size // num_procs()
@@ -116,12 +118,12 @@ def ppo(
         obs, act, adv, ret = data["obs"], data["act"], data["adv"], data["ret"]
         logp_old, v_old = data["logp"], data["val"]
         n = obs.shape[0]
-        sums = np.zeros(5)  # loss_pi, loss_v, entropy, clipfrac, count
-        stop_iter = update_epochs
-        kl = 0.0
+        # Statistics are summed as tensors and read once per pass: no per-minibatch Python floats.
+        sums = torch.zeros(5)  # loss_pi, loss_v, entropy, approx KL, clip fraction
+        stop_iter, count, kl = update_epochs, 0, 0.0
         for i in range(update_epochs):
             perm = torch.randperm(n)
-            kl_sum, kl_count = 0.0, 0
+            pass_sums = torch.zeros(5)
             for start in range(0, n - local_mb + 1, local_mb):
                 idx = perm[start : start + local_mb]
                 logp, entropy, v = ac.evaluate(obs[idx], act[idx])
@@ -145,15 +147,17 @@ def ppo(
                 optimizer.step()
 
                 with torch.no_grad():
-                    kl_sum += float(((ratio - 1) - log_ratio).mean())  # low-variance KL estimate
-                    clipfrac = float(((ratio - 1).abs() > clip_ratio).float().mean())
-                kl_count += 1
-                sums += (float(loss_pi), float(loss_v), float(ent), clipfrac, 1)
-            kl = mpi_avg(kl_sum / max(kl_count, 1))
+                    approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
+                    clipfrac = ((ratio - 1).abs() > clip_ratio).float().mean()
+                    pass_sums += torch.stack([loss_pi, loss_v, ent, approx_kl, clipfrac])
+                count += 1
+            passes = max(1, n // local_mb)
+            kl = mpi_avg(float(pass_sums[3]) / passes)
+            sums += pass_sums
             if target_kl is not None and kl > 1.5 * target_kl:
                 stop_iter = i + 1
                 break
-        loss_pi, loss_v, ent, clipfrac = sums[:4] / max(sums[4], 1)
+        loss_pi, loss_v, ent, _, clipfrac = (sums / max(count, 1)).tolist()
         return dict(LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=kl, ClipFrac=clipfrac, StopIter=stop_iter)
 
     run.train(
@@ -161,6 +165,8 @@ def ppo(
         epochs,
         log_keys=["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"],
         save_freq=save_freq,
+        optimizers={"optimizer": optimizer},
+        keep_checkpoints=keep_checkpoints,
         on_epoch_start=anneal,
     )
     return ac

@@ -33,6 +33,7 @@ def vpg(
     norm_reward: bool = False,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
+    keep_checkpoints: int = 5,
 ) -> MLPActorCritic:
     """Train a policy with vanilla policy gradient; returns the trained actor-critic.
 
@@ -52,7 +53,8 @@ def vpg(
         ent_coef: entropy bonus coefficient.
         norm_reward: scale rewards by the running std of the discounted return.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
-        save_freq: save the model every this many epochs (and at the end).
+        save_freq: save a checkpoint every this many epochs (and at the end).
+        keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
     check_positive(pi_lr=pi_lr, vf_lr=vf_lr, train_v_iters=train_v_iters, epochs=epochs)
@@ -69,6 +71,7 @@ def vpg(
         norm_reward=norm_reward,
         logger_kwargs=logger_kwargs,
         config=config,
+        algo="vpg",
     )
     ac = run.ac
     v_params = list(ac.v.parameters())
@@ -95,8 +98,15 @@ def vpg(
             loss_v.backward()
             mpi_avg_grads(ac)
             vf_optimizer.step()
-            loss_v_first = float(loss_v) if loss_v_first is None else loss_v_first
-        return dict(LossPi=float(loss_pi), LossV=loss_v_first, Entropy=float(entropy.mean()), KL=kl)
+            loss_v_first = loss_v.item() if loss_v_first is None else loss_v_first
+        return dict(LossPi=loss_pi.item(), LossV=loss_v_first, Entropy=entropy.mean().item(), KL=kl)
 
-    run.train(update, epochs, log_keys=["LossPi", "LossV", "Entropy", "KL"], save_freq=save_freq)
+    run.train(
+        update,
+        epochs,
+        log_keys=["LossPi", "LossV", "Entropy", "KL"],
+        save_freq=save_freq,
+        optimizers={"pi_optimizer": pi_optimizer, "vf_optimizer": vf_optimizer},
+        keep_checkpoints=keep_checkpoints,
+    )
     return ac

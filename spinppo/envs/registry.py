@@ -1,7 +1,8 @@
 """Environment names to environments.
 
 ``--env`` takes any gymnasium id (``Walker2d-v5``), a short name (``Walker`` means Walker2d-v5; ``Hopper``,
-``CartPole``... mean the newest registered version), or ``unity:/path/to/Build.x86_64`` for a Unity
+``CartPole``... mean the newest registered version), ``my_module:MyEnv-v0`` for an environment that
+``my_module`` registers, or ``unity:/path/to/Build.x86_64`` for a Unity
 ML-Agents build. ``Walker`` means a Unity Walker build when one is given (``unity_file`` or the
 SPINPPO_UNITY_FILE environment variable), else MuJoCo's Walker2d-v5.
 
@@ -13,6 +14,7 @@ last observation of the finished one in ``info["final_obs"]`` (where ``info["_fi
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -68,6 +70,15 @@ def resolve_env(name: str, unity_file: str | None = None) -> EnvChoice:
     if unity_file and name.lower() == "walker":
         return EnvChoice("unity", unity_file)
     if name in gym.registry:
+        return EnvChoice("gym", name)
+    if ":" in name:  # gymnasium's "module:EnvId": importing the module registers the environment
+        module, _, env_id = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(f"cannot import {module!r} for environment {name!r}: {e}") from None
+        if env_id not in gym.registry:
+            raise UserError(f"importing {module!r} registered no environment {env_id!r}")
         return EnvChoice("gym", name)
     names = short_names()
     by_lower = {k.lower(): v for k, v in names.items()}

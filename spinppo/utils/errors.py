@@ -7,3 +7,14 @@ class UserError(Exception):
     The message names the problem and the fix; ``python -m spinppo.run`` prints it on one line,
     without a traceback, and exits with code 2.
     """
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM reached a rank: every rank stopped at the end of an epoch and a checkpoint was saved.
+
+    The command line prints the message (how to resume) and exits 0.
+    """
+
+
+class TrainingDiverged(Exception):
+    """A loss or a parameter became NaN or infinite; the last good checkpoint is kept. Exit code 1."""

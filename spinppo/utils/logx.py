@@ -151,23 +151,43 @@ class Logger:
         if error:
             raise UserError(error)
         self.progress_path = osp.join(self.output_dir, output_fname)
+        self.tensorboard = tensorboard
+        self.resume = resume
         if proc_id() == 0:
-            if resume and osp.exists(self.progress_path):
-                with open(self.progress_path) as f:
-                    header = f.readline().rstrip("\n")
-                if header:
-                    self.log_headers = header.split("\t")
-                    self.first_row = False
-            else:
+            if not resume:
                 open(self.progress_path, "w").close()
-            print(f"Logging data to {self.progress_path}", flush=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+                print(f"Logging data to {self.progress_path}", flush=True)
+                self._open_tensorboard(None)
 
-                self.tb_writer = SummaryWriter(log_dir=osp.join(self.output_dir, "tb"))
+    def _open_tensorboard(self, purge_step: int | None) -> None:
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb_writer = SummaryWriter(log_dir=osp.join(self.output_dir, "tb"), purge_step=purge_step)
+
+    def restore_progress(self, last_epoch: int, step: int | None = None) -> None:
+        """Resume logging after ``last_epoch``: rows of later epochs are dropped from progress.txt (they
+        are about to be made again) and TensorBoard events after ``step`` are purged. Rank 0 writes.
+        """
+        header: list[str] = []
+        if proc_id() == 0:
+            with open(self.progress_path) as f:
+                lines = f.read().splitlines()
+            header = lines[0].split("\t") if lines else []
+            kept = lines[:1]
+            if "Epoch" in header:
+                col = header.index("Epoch")
+                kept += [ln for ln in lines[1:] if ln and int(float(ln.split("\t")[col])) <= last_epoch]
+            atomic_write_text(self.progress_path, "".join(ln + "\n" for ln in kept))
+            print(f"Logging data to {self.progress_path} (resumed after epoch {last_epoch})", flush=True)
+            self._open_tensorboard(None if step is None else step + 1)
+        self.log_headers = broadcast(header)
+        self.first_row = not self.log_headers
 
     def _prepare_dir(self, overwrite: bool, resume: bool) -> str | None:
         try:
+            if resume and not osp.exists(osp.join(self.output_dir, "config.json")):
+                return f"{self.output_dir} is not a spinppo run (no config.json): check the --resume path"
             if osp.isdir(self.output_dir) and _run_files(self.output_dir) and not (overwrite or resume):
                 return (
                     f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
@@ -259,14 +279,34 @@ class Logger:
 
         With ``itr`` the files are ``vars<itr>.pkl`` and ``model<itr>.pt``, kept beside the latest.
         """
-        if proc_id() != 0:
-            return
         suffix = "" if itr is None else str(itr)
-        atomic_joblib_dump(state_dict, osp.join(self.output_dir, f"vars{suffix}.pkl"))
-        if self.pytorch_saver_elements is not None:
-            save_model(
-                self.pytorch_saver_elements, osp.join(self.output_dir, "pyt_save", f"model{suffix}.pt")
-            )
+
+        def write() -> None:
+            atomic_joblib_dump(state_dict, osp.join(self.output_dir, f"vars{suffix}.pkl"))
+            if self.pytorch_saver_elements is not None:
+                path = osp.join(self.output_dir, "pyt_save", f"model{suffix}.pt")
+                save_model(self.pytorch_saver_elements, path)
+
+        self.on_rank0(write, "save the model")
+
+    def on_rank0(self, write: Callable[[], None], what: str) -> None:
+        """Run ``write`` on rank 0 and tell every rank whether it worked (a collective).
+
+        A full disk or a file-size limit becomes a UserError on every rank (so no rank waits forever
+        for rank 0); the atomic writes leave the previous files intact.
+        """
+        error = None
+        if proc_id() == 0:
+            try:
+                write()
+            except OSError as e:
+                error = (
+                    f"could not {what} in {self.output_dir} ({e.strerror or e}); the previous files are "
+                    "intact: free some disk space, then resume the run"
+                )
+        error = broadcast(error)
+        if error:
+            raise UserError(error)
 
     def close(self) -> None:
         """Flush and close TensorBoard files."""
