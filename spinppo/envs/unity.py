@@ -160,8 +160,6 @@ class UnityVectorEnv(VectorEnv):
             UnityTimeOutException,
             UnityWorkerInUseException,
         )
-
-        environment_class = _queue_unity_environment()
         from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
         from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
 
@@ -184,7 +182,7 @@ class UnityVectorEnv(VectorEnv):
             parameters.set_float_parameter(str(key), float(value))
 
         try:
-            self._env = environment_class(
+            self._env = _queue_unity_environment()(
                 file_name=self.file_name,
                 worker_id=worker_id,
                 base_port=base_port,
@@ -413,7 +411,6 @@ class UnityVectorEnv(VectorEnv):
                 break
             for slot in np.flatnonzero(~ready & (silent > self.patience)):
                 self._agent_gone(int(slot), final_obs, truncated, ended, silent)
-        # A slot whose new agent asked twice got its rewards dropped above; the returned obs is its latest.
         info: dict[str, Any] = {}
         done = terminated | truncated
         if done.any():

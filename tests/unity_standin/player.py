@@ -38,8 +38,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
+# gRPC's C core logs a GOAWAY line to stderr when Python closes the connection; that is no news here.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Only the message modules: mlagents_envs.envs and .registry reach the internet when imported.
 from mlagents_envs.communicator_objects.brain_parameters_pb2 import ActionSpecProto, BrainParametersProto
