@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 
 from spinppo.envs.unity import UnityVectorEnv, make_unity_env
 from spinppo.utils.errors import UserError
-from tests.conftest import mpirun
+from tests.conftest import mpirun, run
 from tests.unity_standin.build import write_build
 from tests.unity_standin.player import encode_agent_info, encode_output
 
@@ -492,5 +491,4 @@ def test_a_real_unity_build(tmp_path):
 
 def test_spinppo_imports_without_touching_mlagents():
     code = "import sys, spinppo.envs.unity; print(any('mlagents' in m for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert run([sys.executable, "-c", code]).stdout.strip() == "False"
