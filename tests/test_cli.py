@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import mpirun, run
 
-TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime"}
+TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime", "MPITime"}
 SHORT = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
 
 

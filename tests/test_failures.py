@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import MPIRUN, REPO, child_env, run
 
-TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime"}
+TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime", "MPITime"}
 PY = [sys.executable, "-m", "spinppo.run"]
 FAST = ["--steps_per_epoch", "1024", "--minibatch_size", "256", "--update_epochs", "4", "--save_freq", "1"]
 

@@ -42,7 +42,7 @@ from spinppo.envs.state import get_vector_env_state, set_vector_env_state
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger, atomic_torch_save, save_model
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
-from spinppo.utils.mpi_tools import allgather, broadcast, mpi_max, num_procs, proc_id
+from spinppo.utils.mpi_tools import COMM, allgather, broadcast, mpi_max, mpi_time, num_procs, proc_id
 
 CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
 
@@ -176,7 +176,7 @@ class OnPolicyRun:
                 if on_epoch_start is not None:
                     on_epoch_start(epoch)
                 epoch_start = time.perf_counter()
-                env_t0, inf_t0 = worker.env_time, worker.inference_time
+                env_t0, inf_t0, mpi_t0 = worker.env_time, worker.inference_time, mpi_time()
                 update_time = 0.0
                 for _ in range(self.rollouts_per_epoch):
                     worker.collect(buf, logger)
@@ -191,6 +191,7 @@ class OnPolicyRun:
                     if self.reward_scaler is not None:
                         self.reward_scaler.sync()
                 epoch_time = time.perf_counter() - epoch_start
+                epoch_mpi_time = mpi_time() - mpi_t0
 
                 logger.log_tabular("Epoch", epoch)
                 logger.log_tabular("EpRet", with_min_and_max=True)
@@ -203,6 +204,7 @@ class OnPolicyRun:
                 logger.log_tabular("EnvTime", worker.env_time - env_t0)
                 logger.log_tabular("InferenceTime", worker.inference_time - inf_t0)
                 logger.log_tabular("UpdateTime", update_time)
+                logger.log_tabular("MPITime", epoch_mpi_time)
                 logger.log_tabular("Time", time.time() - start)
                 logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
 
@@ -268,9 +270,7 @@ class OnPolicyRun:
 
     def save_checkpoint(self, epoch: int, elapsed: float) -> None:
         """Write ``checkpoints/ckpt-<epoch>.pt`` (every rank's state, gathered to rank 0) and the model."""
-        from mpi4py import MPI
-
-        states = MPI.COMM_WORLD.gather(pickle.dumps(self._rank_state()), root=0)
+        states = COMM.gather(pickle.dumps(self._rank_state()), root=0)
         out = self.output_dir
 
         def write() -> None:
@@ -297,8 +297,6 @@ class OnPolicyRun:
 
     def load_checkpoint(self) -> tuple[int, float]:
         """Restore every part from the run's latest checkpoint; return (first epoch to run, elapsed time)."""
-        from mpi4py import MPI
-
         payload, error = None, None
         if proc_id() == 0:
             try:
@@ -316,9 +314,7 @@ class OnPolicyRun:
             raise UserError(error)
         # Rank 0 read the file; every rank gets the shared parts and its own state from it.
         shared = broadcast(None if payload is None else {k: v for k, v in payload.items() if k != "ranks"})
-        mine = MPI.COMM_WORLD.scatter(
-            None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]]
-        )
+        mine = COMM.scatter(None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]])
         try:
             self.ac.load_state_dict(shared["model"])
             for name, opt in self.optimizers.items():

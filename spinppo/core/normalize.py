@@ -12,6 +12,8 @@ import torch
 from mpi4py import MPI
 from torch import nn
 
+from spinppo.utils.mpi_tools import COMM
+
 
 class RunningMeanStd(nn.Module):
     """Mean and variance of everything seen so far, as module buffers (saved with the model).
@@ -47,7 +49,7 @@ class RunningMeanStd(nn.Module):
         x = np.asarray(batch, dtype=np.float64).reshape(-1, *self.mean.shape)
         packed = np.concatenate([[x.shape[0]], x.sum(0).ravel(), (x**2).sum(0).ravel()])
         total = np.empty_like(packed)
-        MPI.COMM_WORLD.Allreduce(packed, total, op=MPI.SUM)
+        COMM.Allreduce(packed, total, op=MPI.SUM)
         n = total[0]
         if n == 0:
             return

@@ -16,7 +16,7 @@ import os
 import torch
 from mpi4py import MPI
 
-from spinppo.utils.mpi_tools import local_size, num_procs
+from spinppo.utils.mpi_tools import COMM, local_size, num_procs
 
 
 def available_cores() -> int:
@@ -56,7 +56,7 @@ def sync_params(module: torch.nn.Module, root: int = 0) -> None:
     tensors = [p.data for p in module.parameters()] + [b for b in module.buffers()]
     for group in _flat_groups(tensors).values():
         flat = torch.cat([t.reshape(-1) for t in group]).contiguous()
-        MPI.COMM_WORLD.Bcast(flat.numpy(), root=root)
+        COMM.Bcast(flat.numpy(), root=root)
         offset = 0
         for t in group:
             n = t.numel()
@@ -94,7 +94,7 @@ class _FlatGrads:
                 if p.grad.data_ptr() != view.data_ptr():
                     view.copy_(p.grad)
                 self.flags[i] = 1.0
-        MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, self.flat_np, op=MPI.SUM)
+        COMM.Allreduce(MPI.IN_PLACE, self.flat_np, op=MPI.SUM)
         self.flat[: self.total].mul_(1.0 / num_procs())
         flags = self.flags.tolist()
         for i, (p, view) in enumerate(zip(self.params, self.views, strict=True)):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +18,40 @@ from mpi4py import MPI
 
 # Environment variables set by the MPI launchers we know of; their presence means we already run under one.
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
+
+
+class TimedComm:
+    """``MPI.COMM_WORLD`` with a stopwatch: the time spent inside every call adds up in ``seconds``.
+
+    spinppo's collectives go through ``COMM`` so that an epoch can report its time in MPI (which includes
+    waiting for slower ranks).
+    """
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self._comm = comm
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._comm, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
+
+COMM = TimedComm(MPI.COMM_WORLD)
+
+
+def mpi_time() -> float:
+    """Seconds this rank has spent inside spinppo's MPI calls so far."""
+    return COMM.seconds
 
 
 def _find_mpirun() -> str:
@@ -101,7 +136,7 @@ def local_size() -> int:
 
 def barrier() -> None:
     """Wait until every rank reaches this point."""
-    MPI.COMM_WORLD.Barrier()
+    COMM.Barrier()
 
 
 def broadcast(x, root: int = 0):
@@ -110,14 +145,14 @@ def broadcast(x, root: int = 0):
     A numpy array is overwritten in place (and returned); any other picklable object is returned.
     """
     if isinstance(x, np.ndarray):
-        MPI.COMM_WORLD.Bcast(x, root=root)
+        COMM.Bcast(x, root=root)
         return x
-    return MPI.COMM_WORLD.bcast(x, root=root)
+    return COMM.bcast(x, root=root)
 
 
 def allgather(x) -> list:
     """A list of every rank's (picklable) ``x``, in rank order."""
-    return MPI.COMM_WORLD.allgather(x)
+    return COMM.allgather(x)
 
 
 def mpi_op(x, op):
@@ -125,7 +160,7 @@ def mpi_op(x, op):
     x, scalar = ([x], True) if np.isscalar(x) else (x, False)
     x = np.asarray(x, dtype=np.float64)
     buff = np.zeros_like(x)
-    MPI.COMM_WORLD.Allreduce(x, buff, op=op)
+    COMM.Allreduce(x, buff, op=op)
     return float(buff[0]) if scalar else buff
 
 
@@ -162,8 +197,8 @@ def mpi_statistics_scalar(x, with_min_and_max: bool = False):
     # Sum and count in one Allreduce; min and max folded in as -max(-x) and max(x).
     packed = np.array([x.sum(), x.size, -local_min, local_max])
     out = np.zeros(4)
-    MPI.COMM_WORLD.Allreduce(packed[:2].copy(), out[:2], op=MPI.SUM)
-    MPI.COMM_WORLD.Allreduce(packed[2:].copy(), out[2:], op=MPI.MAX)
+    COMM.Allreduce(packed[:2].copy(), out[:2], op=MPI.SUM)
+    COMM.Allreduce(packed[2:].copy(), out[2:], op=MPI.MAX)
     global_sum, global_n = out[0], out[1]
     if global_n == 0:
         nan = float("nan")

@@ -1,0 +1,140 @@
+"""Throughput benchmark: raw environment stepping against end-to-end PPO, at 1 and 2 ranks.
+
+    python scripts/bench_throughput.py                      # Walker, 1 and 2 ranks, 8 epochs each
+    python scripts/bench_throughput.py --env Hopper --epochs 4 --ranks 2
+
+For each rank count R, in one script run:
+- raw: R ranks step the environment with random actions through the same vectorised environments as
+  training (``--num_envs`` per rank, PPO's default), no policy, no learning;
+- end to end: ``python -m spinppo.run ppo --env ENV --cpu R`` with default flags (rollout, update,
+  logging, checkpoints), measured from progress.txt after the first epoch;
+- where an epoch's time goes: environment, policy inference, update, and time inside MPI calls.
+Summary lines give end-to-end / raw, the 2-rank / 1-rank scaling, and MPI time / epoch time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def raw_stepping(env_name: str, steps_per_rank: int, num_envs: int) -> None:
+    """Run under mpirun: every rank steps its envs with random actions; rank 0 prints total steps/s."""
+    import numpy as np
+
+    from spinppo.algos.onpolicy import make_vector_env
+    from spinppo.envs.registry import EnvFactory
+    from spinppo.utils.mpi_tools import COMM, num_procs, proc_id
+
+    env = make_vector_env(EnvFactory(env_name), num_envs)
+    env.reset(seed=proc_id())
+    rng = np.random.default_rng(proc_id())
+    low, high = env.single_action_space.low, env.single_action_space.high
+    n = steps_per_rank // num_envs
+    COMM.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        env.step(rng.uniform(low, high, size=(num_envs, *low.shape)).astype(np.float32))
+    elapsed = COMM.allreduce(time.perf_counter() - t0, op=__import__("mpi4py").MPI.MAX)
+    if proc_id() == 0:
+        print(f"RAW {n * num_envs * num_procs() / elapsed:.1f}", flush=True)
+
+
+def read_rows(run_dir: str) -> list[dict[str, float]]:
+    with open(os.path.join(run_dir, "progress.txt")) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="Walker")
+    parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--raw_steps", type=int, default=20000, help="raw steps per rank")
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
+    args, extra = parser.parse_known_args()
+    from spinppo.algos.ppo import ppo
+
+    num_envs = inspect.signature(ppo).parameters["num_envs"].default
+    if args.raw:
+        raw_stepping(args.env, args.raw_steps, num_envs)
+        return
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    e2e_by_ranks = {}
+    for ranks in args.ranks:
+        out = subprocess.run(
+            [
+                mpirun,
+                "-np",
+                str(ranks),
+                sys.executable,
+                __file__,
+                "--raw",
+                "--env",
+                args.env,
+                "--raw_steps",
+                str(args.raw_steps),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+        raw = float(out.split("RAW")[1].split()[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "spinppo.run",
+                    "ppo",
+                    "--env",
+                    args.env,
+                    "--cpu",
+                    str(ranks),
+                    "--epochs",
+                    str(args.epochs),
+                    "--data_dir",
+                    tmp,
+                    "--exp_name",
+                    "tp",
+                    "--tensorboard",
+                    "false",
+                    *extra,
+                ],
+                stdout=subprocess.DEVNULL,
+                env=env,
+                check=True,
+            )
+            rows = read_rows(os.path.join(tmp, "tp", "tp_s0"))
+        later = rows[1:]  # the first epoch pays for start-up
+        steps = later[-1]["TotalEnvInteracts"] - rows[0]["TotalEnvInteracts"]
+        seconds = later[-1]["Time"] - rows[0]["Time"]
+        e2e = steps / seconds
+        e2e_by_ranks[ranks] = e2e
+        epoch = seconds / len(later)
+        share = {
+            k: sum(r[k] for r in later) / len(later) / epoch
+            for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
+        }
+        print(
+            f"throughput {args.env} ranks={ranks}: raw {raw:.0f} steps/s, end-to-end {e2e:.0f} steps/s, "
+            f"ratio {e2e / raw:.2f} (goal >= 0.50); epoch {epoch:.2f} s = env {share['EnvTime']:.0%}, "
+            f"inference+bookkeeping {share['InferenceTime']:.0%}, update {share['UpdateTime']:.0%}; "
+            f"MPI {share['MPITime']:.1%} of the epoch (goal <= 5%)",
+            flush=True,
+        )
+    if 1 in e2e_by_ranks and 2 in e2e_by_ranks:
+        scaling = e2e_by_ranks[2] / e2e_by_ranks[1]
+        print(f"scaling {args.env}: 2 ranks / 1 rank = {scaling:.2f}x at a fixed global batch (goal >= 1.8x)")
+
+
+if __name__ == "__main__":
+    main()
