@@ -17,7 +17,9 @@ the run would have gone on.
 
 from __future__ import annotations
 
+import functools
 import glob
+import inspect
 import os
 import os.path as osp
 import pickle
@@ -47,8 +49,13 @@ from spinppo.utils.mpi_tools import COMM, allgather, broadcast, mpi_max, mpi_tim
 CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
 
 
-def make_vector_env(env_fn: Callable[[], Any], num_envs: int) -> gym.vector.VectorEnv:
-    """``env_fn()`` as a vector env: a VectorEnv is used as it is; a plain Env is made ``num_envs`` times."""
+def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) -> gym.vector.VectorEnv:
+    """``env_fn()`` as a vector env: a VectorEnv is used as it is; a plain Env is made ``num_envs`` times.
+
+    An ``env_fn`` that takes a ``seed`` keyword (EnvFactory does) gets this rank's seed.
+    """
+    if "seed" in inspect.signature(env_fn).parameters:
+        env_fn = functools.partial(env_fn, seed=seed)
     first = env_fn()
     if isinstance(first, gym.vector.VectorEnv):
         return first
@@ -99,7 +106,7 @@ class OnPolicyRun:
         np.random.seed(self.seed)
         random.seed(self.seed)
 
-        self.env = make_vector_env(env_fn, num_envs)
+        self.env = make_vector_env(env_fn, num_envs, self.seed)
         self.num_envs = self.env.num_envs
         local_steps, rem = divmod(steps_per_epoch, num_procs())
         per_env, rem_env = divmod(local_steps, self.num_envs * rollouts_per_epoch)

@@ -151,9 +151,13 @@ class EnvFactory:
         self.env_kwargs = dict(env_kwargs or {})
         self.unity_kwargs = dict(unity_kwargs or {})
 
-    def __call__(self) -> gym.Env | gym.vector.VectorEnv:
+    def __call__(self, seed: int = 0) -> gym.Env | gym.vector.VectorEnv:
+        """A new environment. ``seed`` matters for Unity builds, which are seeded only at launch;
+        gymnasium environments are seeded when the rollout resets them."""
         if self.choice.kind == "unity":
-            return make_vec_env(self.choice, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs)
+            return make_vec_env(
+                self.choice, seed=seed, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs
+            )
         return make_env(self.choice.target, self.env_kwargs)
 
     def to_json(self) -> dict[str, Any]:
