@@ -32,7 +32,7 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
     "act": ("activation", "tanh", "activation: tanh, relu, elu, gelu, silu, leaky_relu"),
     "layer_norm": ("layer_norm", False, "LayerNorm after each hidden layer (ML-Agents-style nets)"),
     "shared_trunk": ("shared_trunk", False, "one trunk for policy and value instead of two"),
-    "log_std_init": ("log_std_init", 0.0, "initial log standard deviation of the Gaussian policy"),
+    "log_std_init": ("log_std_init", -0.5, "initial log standard deviation of the Gaussian policy"),
     "norm_obs": ("norm_obs", True, "normalise observations with running statistics merged over ranks"),
 }
 # Flags that are not algorithm keywords.

@@ -118,7 +118,7 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
         (["ppo", "--env", "CartPole", "--anneal_lr", "maybe"], "--anneal_lr takes true or false"),
         (
             ["ppo", "--env", "CartPole", "--steps_per_epoch", "1001"],
-            "--steps_per_epoch 1001 must be a positive multiple of 4",
+            "--steps_per_epoch 1001 must be a positive multiple of 8",
         ),
         (["ppo", "--env", "CartPole", "--hid", "a", "b"], "--hid takes layer sizes"),
         (["ppo", "--env", "CartPole", "--act", "sigmoidal"], "--act must be one of tanh"),

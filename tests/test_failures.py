@@ -206,7 +206,7 @@ def test_bad_input_each_one_line_and_exit_2(tmp_path):
         (["ppo", "--env", "NoSuchEnv-v9"], "unknown environment 'NoSuchEnv-v9'"),
         (["ppo", "--env", "CartPole", "--gamma", "0.9.9"], "--gamma takes a number"),
         (["ppo", "--env", "CartPole", "--seed", "1.5"], "--seed takes an integer"),
-        (["ppo", "--env", "CartPole", "--steps_per_epoch", "1022"], "must be a positive multiple of 4"),
+        (["ppo", "--env", "CartPole", "--steps_per_epoch", "1022"], "must be a positive multiple of 8"),
         (["ppo", "--env", "CartPole", "--num_envs", "0"], "--num_envs must be positive"),
         (["ppo", "--env", "CartPole", "--minibatch_size", "-64"], "--minibatch_size must be positive"),
         (["ppo", "--env", "CartPole", "--lr", "-0.001"], "--lr must be positive"),

@@ -77,7 +77,7 @@ class MLPActorCritic(nn.Module):
         activation: str = "tanh",
         layer_norm: bool = False,
         shared_trunk: bool = False,
-        log_std_init: float = 0.0,
+        log_std_init: float = -0.5,
         norm_obs: bool = True,
     ) -> None:
         super().__init__()
