@@ -131,7 +131,7 @@ class MLPActorCritic(nn.Module):
         """V(s) for a batch of raw observations, shape [B]."""
         return self.v(self._features(obs)).squeeze(-1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients."""
         feat = self._features(obs)
@@ -148,7 +148,7 @@ class MLPActorCritic(nn.Module):
             action = action.view(-1, *self.act_shape)
         return action, value, logp
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete)."""
         if not deterministic:
