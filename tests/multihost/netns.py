@@ -94,11 +94,15 @@ def _delete_netns(ns: str) -> None:
 
 
 def remove_stale_namespaces() -> list[str]:
-    """Delete namespaces left by an earlier run of this module whose process is gone (e.g. killed -9)."""
+    """Delete namespaces left by an earlier run of this module whose process is gone (e.g. killed -9).
+
+    A namespace that some process still runs in is left alone, whoever made it.
+    """
     removed = []
     for ns in _netns_names():
         m = re.fullmatch(rf"{PREFIX}(\d+)x[0-9a-f]+-\w+", ns)
-        if m and not _pid_alive(int(m.group(1))):
+        in_use = _sh(["ip", "netns", "pids", ns], check=False).stdout.split() if m else []
+        if m and not _pid_alive(int(m.group(1))) and not in_use:
             _delete_netns(ns)
             removed.append(ns)
     return removed

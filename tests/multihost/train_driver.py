@@ -83,6 +83,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps_per_epoch", type=int, default=2000)
     p.add_argument("--num_envs", type=int, default=4)
     p.add_argument("--hid", type=int, nargs="+", default=[64, 64])
+    p.add_argument("--minibatch_size", type=int, default=None, help="default: ppo's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time_mpi", action="store_true", help="time every MPI collective (see TIMED)")
     p.add_argument("--split_wait", action="store_true", help="with --time_mpi: a timed Barrier before each")
@@ -93,7 +94,8 @@ def main() -> None:
     args = parse()
     world = MPI.COMM_WORLD
     if args.time_mpi:
-        # spinppo looks MPI.COMM_WORLD up at every call, so this one replacement times all its collectives.
+        # spinppo wraps MPI.COMM_WORLD when spinppo.utils.mpi_tools is imported (its COMM) and calls that:
+        # replaced before spinppo is imported, below, this one object sees every collective of training.
         MPI.COMM_WORLD = TimedIntracomm(world)
         TimedIntracomm.split_wait = args.split_wait
 
@@ -106,6 +108,7 @@ def main() -> None:
     marker = os.path.join(args.data_dir, ".host")
     seen_host = Path(marker).read_text().strip() if os.path.exists(marker) else None
     logger_kwargs = setup_logger_kwargs(args.exp_name, args.seed, data_dir=args.data_dir)
+    extra = {} if args.minibatch_size is None else {"minibatch_size": args.minibatch_size}
     t0 = time.perf_counter()
     ac = ppo(
         lambda: gym.make(args.env),
@@ -115,9 +118,10 @@ def main() -> None:
         epochs=args.epochs,
         num_envs=args.num_envs,
         logger_kwargs=logger_kwargs,
+        **extra,
     )
     train_seconds = time.perf_counter() - t0
-    MPI.COMM_WORLD = world  # the reports below are not training's MPI time
+    MPI.COMM_WORLD = world  # the reports below use `world` itself: they are not training's MPI time
     import torch
 
     report = {
@@ -143,10 +147,17 @@ def main() -> None:
         lines = progress.read_text().splitlines()
         header = lines[0].split("\t")
         times = [float(row.split("\t")[header.index("Time")]) for row in lines[1:]]
+        # spinppo's own figure, rank 0's time in MPI per epoch, where this version logs it.
+        logged = (
+            [float(row.split("\t")[header.index("MPITime")]) for row in lines[1:]]
+            if "MPITime" in header
+            else []
+        )
         epoch_seconds = [b - a for a, b in zip([0.0, *times], times)]
         result = {
             "output_dir": logger_kwargs["output_dir"],
             "epoch_seconds": epoch_seconds,
+            "logged_mpi_seconds": logged,
             "train_seconds": train_seconds,
             "mpi_seconds": [r["mpi_seconds"] for r in reports],
             "mpi_wait_seconds": [r["mpi_wait_seconds"] for r in reports],
