@@ -1,0 +1,542 @@
+"""Replay a saved policy: ``python -m spinppo.run test_policy RUN_DIR``, as in Spinning Up.
+
+    python -m spinppo.run test_policy data/ppo-walker/ppo-walker_s0 --episodes 5 --deterministic
+    python -m spinppo.run test_policy data/ppo-hopper/ppo-hopper_s0 --itr 40 --len 300 --video hopper.mp4
+
+The policy is ``pyt_save/model.pt`` (the latest) or ``pyt_save/model<N>.pt`` with ``--itr N``, loaded with
+``torch.load(weights_only=True)`` and rebuilt from the architecture saved beside the weights; the
+environment is rebuilt from ``config.json`` (environment id and keyword arguments). Observation
+normalisation is part of the saved module, so the policy takes the environment's raw observations. Box
+actions are clipped to the action space's bounds before they are sent, as in training.
+
+``--video FILE`` (.mp4 or .gif) renders offscreen (``render_mode="rgb_array"``): one frame per step, the
+state the policy acted in. Without a display, MUJOCO_GL is set to ``egl`` (unless already set) before
+MuJoCo is loaded, so MuJoCo renders headless; ``--render`` opens a window and needs a display. A GIF
+written by Pillow merges identical consecutive frames into one longer frame; an MP4 keeps every frame.
+
+Unity runs (config kind "unity") are replayed through the Unity adapter: every agent of the build is a
+sub-environment, episodes are counted as the agents finish them, and ``--render`` starts the player with
+graphics. ``--len`` and ``--video`` are for gymnasium environments only.
+
+From Python::
+
+    env, get_action = load_policy_and_env("data/ppo-walker/ppo-walker_s0", deterministic=True)
+    episodes = run_policy(env, get_action, num_episodes=5)     # [Episode(ret, length), ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from spinppo.utils.errors import UserError
+from spinppo.utils.plot import has_display
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def headless_gl() -> None:
+    """Without a display, let MuJoCo render offscreen with EGL (unless MUJOCO_GL says otherwise).
+
+    Takes effect only before MuJoCo is first imported in this process.
+    """
+    if not has_display() and not os.environ.get("MUJOCO_GL"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _raised_in(e: BaseException, package: str) -> bool:
+    """Whether the traceback of ``e`` passes through ``package``'s files."""
+    tb = e.__traceback__
+    while tb is not None:
+        if f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
+
+
+def _run_dir(path: str) -> tuple[str, str | None]:
+    """(run directory, checkpoint file or None) for a run directory or a ``pyt_save/model*.pt`` path."""
+    if not osp.exists(path):
+        raise UserError(f"{path} does not exist: give a run directory such as data/ppo-walker/ppo-walker_s0")
+    if osp.isfile(path):
+        parent = osp.dirname(osp.abspath(path))
+        if path.endswith(".pt") and osp.basename(parent) == "pyt_save":
+            return osp.dirname(parent), path
+        raise UserError(f"{path} is a file: give the run directory (it holds config.json and pyt_save/)")
+    if not (osp.isdir(osp.join(path, "pyt_save")) or osp.isfile(osp.join(path, "config.json"))):
+        runs = sorted(
+            d for d in os.listdir(path) if osp.isfile(osp.join(path, d, "config.json"))
+        )  # an experiment directory: its seeds are the runs
+        if runs:
+            shown = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
+            raise UserError(f"{path} holds several runs ({shown}): give one of them")
+        raise UserError(f"{path} is not a run directory (no config.json or pyt_save/ in it)")
+    return path, None
+
+
+def checkpoints(run_dir: str) -> dict[int | str, str]:
+    """The policy checkpoints of a run: ``{"last": pyt_save/model.pt, N: pyt_save/model<N>.pt, ...}``."""
+    save_dir = osp.join(run_dir, "pyt_save")
+    found: dict[int | str, str] = {}
+    if osp.isdir(save_dir):
+        for name in os.listdir(save_dir):
+            m = re.fullmatch(r"model(\d*)\.pt", name)
+            if m:
+                found[int(m[1]) if m[1] else "last"] = osp.join(save_dir, name)
+    return found
+
+
+def find_checkpoint(run_dir: str, itr: int | str | None = "last") -> str:
+    """The checkpoint file for ``itr``: "last" (or None, or -1) is model.pt, else the newest model<N>.pt;
+    an integer N is model<N>.pt. A UserError listing what exists when it is missing."""
+    found = checkpoints(run_dir)
+    numbered = sorted(k for k in found if isinstance(k, int))
+    if itr in (None, "last", -1):
+        if "last" in found:
+            return found["last"]
+        if numbered:
+            return found[numbered[-1]]
+        raise UserError(
+            f"no checkpoint in {osp.join(run_dir, 'pyt_save')}: the run saves its policy every save_freq "
+            "epochs and at its end; wait for one or train longer"
+        )
+    if not isinstance(itr, int) or itr < 0:
+        raise UserError(f"--itr takes an iteration number or 'last', not {itr!r}")
+    if itr in found:
+        return found[itr]
+    have = (["last"] if "last" in found else []) + [str(n) for n in numbered]
+    raise UserError(
+        f"no checkpoint for --itr {itr} in {osp.join(run_dir, 'pyt_save')}: "
+        + (f"it has --itr {', '.join(have)}" if have else "it has none")
+    )
+
+
+def load_policy(path: str, itr: int | str | None = "last", deterministic: bool = False) -> tuple[Any, Any]:
+    """(actor-critic, get_action) from a run directory or checkpoint file, loaded weights-only.
+
+    ``get_action(obs)`` takes one raw observation (or a batch, 2-D) and returns one action: an int for a
+    Discrete policy, a float32 array for a Box one (unclipped; ``run_policy`` clips to the bounds).
+    """
+    run_dir, file = _run_dir(path)
+    file = file or find_checkpoint(run_dir, itr)
+
+    import torch
+
+    from spinppo.core.networks import build_actor_critic
+    from spinppo.utils.logx import load_model_payload
+
+    payload = load_model_payload(file)
+    ctor = payload.get("ctor")
+    if not isinstance(ctor, dict):
+        raise UserError(f"{file} does not say how to rebuild its network (no architecture saved with it)")
+    try:
+        ac = build_actor_critic(ctor)
+        ac.load_state_dict(payload["state_dict"])
+    except Exception as e:  # a foreign or edited architecture: TypeError, ValueError, KeyError, RuntimeError
+        raise UserError(f"cannot rebuild the policy saved in {file} ({_first_line(e)})") from None
+    ac.eval()
+    ac.requires_grad_(False)
+    discrete = ac.discrete
+
+    def get_action(obs: Any) -> Any:
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        single = x.ndim == 1
+        action = ac.act(x.unsqueeze(0) if single else x, deterministic=deterministic).numpy()
+        if not single:
+            return action
+        return int(action[0]) if discrete else action[0]
+
+    return ac, get_action
+
+
+# -------------------------------------------------------------------------------------------- environment
+
+
+def read_config(run_dir: str) -> dict[str, Any]:
+    """The run's config.json; a UserError when it is missing or unreadable."""
+    path = osp.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(
+            f"no config.json in {run_dir}: cannot tell which environment the policy is for"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({_first_line(e)})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("env_fn"), dict):
+        raise UserError(f"{path} does not name the run's environment (no env_fn)")
+    return config
+
+
+def make_run_env(
+    config: dict[str, Any],
+    render_mode: str | None = None,
+    base_port: int = 5005,
+    seed: int = 0,
+) -> Any:
+    """The run's environment, from config.json's ``env_fn``: a gymnasium Env, or a VectorEnv of agents
+    for a Unity build (``render_mode="human"`` starts the player with graphics)."""
+    spec = config["env_fn"]
+    kind, target, env_kwargs = spec.get("kind"), spec.get("env"), spec.get("env_kwargs") or {}
+    if kind == "gym":
+        import gymnasium as gym
+
+        from spinppo.envs.registry import make_env
+
+        headless_gl()
+        try:
+            return make_env(target, env_kwargs, render_mode=render_mode)
+        except gym.error.Error as e:
+            raise UserError(f"cannot make the run's environment {target!r} ({_first_line(e)})") from None
+        except Exception as e:
+            # MuJoCo loads its OpenGL backend (MUJOCO_GL) when imported: a backend missing here fails there.
+            gl = os.environ.get("MUJOCO_GL")
+            if gl and _raised_in(e, "mujoco"):
+                raise UserError(
+                    f"cannot load MuJoCo with MUJOCO_GL={gl} ({_first_line(e)}): "
+                    "set MUJOCO_GL to a backend this machine has (egl, osmesa or glfw)"
+                ) from None
+            raise
+    if kind == "unity":
+        if not target or not osp.exists(target):
+            raise UserError(
+                f"the run's Unity build {target} is not there any more: replay needs the build it trained on"
+            )
+        try:
+            from spinppo.envs.registry import EnvChoice, make_vec_env
+
+            window = render_mode == "human"
+            unity_kwargs = dict(
+                base_port=base_port,
+                worker_id=0,
+                time_scale=1.0 if window else 20.0,
+                no_graphics=not window,
+            )
+            choice = EnvChoice("unity", target)
+            return make_vec_env(choice, seed=seed, env_kwargs=env_kwargs, unity_kwargs=unity_kwargs)
+        except UserError:
+            raise
+        except ImportError as e:
+            raise UserError(f"replaying a Unity run needs mlagents-envs ({_first_line(e)})") from None
+        except Exception as e:  # the player failed to start or to connect
+            raise UserError(f"cannot start the Unity build {target} ({_first_line(e)})") from None
+    raise UserError(f"config.json's env_fn has kind {kind!r}: spinppo replays 'gym' and 'unity' runs")
+
+
+def _check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
+    import gymnasium as gym
+
+    vector = isinstance(env, gym.vector.VectorEnv)
+    obs_space = env.single_observation_space if vector else env.observation_space
+    act_space = env.single_action_space if vector else env.action_space
+    want = ctor["observation"]["shape"]
+    if list(obs_space.shape or ()) != list(want):
+        raise UserError(
+            f"the environment's observations have shape {obs_space.shape}, the policy in {where} "
+            f"expects {tuple(want)}: was the environment changed?"
+        )
+    act = ctor["action"]
+    fits = (
+        isinstance(act_space, gym.spaces.Discrete) and act["kind"] == "discrete" and act_space.n == act["n"]
+    ) or (
+        isinstance(act_space, gym.spaces.Box)
+        and act["kind"] == "box"
+        and list(act_space.shape) == act["shape"]
+    )
+    if not fits:
+        raise UserError(f"the environment's action space {act_space} does not fit the policy in {where}")
+
+
+def load_policy_and_env(
+    fpath: str,
+    itr: int | str | None = "last",
+    deterministic: bool = False,
+    render_mode: str | None = None,
+    base_port: int = 5005,
+    seed: int = 0,
+) -> tuple[Any, Callable[[Any], Any]]:
+    """(env, get_action) for a run directory, as Spinning Up's function of the same name.
+
+    ``itr`` is "last" (pyt_save/model.pt) or N (pyt_save/model<N>.pt); ``deterministic`` acts with the
+    mean action (Box) or the most likely one (Discrete). ``render_mode`` goes to ``gym.make``
+    ("rgb_array" to record frames, "human" for a window). ``base_port`` and ``seed`` are for launching a
+    Unity build (a gymnasium environment is seeded by ``run_policy``'s first reset).
+    """
+    run_dir, _ = _run_dir(fpath)
+    ac, get_action = load_policy(fpath, itr, deterministic)
+    config = read_config(run_dir)
+    env = make_run_env(config, render_mode=render_mode, base_port=base_port, seed=seed)
+    try:
+        _check_spaces(env, ac.ctor_spec, run_dir)
+    except UserError:
+        env.close()
+        raise
+    return env, get_action
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+class Episode(NamedTuple):
+    """One replayed episode: its return (sum of the environment's rewards) and its length in steps."""
+
+    ret: float
+    length: int
+
+
+def _clipper(space: Any) -> Callable[[Any], Any]:
+    import gymnasium as gym
+
+    if (
+        isinstance(space, gym.spaces.Box)
+        and np.all(np.isfinite(space.low))
+        and np.all(np.isfinite(space.high))
+    ):
+        low, high = space.low, space.high
+        return lambda a: np.clip(a, low, high)
+    return lambda a: a
+
+
+def _render_frame(env: Any) -> np.ndarray:
+    import gymnasium as gym
+
+    try:
+        frame = env.render()
+    except gym.error.DependencyNotInstalled as e:
+        raise UserError(f"cannot render this environment: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        gl = os.environ.get("MUJOCO_GL", "unset")
+        raise UserError(
+            f"cannot render offscreen ({_first_line(e)}) with MUJOCO_GL={gl}: try MUJOCO_GL=egl or osmesa"
+        ) from None
+    if frame is None:
+        raise UserError("the environment gave no frame: it was not made with render_mode='rgb_array'")
+    return np.asarray(frame)
+
+
+def run_policy(
+    env: Any,
+    get_action: Callable[[Any], Any],
+    max_ep_len: int | None = None,
+    num_episodes: int = 10,
+    render: bool = False,
+    seed: int | None = None,
+    frames: list[np.ndarray] | None = None,
+    verbose: bool = True,
+) -> list[Episode]:
+    """Run ``num_episodes`` episodes with ``get_action``; return them as ``[Episode(ret, length), ...]``.
+
+    The first reset gets ``seed`` (later ones continue the environment's random generator), which also
+    seeds torch for a stochastic policy. An episode ends when the environment terminates or truncates it,
+    or after ``max_ep_len`` steps. Box actions are clipped to the bounds. With ``frames`` (a list; the
+    environment made with render_mode="rgb_array") one frame per step is appended: the state acted in.
+    ``render`` needs an environment made with render_mode="human" (gymnasium draws it every step).
+    A gymnasium VectorEnv (a Unity build's agents) runs all its sub-environments and counts the episodes
+    as they end. Prints each episode and a summary when ``verbose``.
+    """
+    import gymnasium as gym
+    import torch
+
+    if num_episodes < 1:
+        raise UserError(f"--episodes must be at least 1, not {num_episodes}")
+    if max_ep_len is not None and max_ep_len < 0:
+        raise UserError(f"--len must be positive (or 0 for no limit), not {max_ep_len}")
+    vector = isinstance(env, gym.vector.VectorEnv)
+    if render and not vector and getattr(env, "render_mode", None) != "human":
+        raise UserError("render=True needs an environment made with render_mode='human'")
+    if seed is not None:
+        torch.manual_seed(seed)
+    if vector:
+        episodes = _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose)
+    else:
+        episodes = _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose)
+    if verbose:
+        print(summary(episodes), flush=True)
+    return episodes
+
+
+def _report(i: int, ep: Episode, verbose: bool) -> None:
+    if verbose:
+        print(f"Episode {i} \t EpRet {ep.ret:.3f} \t EpLen {ep.length}", flush=True)
+
+
+def _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
+    clip = _clipper(env.action_space)
+    episodes: list[Episode] = []
+    obs, _ = env.reset(seed=seed)
+    ep_ret, ep_len = 0.0, 0
+    while len(episodes) < num_episodes:
+        if frames is not None:
+            frames.append(_render_frame(env))
+        obs, rew, terminated, truncated, _ = env.step(clip(get_action(obs)))
+        ep_ret += float(rew)
+        ep_len += 1
+        if terminated or truncated or (max_ep_len and ep_len >= max_ep_len):
+            episodes.append(Episode(ep_ret, ep_len))
+            _report(len(episodes) - 1, episodes[-1], verbose)
+            if len(episodes) < num_episodes:
+                obs, _ = env.reset()
+            ep_ret, ep_len = 0.0, 0
+    return episodes
+
+
+def _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
+    if max_ep_len:
+        raise UserError(
+            "--len is not supported for vector environments (a Unity build's own max_step applies)"
+        )
+    if frames is not None:
+        raise UserError("--video is not supported for vector environments such as Unity builds")
+    clip = _clipper(env.single_action_space)
+    episodes: list[Episode] = []
+    obs, _ = env.reset(seed=seed)
+    ep_ret = np.zeros(env.num_envs)
+    ep_len = np.zeros(env.num_envs, dtype=np.int64)
+    while len(episodes) < num_episodes:
+        obs, rew, terminated, truncated, _ = env.step(clip(get_action(obs)))
+        ep_ret += np.asarray(rew, dtype=np.float64)
+        ep_len += 1
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            if len(episodes) < num_episodes:
+                episodes.append(Episode(float(ep_ret[i]), int(ep_len[i])))
+                _report(len(episodes) - 1, episodes[-1], verbose)
+            ep_ret[i], ep_len[i] = 0.0, 0
+    return episodes
+
+
+def summary(episodes: Sequence[Episode]) -> str:
+    """One line: mean, standard deviation, min and max of the returns, and the mean length."""
+    rets = np.array([e.ret for e in episodes], dtype=np.float64)
+    lens = np.array([e.length for e in episodes], dtype=np.float64)
+    return (
+        f"{len(episodes)} episodes: EpRet mean {rets.mean():.3f} std {rets.std():.3f} "
+        f"min {rets.min():.3f} max {rets.max():.3f}; EpLen mean {lens.mean():.1f}"
+    )
+
+
+def check_video_path(path: str) -> None:
+    """A UserError unless ``path`` ends in .mp4 or .gif and its folder can be made."""
+    if osp.splitext(path)[1].lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"--video must end in {' or '.join(VIDEO_SUFFIXES)}, not {path!r}")
+    try:
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}): choose another --video") from None
+
+
+def save_video(frames: Sequence[np.ndarray], path: str, fps: float = 30) -> str:
+    """Write frames (H x W x 3 uint8) to ``path``: a GIF with Pillow or an MP4 with imageio-ffmpeg."""
+    check_video_path(path)
+    if not frames:
+        raise UserError("no frames to write")
+    try:
+        if path.lower().endswith(".gif"):
+            import imageio.v3 as iio
+
+            iio.imwrite(path, np.stack(frames), plugin="pillow", duration=1000.0 / fps, loop=0)
+        else:
+            import imageio.v2 as imageio
+
+            try:
+                writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, macro_block_size=2)
+            except (ImportError, RuntimeError) as e:
+                raise UserError(
+                    f"writing .mp4 needs imageio-ffmpeg ({_first_line(e)}): pip install imageio-ffmpeg"
+                ) from None
+            with writer:
+                for frame in frames:
+                    writer.append_data(np.asarray(frame))
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}): choose another --video") from None
+    return path
+
+
+# --------------------------------------------------------------------------------------------- the command
+
+
+def _itr(text: str) -> int | str:
+    if text.lower() == "last":
+        return "last"
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--itr takes an iteration number or 'last', not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``test_policy`` command's flags (Spinning Up's, plus --seed, --render, --video and --fps)."""
+    from spinppo.run import OneLineParser
+
+    p = OneLineParser(
+        prog="python -m spinppo.run test_policy",
+        description="Replay a saved policy in its environment and print each episode's return and length.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("fpath", help="the run directory (it holds config.json and pyt_save/)")
+    p.add_argument("--itr", "-i", default="last", help="checkpoint: 'last' or N for pyt_save/model<N>.pt")
+    p.add_argument("--episodes", "-n", type=int, default=10, help="episodes to run")
+    p.add_argument("--len", "-l", type=int, default=0, help="cut episodes at this many steps (0: no limit)")
+    p.add_argument("--deterministic", "-d", action="store_true", help="mean action (Box), argmax (Discrete)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first reset and of action sampling")
+    p.add_argument("--render", action="store_true", help="show the episodes in a window (needs a display)")
+    p.add_argument(
+        "--norender", "-nr", action="store_true", help="no window (the default; Spinning Up's flag)"
+    )
+    p.add_argument("--video", metavar="FILE", help="record the episodes offscreen to FILE (.mp4 or .gif)")
+    p.add_argument("--fps", type=float, help="video frames per second (default: the environment's)")
+    p.add_argument("--base_port", type=int, default=5005, help="Unity runs: the player's port")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m spinppo.run test_policy RUN_DIR ...``; bad input raises UserError."""
+    args = build_parser().parse_args(list(argv))
+    itr = _itr(args.itr)
+    render = args.render and not args.norender
+    if render and args.video:
+        raise UserError(
+            "--render and --video cannot be combined: an environment renders to a window or to frames"
+        )
+    if render and not has_display():
+        raise UserError("--render needs a display (DISPLAY and WAYLAND_DISPLAY are unset): use --video FILE")
+    if args.video:
+        check_video_path(args.video)
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, not {args.episodes}")
+    if args.fps is not None and args.fps <= 0:
+        raise UserError(f"--fps must be positive, not {args.fps}")
+    run_dir, _ = _run_dir(args.fpath)
+    if read_config(run_dir)["env_fn"].get("kind") == "unity" and (args.len or args.video):
+        raise UserError(
+            "--len and --video are for gymnasium runs: a Unity build ends episodes at its max_step"
+        )
+    render_mode = "human" if render else "rgb_array" if args.video else None
+    env, get_action = load_policy_and_env(
+        args.fpath, itr, args.deterministic, render_mode, args.base_port, args.seed
+    )
+    frames: list[np.ndarray] | None = [] if args.video else None
+    try:
+        run_policy(env, get_action, args.len or None, args.episodes, render, args.seed, frames)
+    finally:
+        env.close()
+    if args.video:
+        fps = args.fps or (getattr(env, "metadata", None) or {}).get("render_fps") or 30
+        save_video(frames, args.video, fps)
+        print(f"Video saved to {args.video} ({len(frames)} frames at {fps:g} fps)", flush=True)
+    return 0

@@ -1,0 +1,326 @@
+"""``python -m spinppo.run test_policy``: reloaded policies act exactly as saved, returns are the
+environment's, videos hold one frame per step, Unity runs replay, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from spinppo.core.networks import MLPActorCritic, build_actor_critic
+from spinppo.utils.errors import UserError
+from spinppo.utils.logx import save_model
+from spinppo.utils.test_policy import load_policy, load_policy_and_env, run_policy, save_video
+from tests.conftest import REPO, child_env, run
+from tests.unity_standin.build import write_build
+
+TINY = ["--steps_per_epoch", "128", "--num_envs", "1", "--update_epochs", "1", "--minibatch_size", "128"]
+EPISODE = re.compile(r"^Episode (\d+) \t EpRet (-?[\d.]+) \t EpLen (\d+)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Real short runs: CartPole (Discrete actions) and InvertedPendulum (Box actions, MuJoCo)."""
+    data = tmp_path_factory.mktemp("data")
+    envs = {"cartpole": ("CartPole", "3"), "pendulum": ("InvertedPendulum", "2")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "spinppo.run", "ppo", "--env", env, "--epochs", epochs, *TINY]
+            + ["--exp_name", name, "--data_dir", str(data)],
+            cwd=REPO,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, (env, epochs) in envs.items()
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    return {name: data / name / f"{name}_s0" for name in envs}
+
+
+def test_policy_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "spinppo.run", "test_policy", *args], check=False, **env)
+
+
+test_policy_cli.__test__ = False  # a helper, not a test
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spinppo: error: "), proc.stderr
+    return lines[0]
+
+
+def printed_episodes(stdout: str) -> list[tuple[float, int]]:
+    found = EPISODE.findall(stdout)
+    assert [int(i) for i, _, _ in found] == list(range(len(found))), stdout
+    return [(float(r), int(n)) for _, r, n in found]
+
+
+def replay_by_hand(run_dir: Path, env_id: str, seed: int, episodes: int, max_len: int = 0):
+    """Episodes of the run's latest policy (mean action), computed without spinppo.utils.test_policy."""
+    payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
+    ac = build_actor_critic(payload["ctor"])
+    ac.load_state_dict(payload["state_dict"])
+    env = gym.make(env_id)
+    out = []
+    obs, _ = env.reset(seed=seed)
+    for _ in range(episodes):
+        ret, n, done = 0.0, 0, False
+        while not done:
+            a = ac.act(torch.as_tensor(obs, dtype=torch.float32)[None], deterministic=True).numpy()[0]
+            if isinstance(env.action_space, gym.spaces.Box):
+                a = np.clip(a, env.action_space.low, env.action_space.high)
+            obs, r, term, trunc, _ = env.step(a)
+            ret, n = ret + float(r), n + 1
+            done = term or trunc or n == max_len
+        out.append((ret, n))
+        obs, _ = env.reset()
+    env.close()
+    return out
+
+
+def random_actor_critic(env: gym.Env, **kwargs) -> MLPActorCritic:
+    """An actor-critic unlike the run's, with non-trivial weights and normalisation statistics."""
+    ac = MLPActorCritic(env.observation_space, env.action_space, **kwargs)
+    with torch.no_grad():
+        for p in ac.parameters():
+            p.normal_(0.0, 0.5)
+    rng = np.random.default_rng(1)
+    ac.obs_rms.update(rng.normal(2.0, 3.0, size=(200, env.observation_space.shape[0])))
+    return ac
+
+
+@pytest.mark.parametrize(
+    "name, env_id, kwargs",
+    [
+        ("cartpole", "CartPole-v1", dict(hidden_sizes=(32, 16), activation="relu", shared_trunk=True)),
+        ("pendulum", "InvertedPendulum-v5", dict(hidden_sizes=(16, 16), layer_norm=True, log_std_init=-0.5)),
+    ],
+)
+def test_reloaded_policy_acts_exactly_like_the_saved_one(runs, tmp_path, name, env_id, kwargs):
+    run_dir = tmp_path / name
+    shutil.copytree(runs[name], run_dir)
+    env = gym.make(env_id)
+    torch.manual_seed(0)
+    ac = random_actor_critic(env, **kwargs)
+    save_model(ac, str(run_dir / "pyt_save" / "model7.pt"))
+
+    obs = [env.reset(seed=0)[0]]
+    for _ in range(30):
+        obs.append(env.step(env.action_space.sample())[0])
+    obs += list(np.random.default_rng(0).normal(0, 3, size=(30, env.observation_space.shape[0])))
+    batch = np.stack(obs).astype(np.float32)
+    # Per observation and per batch (a batch's matrix products may round differently from one row's).
+    expected = np.stack([ac.act(torch.as_tensor(o)[None], deterministic=True)[0].numpy() for o in batch])
+    expected_batch = ac.act(torch.as_tensor(batch), deterministic=True).numpy()
+
+    loaded_env, get_action = load_policy_and_env(str(run_dir), itr=7, deterministic=True)
+    assert loaded_env.spec.id == env_id
+    got = np.stack([np.asarray(get_action(o)) for o in obs])
+    assert np.array_equal(got, expected)
+    assert np.array_equal(get_action(batch), expected_batch)
+    if name == "cartpole":
+        assert all(isinstance(get_action(o), int) for o in obs) and len(set(expected.tolist())) == 2
+    else:
+        assert get_action(obs[0]).shape == (1,)
+
+    # Sampled actions too: the same torch seed gives the same samples.
+    _, sample = load_policy(str(run_dir), itr=7)
+    torch.manual_seed(3)
+    sampled = np.stack([np.asarray(sample(o)) for o in obs])
+    torch.manual_seed(3)
+    assert np.array_equal(sampled, np.stack([ac.act(torch.as_tensor(o)[None])[0].numpy() for o in batch]))
+
+    # itr 'last' is pyt_save/model.pt (the trained policy), with its weights exactly.
+    trained, _ = load_policy(str(run_dir))
+    payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(v, payload["state_dict"][k]), k
+    loaded7, _ = load_policy(str(run_dir / "pyt_save" / "model7.pt"))  # a checkpoint file works too
+    assert all(torch.equal(v, ac.state_dict()[k]) for k, v in loaded7.state_dict().items())
+    loaded_env.close()
+
+
+def test_printed_returns_are_the_environments(runs):
+    proc = test_policy_cli(str(runs["cartpole"]), "-n", "3", "-d", "--seed", "5")
+    assert proc.returncode == 0, proc.stderr
+    got = printed_episodes(proc.stdout)
+    expected = replay_by_hand(runs["cartpole"], "CartPole-v1", seed=5, episodes=3)
+    assert [n for _, n in got] == [n for _, n in expected]
+    np.testing.assert_allclose([r for r, _ in got], [r for r, _ in expected], atol=5e-4)
+    mean = np.mean([r for r, _ in expected])
+    assert f"3 episodes: EpRet mean {mean:.3f}" in proc.stdout
+
+    # --len cuts episodes; Box actions are clipped to the bounds as in training.
+    proc = test_policy_cli(str(runs["cartpole"]), "--episodes", "2", "-d", "--seed", "5", "--len", "20")
+    assert printed_episodes(proc.stdout) == replay_by_hand(runs["cartpole"], "CartPole-v1", 5, 2, max_len=20)
+    assert [n for _, n in printed_episodes(proc.stdout)] == [20, 20]
+
+
+def test_video_has_one_frame_per_step(runs, tmp_path):
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    video = tmp_path / "pendulum.mp4"
+    args = [str(runs["pendulum"]), "-n", "2", "-d", "--seed", "2", "--len", "20", "--video", str(video)]
+    # No display and MUJOCO_GL unset: test_policy itself picks headless EGL before MuJoCo loads.
+    proc = test_policy_cli(*args, MUJOCO_GL="", DISPLAY="", WAYLAND_DISPLAY="")
+    assert proc.returncode == 0, proc.stderr
+    episodes = printed_episodes(proc.stdout)
+    np.testing.assert_allclose(
+        episodes, replay_by_hand(runs["pendulum"], "InvertedPendulum-v5", 2, 2, max_len=20), atol=5e-4
+    )
+    steps = sum(n for _, n in episodes)
+    assert f"Video saved to {video} ({steps} frames at 25 fps)" in proc.stdout
+    with imageio.get_reader(str(video), format="FFMPEG") as reader:
+        frames = [f for f in reader]
+    assert len(frames) == steps and frames[0].shape == (480, 480, 3)
+
+    # The same from Python, to a GIF.
+    gif = tmp_path / "sub" / "pendulum.gif"
+    env, get_action = load_policy_and_env(str(runs["pendulum"]), deterministic=True, render_mode="rgb_array")
+    frames = []
+    ((_, length),) = run_policy(env, get_action, max_ep_len=20, num_episodes=1, seed=2, frames=frames)
+    env.close()
+    assert (length, len(frames)) == (episodes[0][1], length)
+    save_video(frames, str(gif), fps=25)
+    with Image.open(gif) as im:
+        assert im.n_frames == length and im.size == (480, 480)
+        first = np.asarray(im.convert("RGB"), dtype=np.float64)
+    # The first frame is the state after the seeded reset, rendered headless.
+    env = gym.make("InvertedPendulum-v5", render_mode="rgb_array")
+    env.reset(seed=2)
+    reference = env.render().astype(np.float64)
+    env.close()
+    assert reference.mean() > 1 and np.abs(first - reference).mean() < 2
+
+
+def test_vector_env_replay_counts_episodes_like_a_single_env(runs):
+    _, get_action = load_policy(str(runs["cartpole"]), deterministic=True)
+    single = gym.make("CartPole-v1")
+    vector = SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=AutoresetMode.SAME_STEP)
+    one = run_policy(single, get_action, num_episodes=3, seed=4, verbose=False)
+    many = run_policy(vector, get_action, num_episodes=3, seed=4, verbose=False)
+    assert one == many and len(one) == 3 and all(n > 1 for _, n in one)
+    with pytest.raises(UserError, match="--len"):
+        run_policy(vector, get_action, max_ep_len=5, num_episodes=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _players(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_unity_run_replays_through_the_adapter(tmp_path, capsys):
+    """A run of a Unity build (the stand-in player's scripted task): every agent's episodes are counted.
+
+    Its agents earn their action per step and end after scripted lengths, so a policy whose mean action
+    is 0.5 must score 0.5 x length; lineage 0 ends after 3 then 5 steps, lineage 1 after 4 then 2.
+    """
+    exe = write_build(
+        tmp_path / "build", task="script", agents=2, decision_period=1, max_step=0,
+        script={"lengths": [[3, 5, 9], [4, 2, 9]]},
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    env_fn = {"kind": "unity", "env": str(exe), "name": f"unity:{exe}", "env_kwargs": {}}
+    (run_dir / "pyt_save").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"exp_name": "u", "seed": 0, "env_fn": env_fn}))
+    ac = MLPActorCritic(gym.spaces.Box(-np.inf, np.inf, (4,)), gym.spaces.Box(-1, 1, (1,)), hidden_sizes=(8,))
+    with torch.no_grad():
+        ac.pi[-1].weight.zero_()
+        ac.pi[-1].bias.fill_(0.5)
+    save_model(ac, str(run_dir / "pyt_save" / "model.pt"))
+
+    env, get_action = load_policy_and_env(str(run_dir), deterministic=True, base_port=_free_port())
+    try:
+        assert env.num_envs == 2
+        episodes = run_policy(env, get_action, num_episodes=4, seed=0)
+    finally:
+        env.close()
+    assert episodes == [(1.5, 3), (2.0, 4), (1.0, 2), (2.5, 5)]
+    assert "Episode 3 \t EpRet 2.500 \t EpLen 5" in capsys.readouterr().out
+    deadline = time.monotonic() + 10
+    while _players(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _players(str(tmp_path)), "the player was left running"
+
+    assert "--len and --video are for gymnasium runs" in one_line_error(
+        test_policy_cli(str(run_dir), "--len", "5")
+    )
+    shutil.rmtree(tmp_path / "build")
+    assert "is not there any more" in one_line_error(test_policy_cli(str(run_dir)))
+
+
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["cartpole"], run_dir)
+    (tmp_path / "empty").mkdir()
+    assert "not a run directory" in one_line_error(test_policy_cli(str(tmp_path / "empty")))
+    msg = one_line_error(test_policy_cli(str(runs["cartpole"].parent.parent)))
+    assert "holds several runs" not in msg and "not a run directory" in msg  # data/: experiments, not runs
+    assert "holds several runs (cartpole_s0)" in one_line_error(test_policy_cli(str(runs["cartpole"].parent)))
+    msg = one_line_error(test_policy_cli(str(run_dir), "--itr", "99"))
+    assert "no checkpoint for --itr 99" in msg and "it has --itr last, 2" in msg
+    assert "--video must end in .mp4 or .gif" in one_line_error(
+        test_policy_cli(str(run_dir), "--video", "x.avi")
+    )
+    msg = one_line_error(test_policy_cli(str(run_dir), "--render", DISPLAY="", WAYLAND_DISPLAY=""))
+    assert "--render needs a display" in msg
+    (run_dir / "pyt_save" / "model.pt").write_bytes(b"not a checkpoint")
+    assert "cannot read checkpoint" in one_line_error(test_policy_cli(str(run_dir)))
+
+    # The same errors from Python are UserErrors.
+    with pytest.raises(UserError, match="does not exist"):
+        load_policy_and_env(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_policy_and_env(str(run_dir))
+    shutil.rmtree(run_dir / "pyt_save")
+    with pytest.raises(UserError, match="no checkpoint in"):
+        load_policy_and_env(str(run_dir))
+
+    # A policy for another environment, a damaged architecture, a missing config.json.
+    run_dir = tmp_path / "other"
+    shutil.copytree(runs["cartpole"], run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["env_fn"]["env"] = "Pendulum-v1"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"observations have shape \(3,\).*expects \(4,\)"):
+        load_policy_and_env(str(run_dir))
+    payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
+    payload["ctor"]["hidden_sizes"] = [7]
+    torch.save(payload, run_dir / "pyt_save" / "model.pt")
+    with pytest.raises(UserError, match="cannot rebuild the policy"):
+        load_policy(str(run_dir))
+    os.unlink(run_dir / "config.json")
+    with pytest.raises(UserError, match="no config.json"):
+        load_policy_and_env(str(run_dir), itr=2)
