@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--norender", "-nr", action="store_true", help="no window (the default; Spinning Up's flag)"
     )
     p.add_argument("--video", metavar="FILE", help="record the episodes offscreen to FILE (.mp4 or .gif)")
-    p.add_argument("--fps", type=float, help="video frames per second (default: the environment's)")
+    p.add_argument("--fps", type=float, help="video frames per second (None: the environment's render_fps)")
     p.add_argument("--base_port", type=int, default=5005, help="Unity runs: the player's port")
     return p
 
