@@ -75,6 +75,9 @@ def test_saved_model_reloads_weights_only_with_identical_outputs(tmp_path):
     x = torch.randn(10, 4)
     assert torch.equal(model.net(x), rebuilt.net(x))
     assert load_model_payload(path)["ctor"] == {"hidden": 8}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable by others who plot shared runs
 
 
 def test_killed_writer_leaves_previous_checkpoint_intact(tmp_path):

@@ -83,11 +83,6 @@ def test_resume_replaces_the_events_of_epochs_made_again(data, tmp_path):
     assert_events_equal_progress(run_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="logx.Logger with overwrite=True leaves the replaced run's tb/ event files (and its checkpoints) "
-    "in place, so TensorBoard shows both runs' points; see the report for the fix",
-)
 def test_overwrite_leaves_only_the_new_runs_events(data, tmp_path):
     shutil.copytree(data / "tb", tmp_path / "tb")
     ppo(*TINY, "--epochs", "2", "--lam", "0.9", "--overwrite", "--data_dir", str(tmp_path))

@@ -8,9 +8,11 @@ a killed run never leaves a torn config or checkpoint behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import os.path as osp
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_tools import broadcast, mpi_statistics_scalar, proc_id
 
 MODEL_FORMAT = "spinppo-model-v1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def default_data_dir() -> str:
@@ -54,6 +58,7 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; others may plot shared runs
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -193,6 +198,12 @@ class Logger:
                     f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
                     "--datestamp for a fresh directory, or another --exp_name"
                 )
+            if overwrite and not resume and osp.isdir(self.output_dir):
+                # The replaced run's events, checkpoints and models must not mix with the new run's.
+                for name in ("tb", "checkpoints", "pyt_save"):
+                    shutil.rmtree(osp.join(self.output_dir, name), ignore_errors=True)
+                for old in glob.glob(osp.join(self.output_dir, "vars*.pkl")):
+                    os.unlink(old)
             os.makedirs(self.output_dir, exist_ok=True)
             probe = osp.join(self.output_dir, ".write_test")
             with open(probe, "w") as f:
