@@ -12,7 +12,6 @@ Skipped where namespaces cannot be made (not root, no iproute2, no permission).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -201,7 +200,6 @@ def test_hosts_with_different_cpu_kernels_stay_in_lockstep(cluster, layout):
     assert ranks[0]["hash"] == ranks[1]["hash"], "the hosts' networks drifted apart"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("spinppo.run") is None, reason="no spinppo.run command line yet")
 def test_command_line_across_hosts(cluster, layout):
     args = ["-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--steps_per_epoch", "2000", "--epochs", "2"]
     args += ["--data_dir", str(layout.data), "--exp_name", "cli"]
