@@ -263,6 +263,18 @@ def _grid_name(algo: str, env: str, exp_name: str | None) -> str:
     return exp_name or f"{algo}-{re.sub(r'[^A-Za-z0-9._-]+', '-', env.split('/')[-1]).strip('-').lower()}"
 
 
+def check_cpu_flag(options: dict[str, Any]) -> None:
+    """--cpu starts ranks on this host; under a user's launcher (mpirun, srun) the launcher decides."""
+    from spinppo.utils.mpi_tools import num_procs, under_mpi_launcher
+
+    cpu = options["cpu"]
+    if under_mpi_launcher() and not os.environ.get("IN_MPI") and cpu > 1 and cpu != num_procs():
+        raise UserError(
+            f"--cpu {cpu} does not apply under mpirun/mpiexec/srun, which started {num_procs()} rank(s): "
+            "drop --cpu and choose the number of ranks with the launcher"
+        )
+
+
 def read_run_config(run_dir: str) -> dict[str, Any]:
     """A run's config.json; a UserError when ``run_dir`` is not a run."""
     path = os.path.join(run_dir, "config.json")
@@ -288,7 +300,19 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
     )
 
     run_dir = options["resume"]
-    config = read_run_config(run_dir)
+    if under_mpi_launcher() and num_procs() > 1:
+        # Rank 0 reads the configuration for every rank: other hosts need not share its disk.
+        config, error = None, None
+        if proc_id() == 0:
+            try:
+                config = read_run_config(run_dir)
+            except UserError as e:
+                error = str(e)
+        config, error = broadcast((config, error))
+        if error:
+            raise UserError(error)
+    else:
+        config = read_run_config(run_dir)
     given = options["given"]
     if config.get("algo", algo) != algo:
         raise UserError(
@@ -310,10 +334,10 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
                 f"--{name} {shown} contradicts the run's saved {name} {saved}: drop the flag to resume"
             )
     cpu = options["cpu"] if "cpu" in given else config.get("num_procs", 1)
+    if "cpu" in given:
+        check_cpu_flag(options)
     if not under_mpi_launcher():
         mpi_fork(cpu)
-    # Every rank takes rank 0's reading of the configuration (hosts need not share a disk).
-    config = broadcast(config if proc_id() == 0 else None)
     fn = _algo(algo)
     params = inspect.signature(fn).parameters
     kwargs = {
@@ -360,6 +384,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
 
     for env in grid["env"]:  # unknown environments fail before any process is started
         EnvFactory(env, options["env_kwargs"], options["unity_file"])
+    check_cpu_flag(options)
     mpi_fork(options["cpu"])
 
     fn = _algo(algo)

@@ -208,3 +208,14 @@ def test_help_lists_every_flag_with_default():
     ]:
         assert flag in out
     assert "(default: 0.2)" in out  # clip_ratio
+
+
+def test_cpu_flag_that_disagrees_with_the_launcher_is_refused(tmp_path):
+    proc = mpirun(
+        2,
+        ["-m", "spinppo.run", "ppo", "--env", "CartPole", "--cpu", "3", "--data_dir", str(tmp_path)],
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("spinppo: error: --cpu 3 does not apply under mpirun") == 1

@@ -178,12 +178,6 @@ def test_ppo_trains_across_hosts_in_lockstep(cluster, layout):
     assert moved > 100 * 4 * n_params, f"only {moved} bytes on h2's link for {n_params} parameters"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="parameters are synchronised only once, at the start: hosts whose torch kernels round differently "
-    "drift apart (fix: sync_params(ac) after each update in OnPolicyRun.train; see docs/multihost.md)",
-)
 def test_hosts_with_different_cpu_kernels_stay_in_lockstep(cluster, layout):
     # Hosts of different CPU generations run different torch kernels (ATEN_CPU_CAPABILITY picks them here):
     # same inputs, other rounding. Averaged gradients alone do not keep such hosts' parameters identical.
@@ -228,12 +222,6 @@ def test_an_error_on_one_host_ends_the_job_with_its_message(cluster, layout):
     assert "StandIn.x86_64 not found" in text and "(rank 1)" in text, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="resume_algo reads config.json on every rank before broadcasting it: ranks on hosts without the "
-    "run stop with 'not a spinppo run' (fix: under a launcher read it on rank 0 only, broadcast it)",
-)
 def test_resume_across_hosts_without_a_shared_disk(cluster, layout):
     common = ["-m", "spinppo.run", "ppo", "--steps_per_epoch", "800", "--minibatch_size", "64"]
     mpi_run(

@@ -191,6 +191,9 @@ class OnPolicyRun:
                     t0 = time.perf_counter()
                     stats = update(data)
                     update_time += time.perf_counter() - t0
+                    # Bitwise-identical hosts stay identical anyway; this one Bcast keeps hosts whose CPU
+                    # kernels round differently from drifting apart.
+                    sync_params(ac)
                     self._check_finite(stats, epoch)
                     logger.store(**stats)
                     # Fold this rollout's observations (all ranks) into the statistics used from now on.
