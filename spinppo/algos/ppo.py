@@ -33,7 +33,7 @@ def ppo(
     clip_ratio: float = 0.2,
     lr: float = 1e-3,
     anneal_lr: bool = True,
-    update_epochs: int = 10,
+    update_epochs: int = 20,
     minibatch_size: int = 512,
     vf_coef: float = 0.5,
     ent_coef: float = 0.0,
