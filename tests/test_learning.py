@@ -45,4 +45,6 @@ def test_ppo_improves_on_continuous_inverted_pendulum(tmp_path):
         tmp_path, "ppo", "InvertedPendulum-v5", seed=0, epochs=10, steps_per_epoch=2048, minibatch_size=128
     )
     assert returns[0] < 30, returns
-    assert returns[-2:].mean() > 60, returns  # 7x what random actions get
+    # An epoch in which no episode ends (the pole stays up for longer than an epoch) logs nan.
+    finished = returns[~np.isnan(returns)]
+    assert finished[-2:].mean() > 60, returns  # 7x what random actions get
