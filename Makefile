@@ -18,7 +18,7 @@ $(STAMP): setup.py pyproject.toml
 	@touch $@
 
 run: install
-	$(PY) -m spinppo.run ppo --env Walker --cpu $(NP)
+	$(PY) -m spinppo.run ppo --env Walker --cpu $(NP) --datestamp
 
 lint: install
 	$(VENV)/bin/ruff check .
