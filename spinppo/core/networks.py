@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spinppo.core.normalize import RunningMeanStd
+from spinppo.utils.errors import UserError
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -33,9 +34,13 @@ def space_spec(space: gym.Space) -> dict[str, Any]:
     """A plain-values description of an observation or action space (saved in checkpoints)."""
     if isinstance(space, gym.spaces.Discrete):
         return {"kind": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return {"kind": "multidiscrete", "nvec": [int(n) for n in space.nvec]}
     if isinstance(space, gym.spaces.Box):
         return {"kind": "box", "shape": [int(s) for s in space.shape]}
-    raise TypeError(f"spinppo supports Box and Discrete spaces, not {type(space).__name__}")
+    raise UserError(
+        f"spinppo supports Box, Discrete and MultiDiscrete spaces, not {type(space).__name__} ({space})"
+    )
 
 
 def mlp(
@@ -63,7 +68,8 @@ class MLPActorCritic(nn.Module):
     """Policy ``pi`` and value function ``v`` for flat observations.
 
     Pass the environment's single observation and action spaces. Box actions get a Gaussian policy with a
-    state-independent log standard deviation; Discrete actions a Categorical one. ``shared_trunk`` puts
+    state-independent log standard deviation; Discrete actions a Categorical one, MultiDiscrete actions
+    (Unity's branches) one Categorical per branch. ``shared_trunk`` puts
     policy and value heads on one trunk (ML-Agents' default is separate trunks, as here).
     Observations are normalised inside the module by ``obs_rms`` (running statistics the algorithm
     updates between epochs, saved with the weights), so a saved policy takes raw observations.
@@ -82,10 +88,13 @@ class MLPActorCritic(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+            raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         if obs_spec["kind"] != "box" or len(obs_spec["shape"]) != 1:
-            raise ValueError("MLPActorCritic needs flat Box observations")
+            raise UserError(
+                f"MLPActorCritic needs flat vector observations, not {observation_space}: "
+                "image observations are not supported yet"
+            )
         hidden = [int(h) for h in hidden_sizes]
         # Everything needed to rebuild this module from a checkpoint, in plain values.
         self.ctor_spec = {
@@ -100,9 +109,14 @@ class MLPActorCritic(nn.Module):
             "norm_obs": bool(norm_obs),
         }
         obs_dim = obs_spec["shape"][0]
-        self.discrete = act_spec["kind"] == "discrete"
-        act_dim = act_spec["n"] if self.discrete else int(np.prod(act_spec["shape"]))
-        self.act_shape = () if self.discrete else tuple(act_spec["shape"])
+        self.discrete = act_spec["kind"] in ("discrete", "multidiscrete")
+        # Branches of a (Multi)Discrete action: one Categorical each over a slice of the logits.
+        self.branches = act_spec.get("nvec", [act_spec.get("n", 0)])
+        if act_spec["kind"] == "box":
+            act_dim, self.act_shape = int(np.prod(act_spec["shape"])), tuple(act_spec["shape"])
+        else:
+            act_dim = sum(self.branches)
+            self.act_shape = () if act_spec["kind"] == "discrete" else (len(self.branches),)
         self.norm_obs = norm_obs
         self.obs_rms = RunningMeanStd((obs_dim,))
         self.shared_trunk = shared_trunk
@@ -131,16 +145,20 @@ class MLPActorCritic(nn.Module):
         """V(s) for a batch of raw observations, shape [B]."""
         return self.v(self._features(obs)).squeeze(-1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def step(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients."""
         feat = self._features(obs)
         out = self.pi(feat)
         value = self.v(feat).squeeze(-1)
         if self.discrete:
-            logp_all = torch.log_softmax(out, dim=-1)
-            action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)
-            logp = logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            actions, logp = [], 0.0
+            for logits in out.split(self.branches, dim=-1):
+                logp_all = torch.log_softmax(logits, dim=-1)
+                a = torch.multinomial(logp_all.exp(), 1)
+                actions.append(a)
+                logp = logp + logp_all.gather(-1, a).squeeze(-1)
+            action = torch.cat(actions, dim=-1).view(-1, *self.act_shape)
         else:
             noise = torch.randn_like(out)
             action = out + noise * self.log_std.exp()
@@ -148,13 +166,16 @@ class MLPActorCritic(nn.Module):
             action = action.view(-1, *self.act_shape)
         return action, value, logp
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete)."""
         if not deterministic:
             return self.step(obs)[0]
         out = self.pi(self._features(obs))
-        return out.argmax(-1) if self.discrete else out.view(-1, *self.act_shape)
+        if self.discrete:
+            best = [logits.argmax(-1, keepdim=True) for logits in out.split(self.branches, dim=-1)]
+            return torch.cat(best, dim=-1).view(-1, *self.act_shape)
+        return out.view(-1, *self.act_shape)
 
     def evaluate(
         self, obs: torch.Tensor, act: torch.Tensor
@@ -164,9 +185,12 @@ class MLPActorCritic(nn.Module):
         out = self.pi(feat)
         value = self.v(feat).squeeze(-1)
         if self.discrete:
-            logp_all = torch.log_softmax(out, dim=-1)
-            logp = logp_all.gather(-1, act.long().unsqueeze(-1)).squeeze(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            act = act.long().view(act.shape[0], -1)
+            logp, entropy = 0.0, 0.0
+            for i, logits in enumerate(out.split(self.branches, dim=-1)):
+                logp_all = torch.log_softmax(logits, dim=-1)
+                logp = logp + logp_all.gather(-1, act[:, i : i + 1]).squeeze(-1)
+                entropy = entropy - (logp_all.exp() * logp_all).sum(-1)
         else:
             act = act.view(act.shape[0], -1)
             z = (act - out) * torch.exp(-self.log_std)
@@ -184,6 +208,8 @@ def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:
     obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs["shape"]), dtype=np.float32)
     if act["kind"] == "discrete":
         act_space: gym.Space = gym.spaces.Discrete(act["n"])
+    elif act["kind"] == "multidiscrete":
+        act_space = gym.spaces.MultiDiscrete(act["nvec"])
     else:
         act_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(act["shape"]), dtype=np.float32)
     return MLPActorCritic(obs_space, act_space, **spec)

@@ -65,7 +65,7 @@ class RolloutWorker:
                 idx = np.flatnonzero(bootstrap)
                 final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
                 final_val = np.zeros(self.num_envs, dtype=np.float32)
-                with torch.inference_mode():
+                with torch.no_grad():
                     final_val[idx] = ac.value(torch.from_numpy(final_obs)).numpy()
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
@@ -78,7 +78,7 @@ class RolloutWorker:
             obs = np.asarray(next_obs, dtype=np.float32)
             self.inference_time += time.perf_counter() - t2 + t1 - t0
         self.obs = obs
-        with torch.inference_mode():
+        with torch.no_grad():
             last_val = ac.value(torch.from_numpy(obs)).numpy()
         buf.finish(last_val)
         logger.store(VVals=buf.val.reshape(-1))
