@@ -378,9 +378,12 @@ def default_size(panels: int) -> tuple[float, float]:
 def plot_curves(ax: Any, panel: Sequence[Curve], legend: bool = True) -> None:
     """Draw curves on a matplotlib Axes: a line for the estimate, a shaded band of +-1 standard deviation."""
     for c in panel:
-        (line,) = ax.plot(c.x, c.mean, label=c.label, marker="o" if len(c.x) == 1 else None)
+        # Epochs in which no episode ended (long episodes, short epochs) are NaN: join the points around them.
+        ok = np.isfinite(c.mean)
+        x, mean, std = c.x[ok], c.mean[ok], c.std[ok]
+        (line,) = ax.plot(x, mean, label=c.label, marker="o" if len(x) == 1 else None)
         if np.any(c.n > 1):
-            ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     if panel:
         ax.set_xlabel(panel[0].xaxis)
         ax.set_ylabel(panel[0].value)
