@@ -225,3 +225,21 @@ def test_bad_input_is_one_line_and_exit_2(root, tmp_path):
     assert "one name per directory" in one_line_error(plot_cli(str(root), "--legend", "a", "b"))
     assert "--smooth" in one_line_error(plot_cli(str(root), "--smooth", "x"))
     assert "--smooth must be at least 1" in one_line_error(plot_cli(str(root), "--smooth", "0"))
+
+
+def test_epochs_without_a_finished_episode_do_not_break_the_line(root, tmp_path):
+    # Long episodes and short epochs: some epochs log AverageEpRet as nan. The line joins the others.
+    src = next(root.glob("cart-a/*_s0"))
+    run_dir = tmp_path / "gaps" / "gaps_s0"
+    shutil.copytree(src, run_dir)
+    lines = (run_dir / "progress.txt").read_text().splitlines()
+    header = lines[0].split("\t")
+    col = header.index("AverageEpRet")
+    rows = [line.split("\t") for line in lines[1:]]
+    rows[1][col] = "nan"
+    (run_dir / "progress.txt").write_text(
+        "\n".join(["\t".join(header)] + ["\t".join(r) for r in rows]) + "\n"
+    )
+    fig = make_plot(load_runs([str(tmp_path / "gaps")]))
+    drawn = fig.axes[0].lines[0].get_ydata()
+    assert len(drawn) == len(rows) - 1 and np.all(np.isfinite(drawn))
