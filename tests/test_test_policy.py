@@ -124,7 +124,8 @@ def test_reloaded_policy_acts_exactly_like_the_saved_one(runs, tmp_path, name, e
 
     obs = [env.reset(seed=0)[0]]
     for _ in range(30):
-        obs.append(env.step(env.action_space.sample())[0])
+        o, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        obs.append(env.reset()[0] if terminated or truncated else o)
     obs += list(np.random.default_rng(0).normal(0, 3, size=(30, env.observation_space.shape[0])))
     batch = np.stack(obs).astype(np.float32)
     # Per observation and per batch (a batch's matrix products may round differently from one row's).
