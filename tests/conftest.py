@@ -42,3 +42,15 @@ def run(args: list[str], timeout: float = 300, check: bool = True, **env: str) -
 def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, **env: str):
     """``mpirun -np n python ARGS...`` with the virtualenv's MPI."""
     return run([MPIRUN, "-np", str(n), sys.executable, *args], timeout=timeout, check=check, **env)
+
+
+# Columns that measure time: they differ between otherwise identical runs.
+TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime", "MPITime"}
+
+
+def rows_without_timing(run_dir: Path) -> list[list[str]]:
+    """progress.txt of a run as rows of cells (header first), without the timing columns."""
+    lines = (run_dir / "progress.txt").read_text().splitlines()
+    header = lines[0].split("\t")
+    keep = [i for i, h in enumerate(header) if h not in TIMING]
+    return [[line.split("\t")[i] for i in keep] for line in lines]

@@ -5,17 +5,9 @@ import sys
 
 import pytest
 
-from tests.conftest import mpirun, run
+from tests.conftest import mpirun, rows_without_timing, run
 
-TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime", "MPITime"}
 SHORT = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
-
-
-def rows_without_timing(run_dir):
-    lines = (run_dir / "progress.txt").read_text().splitlines()
-    header = lines[0].split("\t")
-    keep = [i for i, h in enumerate(header) if h not in TIMING]
-    return [[line.split("\t")[i] for i in keep] for line in lines]
 
 
 def test_mpirun_and_cpu_flag_give_the_same_run(tmp_path):

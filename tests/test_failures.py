@@ -10,18 +10,10 @@ import time
 import pytest
 import torch
 
-from tests.conftest import MPIRUN, REPO, child_env, run
+from tests.conftest import MPIRUN, REPO, child_env, rows_without_timing, run
 
-TIMING = {"Time", "StepsPerSec", "EnvTime", "InferenceTime", "UpdateTime", "MPITime"}
 PY = [sys.executable, "-m", "spinppo.run"]
 FAST = ["--steps_per_epoch", "1024", "--minibatch_size", "256", "--update_epochs", "4", "--save_freq", "1"]
-
-
-def progress(run_dir):
-    lines = (run_dir / "progress.txt").read_text().splitlines()
-    header = lines[0].split("\t")
-    keep = [i for i, h in enumerate(header) if h not in TIMING]
-    return [[line.split("\t")[i] for i in keep] for line in lines]
 
 
 def start(args, **kw):
@@ -83,10 +75,12 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     wait_rows(broken / "progress.txt", 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks, with no chance to clean up
     proc.wait()
-    assert len(progress(broken)) < 7
+    assert len(rows_without_timing(broken)) < 7
     out = run([*PY, "ppo", "--resume", str(broken)], timeout=300).stdout  # rank count read from the run
     assert "Resumed from the checkpoint of epoch" in out
-    assert progress(broken) == progress(whole)  # no row lost, none duplicated, same numbers
+    assert rows_without_timing(broken) == rows_without_timing(
+        whole
+    )  # no row lost, none duplicated, same numbers
     kept = sorted(os.listdir(broken / "checkpoints"))
     assert kept == ["ckpt-000004.pt", "ckpt-000005.pt"]  # --keep_checkpoints 2
     ckpt = torch.load(broken / "checkpoints" / kept[-1], weights_only=True)
@@ -106,7 +100,7 @@ def test_sigterm_stops_every_rank_at_an_epoch_end_with_a_checkpoint(tmp_path, ta
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "stopped by" in out and "--resume" in out
-    rows = progress(run_dir)
+    rows = rows_without_timing(run_dir)
     last_epoch = int(rows[-1][0])
     ckpt = torch.load(run_dir / "checkpoints" / f"ckpt-{last_epoch:06d}.pt", weights_only=True)
     assert ckpt["epoch"] == last_epoch < 199
