@@ -2,6 +2,7 @@
 
     python scripts/bench_throughput.py                      # Walker, 1 and 2 ranks, 8 epochs each
     python scripts/bench_throughput.py --env Hopper --epochs 4 --ranks 2
+    python scripts/bench_throughput.py --repeat 3           # medians of 3 alternating repetitions
 
 For each rank count R, in one script run:
 - raw: R ranks step the environment with random actions through the same vectorised environments as
@@ -18,6 +19,7 @@ import argparse
 import csv
 import inspect
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--raw_steps", type=int, default=20000, help="raw steps per rank")
+    parser.add_argument("--repeat", type=int, default=1, help="repetitions (rank counts alternate)")
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
     from spinppo.algos.ppo import ppo
@@ -65,75 +68,59 @@ def main() -> None:
     if args.raw:
         raw_stepping(args.env, args.raw_steps, num_envs)
         return
-    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    e2e_by_ranks = {}
-    for ranks in args.ranks:
-        out = subprocess.run(
-            [
-                mpirun,
-                "-np",
-                str(ranks),
-                sys.executable,
-                __file__,
-                "--raw",
-                "--env",
-                args.env,
-                "--raw_steps",
-                str(args.raw_steps),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        ).stdout
-        raw = float(out.split("RAW")[1].split()[0])
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "spinppo.run",
-                    "ppo",
-                    "--env",
-                    args.env,
-                    "--cpu",
-                    str(ranks),
-                    "--epochs",
-                    str(args.epochs),
-                    "--data_dir",
-                    tmp,
-                    "--exp_name",
-                    "tp",
-                    "--tensorboard",
-                    "false",
-                    *extra,
-                ],
-                stdout=subprocess.DEVNULL,
-                env=env,
-                check=True,
-            )
-            rows = read_rows(os.path.join(tmp, "tp", "tp_s0"))
-        later = rows[1:]  # the first epoch pays for start-up
-        steps = later[-1]["TotalEnvInteracts"] - rows[0]["TotalEnvInteracts"]
-        seconds = later[-1]["Time"] - rows[0]["Time"]
-        e2e = steps / seconds
-        e2e_by_ranks[ranks] = e2e
-        epoch = seconds / len(later)
-        share = {
-            k: sum(r[k] for r in later) / len(later) / epoch
-            for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
-        }
+    results: dict[int, list[dict[str, float]]] = {r: [] for r in args.ranks}
+    # Rank counts alternate within each repetition, so that drift in the machine's speed (a shared VM)
+    # hits all of them alike; the summary takes the median over repetitions.
+    for _ in range(args.repeat):
+        for ranks in args.ranks:
+            results[ranks].append(measure(args.env, ranks, args.epochs, args.raw_steps, extra))
+    median = {r: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for r, ms in results.items()}
+    for ranks, m in median.items():
         print(
-            f"throughput {args.env} ranks={ranks}: raw {raw:.0f} steps/s, end-to-end {e2e:.0f} steps/s, "
-            f"ratio {e2e / raw:.2f} (goal >= 0.50); epoch {epoch:.2f} s = env {share['EnvTime']:.0%}, "
-            f"inference+bookkeeping {share['InferenceTime']:.0%}, update {share['UpdateTime']:.0%}; "
-            f"MPI {share['MPITime']:.1%} of the epoch (goal <= 5%)",
+            f"throughput {args.env} ranks={ranks}: raw {m['raw']:.0f} steps/s, end-to-end {m['e2e']:.0f} "
+            f"steps/s, ratio {m['ratio']:.2f} (goal >= 0.50); epoch {m['epoch']:.2f} s = env "
+            f"{m['EnvTime']:.0%}, inference+bookkeeping {m['InferenceTime']:.0%}, update "
+            f"{m['UpdateTime']:.0%}; MPI {m['MPITime']:.1%} of the epoch (goal <= 5%)"
+            + (f" [median of {args.repeat}]" if args.repeat > 1 else ""),
             flush=True,
         )
-    if 1 in e2e_by_ranks and 2 in e2e_by_ranks:
-        scaling = e2e_by_ranks[2] / e2e_by_ranks[1]
-        print(f"scaling {args.env}: 2 ranks / 1 rank = {scaling:.2f}x at a fixed global batch (goal >= 1.8x)")
+    if 1 in results and 2 in results:
+        e2e = statistics.median(b["e2e"] / a["e2e"] for a, b in zip(results[1], results[2], strict=True))
+        raw = statistics.median(b["raw"] / a["raw"] for a, b in zip(results[1], results[2], strict=True))
+        print(
+            f"scaling {args.env}: 2 ranks / 1 rank = {e2e:.2f}x at a fixed global batch (goal >= 1.8x); "
+            f"raw stepping alone scales {raw:.2f}x on this machine"
+        )
+
+
+def measure(env_name: str, ranks: int, epochs: int, raw_steps: int, extra: list[str]) -> dict[str, float]:
+    """Raw and end-to-end steps/s at ``ranks`` ranks, and the shares of an end-to-end epoch."""
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    raw_cmd = [mpirun, "-np", str(ranks), sys.executable, __file__, "--raw", "--env", env_name]
+    out = subprocess.run(
+        [*raw_cmd, "--raw_steps", str(raw_steps)], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    raw = float(out.split("RAW")[1].split()[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "spinppo.run", "ppo", "--env", env_name, "--cpu", str(ranks)]
+            + ["--epochs", str(epochs), "--data_dir", tmp, "--exp_name", "tp", "--tensorboard", "false"]
+            + extra,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            check=True,
+        )
+        rows = read_rows(os.path.join(tmp, "tp", "tp_s0"))
+    later = rows[1:]  # the first epoch pays for start-up
+    steps = later[-1]["TotalEnvInteracts"] - rows[0]["TotalEnvInteracts"]
+    seconds = later[-1]["Time"] - rows[0]["Time"]
+    epoch = seconds / len(later)
+    shares = {
+        k: sum(r[k] for r in later) / len(later) / epoch
+        for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
+    }
+    return {"raw": raw, "e2e": steps / seconds, "ratio": steps / seconds / raw, "epoch": epoch, **shares}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from spinppo.utils.mpi_pytorch import mpi_avg_grads, setup_pytorch_for_mpi, sync_params
+from spinppo.utils.mpi_pytorch import flatten_parameters, mpi_avg_grads, setup_pytorch_for_mpi, sync_params
 from spinppo.utils.mpi_tools import allgather, mpi_statistics_scalar, num_procs, proc_id
 
 
@@ -48,6 +48,58 @@ def check_avg_grads():
     # Every rank holds the very same averaged gradient, bit for bit.
     flat = torch.cat([p.grad.reshape(-1) for p in net.parameters() if p.grad is not None]).numpy().tobytes()
     assert len(set(allgather(flat))) == 1, "ranks disagree on the averaged gradient"
+
+
+def _rank_loss(net, step):
+    torch.manual_seed(1000 * step + proc_id())  # different data on every rank
+    loss = net.body(torch.randn(7, 5)).pow(2).sum()
+    if proc_id() == 1:
+        loss = loss + (net.rank1_only * 3.0).sum()
+    return loss
+
+
+def check_flat_params():
+    """Adam over flatten_parameters' one tensor == per-tensor Adam on the rank-averaged gradient."""
+    torch.manual_seed(0)
+    net, reference = Net(), Net()
+    reference.load_state_dict(net.state_dict())
+    flat = flatten_parameters(net)
+    assert flat.numel() == sum(p.numel() for p in reference.parameters())
+    opt = torch.optim.Adam([flat], lr=1e-2, fused=True)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    for step in range(4):
+        if step == 2:  # the default zero_grad sets gradients to None; the flat buffer must come back
+            opt.zero_grad()
+            net.zero_grad()
+        else:
+            flat.grad.zero_()
+        _rank_loss(net, step).backward()
+        mpi_avg_grads(net)
+        opt.step()
+        # Reference: every rank's gradient gathered, averaged (none counts as zero), per-tensor Adam.
+        ref_opt.zero_grad()
+        _rank_loss(reference, step).backward()
+        grads = allgather(
+            [
+                np.zeros(p.shape, np.float32) if p.grad is None else p.grad.numpy()
+                for p in reference.parameters()
+            ]
+        )
+        for i, p in enumerate(reference.parameters()):
+            p.grad = torch.from_numpy(np.mean([g[i] for g in grads], axis=0))
+        ref_opt.step()
+        for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
+            np.testing.assert_allclose(
+                p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name
+            )
+    # The module's parameters are views of the flat tensor, and its state_dict still round-trips.
+    with torch.no_grad():
+        flat.add_(1.0)
+    np.testing.assert_allclose(net.unused.detach().numpy(), np.full(4, 2.0))
+    fresh = Net()
+    fresh.load_state_dict(net.state_dict())
+    np.testing.assert_array_equal(fresh.body[0].weight.detach().numpy(), net.body[0].weight.detach().numpy())
+    assert len(set(allgather(flat.detach().numpy().tobytes()))) == 1, "ranks disagree after flat Adam steps"
 
 
 def check_sync_params():

@@ -136,10 +136,12 @@ class MLPActorCritic(nn.Module):
 
     # ----------------------------------------------------------------------------------------- helpers
 
-    def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.norm_obs:
-            obs = self.obs_rms.normalize(obs)
-        return self.trunk(obs)
+    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations as the networks see them (standardised by ``obs_rms`` when ``norm_obs``)."""
+        return self.obs_rms.normalize(obs) if self.norm_obs else obs
+
+    def _features(self, obs: torch.Tensor, obs_normalized: bool = False) -> torch.Tensor:
+        return self.trunk(obs if obs_normalized else self.normalize_obs(obs))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) for a batch of raw observations, shape [B]."""
@@ -178,10 +180,14 @@ class MLPActorCritic(nn.Module):
         return out.view(-1, *self.act_shape)
 
     def evaluate(
-        self, obs: torch.Tensor, act: torch.Tensor
+        self, obs: torch.Tensor, act: torch.Tensor, obs_normalized: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients."""
-        feat = self._features(obs)
+        """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients.
+
+        ``obs_normalized``: ``obs`` already went through ``normalize_obs`` (an update normalises its batch
+        once rather than every minibatch).
+        """
+        feat = self._features(obs, obs_normalized)
         out = self.pi(feat)
         value = self.v(feat).squeeze(-1)
         if self.discrete:
@@ -192,7 +198,7 @@ class MLPActorCritic(nn.Module):
                 logp = logp + logp_all.gather(-1, act[:, i : i + 1]).squeeze(-1)
                 entropy = entropy - (logp_all.exp() * logp_all).sum(-1)
         else:
-            act = act.view(act.shape[0], -1)
+            act = act.reshape(act.shape[0], -1)
             z = (act - out) * torch.exp(-self.log_std)
             logp = -(0.5 * z.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
             entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(obs.shape[0])

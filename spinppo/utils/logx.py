@@ -9,6 +9,7 @@ a killed run never leaves a torn config or checkpoint behind.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import os.path as osp
@@ -69,8 +70,14 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` made atomic."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` made atomic.
+
+    Serialised in memory first: torch's zip writer reports a full disk as a RuntimeError (or not at
+    all, depending on where it hits), while a plain write raises the OSError that callers handle.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def atomic_joblib_dump(obj: Any, path: str) -> None:
