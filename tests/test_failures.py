@@ -106,6 +106,28 @@ def test_sigterm_stops_every_rank_at_an_epoch_end_with_a_checkpoint(tmp_path, ta
     assert ckpt["epoch"] == last_epoch < 199
 
 
+def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
+    job = [*PY, "ppo", "--env", "CartPole", "--epochs", "200", *FAST, "--exp_name", "b"]
+    job += ["--data_dir", str(tmp_path)]
+    run_dir = tmp_path / "b" / "b_s0"
+    first = start(job)
+    wait_rows(run_dir / "progress.txt", 2, first)
+    # --overwrite while the first run still writes there: refused, and the first run's files stay.
+    second = subprocess.run(
+        [*job, "--overwrite"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120
+    )
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert lines[0].startswith("spinppo: error: another run (pid ") and f"pid {first.pid}@" in lines[0]
+    assert (run_dir / "checkpoints").is_dir() and first.poll() is None
+    rows = len(rows_without_timing(run_dir))
+    wait_rows(run_dir / "progress.txt", rows + 1, first)  # still training
+    os.killpg(first.pid, signal.SIGKILL)  # the lock goes with the process, however it ends
+    first.wait()
+    run([*job, "--overwrite", "--epochs", "1"], timeout=120)
+    assert len(rows_without_timing(run_dir)) == 2  # the header and the new run's one epoch
+
+
 def test_a_rank_that_raises_ends_the_job_quickly_naming_rank_and_error(tmp_path):
     t0 = time.time()
     proc = run(

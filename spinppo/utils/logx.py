@@ -8,12 +8,14 @@ a killed run never leaves a torn config or checkpoint behind.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import io
 import json
 import os
 import os.path as osp
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -128,6 +130,9 @@ def setup_logger_kwargs(
     return dict(output_dir=osp.join(data_dir, relpath, subfolder), exp_name=exp_name)
 
 
+_held_locks: dict[str, int] = {}  # run directory lock files this process holds, and their descriptors
+
+
 def _run_files(output_dir: str) -> list[str]:
     return [f for f in ("progress.txt", "config.json", "pyt_save") if osp.exists(osp.join(output_dir, f))]
 
@@ -200,6 +205,10 @@ class Logger:
         try:
             if resume and not osp.exists(osp.join(self.output_dir, "config.json")):
                 return f"{self.output_dir} is not a spinppo run (no config.json): check the --resume path"
+            os.makedirs(self.output_dir, exist_ok=True)
+            busy = self._lock_dir()
+            if busy:
+                return busy
             if osp.isdir(self.output_dir) and _run_files(self.output_dir) and not (overwrite or resume):
                 return (
                     f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
@@ -220,6 +229,31 @@ class Logger:
             return (
                 f"cannot write the run directory {self.output_dir} ({e.strerror}): choose another --data_dir"
             )
+        return None
+
+    def _lock_dir(self) -> str | None:
+        """Hold an exclusive lock on the run directory for this process's life; a message if another has it.
+
+        Two runs writing one directory (the same --exp_name and seed started twice, or --overwrite while the
+        old run is still going) would interleave their rows and checkpoints. The kernel drops the lock when
+        the process ends, however it ends.
+        """
+        path = osp.realpath(osp.join(self.output_dir, ".lock"))
+        if path in _held_locks:  # this process's own earlier logger (a grid, a test): done with it
+            return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 100).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            return (
+                f"another run (pid {holder}) is writing to {self.output_dir}: wait for it to end or stop "
+                "it, or pick another --exp_name (or --datestamp)"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        _held_locks[path] = fd  # kept open: closing it would release the lock
         return None
 
     # -------------------------------------------------------------------------------------------- table
