@@ -33,6 +33,7 @@ test: lint
 
 bench: install
 	$(PY) scripts/bench_mpi_avg_grads.py
+	$(PY) scripts/bench_update_step.py
 	$(PY) scripts/bench_throughput.py --epochs 6
 
 clean:

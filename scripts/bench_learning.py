@@ -28,6 +28,8 @@ def read_progress(run_dir: str) -> list[dict[str, float]]:
     """progress.txt as a list of rows of floats."""
     with open(os.path.join(run_dir, "progress.txt")) as f:
         lines = f.read().splitlines()
+    if not lines:  # a run that is only starting
+        return []
     header = lines[0].split("\t")
     return [dict(zip(header, map(float, line.split("\t")), strict=True)) for line in lines[1:] if line]
 

@@ -36,7 +36,8 @@ def ppo(
     update_epochs: int = 20,
     minibatch_size: int = 512,
     vf_coef: float = 0.5,
-    ent_coef: float = 0.0,
+    ent_coef: float = 0.01,
+    anneal_ent: bool = True,
     clip_vloss: bool = False,
     max_grad_norm: float = 0.5,
     target_kl: float | None = None,
@@ -64,7 +65,10 @@ def ppo(
         update_epochs: passes over the batch per update (ML-Agents' num_epoch).
         minibatch_size: samples per gradient step over all ranks (ML-Agents' batch_size).
         vf_coef: value-loss coefficient c_v.
-        ent_coef: entropy bonus coefficient (ML-Agents' beta).
+        ent_coef: entropy bonus coefficient (ML-Agents' beta); it keeps the policy from turning
+            deterministic early (Hopper's 1000-point plateau).
+        anneal_ent: decay the entropy bonus linearly to 0 over the epochs (ML-Agents' beta_schedule),
+            so that the policy explores early and can settle late.
         clip_vloss: clip the value function's change like the policy's (usually no help).
         max_grad_norm: clip the global gradient norm to this (0 turns it off).
         target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
@@ -107,14 +111,20 @@ def ppo(
     ac = run.ac
     local_mb = minibatch_size // num_procs()
     # All weights in one tensor: Adam, clipping, zeroing and the gradient Allreduce are one operation each
-    # per step instead of one per layer (a step on a small network is all per-operation overhead).
+    # per step instead of one per layer (on small networks per-operation overhead is much of a step).
     params = flatten_parameters(ac)
     optimizer = torch.optim.Adam([params], lr=lr, eps=1e-5, fused=True)
 
+    ent_weight = ent_coef  # the entropy bonus of the current epoch
+
     def anneal(epoch: int) -> None:
+        nonlocal ent_weight
+        remaining = 1.0 - epoch / epochs
         if anneal_lr:
             for group in optimizer.param_groups:
-                group["lr"] = lr * (1.0 - epoch / epochs)
+                group["lr"] = lr * remaining
+        if anneal_ent:
+            ent_weight = ent_coef * remaining
 
     def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
         n = data["obs"].shape[0]
@@ -153,7 +163,7 @@ def ppo(
                 else:
                     loss_v = 0.5 * ((v - ret) ** 2).mean()
                 ent = entropy.mean()
-                loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+                loss = loss_pi + vf_coef * loss_v - ent_weight * ent
 
                 params.grad.zero_()
                 loss.backward()
