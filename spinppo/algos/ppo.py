@@ -144,13 +144,8 @@ def ppo(
             perm = torch.randperm(n)
             pass_sums = torch.zeros(5)
             for start in range(0, n - local_mb + 1, local_mb):
-                obs, act, adv, ret, logp_old, v_old = table[perm[start : start + local_mb]].split(widths, 1)
-                adv, ret, logp_old, v_old = (
-                    adv.squeeze(1),
-                    ret.squeeze(1),
-                    logp_old.squeeze(1),
-                    v_old.squeeze(1),
-                )
+                obs, act, *scalars = table[perm[start : start + local_mb]].split(widths, 1)
+                adv, ret, logp_old, v_old = (c.squeeze(1) for c in scalars)
                 logp, entropy, v = ac.evaluate(obs, act, obs_normalized=True)
                 log_ratio = logp - logp_old
                 ratio = log_ratio.exp()
