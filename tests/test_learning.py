@@ -35,8 +35,10 @@ def train(tmp_path, algo, env, **kwargs):
 )
 def test_learns_cartpole(tmp_path, algo, kwargs, threshold):
     returns = train(tmp_path, algo, "CartPole-v1", seed=1, **kwargs)
-    assert returns[0] < 40, returns  # it starts untrained
-    assert returns[-2:].mean() > threshold, returns
+    if algo != "a2c":  # PPO and VPG update at an epoch's end: epoch 0 is the untrained policy
+        assert returns[0] < 40, returns
+    # A2C updates every n_steps (100 times in epoch 0), so its epoch 0 has begun to learn already.
+    assert returns[-2:].mean() > max(threshold, 2 * returns[0]), returns
 
 
 def test_ppo_improves_on_continuous_inverted_pendulum(tmp_path):

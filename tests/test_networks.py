@@ -49,3 +49,97 @@ def test_rebuilt_from_ctor_spec_acts_identically(kind):
     twin.load_state_dict(ac.state_dict())
     obs = torch.randn(10, 5)
     assert torch.equal(ac.act(obs, deterministic=True), twin.act(obs, deterministic=True))
+
+
+CONFIGS = {
+    "default": dict(),
+    "relu-3-layers": dict(activation="relu", hidden_sizes=(16, 8, 4)),
+    "elu": dict(activation="elu"),
+    "silu": dict(activation="silu"),
+    "leaky_relu": dict(activation="leaky_relu"),
+    "gelu-torch": dict(activation="gelu"),  # numpy has no erf: runs ac.step
+    "layer-norm-torch": dict(layer_norm=True),
+    "shared-trunk-torch": dict(shared_trunk=True),
+    "no-obs-norm": dict(norm_obs=False),
+}
+
+
+def random_policy(kind: str, **kwargs) -> MLPActorCritic:
+    """An actor-critic with non-trivial weights and observation statistics."""
+    ac = MLPActorCritic(OBS, SPACES[kind], **kwargs)
+    for p in ac.parameters():  # not the initial weights (small output layer, zero biases)
+        p.data.normal_(0, 0.5)
+    ac.obs_rms._merge(np.linspace(-1, 1, 5), np.linspace(0.5, 4.0, 5), 100.0)
+    return ac
+
+
+@pytest.mark.parametrize("kind", list(SPACES))
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_rollout_policy_logp_and_values_are_those_of_evaluate(kind, config):
+    # The rollout's numpy policy stores (action, value, logp); the update recomputes them in torch. They
+    # must agree, or PPO's ratio starts away from 1.
+    torch.manual_seed(1)
+    np.random.seed(1)
+    ac = random_policy(kind, **CONFIGS[config])
+    policy = ac.rollout_policy()
+    assert policy.in_numpy == (not config.endswith("-torch"))
+    obs = np.random.randn(64, 5).astype(np.float32) * 3
+    action, value, logp = policy.step(obs)
+    assert isinstance(action, np.ndarray) and value.shape == (64,) and logp.shape == (64,)
+    assert logp.dtype == np.float32 and value.dtype == np.float32
+    if kind != "box":
+        assert action.dtype.kind == "i"
+        for a in action:
+            assert SPACES[kind].contains(a.astype(SPACES[kind].dtype) if kind == "multidiscrete" else int(a))
+    logp2, _, value2 = ac.evaluate(torch.from_numpy(obs), torch.from_numpy(action))
+    np.testing.assert_allclose(logp, logp2.detach().numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(value, value2.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(policy.value(obs), value, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(SPACES))
+def test_rollout_policy_samples_the_policy_distribution(kind):
+    torch.manual_seed(2)
+    np.random.seed(2)
+    ac = random_policy(kind)
+    n = 40000
+    obs = np.repeat(np.random.randn(1, 5).astype(np.float32), n, axis=0)
+    action, _, _ = ac.rollout_policy().step(obs)
+    if kind == "box":
+        mean = ac.act(torch.from_numpy(obs[:1]), deterministic=True).numpy()[0]
+        std = ac.log_std.exp().detach().numpy()
+        np.testing.assert_allclose(action.mean(0), mean, atol=4 * std.max() / np.sqrt(n))
+        np.testing.assert_allclose(action.std(0), std, rtol=0.03)
+        return
+    # every branch's action frequencies against its softmax probabilities
+    cols = action.reshape(n, -1)
+    offsets = np.cumsum([0, *ac.branches])
+    logits = ac.pi(ac.normalize_obs(torch.from_numpy(obs[:1]))).detach()[0]
+    for b, k in enumerate(ac.branches):
+        probs = torch.softmax(logits[offsets[b] : offsets[b] + k], 0).numpy()
+        freq = np.bincount(cols[:, b], minlength=k) / n
+        np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(probs * (1 - probs) / n).max() + 1e-3)
+
+
+def test_rollout_policy_draws_from_numpy_global_generator():
+    # Checkpoints save numpy's global generator: a resumed run must draw the same actions.
+    ac = random_policy("box")
+    obs = np.random.randn(8, 5).astype(np.float32)
+    np.random.seed(5)
+    first = ac.rollout_policy().step(obs)[0]
+    np.random.seed(5)
+    np.testing.assert_array_equal(ac.rollout_policy().step(obs)[0], first)
+
+
+def test_a_subclass_with_its_own_step_is_used_by_rollouts():
+    class Greedy(MLPActorCritic):
+        def step(self, obs):
+            return self.act(obs, deterministic=True), self.value(obs).detach(), torch.zeros(len(obs))
+
+    ac = Greedy(OBS, SPACES["discrete"])
+    policy = ac.rollout_policy()
+    assert not policy.in_numpy
+    obs = np.random.randn(6, 5).astype(np.float32)
+    np.testing.assert_array_equal(
+        policy.step(obs)[0], ac.act(torch.from_numpy(obs), deterministic=True).numpy()
+    )

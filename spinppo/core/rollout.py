@@ -6,7 +6,6 @@ import time
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
@@ -43,33 +42,35 @@ class RolloutWorker:
 
     def collect(self, buf: GAEBuffer, logger) -> None:
         """Run ``buf.steps`` steps of every environment into ``buf`` and finish it (GAE)."""
-        ac, env = self.ac, self.env
+        env = self.env
+        # The weights stay fixed for the whole rollout: the policy runs in numpy (RolloutPolicy).
+        policy = self.ac.rollout_policy()
         obs = self.obs
         for _ in range(buf.steps):
             t0 = time.perf_counter()
-            act, val, logp = ac.step(torch.from_numpy(obs))
-            act_np = act.numpy()
-            env_act = np.clip(act_np, self.low, self.high) if self.clip else act_np
+            act_np, val, logp = policy.step(obs)
+            # np.minimum/maximum: np.clip's Python wrapper costs more than the clipping at this size.
+            env_act = np.minimum(np.maximum(act_np, self.low), self.high) if self.clip else act_np
             t1 = time.perf_counter()
             next_obs, rew, terminated, truncated, info = env.step(env_act)
             t2 = time.perf_counter()
             self.env_time += t2 - t1
             rew = np.asarray(rew, dtype=np.float64)
-            done = np.logical_or(terminated, truncated)
+            terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+            done = terminated | truncated
             self.ep_ret += rew
             self.ep_len += 1
             final_val = None
-            bootstrap = np.logical_and(truncated, np.logical_not(terminated))
-            if bootstrap.any():
+            if truncated.any():
                 # The value of where a truncated episode stopped: its return continues past the cut.
-                idx = np.flatnonzero(bootstrap)
-                final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
-                final_val = np.zeros(self.num_envs, dtype=np.float32)
-                with torch.no_grad():
-                    final_val[idx] = ac.value(torch.from_numpy(final_obs)).numpy()
+                idx = np.flatnonzero(truncated & ~terminated)
+                if len(idx):
+                    final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
+                    final_val = np.zeros(self.num_envs, dtype=np.float32)
+                    final_val[idx] = policy.value(final_obs)
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
-            buf.store(obs, act_np, rew, val.numpy(), logp.numpy(), terminated, truncated, final_val)
+            buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val)
             if done.any():
                 for i in np.flatnonzero(done):
                     logger.store(EpRet=self.ep_ret[i], EpLen=self.ep_len[i])
@@ -78,7 +79,5 @@ class RolloutWorker:
             obs = np.asarray(next_obs, dtype=np.float32)
             self.inference_time += time.perf_counter() - t2 + t1 - t0
         self.obs = obs
-        with torch.no_grad():
-            last_val = ac.value(torch.from_numpy(obs)).numpy()
-        buf.finish(last_val)
+        buf.finish(policy.value(obs))
         logger.store(VVals=buf.val.reshape(-1))
