@@ -63,7 +63,7 @@ def main() -> None:
             t = lap("gather", t)
             logp, entropy, v = ac.evaluate(obs, act)
         else:
-            obs, act, adv, ret, logp_old, _ = table[idx].split(widths, 1)
+            obs, act, adv, ret, logp_old, _ = table.index_select(0, idx).split(widths, 1)
             adv, ret, logp_old = adv.squeeze(1), ret.squeeze(1), logp_old.squeeze(1)
             t = lap("gather", t)
             logp, entropy, v = ac.evaluate(obs, act, obs_normalized=True)

@@ -74,7 +74,8 @@ def check_flat_params():
         else:
             flat.grad.zero_()
         _rank_loss(net, step).backward()
-        mpi_avg_grads(net)
+        # The fast form takes the flat Parameter itself; after zero_grad() only the module form can re-adopt.
+        mpi_avg_grads(net if step == 2 else flat)
         opt.step()
         # Reference: every rank's gradient gathered, averaged (none counts as zero), per-tensor Adam.
         ref_opt.zero_grad()
@@ -100,6 +101,13 @@ def check_flat_params():
     fresh.load_state_dict(net.state_dict())
     np.testing.assert_array_equal(fresh.body[0].weight.detach().numpy(), net.body[0].weight.detach().numpy())
     assert len(set(allgather(flat.detach().numpy().tobytes()))) == 1, "ranks disagree after flat Adam steps"
+    opt.zero_grad()  # the flat form cannot average a gradient that is no longer there: a clear error
+    try:
+        mpi_avg_grads(flat)
+    except ValueError as e:
+        assert "flat.grad is None" in str(e)
+    else:
+        raise AssertionError("mpi_avg_grads(flat) accepted flat.grad = None")
 
 
 def check_sync_params():

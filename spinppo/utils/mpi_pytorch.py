@@ -166,7 +166,7 @@ def _flat_gradient(module: torch.nn.Module, params: list[torch.nn.Parameter]) ->
     return flat.grad
 
 
-def mpi_avg_grads(module: torch.nn.Module) -> None:
+def mpi_avg_grads(module: torch.nn.Module | torch.nn.Parameter) -> None:
     """Replace every parameter's gradient by its mean over ranks, in place, in ONE flat Allreduce.
 
     A parameter without a gradient on this rank counts as a zero gradient. After the call it has a
@@ -174,7 +174,21 @@ def mpi_avg_grads(module: torch.nn.Module) -> None:
     end with the same set of gradients, so their optimizers stay in step. The gradients become views
     of one flat buffer kept for the module, so later calls copy nothing. For a module given to
     ``flatten_parameters`` that buffer is the flat Parameter's ``.grad``.
+
+    ``module`` may also be the flat Parameter that ``flatten_parameters`` returned: its ``.grad`` is averaged
+    without walking the module's parameters (the fastest form, for a loop that zeroes with
+    ``flat.grad.zero_()``; a ``.grad`` set to None by ``zero_grad()`` is an error there).
     """
+    if isinstance(module, torch.Tensor):
+        if module.grad is None:
+            raise ValueError(
+                "mpi_avg_grads(flat): flat.grad is None (zero_grad() set it to None, which detaches the "
+                "module's gradients from it); zero with flat.grad.zero_() or pass the module instead"
+            )
+        if num_procs() > 1:
+            COMM.Allreduce(MPI.IN_PLACE, module.grad.numpy(), op=MPI.SUM)
+            module.grad.mul_(1.0 / num_procs())
+        return
     params = [p for p in module.parameters() if p.requires_grad]
     # flatten_parameters: the gradients are one buffer already (re-adopted even on one rank, so that the
     # optimiser over the flat tensor sees them), and never None, so no flags are needed.
