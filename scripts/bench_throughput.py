@@ -8,7 +8,7 @@ For each rank count R, in one script run:
 - raw: R ranks step the environment with random actions through the same vectorised environments as
   training (``--num_envs`` per rank, PPO's default), no policy, no learning;
 - end to end: ``python -m spinppo.run ppo --env ENV --cpu R`` with default flags (rollout, update,
-  logging, checkpoints), measured from progress.txt after the first epoch;
+  logging with TensorBoard, checkpoints), measured from progress.txt after the first epoch;
 - where an epoch's time goes: environment, policy inference, update, and time inside MPI calls.
 Summary lines give end-to-end / raw, the 2-rank / 1-rank scaling, and MPI time / epoch time.
 """
@@ -94,24 +94,34 @@ def main() -> None:
 
 
 def measure(env_name: str, ranks: int, epochs: int, raw_steps: int, extra: list[str]) -> dict[str, float]:
-    """Raw and end-to-end steps/s at ``ranks`` ranks, and the shares of an end-to-end epoch."""
+    """Raw and end-to-end steps/s at ``ranks`` ranks, and the shares of an end-to-end epoch.
+
+    Raw stepping is measured right before and right after the end-to-end run and averaged, so that a
+    change in the machine's speed during the measurement (a shared VM drifts by 20% within minutes) biases
+    the ratio as little as possible.
+    """
     mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     raw_cmd = [mpirun, "-np", str(ranks), sys.executable, __file__, "--raw", "--env", env_name]
-    out = subprocess.run(
-        [*raw_cmd, "--raw_steps", str(raw_steps)], capture_output=True, text=True, env=env, check=True
-    ).stdout
-    raw = float(out.split("RAW")[1].split()[0])
+
+    def raw() -> float:
+        out = subprocess.run(
+            [*raw_cmd, "--raw_steps", str(raw_steps)], capture_output=True, text=True, env=env, check=True
+        ).stdout
+        return float(out.split("RAW")[1].split()[0])
+
+    raw_before = raw()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "spinppo.run", "ppo", "--env", env_name, "--cpu", str(ranks)]
-            + ["--epochs", str(epochs), "--data_dir", tmp, "--exp_name", "tp", "--tensorboard", "false"]
+            + ["--epochs", str(epochs), "--data_dir", tmp, "--exp_name", "tp"]
             + extra,
             stdout=subprocess.DEVNULL,
             env=env,
             check=True,
         )
         rows = read_rows(os.path.join(tmp, "tp", "tp_s0"))
+    raw_steps_per_s = (raw_before + raw()) / 2
     later = rows[1:]  # the first epoch pays for start-up
     steps = later[-1]["TotalEnvInteracts"] - rows[0]["TotalEnvInteracts"]
     seconds = later[-1]["Time"] - rows[0]["Time"]
@@ -120,7 +130,8 @@ def measure(env_name: str, ranks: int, epochs: int, raw_steps: int, extra: list[
         k: sum(r[k] for r in later) / len(later) / epoch
         for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
     }
-    return {"raw": raw, "e2e": steps / seconds, "ratio": steps / seconds / raw, "epoch": epoch, **shares}
+    e2e = steps / seconds
+    return {"raw": raw_steps_per_s, "e2e": e2e, "ratio": e2e / raw_steps_per_s, "epoch": epoch, **shares}
 
 
 if __name__ == "__main__":
