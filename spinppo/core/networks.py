@@ -300,10 +300,12 @@ class RolloutPolicy:
 
     def step(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(action, value, logp)`` for a batch of raw observations, as ``ac.step`` gives them, in numpy."""
+        obs = np.asarray(obs, dtype=np.float32)
         if not self.in_numpy:
-            action, value, logp = self.ac.step(torch.from_numpy(obs))
+            with torch.no_grad():  # a subclass's own step may not turn gradients off
+                action, value, logp = self.ac.step(torch.from_numpy(obs))
             return action.numpy(), value.numpy(), logp.numpy()
-        out, value = self._outputs(np.asarray(obs, dtype=np.float32))
+        out, value = self._outputs(obs)
         if not self.ac.discrete:
             noise = np.random.standard_normal(out.shape).astype(np.float32)
             action = out + noise * self.std
