@@ -166,6 +166,12 @@ def _flat_gradient(module: torch.nn.Module, params: list[torch.nn.Parameter]) ->
     return flat.grad
 
 
+def _average_in_place(flat: torch.Tensor) -> None:
+    """``flat`` (a contiguous CPU tensor) becomes its mean over ranks: one Allreduce."""
+    COMM.Allreduce(MPI.IN_PLACE, flat.numpy(), op=MPI.SUM)
+    flat.mul_(1.0 / num_procs())
+
+
 def mpi_avg_grads(module: torch.nn.Module | torch.nn.Parameter) -> None:
     """Replace every parameter's gradient by its mean over ranks, in place, in ONE flat Allreduce.
 
@@ -186,8 +192,7 @@ def mpi_avg_grads(module: torch.nn.Module | torch.nn.Parameter) -> None:
                 "module's gradients from it); zero with flat.grad.zero_() or pass the module instead"
             )
         if num_procs() > 1:
-            COMM.Allreduce(MPI.IN_PLACE, module.grad.numpy(), op=MPI.SUM)
-            module.grad.mul_(1.0 / num_procs())
+            _average_in_place(module.grad)
         return
     params = [p for p in module.parameters() if p.requires_grad]
     # flatten_parameters: the gradients are one buffer already (re-adopted even on one rank, so that the
@@ -196,8 +201,7 @@ def mpi_avg_grads(module: torch.nn.Module | torch.nn.Parameter) -> None:
     if num_procs() == 1 or not params:
         return
     if flat is not None:
-        COMM.Allreduce(MPI.IN_PLACE, flat.numpy(), op=MPI.SUM)
-        flat.mul_(1.0 / num_procs())
+        _average_in_place(flat)
         return
     key = [id(p) for p in params]
     cached = _flat_grads.get(id(module))
