@@ -28,7 +28,7 @@ def train(tmp_path, algo, env, **kwargs):
 @pytest.mark.parametrize(
     "algo, kwargs, threshold",
     [
-        ("ppo", dict(epochs=10, steps_per_epoch=2048, minibatch_size=128), 150),
+        ("ppo", dict(epochs=15, steps_per_epoch=2048, minibatch_size=128), 150),
         ("vpg", dict(epochs=25, steps_per_epoch=2000, num_envs=2, pi_lr=0.01, train_v_iters=20), 100),
         ("a2c", dict(epochs=12, steps_per_epoch=8000, lr=1e-3), 100),
     ],

@@ -34,7 +34,7 @@ def ppo(
     clip_ratio: float = 0.2,
     lr: float = 1e-3,
     anneal_lr: bool = True,
-    update_epochs: int = 20,
+    update_epochs: int = 10,
     minibatch_size: int = 512,
     vf_coef: float = 0.5,
     ent_coef: float = 0.01,
@@ -63,7 +63,8 @@ def ppo(
         clip_ratio: PPO's clip range epsilon.
         lr: Adam learning rate.
         anneal_lr: decay the learning rate linearly to 0 over the epochs.
-        update_epochs: passes over the batch per update (ML-Agents' num_epoch).
+        update_epochs: passes over the batch per update (ML-Agents' num_epoch). 10, as in CleanRL: on
+            Walker2d it learned more steadily than 20 (no seed stuck near 1000) at half the update's cost.
         minibatch_size: samples per gradient step over all ranks (ML-Agents' batch_size).
         vf_coef: value-loss coefficient c_v.
         ent_coef: entropy bonus coefficient (ML-Agents' beta); it keeps the policy from turning
