@@ -564,12 +564,17 @@ class _QueueEnd:
         pass
 
 
+# Longest wait, when closing, for the gRPC call that carries the close message to reach the player.
+_CLOSE_GRACE_S = 5.0
+
+
 def _queue_unity_environment() -> type:
     """``UnityEnvironment`` whose communicator passes messages between its threads through queues.
 
     Only the servicer's two pipe ends are swapped (before the player is launched, so before any message);
     the protocol, the gRPC server and every check stay mlagents_envs' own.
     """
+    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
     from mlagents_envs.environment import UnityEnvironment
     from mlagents_envs.rpc_communicator import RpcCommunicator
 
@@ -579,6 +584,19 @@ def _queue_unity_environment() -> type:
             to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
             self.unity_to_external.parent_conn = _QueueEnd(to_python, to_unity)
             self.unity_to_external.child_conn = _QueueEnd(to_unity, to_python)
+
+        def close(self) -> None:
+            # The stock close stops the gRPC server with no grace period, which can abort the Exchange
+            # that carries the close message (status 400) before the player has it: the player then sees
+            # the connection drop instead of being told to quit. The grace lets that last reply go out;
+            # the server stops as soon as no call is running.
+            if self.is_open:
+                message = UnityMessageProto()
+                message.header.status = 400
+                self.unity_to_external.parent_conn.send(message)
+                self.unity_to_external.parent_conn.close()
+                self.server.stop(grace=_CLOSE_GRACE_S).wait()
+                self.is_open = False
 
     class QueueUnityEnvironment(UnityEnvironment):
         @staticmethod
