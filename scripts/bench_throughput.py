@@ -10,7 +10,8 @@ For each rank count R, in one script run:
 - end to end: ``python -m spinppo.run ppo --env ENV --cpu R`` with default flags (rollout, update,
   logging with TensorBoard, checkpoints), measured from progress.txt after the first epoch;
 - where an epoch's time goes: environment, policy inference, update, and time inside MPI calls.
-Summary lines give end-to-end / raw, the 2-rank / 1-rank scaling, and MPI time / epoch time.
+Summary lines give end-to-end / raw, the 2-rank / 1-rank scaling (overall, and of the environment's and
+the update's seconds per epoch), and MPI time / epoch time.
 """
 
 from __future__ import annotations
@@ -87,9 +88,18 @@ def main() -> None:
     if 1 in results and 2 in results:
         e2e = statistics.median(b["e2e"] / a["e2e"] for a, b in zip(results[1], results[2], strict=True))
         raw = statistics.median(b["raw"] / a["raw"] for a, b in zip(results[1], results[2], strict=True))
+        # Per part: how much faster each part of an epoch got (its seconds at 1 rank / at 2 ranks).
+        parts = {
+            name: statistics.median(
+                a["epoch"] * a[key] / (b["epoch"] * b[key])
+                for a, b in zip(results[1], results[2], strict=True)
+            )
+            for name, key in (("environment", "EnvTime"), ("update", "UpdateTime"))
+        }
         print(
             f"scaling {args.env}: 2 ranks / 1 rank = {e2e:.2f}x at a fixed global batch (goal >= 1.8x); "
-            f"raw stepping alone scales {raw:.2f}x on this machine"
+            f"raw stepping alone scales {raw:.2f}x on this machine; per part: "
+            + ", ".join(f"{name} {x:.2f}x" for name, x in parts.items())
         )
 
 
