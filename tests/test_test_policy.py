@@ -289,7 +289,13 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
     assert "not a run directory" in one_line_error(test_policy_cli(str(tmp_path / "empty")))
     msg = one_line_error(test_policy_cli(str(runs["cartpole"].parent.parent)))
     assert "holds several runs" not in msg and "not a run directory" in msg  # data/: experiments, not runs
-    assert "holds several runs (cartpole_s0)" in one_line_error(test_policy_cli(str(runs["cartpole"].parent)))
+    one_seed = test_policy_cli(str(runs["cartpole"].parent), "--episodes", "1")  # its only run
+    assert one_seed.returncode == 0 and len(printed_episodes(one_seed.stdout)) == 1, one_seed.stderr
+    shutil.copytree(runs["cartpole"], tmp_path / "exp" / "cartpole_s0")
+    shutil.copytree(runs["cartpole"], tmp_path / "exp" / "cartpole_s1")
+    assert "holds several runs (cartpole_s0, cartpole_s1)" in one_line_error(
+        test_policy_cli(str(tmp_path / "exp"))
+    )
     msg = one_line_error(test_policy_cli(str(run_dir), "--itr", "99"))
     assert "no checkpoint for --itr 99" in msg and "it has --itr last, 2" in msg
     assert "--video must end in .mp4 or .gif" in one_line_error(
@@ -317,6 +323,11 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
     (run_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"observations have shape \(3,\).*expects \(4,\)"):
         load_policy_and_env(str(run_dir))
+    config["env_fn"]["env"] = "no_such_module_here:Thing-v0"  # trained with a module this machine lacks
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert "cannot import 'no_such_module_here' for environment" in one_line_error(
+        test_policy_cli(str(run_dir))
+    )
     payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
     payload["ctor"]["hidden_sizes"] = [7]
     torch.save(payload, run_dir / "pyt_save" / "model.pt")

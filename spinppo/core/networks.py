@@ -91,11 +91,14 @@ class MLPActorCritic(nn.Module):
             raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         if obs_spec["kind"] != "box" or len(obs_spec["shape"]) != 1:
+            what = "image observations are" if obs_spec["kind"] == "box" else "this observation space is"
             raise UserError(
                 f"MLPActorCritic needs flat vector observations, not {observation_space}: "
-                "image observations are not supported yet"
+                f"{what} not supported yet"
             )
         hidden = [int(h) for h in hidden_sizes]
+        if any(h < 1 for h in hidden):
+            raise UserError(f"hidden layer sizes must be positive, not {hidden} (--hid)")
         # Everything needed to rebuild this module from a checkpoint, in plain values.
         self.ctor_spec = {
             "class": "MLPActorCritic",

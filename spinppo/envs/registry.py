@@ -93,16 +93,41 @@ def resolve_env(name: str, unity_file: str | None = None) -> EnvChoice:
 def make_env(
     env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
 ) -> gym.Env:
-    """One gymnasium environment, with bad keyword arguments and missing extras as UserErrors."""
+    """One gymnasium environment, with bad keyword arguments and missing extras as UserErrors.
+
+    ``render_mode`` is passed only when given: an environment of the user's may not take it at all.
+    """
     env_kwargs = dict(env_kwargs or {})
+    if render_mode is not None:
+        env_kwargs["render_mode"] = render_mode
     try:
-        return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+        return gym.make(env_id, **env_kwargs)
     except TypeError as e:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        what = f"keyword {bad[1]!r}" if bad else f"these keywords ({e})"
+        if bad is None and not env_kwargs:
+            raise
+        what = f"keyword {bad[1]!r}" if bad else f"these keywords ({_first_line(e)})"
         raise UserError(f"{env_id} does not take {what}: fix --env_kwargs") from None
     except gym.error.DependencyNotInstalled as e:
-        raise UserError(f"{env_id} needs an extra package: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{env_id} needs an extra package: {_first_line(e)}") from None
+    except ImportError as e:
+        if ":" not in env_id:
+            raise
+        # gymnasium imports "module:EnvId"'s module itself (a replay on a machine without the module)
+        module = env_id.partition(":")[0]
+        raise UserError(f"cannot import {module!r} for environment {env_id!r}: {_first_line(e)}") from None
+    except Exception as e:
+        if not env_kwargs or set(env_kwargs) == {"render_mode"}:
+            raise  # a bug in the environment itself: its traceback is what the user needs
+        shown = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+        raise UserError(
+            f"{env_id} could not be made with {shown} ({type(e).__name__}: {_first_line(e)}): "
+            "fix --env_kwargs"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def make_vec_env(

@@ -82,6 +82,8 @@ def _run_dir(path: str) -> tuple[str, str | None]:
         runs = sorted(
             d for d in os.listdir(path) if osp.isfile(osp.join(path, d, "config.json"))
         )  # an experiment directory: its seeds are the runs
+        if len(runs) == 1:  # an experiment with one seed: that run
+            return osp.join(path, runs[0]), None
         if runs:
             shown = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
             raise UserError(f"{path} holds several runs ({shown}): give one of them")
