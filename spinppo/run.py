@@ -138,10 +138,14 @@ def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
     """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two."""
     try:
         if any(t.startswith("[") or t.startswith("(") for t in tokens):
-            return [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
-        return [tuple(int(t) for t in tokens)]
+            archs = [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
+        else:
+            archs = [tuple(int(t) for t in tokens)]
     except ValueError:
         raise UserError(f"--hid takes layer sizes such as '64 64', not {' '.join(tokens)!r}") from None
+    if any(size < 1 for arch in archs for size in arch):
+        raise UserError(f"--hid takes positive layer sizes such as '64 64', not {' '.join(tokens)!r}")
+    return archs
 
 
 def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
@@ -318,10 +322,25 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
         raise UserError(
             f"{run_dir} is a {config['algo']} run: resume it with python -m spinppo.run {config['algo']}"
         )
+    env = config.get("env_fn")
+    if not isinstance(env, dict) or not {"name", "kind", "env"} <= set(env):
+        raise UserError(
+            f"{run_dir}/config.json does not name the run's environment (a run made from Python with its "
+            "own env_fn?): resume it from Python with logger_kwargs=dict(output_dir=RUN, resume=True)"
+        )
     # Flags typed with --resume must agree with the saved run; only --epochs may change (to extend it).
-    saved_env = config["env_fn"]["name"]
+    saved_env = env["name"]
     if given.get("env") and given["env"] != [saved_env]:
         raise UserError(f"--env {' '.join(given['env'])} contradicts the run's saved env {saved_env}")
+    saved_env_kwargs = env.get("env_kwargs") or {}
+    if "env_kwargs" in given and options["env_kwargs"] != saved_env_kwargs:
+        raise UserError(
+            f"--env_kwargs {' '.join(given['env_kwargs'])} contradicts the run's saved env_kwargs "
+            f"{json.dumps(saved_env_kwargs)}: drop the flag to resume"
+        )
+    for flag in ("exp_name", "data_dir", "datestamp", "overwrite", "tensorboard"):
+        if flag in given:
+            raise UserError(f"--{flag} does not apply to --resume, which continues the run in place: drop it")
     for key, values in grid.items():
         name = key.split(":")[-1]
         if name not in given or name in ("epochs", "env"):
@@ -336,6 +355,15 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
     cpu = options["cpu"] if "cpu" in given else config.get("num_procs", 1)
     if "cpu" in given:
         check_cpu_flag(options)
+    # The checkpoint holds every rank's state: refuse another rank count before starting any rank.
+    saved_procs = config.get("num_procs", 1)
+    ranks = num_procs() if under_mpi_launcher() else cpu
+    if ranks != saved_procs:
+        how = "mpirun -np" if under_mpi_launcher() else "--cpu"
+        raise UserError(
+            f"the run was made with {saved_procs} ranks; resume it with the same number "
+            f"({how} {saved_procs}), not {ranks}"
+        )
     if not under_mpi_launcher():
         mpi_fork(cpu)
     fn = _algo(algo)
@@ -347,7 +375,6 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
     }
     if "epochs" in given:
         kwargs["epochs"] = grid["epochs"][0]
-    env = config["env_fn"]
     unity_kwargs = dict(
         base_port=options["base_port"],
         worker_id=local_rank(),
@@ -382,40 +409,83 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     from spinppo.utils.mpi_tools import local_rank, mpi_fork, proc_id
     from spinppo.utils.run_utils import ExperimentGrid
 
+    exp_name = options["exp_name"]
+    if exp_name is not None and (not exp_name.strip() or "/" in exp_name or exp_name in (".", "..")):
+        raise UserError(f"--exp_name must be a plain name, not {exp_name!r} (use --data_dir for where)")
     for env in grid["env"]:  # unknown environments fail before any process is started
         EnvFactory(env, options["env_kwargs"], options["unity_file"])
     check_cpu_flag(options)
     mpi_fork(options["cpu"])
 
-    fn = _algo(algo)
-    dirs = []
+    # Every run directory is known, and checked, before the first run starts: a clash found after an
+    # hour of training would cost the user that hour.
+    plan = []
     for env in grid["env"]:
-        eg = ExperimentGrid(_grid_name(algo, env, options["exp_name"]))
+        name = _grid_name(algo, env, exp_name)
+        if exp_name and len(grid["env"]) > 1:  # one --exp_name for several environments
+            name = f"{exp_name}-{_grid_name(algo, env, None).removeprefix(algo + '-')}"
+        eg = ExperimentGrid(name)
         for key, values in grid.items():
             if key != "env":
                 eg.add(key, values, shorthand=key.split(":")[-1])
         for variant in eg.variants():
             ac = variant.pop("ac")
-            ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
-            name = eg.variant_name({**variant, "ac": ac})
+            run_name = eg.variant_name({**variant, "ac": ac})
             logger_kwargs = setup_logger_kwargs(
-                name, variant["seed"], options["data_dir"], options["datestamp"]
+                run_name, variant["seed"], options["data_dir"], options["datestamp"]
             )
             logger_kwargs.update(overwrite=options["overwrite"], tensorboard=options["tensorboard"])
-            unity_kwargs = dict(
-                base_port=options["base_port"],
-                worker_id=local_rank(),
-                time_scale=options["time_scale"],
-                no_graphics=options["no_graphics"],
-                log_dir=logger_kwargs["output_dir"],
-            )
-            env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
-            if proc_id() == 0:
-                print(f"Environment: {env_fn.choice.describe()}", flush=True)
-            fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
-            dirs.append(logger_kwargs["output_dir"])
+            ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
+            plan.append((env, variant, ac_kwargs, logger_kwargs))
+    check_run_dirs([p[3]["output_dir"] for p in plan], options["overwrite"])
+
+    fn = _algo(algo)
+    dirs = []
+    for env, variant, ac_kwargs, logger_kwargs in plan:
+        unity_kwargs = dict(
+            base_port=options["base_port"],
+            worker_id=local_rank(),
+            time_scale=options["time_scale"],
+            no_graphics=options["no_graphics"],
+            log_dir=logger_kwargs["output_dir"],
+        )
+        env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+        if proc_id() == 0:
+            print(f"Environment: {env_fn.choice.describe()}", flush=True)
+        fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
+        dirs.append(logger_kwargs["output_dir"])
     _print_next_steps(dirs)
     return dirs
+
+
+def check_run_dirs(dirs: list[str], overwrite: bool) -> None:
+    """A UserError when two runs of a grid share a directory, or (without ``overwrite``) a later run's
+    directory already holds a run. Rank 0 looks; every rank gets its verdict.
+
+    The first run's directory is left to its logger, which looks after the algorithm has checked its
+    flags: a bad flag is reported before a directory clash.
+    """
+    from spinppo.utils.logx import run_files
+    from spinppo.utils.mpi_tools import broadcast, proc_id
+
+    error = None
+    if proc_id() == 0:
+        seen: set[str] = set()
+        for i, d in enumerate(dirs):
+            real = os.path.realpath(d)
+            if real in seen:
+                error = f"two runs of this grid would share {d}: give each value once (or drop --exp_name)"
+                break
+            seen.add(real)
+            if i > 0 and not overwrite and run_files(d):
+                error = (
+                    f"{d} already holds a run: pass --overwrite to replace it, --datestamp for a fresh "
+                    "directory, or another --exp_name"
+                )
+                break
+    error = broadcast(error)
+    if error:
+        raise UserError(error)
 
 
 def _print_next_steps(dirs: list[str]) -> None:
@@ -519,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as e:
         if proc_id() == 0:
             print(f"spinppo: {e}", flush=True)
-        return 0
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
     except Exception:

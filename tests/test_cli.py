@@ -121,6 +121,27 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
         ),
         (["ppo", "--env", "CartPole", "--env_kwargs", "{bad json"], "--env_kwargs is not valid JSON"),
         (["ppo", "--env", "CartPole", "--cpu", "0"], "--cpu must be at least 1"),
+        # Checked before the run directory is made: with --overwrite the old run would already be gone.
+        (["ppo", "--env", "CartPole", "--save_freq", "0"], "--save_freq must be positive"),
+        (["a2c", "--env", "CartPole", "--keep_checkpoints", "0"], "--keep_checkpoints must be positive"),
+        (["ppo", "--env", "CartPole", "--lr", "nan"], "--lr must be positive, not nan"),
+        (["vpg", "--env", "CartPole", "--pi_lr", "inf"], "--pi_lr must be a finite number, not inf"),
+        (["ppo", "--env", "Pendulum", "--log_std_init", "nan"], "--log_std_init must be a finite number"),
+        (["ppo", "--env", "CartPole", "--gamma", "nan"], "--gamma must be a finite number, not nan"),
+        (["ppo", "--env", "CartPole", "--ent_coef", "-1"], "--ent_coef must be zero or positive, not -1"),
+        (["ppo", "--env", "CartPole", "--steps_per_epoch", "0"], "--steps_per_epoch must be positive, not 0"),
+        (["ppo", "--env", "CartPole", "--hid", "-3"], "--hid takes positive layer sizes"),
+        (["ppo", "--env", "CartPole", "--hid", "[64,0]", "[8]"], "--hid takes positive layer sizes"),
+        (["ppo", "--env", "CartPole", "--exp_name", "a/b"], "--exp_name must be a plain name"),
+        (["ppo", "--env", "CartPole", "--seed", "3", "3"], "two runs of this grid would share"),
+        (
+            ["ppo", "--env", "Hopper", "--env_kwargs", "frame_skip=0"],
+            "Hopper-v5 could not be made with frame_skip=0 (ZeroDivisionError",
+        ),
+        (
+            ["ppo", "--env", "Hopper", "--env_kwargs", "xml_file=/nonexistent.xml"],
+            "could not be made with xml_file='/nonexistent.xml' (OSError",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -178,7 +199,69 @@ def test_existing_run_is_refused_then_overwritten_on_request(tmp_path):
     proc = run(args, check=False)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert progress.read_text() == before
+    # A bad flag with --overwrite is refused before the old run is touched.
+    proc = run([*args, "--overwrite", "--save_freq", "0"], check=False)
+    assert proc.returncode == 2 and "--save_freq must be positive" in proc.stderr
+    assert progress.read_text() == before and (progress.parent / "pyt_save" / "model.pt").exists()
+    assert list((progress.parent / "checkpoints").iterdir())
     run([*args, "--overwrite"])
+
+
+def test_grid_directories_are_distinct_and_checked_before_anything_trains(tmp_path):
+    base = [sys.executable, "-m", "spinppo.run", "a2c", "--epochs", "1", "--steps_per_epoch", "80"]
+    base += ["--data_dir", str(tmp_path)]
+    # One --exp_name for two environments: each gets its own directory.
+    run([*base, "--env", "CartPole", "Acrobot", "--exp_name", "both"])
+    for env, gym_id in (("cartpole", "CartPole-v1"), ("acrobot", "Acrobot-v1")):
+        config = json.loads((tmp_path / f"both-{env}" / f"both-{env}_s0" / "config.json").read_text())
+        assert config["env_fn"]["env"] == gym_id
+    # A grid whose second run would land on an existing run fails before its first run trains.
+    run([*base, "--env", "CartPole", "--exp_name", "x"])
+    proc = run([*base, "--env", "CartPole", "--exp_name", "x", "--seed", "5", "0"], check=False)
+    assert proc.returncode == 2 and "x_s0 already holds a run" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x" / "x_s5").exists()
+
+
+def test_an_environment_without_a_render_mode_argument_trains(tmp_path):
+    args = ["a2c", "--env", "tests.plain_env:NoRenderMode-v0", "--env_kwargs", "scale=0.5"]
+    args += ["--epochs", "1", "--steps_per_epoch", "80", "--data_dir", str(tmp_path), "--exp_name", "p"]
+    run([sys.executable, "-m", "spinppo.run", *args])
+    proc = run([sys.executable, "-m", "spinppo.run", "test_policy", str(tmp_path / "p" / "p_s0"), "-n", "1"])
+    assert "EpLen 20" in proc.stdout
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    py = [sys.executable, "-m", "spinppo.run", "a2c"]
+    run([*py, "--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "80", "--data_dir", str(tmp_path)])
+    run_dir = tmp_path / "a2c-cartpole" / "a2c-cartpole_s0"
+    config = (run_dir / "config.json").read_text()
+    resume = [*py, "--resume", str(run_dir)]
+    for extra, message in [
+        (
+            ["--cpu", "2", "--epochs", "3"],
+            "the run was made with 1 ranks; resume it with the same number (--cpu 1)",
+        ),
+        (["--exp_name", "other"], "--exp_name does not apply to --resume"),
+        (["--env_kwargs", "sutton_barto_reward=true"], "contradicts the run's saved env_kwargs {}"),
+        (["--lr", "0.5"], "--lr 0.5 contradicts the run's saved lr"),
+    ]:
+        proc = run([*resume, *extra], check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (extra, proc.stderr)
+        assert (run_dir / "config.json").read_text() == config, extra
+    # Extending the run records the new length, so that a later plain --resume goes on to it.
+    run([*resume, "--epochs", "3"])
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
+    assert len(rows_without_timing(run_dir)) == 4  # the header and epochs 0-2
+    proc = run(resume)
+    assert "Nothing to train: the run has done 3 epochs" in proc.stdout
+    assert len(rows_without_timing(run_dir)) == 4  # the header and epochs 0-2
+    # A run made from Python with its own env_fn cannot be resumed from the command line.
+    saved = json.loads(config)
+    saved["env_fn"] = "<function <lambda>>"
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    proc = run(resume, check=False)
+    assert proc.returncode == 2 and "does not name the run's environment" in proc.stderr, proc.stderr
 
 
 def test_help_lists_every_flag_with_default():

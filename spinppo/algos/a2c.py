@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
@@ -66,6 +66,7 @@ def a2c(
     """
     config = dict(locals())
     check_positive(lr=lr, n_steps=n_steps, epochs=epochs, num_envs=num_envs, steps_per_epoch=steps_per_epoch)
+    check_nonnegative(vf_coef=vf_coef, ent_coef=ent_coef, max_grad_norm=max_grad_norm)
     rollout = num_procs() * num_envs * n_steps
     if steps_per_epoch % rollout:
         raise UserError(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import glob
 import inspect
+import math
 import os
 import os.path as osp
 import pickle
@@ -64,10 +65,29 @@ def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) ->
 
 
 def check_positive(**values: float) -> None:
-    """A UserError naming the first value that is not positive."""
+    """A UserError naming the first value that is not a positive (finite) number."""
     for name, value in values.items():
-        if value is None or value <= 0:
+        if value is None or not value > 0:
             raise UserError(f"--{name} must be positive, not {value}")
+        if not math.isfinite(value):
+            raise UserError(f"--{name} must be a finite number, not {value}")
+
+
+def check_nonnegative(**values: float) -> None:
+    """A UserError naming the first value that is negative or not a finite number."""
+    for name, value in values.items():
+        if value is None or not value >= 0 or not math.isfinite(value):
+            raise UserError(f"--{name} must be zero or positive, not {value}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Flags every algorithm shares, checked before the run directory is touched (with --overwrite the
+    old run would already be gone): every number finite, the saving flags positive."""
+    flat = {**config, **(config.get("ac_kwargs") or {})}
+    for name, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name} must be a finite number, not {value}")
+    check_positive(**{k: config[k] for k in ("epochs", "save_freq", "keep_checkpoints") if k in config})
 
 
 class OnPolicyRun:
@@ -95,6 +115,8 @@ class OnPolicyRun:
         algo: str = "ppo",
     ) -> None:
         check_positive(steps_per_epoch=steps_per_epoch, num_envs=num_envs)
+        if config is not None:
+            check_config(config)
         if not 0 < gamma <= 1 or not 0 <= lam <= 1:
             raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
         setup_pytorch_for_mpi()
@@ -127,7 +149,9 @@ class OnPolicyRun:
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
         # Only now, with the input checked, make the run directory.
         self.logger = EpochLogger(**(logger_kwargs or {}))
-        if config is not None:
+        # A resumed run keeps the config.json it was made with (train() records a new --epochs there once
+        # the checkpoint has loaded): a resume that is refused must leave the run as it was.
+        if config is not None and not self.resume:
             kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
             self.logger.save_config(
                 {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
@@ -176,6 +200,12 @@ class OnPolicyRun:
         first_epoch, elapsed = 0, 0.0
         if self.resume:
             first_epoch, elapsed = self.load_checkpoint()
+            self.logger.update_config(epochs=epochs)
+            if first_epoch >= epochs:
+                self.logger.log(
+                    f"Nothing to train: the run has done {first_epoch} epochs; pass --epochs N with N > "
+                    f"{first_epoch} to train further"
+                )
         start = time.time() - elapsed
         stop_signal = self._install_signal_handlers()
         try:
@@ -219,14 +249,15 @@ class OnPolicyRun:
                 logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
 
                 # A signal on any rank stops every rank here, at the same epoch, with a checkpoint.
-                stopping = mpi_max(len(stop_signal)) > 0
-                if stopping or (epoch + 1) % save_freq == 0 or epoch == epochs - 1:
+                # Every rank learns the signal (the highest number when ranks got different ones).
+                stop_signum = int(mpi_max(stop_signal[0] if stop_signal else 0))
+                if stop_signum or (epoch + 1) % save_freq == 0 or epoch == epochs - 1:
                     self.save_checkpoint(epoch, time.time() - start)
-                if stopping:
-                    name = signal.Signals(stop_signal[0]).name if stop_signal else "a signal on another rank"
+                if stop_signum:
                     raise TrainingStopped(
-                        f"stopped by {name} after epoch {epoch}; checkpoint saved. Resume with: "
-                        f"python -m spinppo.run {self.algo} --resume {self.output_dir}"
+                        f"stopped by {signal.Signals(stop_signum).name} after epoch {epoch}; checkpoint "
+                        f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
+                        signum=stop_signum,
                     )
         finally:
             self._restore_signal_handlers()
@@ -244,7 +275,9 @@ class OnPolicyRun:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
             received.append(signum)
             if proc_id() == 0:
-                print(f"\n{signal.Signals(signum).name} received: stopping after this epoch", flush=True)
+                again = " (Ctrl-C again: stop now, without a checkpoint)" if signum == signal.SIGINT else ""
+                name = signal.Signals(signum).name
+                print(f"\n{name} received: stopping after this epoch{again}", flush=True)
 
         self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         return received

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import flatten_parameters, mpi_avg_grads
@@ -84,10 +84,12 @@ def ppo(
     check_positive(
         lr=lr,
         update_epochs=update_epochs,
+        steps_per_epoch=steps_per_epoch,
         minibatch_size=minibatch_size,
         clip_ratio=clip_ratio,
         epochs=epochs,
     )
+    check_nonnegative(vf_coef=vf_coef, ent_coef=ent_coef, max_grad_norm=max_grad_norm)
     if target_kl is not None and target_kl <= 0:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {target_kl}")
     if minibatch_size % num_procs() or minibatch_size > steps_per_epoch:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 
@@ -58,6 +58,7 @@ def vpg(
     """
     config = dict(locals())
     check_positive(pi_lr=pi_lr, vf_lr=vf_lr, train_v_iters=train_v_iters, epochs=epochs)
+    check_nonnegative(ent_coef=ent_coef)
     ac_kwargs = {"shared_trunk": False, **(ac_kwargs or {})}
     run = OnPolicyRun(
         env_fn,

@@ -12,8 +12,14 @@ class UserError(Exception):
 class TrainingStopped(Exception):
     """SIGINT or SIGTERM reached a rank: every rank stopped at the end of an epoch and a checkpoint was saved.
 
-    The command line prints the message (how to resume) and exits 0.
+    The command line prints the message (how to resume) and exits 128 + ``signum`` (130 for SIGINT, 143
+    for SIGTERM), as a shell reports a command a signal stopped: a job script can tell it from a finished
+    run.
     """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class TrainingDiverged(Exception):

@@ -133,7 +133,8 @@ def setup_logger_kwargs(
 _held_locks: dict[str, int] = {}  # run directory lock files this process holds, and their descriptors
 
 
-def _run_files(output_dir: str) -> list[str]:
+def run_files(output_dir: str) -> list[str]:
+    """The files that make ``output_dir`` a run (empty when it holds none)."""
     return [f for f in ("progress.txt", "config.json", "pyt_save") if osp.exists(osp.join(output_dir, f))]
 
 
@@ -209,7 +210,7 @@ class Logger:
             busy = self._lock_dir()
             if busy:
                 return busy
-            if osp.isdir(self.output_dir) and _run_files(self.output_dir) and not (overwrite or resume):
+            if osp.isdir(self.output_dir) and run_files(self.output_dir) and not (overwrite or resume):
                 return (
                     f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
                     "--datestamp for a fresh directory, or another --exp_name"
@@ -318,6 +319,20 @@ class Logger:
         if proc_id() == 0:
             text = json.dumps(config_json, separators=(",", ":\t"), indent=4, sort_keys=True)
             atomic_write_text(osp.join(self.output_dir, "config.json"), text + "\n")
+
+    def update_config(self, **changes: Any) -> None:
+        """Set keys of the run's existing ``config.json`` (atomically), on rank 0; unchanged files stay."""
+        if proc_id() != 0:
+            return
+        path = osp.join(self.output_dir, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        changes = convert_json(changes)
+        if all(config.get(k) == v for k, v in changes.items()):
+            return
+        config.update(changes)
+        text = json.dumps(config, separators=(",", ":\t"), indent=4, sort_keys=True)
+        atomic_write_text(path, text + "\n")
 
     def setup_pytorch_saver(self, what_to_save: torch.nn.Module) -> None:
         """Name the module that ``save_state`` checkpoints.
