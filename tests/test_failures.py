@@ -192,6 +192,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert ckpts == ["ckpt-000000.pt"]  # 1024 finite steps, then NaN rewards in epoch 1
     state = torch.load(run_dir / "checkpoints" / ckpts[0], weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
+    # NaN within the first epoch: no checkpoint to point to, and the message does not claim one.
+    first = [*PY, "ppo", "--env", "tests.failing_env:NanReward-v0", "--epochs", "2", "--num_envs", "1"]
+    first += [*FAST, "--steps_per_epoch", "2048", "--data_dir", str(tmp_path), "--exp_name", "n0"]
+    proc = run(first, check=False, timeout=120)
+    assert proc.returncode == 1 and "in epoch 0" in proc.stderr, proc.stderr
+    assert "no checkpoint had been saved yet" in proc.stderr and "last good" not in proc.stderr
 
 
 def test_bad_input_each_one_line_and_exit_2(tmp_path):

@@ -291,9 +291,14 @@ class OnPolicyRun:
         bad = [k for k, v in stats.items() if not np.isfinite(v)]
         bad += [n for n, p in self.ac.named_parameters() if not torch.isfinite(p).all()]
         if bad:
+            kept = (
+                f"the last good checkpoint in {self.output_dir}/checkpoints is kept"
+                if checkpoint_epochs(self.output_dir)
+                else "no checkpoint had been saved yet"
+            )
             raise TrainingDiverged(
-                f"non-finite {', '.join(bad[:4])} in epoch {epoch}: training stopped; the last good "
-                f"checkpoint in {self.output_dir}/checkpoints is kept (try a smaller --lr)"
+                f"non-finite {', '.join(bad[:4])} in epoch {epoch}: training stopped; {kept} (try a "
+                "smaller --lr, and check that the environment's observations and rewards are finite)"
             )
 
     # ------------------------------------------------------------------------------------ checkpoints
