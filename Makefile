@@ -35,6 +35,7 @@ bench: install
 	$(PY) scripts/bench_mpi_avg_grads.py
 	$(PY) scripts/bench_update_step.py
 	$(PY) scripts/bench_throughput.py --epochs 6
+	$(PY) scripts/bench_rank_balance.py --runs 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
