@@ -128,7 +128,10 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
         (["vpg", "--env", "CartPole", "--pi_lr", "inf"], "--pi_lr must be a finite number, not inf"),
         (["ppo", "--env", "Pendulum", "--log_std_init", "nan"], "--log_std_init must be a finite number"),
         (["ppo", "--env", "CartPole", "--gamma", "nan"], "--gamma must be a finite number, not nan"),
-        (["ppo", "--env", "CartPole", "--ent_coef", "-1"], "--ent_coef must be zero or positive, not -1"),
+        (
+            ["ppo", "--env", "CartPole", "--ent_coef", "-1"],
+            "--ent_coef must be zero or a positive finite number, not -1",
+        ),
         (["ppo", "--env", "CartPole", "--steps_per_epoch", "0"], "--steps_per_epoch must be positive, not 0"),
         (["ppo", "--env", "CartPole", "--hid", "-3"], "--hid takes positive layer sizes"),
         (["ppo", "--env", "CartPole", "--hid", "[64,0]", "[8]"], "--hid takes positive layer sizes"),
@@ -228,6 +231,18 @@ def test_an_environment_without_a_render_mode_argument_trains(tmp_path):
     run([sys.executable, "-m", "spinppo.run", *args])
     proc = run([sys.executable, "-m", "spinppo.run", "test_policy", str(tmp_path / "p" / "p_s0"), "-n", "1"])
     assert "EpLen 20" in proc.stdout
+    video = [
+        sys.executable,
+        "-m",
+        "spinppo.run",
+        "test_policy",
+        str(tmp_path / "p" / "p_s0"),
+        "--video",
+        "v.gif",
+    ]
+    proc = run(video, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "takes no render_mode, so it cannot be shown" in lines[-1], proc.stderr
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
@@ -253,8 +268,10 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
     run([*resume, "--epochs", "3"])
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
     assert len(rows_without_timing(run_dir)) == 4  # the header and epochs 0-2
-    proc = run(resume)
-    assert "Nothing to train: the run has done 3 epochs" in proc.stdout
+    for extra in ([], ["--epochs", "1"]):  # nothing left to train: said, and config.json keeps 3
+        proc = run([*resume, *extra])
+        assert "Nothing to train: the run has done 3 epochs" in proc.stdout
+        assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
     assert len(rows_without_timing(run_dir)) == 4  # the header and epochs 0-2
     # A run made from Python with its own env_fn cannot be resumed from the command line.
     saved = json.loads(config)

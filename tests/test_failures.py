@@ -106,6 +106,24 @@ def test_sigterm_stops_every_rank_at_an_epoch_end_with_a_checkpoint(tmp_path, ta
     assert ckpt["epoch"] == last_epoch < 199
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cpu_flag_passes_a_signal_to_the_ranks_and_waits_for_them(tmp_path, signum):
+    # The signal goes to the top process only (kill PID, a scheduler): it must reach the ranks once,
+    # and the command must end only when they have saved their checkpoint, leaving no rank behind.
+    job = [*PY, "ppo", "--env", "CartPole", "--epochs", "200", *FAST, "--save_freq", "50", "--cpu", "2"]
+    run_dir = tmp_path / "c" / "c_s0"
+    proc = start([*job, "--exp_name", "c", "--data_dir", str(tmp_path)])
+    wait_rows(run_dir / "progress.txt", 2, proc)
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in out and "--resume" in out
+    last_epoch = int(rows_without_timing(run_dir)[-1][0])
+    assert (run_dir / "checkpoints" / f"ckpt-{last_epoch:06d}.pt").exists() and last_epoch < 199
+    left = subprocess.run(["pgrep", "-f", f"spinppo.run ppo.*{tmp_path}"], capture_output=True, text=True)
+    assert not left.stdout.split(), "ranks were left running"
+
+
 def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
     job = [*PY, "ppo", "--env", "CartPole", "--epochs", "200", *FAST, "--exp_name", "b"]
     job += ["--data_dir", str(tmp_path)]

@@ -77,7 +77,7 @@ def check_nonnegative(**values: float) -> None:
     """A UserError naming the first value that is negative or not a finite number."""
     for name, value in values.items():
         if value is None or not value >= 0 or not math.isfinite(value):
-            raise UserError(f"--{name} must be zero or positive, not {value}")
+            raise UserError(f"--{name} must be zero or a positive finite number, not {value}")
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -200,8 +200,9 @@ class OnPolicyRun:
         first_epoch, elapsed = 0, 0.0
         if self.resume:
             first_epoch, elapsed = self.load_checkpoint()
-            self.logger.update_config(epochs=epochs)
-            if first_epoch >= epochs:
+            if epochs > first_epoch:
+                self.logger.update_config(epochs=epochs)
+            else:
                 self.logger.log(
                     f"Nothing to train: the run has done {first_epoch} epochs; pass --epochs N with N > "
                     f"{first_epoch} to train further"

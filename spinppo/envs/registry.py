@@ -106,6 +106,8 @@ def make_env(
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if bad is None and not env_kwargs:
             raise
+        if bad and bad[1] == "render_mode" and render_mode is not None:
+            raise UserError(f"{env_id} takes no render_mode, so it cannot be shown or recorded") from None
         what = f"keyword {bad[1]!r}" if bad else f"these keywords ({_first_line(e)})"
         raise UserError(f"{env_id} does not take {what}: fix --env_kwargs") from None
     except gym.error.DependencyNotInstalled as e:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -95,7 +97,20 @@ def mpi_fork(n: int, bind_to_core: bool = False) -> None:
     args += [sys.executable] + sys.orig_argv[1:]
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(subprocess.call(args, env=env))
+    # mpirun runs in its own process group, so that a Ctrl-C in the terminal reaches only this process,
+    # which passes it on exactly once: mpirun forwards it to the ranks, which stop at the epoch's end with
+    # a checkpoint; a second Ctrl-C makes mpirun abort them. SIGTERM (a scheduler, kill) is passed on the
+    # same way, and this process waits for the ranks' exit status instead of leaving them orphaned. No
+    # stdin: a background process group reading the terminal would be stopped.
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, process_group=0)
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    sys.exit(proc.wait())
 
 
 def under_mpi_launcher() -> bool:
