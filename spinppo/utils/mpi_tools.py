@@ -102,7 +102,10 @@ def mpi_fork(n: int, bind_to_core: bool = False) -> None:
     # a checkpoint; a second Ctrl-C makes mpirun abort them. SIGTERM (a scheduler, kill) is passed on the
     # same way, and this process waits for the ranks' exit status instead of leaving them orphaned. No
     # stdin: a background process group reading the terminal would be stopped.
-    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, process_group=0)
+    own_group: dict[str, Any] = (
+        {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    )
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, **own_group)
 
     def forward(signum: int, frame: Any) -> None:
         if proc.poll() is None:
