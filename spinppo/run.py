@@ -465,7 +465,7 @@ def check_run_dirs(dirs: list[str], overwrite: bool) -> None:
     The first run's directory is left to its logger, which looks after the algorithm has checked its
     flags: a bad flag is reported before a directory clash.
     """
-    from spinppo.utils.logx import run_files
+    from spinppo.utils.logx import existing_run_message, run_files
     from spinppo.utils.mpi_tools import broadcast, proc_id
 
     error = None
@@ -478,10 +478,7 @@ def check_run_dirs(dirs: list[str], overwrite: bool) -> None:
                 break
             seen.add(real)
             if i > 0 and not overwrite and run_files(d):
-                error = (
-                    f"{d} already holds a run: pass --overwrite to replace it, --datestamp for a fresh "
-                    "directory, or another --exp_name"
-                )
+                error = existing_run_message(d)
                 break
     error = broadcast(error)
     if error:

@@ -138,6 +138,19 @@ def run_files(output_dir: str) -> list[str]:
     return [f for f in ("progress.txt", "config.json", "pyt_save") if osp.exists(osp.join(output_dir, f))]
 
 
+def existing_run_message(output_dir: str) -> str:
+    """The error for a run directory that already holds a run (without --overwrite)."""
+    return (
+        f"{output_dir} already holds a run: pass --overwrite to replace it, --datestamp for a fresh "
+        "directory, or another --exp_name"
+    )
+
+
+def _write_config(output_dir: str, config: dict[str, Any]) -> None:
+    text = json.dumps(config, separators=(",", ":\t"), indent=4, sort_keys=True)
+    atomic_write_text(osp.join(output_dir, "config.json"), text + "\n")
+
+
 class Logger:
     """Writes a run's files: ``progress.txt``, ``config.json``, model checkpoints and ``vars.pkl``.
 
@@ -211,10 +224,7 @@ class Logger:
             if busy:
                 return busy
             if osp.isdir(self.output_dir) and run_files(self.output_dir) and not (overwrite or resume):
-                return (
-                    f"{self.output_dir} already holds a run: pass --overwrite to replace it, "
-                    "--datestamp for a fresh directory, or another --exp_name"
-                )
+                return existing_run_message(self.output_dir)
             if overwrite and not resume and osp.isdir(self.output_dir):
                 # The replaced run's events, checkpoints and models must not mix with the new run's.
                 for name in ("tb", "checkpoints", "pyt_save"):
@@ -317,8 +327,7 @@ class Logger:
         if self.exp_name is not None:
             config_json["exp_name"] = self.exp_name
         if proc_id() == 0:
-            text = json.dumps(config_json, separators=(",", ":\t"), indent=4, sort_keys=True)
-            atomic_write_text(osp.join(self.output_dir, "config.json"), text + "\n")
+            _write_config(self.output_dir, config_json)
 
     def update_config(self, **changes: Any) -> None:
         """Set keys of the run's existing ``config.json`` (atomically), on rank 0; unchanged files stay."""
@@ -331,8 +340,7 @@ class Logger:
         if all(config.get(k) == v for k, v in changes.items()):
             return
         config.update(changes)
-        text = json.dumps(config, separators=(",", ":\t"), indent=4, sort_keys=True)
-        atomic_write_text(path, text + "\n")
+        _write_config(self.output_dir, config)
 
     def setup_pytorch_saver(self, what_to_save: torch.nn.Module) -> None:
         """Name the module that ``save_state`` checkpoints.
