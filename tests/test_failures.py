@@ -76,13 +76,17 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks, with no chance to clean up
     proc.wait()
     assert len(rows_without_timing(broken)) < 7
+    # What a kill in the middle of an atomic write leaves (the kill above may or may not have made one):
+    (broken / "checkpoints" / ".ckpt-000002.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    (broken / ".progress.txt.x1y2z3.tmp").write_text("half a table")
     out = run([*PY, "ppo", "--resume", str(broken)], timeout=300).stdout  # rank count read from the run
     assert "Resumed from the checkpoint of epoch" in out
     assert rows_without_timing(broken) == rows_without_timing(
         whole
     )  # no row lost, none duplicated, same numbers
     kept = sorted(os.listdir(broken / "checkpoints"))
-    assert kept == ["ckpt-000004.pt", "ckpt-000005.pt"]  # --keep_checkpoints 2
+    assert kept == ["ckpt-000004.pt", "ckpt-000005.pt"]  # --keep_checkpoints 2, no leftover .tmp
+    assert not list(broken.glob("**/.*.tmp"))
     ckpt = torch.load(broken / "checkpoints" / kept[-1], weights_only=True)
     assert ckpt["epoch"] == 5 and ckpt["num_procs"] == 2
 

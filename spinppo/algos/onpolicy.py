@@ -43,7 +43,7 @@ from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.state import get_vector_env_state, set_vector_env_state
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
-from spinppo.utils.logx import EpochLogger, atomic_torch_save, save_model
+from spinppo.utils.logx import EpochLogger, atomic_torch_save, remove_stale_temp_files, save_model
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
 from spinppo.utils.mpi_tools import COMM, allgather, broadcast, mpi_max, mpi_time, num_procs, proc_id
 
@@ -341,6 +341,8 @@ class OnPolicyRun:
                 os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
                 if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
                     os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
+            # A run killed while writing left a half-written temporary file; this run holds the lock.
+            remove_stale_temp_files(out)
 
         self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
 

@@ -71,6 +71,21 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
         raise
 
 
+def remove_stale_temp_files(run_dir: str) -> list[str]:
+    """Delete what ``atomic_write`` left behind in a run when a process was killed mid-write (SIGKILL,
+    power loss): its ``.NAME.XXXX.tmp`` files in the run directory, ``checkpoints/`` and ``pyt_save/``.
+    Call it only while holding the run's lock (no other writer). Returns the removed paths."""
+    removed = []
+    for sub in ("", "checkpoints", "pyt_save"):
+        for path in glob.glob(osp.join(run_dir, sub, ".*.tmp")):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` made atomic.
 
