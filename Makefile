@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): setup.py pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,mpich]"
 	$(PY) -m pip check
 	@touch $@
 

@@ -1,7 +1,5 @@
 """spinppo: MPI data-parallel PPO, VPG and A2C in PyTorch, in the style of Spinning Up."""
 
-import sys
-
 from setuptools import find_packages, setup
 
 install_requires = [
@@ -9,8 +7,8 @@ install_requires = [
     "torch>=2.2,<3",
     "mpi4py>=4",
     "numpy>=2",
-    "gymnasium[mujoco]>=1.1",
-    "joblib",
+    # classic-control brings pygame, which renders CartPole and Pendulum for test_policy --video.
+    "gymnasium[mujoco,classic-control]>=1.1",
     "matplotlib",
     "tensorboard",
     "imageio",
@@ -19,9 +17,6 @@ install_requires = [
     "mlagents-envs==0.28.0",
     "protobuf<3.21",
 ]
-if sys.platform.startswith("linux"):
-    # Puts mpirun/mpiexec inside the virtualenv: no system MPI needed.
-    install_requires.append("mpich")
 
 setup(
     name="spinppo",
@@ -32,6 +27,11 @@ setup(
     packages=find_packages(include=["spinppo", "spinppo.*"]),
     python_requires=">=3.10",
     install_requires=install_requires,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6"],
+        # mpirun/mpiexec inside the virtualenv (no system MPI needed); a cluster keeps its own MPI by
+        # installing spinppo without this extra (mpi4py then builds against the site's MPI).
+        "mpich": ["mpich"],
+    },
     entry_points={"console_scripts": ["spinppo=spinppo.run:main"]},
 )

@@ -31,8 +31,7 @@ def raw_stepping(env_name: str, steps_per_rank: int, num_envs: int) -> None:
     """Run under mpirun: every rank steps its envs with random actions; rank 0 prints total steps/s."""
     import numpy as np
 
-    from spinppo.algos.onpolicy import make_vector_env
-    from spinppo.envs.registry import EnvFactory
+    from spinppo.envs.registry import EnvFactory, make_vector_env
     from spinppo.utils.mpi_tools import COMM, num_procs, proc_id
 
     env = make_vector_env(EnvFactory(env_name), num_envs)

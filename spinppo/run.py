@@ -404,10 +404,10 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
         dirs = [resume_algo(algo, grid, options)]
         _print_next_steps(dirs)
         return dirs
+    from spinppo.cli.grid import ExperimentGrid
     from spinppo.envs.registry import EnvFactory
     from spinppo.utils.logx import setup_logger_kwargs
     from spinppo.utils.mpi_tools import local_rank, mpi_fork, proc_id
-    from spinppo.utils.run_utils import ExperimentGrid
 
     exp_name = options["exp_name"]
     if exp_name is not None and (not exp_name.strip() or "/" in exp_name or exp_name in (".", "..")):
@@ -572,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_algo(cmd, rest)
             return 0
         if cmd in TOOLS:
-            module = __import__(f"spinppo.utils.{cmd}", fromlist=["main"])
+            module = __import__(f"spinppo.tools.{cmd}", fromlist=["main"])
             return module.main(rest)
         import difflib
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spinppo.tools.plot import curves, load_runs, make_plot, smooth_values
 from spinppo.utils.errors import UserError
-from spinppo.utils.plot import curves, load_runs, make_plot, smooth_values
 from tests.conftest import REPO, child_env, run
 
 TINY = ["--env", "CartPole", "--steps_per_epoch", "128", "--num_envs", "1", "--update_epochs", "1"]
@@ -45,7 +45,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def progress(run_dir: Path) -> dict[str, np.ndarray]:
-    """progress.txt read independently of spinppo.utils.plot."""
+    """progress.txt read independently of spinppo.tools.plot."""
     with open(run_dir / "progress.txt", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}

@@ -20,9 +20,9 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from spinppo.core.networks import MLPActorCritic, build_actor_critic
+from spinppo.tools.test_policy import load_policy, load_policy_and_env, run_policy, save_video
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import save_model
-from spinppo.utils.test_policy import load_policy, load_policy_and_env, run_policy, save_video
 from tests.conftest import REPO, child_env, run
 from tests.unity_standin.build import write_build
 
@@ -74,7 +74,7 @@ def printed_episodes(stdout: str) -> list[tuple[float, int]]:
 
 
 def replay_by_hand(run_dir: Path, env_id: str, seed: int, episodes: int, max_len: int = 0):
-    """Episodes of the run's latest policy (mean action), computed without spinppo.utils.test_policy."""
+    """Episodes of the run's latest policy (mean action), computed without spinppo.tools.test_policy."""
     payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
     ac = build_actor_critic(payload["ctor"])
     ac.load_state_dict(payload["state_dict"])

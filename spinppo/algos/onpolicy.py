@@ -17,9 +17,7 @@ the run would have gone on.
 
 from __future__ import annotations
 
-import functools
 import glob
-import inspect
 import math
 import os
 import os.path as osp
@@ -32,15 +30,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
+from spinppo.envs.registry import make_vector_env
 from spinppo.envs.state import get_vector_env_state, set_vector_env_state
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger, atomic_torch_save, remove_stale_temp_files, save_model
@@ -48,20 +45,6 @@ from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
 from spinppo.utils.mpi_tools import COMM, allgather, broadcast, mpi_max, mpi_time, num_procs, proc_id
 
 CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
-
-
-def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) -> gym.vector.VectorEnv:
-    """``env_fn()`` as a vector env: a VectorEnv is used as it is; a plain Env is made ``num_envs`` times.
-
-    An ``env_fn`` that takes a ``seed`` keyword (EnvFactory does) gets this rank's seed.
-    """
-    if "seed" in inspect.signature(env_fn).parameters:
-        env_fn = functools.partial(env_fn, seed=seed)
-    first = env_fn()
-    if isinstance(first, gym.vector.VectorEnv):
-        return first
-    envs = [first] + [env_fn() for _ in range(num_envs - 1)]
-    return SyncVectorEnv([lambda e=e: e for e in envs], autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def check_positive(**values: float) -> None:
@@ -168,7 +151,6 @@ class OnPolicyRun:
         )
         self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
         self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler)
-        self.logger.setup_pytorch_saver(self.ac)
         if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
             ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
             self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))

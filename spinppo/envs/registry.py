@@ -14,16 +14,19 @@ last observation of the finished one in ``info["final_obs"]`` (where ``info["_fi
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import inspect
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from spinppo.utils.errors import UserError
+from spinppo.utils.errors import UserError, first_line
 
 # Short names whose target is not simply "the newest version of the same name".
 ALIASES = {"Walker": "Walker2d"}
@@ -108,28 +111,23 @@ def make_env(
             raise
         if bad and bad[1] == "render_mode" and render_mode is not None:
             raise UserError(f"{env_id} takes no render_mode, so it cannot be shown or recorded") from None
-        what = f"keyword {bad[1]!r}" if bad else f"these keywords ({_first_line(e)})"
+        what = f"keyword {bad[1]!r}" if bad else f"these keywords ({first_line(e)})"
         raise UserError(f"{env_id} does not take {what}: fix --env_kwargs") from None
     except gym.error.DependencyNotInstalled as e:
-        raise UserError(f"{env_id} needs an extra package: {_first_line(e)}") from None
+        raise UserError(f"{env_id} needs an extra package: {first_line(e)}") from None
     except ImportError as e:
         if ":" not in env_id:
             raise
         # gymnasium imports "module:EnvId"'s module itself (a replay on a machine without the module)
         module = env_id.partition(":")[0]
-        raise UserError(f"cannot import {module!r} for environment {env_id!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot import {module!r} for environment {env_id!r}: {first_line(e)}") from None
     except Exception as e:
         if not env_kwargs or set(env_kwargs) == {"render_mode"}:
             raise  # a bug in the environment itself: its traceback is what the user needs
         shown = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
         raise UserError(
-            f"{env_id} could not be made with {shown} ({type(e).__name__}: {_first_line(e)}): "
-            "fix --env_kwargs"
+            f"{env_id} could not be made with {shown} ({first_line(e)}): fix --env_kwargs"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def make_vec_env(
@@ -195,3 +193,18 @@ class EnvFactory:
             "env": self.choice.target,
             "env_kwargs": self.env_kwargs,
         }
+
+
+def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) -> gym.vector.VectorEnv:
+    """``env_fn()`` as the VectorEnv a rank's rollout steps: a VectorEnv is used as it is; a plain Env is
+    made ``num_envs`` times (SAME_STEP autoreset).
+
+    An ``env_fn`` that takes a ``seed`` keyword (EnvFactory does) gets this rank's seed.
+    """
+    if "seed" in inspect.signature(env_fn).parameters:
+        env_fn = functools.partial(env_fn, seed=seed)
+    first = env_fn()
+    if isinstance(first, gym.vector.VectorEnv):
+        return first
+    envs = [first] + [env_fn() for _ in range(num_envs - 1)]
+    return SyncVectorEnv([lambda e=e: e for e in envs], autoreset_mode=AutoresetMode.SAME_STEP)

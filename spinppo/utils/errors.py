@@ -1,4 +1,12 @@
-"""The one exception type for bad user input: the command line prints it as one line and exits 2."""
+"""Bad user input, stopped and diverged runs: the exceptions the command line turns into exit codes.
+
+``UserError`` is printed as one line (no traceback) with exit code 2; ``first_line`` is how any other
+exception is quoted inside such a line; ``OneLineParser`` makes argparse's own errors UserErrors.
+"""
+
+from __future__ import annotations
+
+import argparse
 
 
 class UserError(Exception):
@@ -24,3 +32,16 @@ class TrainingStopped(Exception):
 
 class TrainingDiverged(Exception):
     """A loss or a parameter became NaN or infinite; the last good checkpoint is kept. Exit code 1."""
+
+
+def first_line(e: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (or the type name alone): an exception quoted in one line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors (one line, exit 2) instead of usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see python -m spinppo.run {self.prog.split()[-1]} --help)")

@@ -22,11 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import torch
 
-from spinppo.utils.errors import UserError
+from spinppo.utils.errors import UserError, first_line
 from spinppo.utils.mpi_tools import broadcast, mpi_statistics_scalar, proc_id
 
 MODEL_FORMAT = "spinppo-model-v1"
@@ -97,11 +96,6 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def atomic_joblib_dump(obj: Any, path: str) -> None:
-    """``joblib.dump`` made atomic."""
-    atomic_write(path, lambda f: joblib.dump(obj, f))
-
-
 def atomic_write_text(path: str, text: str) -> None:
     """Write a text file atomically."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
@@ -161,13 +155,35 @@ def existing_run_message(output_dir: str) -> str:
     )
 
 
+def read_run_config(run_dir: str, required: bool = True) -> dict[str, Any]:
+    """A run's ``config.json`` as a dict: the one reader that resume, replay and plot share.
+
+    A missing file is a UserError ("not a spinppo run"), or ``{}`` when not ``required`` (plot draws a
+    run from its progress.txt alone). A file that is not a JSON object (damaged, hand-edited) is always a
+    UserError naming the file.
+    """
+    path = osp.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        if not required:
+            return {}
+        raise UserError(f"{run_dir} is not a spinppo run (no config.json): give a run directory") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({first_line(e)}): the file is damaged or was edited") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds a {type(config).__name__}, not a run's settings: it was edited")
+    return config
+
+
 def _write_config(output_dir: str, config: dict[str, Any]) -> None:
     text = json.dumps(config, separators=(",", ":\t"), indent=4, sort_keys=True)
     atomic_write_text(osp.join(output_dir, "config.json"), text + "\n")
 
 
 class Logger:
-    """Writes a run's files: ``progress.txt``, ``config.json``, model checkpoints and ``vars.pkl``.
+    """Writes a run's files: ``progress.txt``, ``config.json`` and TensorBoard events.
 
     Only rank 0 writes. ``output_dir`` defaults to ``./data/<timestamp>``. A directory that already holds a
     run is refused with a clear message unless ``overwrite=True``: nothing a user has made is lost silently.
@@ -176,7 +192,6 @@ class Logger:
     def __init__(
         self,
         output_dir: str | None = None,
-        output_fname: str = "progress.txt",
         exp_name: str | None = None,
         overwrite: bool = False,
         tensorboard: bool = True,
@@ -184,11 +199,9 @@ class Logger:
     ) -> None:
         self.output_dir = output_dir or osp.join(default_data_dir(), f"run_{int(time.time())}")
         self.exp_name = exp_name
-        self.output_fname = output_fname
         self.first_row = True
         self.log_headers: list[str] = []
         self.log_current_row: dict[str, Any] = {}
-        self.pytorch_saver_elements: torch.nn.Module | None = None
         self.tb_writer = None
         error = None
         if proc_id() == 0:
@@ -196,7 +209,7 @@ class Logger:
         error = broadcast(error)
         if error:
             raise UserError(error)
-        self.progress_path = osp.join(self.output_dir, output_fname)
+        self.progress_path = osp.join(self.output_dir, "progress.txt")
         self.tensorboard = tensorboard
         self.resume = resume
         if proc_id() == 0:
@@ -244,8 +257,6 @@ class Logger:
                 # The replaced run's events, checkpoints and models must not mix with the new run's.
                 for name in ("tb", "checkpoints", "pyt_save"):
                     shutil.rmtree(osp.join(self.output_dir, name), ignore_errors=True)
-                for old in glob.glob(osp.join(self.output_dir, "vars*.pkl")):
-                    os.unlink(old)
             os.makedirs(self.output_dir, exist_ok=True)
             probe = osp.join(self.output_dir, ".write_test")
             with open(probe, "w") as f:
@@ -284,7 +295,7 @@ class Logger:
 
     # -------------------------------------------------------------------------------------------- table
 
-    def log(self, msg: str, color: str | None = None) -> None:
+    def log(self, msg: str) -> None:
         """Print a message on rank 0."""
         if proc_id() == 0:
             print(msg, flush=True)
@@ -356,28 +367,6 @@ class Logger:
             return
         config.update(changes)
         _write_config(self.output_dir, config)
-
-    def setup_pytorch_saver(self, what_to_save: torch.nn.Module) -> None:
-        """Name the module that ``save_state`` checkpoints.
-
-        The module should carry a ``ctor_spec`` dict (plain values) saying how to rebuild it.
-        """
-        self.pytorch_saver_elements = what_to_save
-
-    def save_state(self, state_dict: dict[str, Any], itr: int | None = None) -> None:
-        """Save ``state_dict`` to ``vars.pkl`` (joblib) and the module to ``pyt_save/model.pt``, atomically.
-
-        With ``itr`` the files are ``vars<itr>.pkl`` and ``model<itr>.pt``, kept beside the latest.
-        """
-        suffix = "" if itr is None else str(itr)
-
-        def write() -> None:
-            atomic_joblib_dump(state_dict, osp.join(self.output_dir, f"vars{suffix}.pkl"))
-            if self.pytorch_saver_elements is not None:
-                path = osp.join(self.output_dir, "pyt_save", f"model{suffix}.pt")
-                save_model(self.pytorch_saver_elements, path)
-
-        self.on_rank0(write, "save the model")
 
     def on_rank0(self, write: Callable[[], None], what: str) -> None:
         """Run ``write`` on rank 0 and tell every rank whether it worked (a collective).

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from spinppo.utils.errors import UserError
+from spinppo.utils.errors import OneLineParser, UserError
 
 PROGRESS = "progress.txt"
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -514,8 +514,6 @@ def plot(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``plot`` command's flags (Spinning Up's, plus --out, --show, --size and --dpi)."""
-    from spinppo.run import OneLineParser
-
     p = OneLineParser(
         prog="python -m spinppo.run plot",
         description="Plot progress.txt of runs: the seeds of one experiment as a mean with a band of one "

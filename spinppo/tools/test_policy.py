@@ -36,8 +36,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from spinppo.utils.errors import UserError
-from spinppo.utils.plot import has_display
+from spinppo.tools.plot import has_display
+from spinppo.utils.errors import OneLineParser, UserError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -49,11 +49,6 @@ def headless_gl() -> None:
     """
     if not has_display() and not os.environ.get("MUJOCO_GL"):
         os.environ["MUJOCO_GL"] = "egl"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _raised_in(e: BaseException, package: str) -> bool:
@@ -150,7 +145,7 @@ def load_policy(path: str, itr: int | str | None = "last", deterministic: bool =
         ac = build_actor_critic(ctor)
         ac.load_state_dict(payload["state_dict"])
     except Exception as e:  # a foreign or edited architecture: TypeError, ValueError, KeyError, RuntimeError
-        raise UserError(f"cannot rebuild the policy saved in {file} ({_first_line(e)})") from None
+        raise UserError(f"cannot rebuild the policy saved in {file} ({first_line(e)})") from None
     ac.eval()
     ac.requires_grad_(False)
     discrete = ac.discrete
@@ -180,7 +175,7 @@ def read_config(run_dir: str) -> dict[str, Any]:
             f"no config.json in {run_dir}: cannot tell which environment the policy is for"
         ) from None
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({_first_line(e)})") from None
+        raise UserError(f"cannot read {path} ({first_line(e)})") from None
     if not isinstance(config, dict) or not isinstance(config.get("env_fn"), dict):
         raise UserError(f"{path} does not name the run's environment (no env_fn)")
     return config
@@ -205,13 +200,13 @@ def make_run_env(
         try:
             return make_env(target, env_kwargs, render_mode=render_mode)
         except gym.error.Error as e:
-            raise UserError(f"cannot make the run's environment {target!r} ({_first_line(e)})") from None
+            raise UserError(f"cannot make the run's environment {target!r} ({first_line(e)})") from None
         except Exception as e:
             # MuJoCo loads its OpenGL backend (MUJOCO_GL) when imported: a backend missing here fails there.
             gl = os.environ.get("MUJOCO_GL")
             if gl and _raised_in(e, "mujoco"):
                 raise UserError(
-                    f"cannot load MuJoCo with MUJOCO_GL={gl} ({_first_line(e)}): "
+                    f"cannot load MuJoCo with MUJOCO_GL={gl} ({first_line(e)}): "
                     "set MUJOCO_GL to a backend this machine has (egl, osmesa or glfw)"
                 ) from None
             raise
@@ -235,9 +230,9 @@ def make_run_env(
         except UserError:
             raise
         except ImportError as e:
-            raise UserError(f"replaying a Unity run needs mlagents-envs ({_first_line(e)})") from None
+            raise UserError(f"replaying a Unity run needs mlagents-envs ({first_line(e)})") from None
         except Exception as e:  # the player failed to start or to connect
-            raise UserError(f"cannot start the Unity build {target} ({_first_line(e)})") from None
+            raise UserError(f"cannot start the Unity build {target} ({first_line(e)})") from None
     raise UserError(f"config.json's env_fn has kind {kind!r}: spinppo replays 'gym' and 'unity' runs")
 
 
@@ -325,7 +320,7 @@ def _render_frame(env: Any) -> np.ndarray:
     except Exception as e:
         gl = os.environ.get("MUJOCO_GL", "unset")
         raise UserError(
-            f"cannot render offscreen ({_first_line(e)}) with MUJOCO_GL={gl}: try MUJOCO_GL=egl or osmesa"
+            f"cannot render offscreen ({first_line(e)}) with MUJOCO_GL={gl}: try MUJOCO_GL=egl or osmesa"
         ) from None
     if frame is None:
         raise UserError("the environment gave no frame: it was not made with render_mode='rgb_array'")
@@ -459,7 +454,7 @@ def save_video(frames: Sequence[np.ndarray], path: str, fps: float = 30) -> str:
                 writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, macro_block_size=2)
             except (ImportError, RuntimeError) as e:
                 raise UserError(
-                    f"writing .mp4 needs imageio-ffmpeg ({_first_line(e)}): pip install imageio-ffmpeg"
+                    f"writing .mp4 needs imageio-ffmpeg ({first_line(e)}): pip install imageio-ffmpeg"
                 ) from None
             with writer:
                 for frame in frames:
@@ -483,8 +478,6 @@ def _itr(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``test_policy`` command's flags (Spinning Up's, plus --seed, --render, --video and --fps)."""
-    from spinppo.run import OneLineParser
-
     p = OneLineParser(
         prog="python -m spinppo.run test_policy",
         description="Replay a saved policy in its environment and print each episode's return and length.",

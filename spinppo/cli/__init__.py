@@ -1,0 +1,1 @@
+"""The command line, one module per job (see docs/design.md)."""

@@ -1,0 +1,1 @@
+"""Commands that read finished runs: plot their progress, replay their policies."""
