@@ -157,6 +157,30 @@ def make_vec_env(
     return env
 
 
+def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``env_fn`` entry of a run's config.json (see ``EnvFactory.to_json``), checked: ``name``, ``kind``
+    ("gym" or "unity") and ``env`` strings and ``env_kwargs`` a dict (or null). A UserError naming
+    ``where`` (the file) and the bad key when it is missing or was edited into something else."""
+    spec = config.get("env_fn")
+    if not isinstance(spec, dict):
+        raise UserError(
+            f"{where} does not name the run's environment (env_fn is {spec!r}): a run made from Python "
+            "with its own env_fn, or an edited file"
+        )
+    for key in ("name", "kind", "env"):
+        if not isinstance(spec.get(key), str):
+            raise UserError(f"{where}: env_fn.{key} is {spec.get(key)!r}, not a string: the file was edited")
+    if spec["kind"] not in ("gym", "unity"):
+        raise UserError(
+            f"{where}: env_fn.kind is {spec['kind']!r}; spinppo runs 'gym' and 'unity' environments"
+        )
+    if not isinstance(spec.get("env_kwargs") or {}, dict):
+        raise UserError(
+            f"{where}: env_fn.env_kwargs is {spec['env_kwargs']!r}, not an object: the file was edited"
+        )
+    return {**spec, "env_kwargs": dict(spec.get("env_kwargs") or {})}
+
+
 class EnvFactory:
     """A picklable ``env_fn`` for the algorithms, saved in config.json as plain values.
 
