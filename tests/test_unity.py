@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from spinppo.envs.unity import UnityVectorEnv, make_unity_env
+from spinppo.envs.unity.slots import AgentSlots
 from spinppo.utils.errors import UserError
 from tests.conftest import mpirun, run
 from tests.unity_standin.build import write_build
@@ -341,6 +342,20 @@ def test_several_behaviors_train_the_first(tmp_path, caplog):
         assert obs[:, 2].tolist() == [1, 1]
     finally:
         env.close()
+
+
+def test_agent_slots_take_the_lowest_free_slot_and_give_it_back():
+    slots = AgentSlots(3)
+    assert [slots.take_free_slot(a) for a in (7, 8, 9, 10)] == [0, 1, 2, None]  # 10: no slot free
+    assert slots.all_taken() and slots.num_taken() == 3 and slots.slot_of(10) is None
+    assert slots.release(8) == 1 and slots.release(8) is None and slots.agent_in(1) is None
+    assert slots.release(7) == 0 and slots.slots_of([9, 7, 10]).tolist() == [2, -1, -1]
+    assert [slots.take_free_slot(a) for a in (11, 12)] == [0, 1]  # lowest free slot first
+    assert (slots.agent_in(0), slots.agent_in(1), slots.slot_of(12)) == (11, 12, 1)
+    with pytest.raises(ValueError, match="already holds slot 2"):
+        slots.take_free_slot(9)
+    slots.clear()
+    assert slots.num_taken() == 0 and not slots.all_taken() and slots.slot_of(9) is None and len(slots) == 3
 
 
 def test_standin_wire_encoding_matches_the_protobuf_classes():

@@ -1,7 +1,6 @@
-"""Unity ML-Agents builds as gymnasium vector environments: each agent of the behavior is one sub-environment.
+"""``UnityVectorEnv``: the agents of a Unity ML-Agents behavior as a gymnasium vector environment.
 
-``make_unity_env`` launches one Unity player (``mlagents_envs.environment.UnityEnvironment``, gRPC on port
-``base_port + worker_id``) and returns a ``gymnasium.vector.VectorEnv`` that behaves like gymnasium's
+Each agent of the behavior is one sub-environment, and the environment behaves like gymnasium's
 SAME_STEP autoreset mode, which is what spinppo's rollout expects:
 
 - ``num_envs`` is the number of agents that ask for a decision in the first exchange after the first
@@ -15,8 +14,9 @@ SAME_STEP autoreset mode, which is what spinppo's rollout expects:
 Rules for what Unity does that gymnasium cannot express:
 
 - Unity gives a new episode a new agent id. When a slot's agent ends, the slot waits for an agent id it
-  has not seen and takes it (new ids fill free slots in lowest-slot-first order, in the order Unity lists
-  them). A terminal entry for the old id and a decision for the new id may come in the same exchange.
+  has not seen and takes it (slots.py: new ids fill free slots in lowest-slot-first order, in the order
+  Unity lists them). A terminal entry for the old id and a decision for the new id may come in the same
+  exchange.
 - A step lasts until every slot's agent has asked for a decision after receiving the step's action (or,
   after an episode end, until the slot's new agent has asked for its first decision). Until then the
   adapter calls Unity's ``step()`` again: an agent that asks meanwhile gets its slot's action again
@@ -36,18 +36,12 @@ Rules for what Unity does that gymnasium cannot express:
   are ignored. The seed goes to Unity at launch; ``reset(seed=...)`` cannot reseed a running player.
 
 Environment parameters (``env_kwargs``, numbers) go through the EnvironmentParametersChannel and the time
-scale through the EngineConfigurationChannel, both with the first reset. ``mlagents_envs`` is imported
-only inside functions, and never its ``envs`` or ``registry`` modules (they reach the internet).
+scale through the EngineConfigurationChannel, both with the first reset (launch.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import re
-import sys
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -55,6 +49,14 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from spinppo.envs.unity.launch import (
+    UnityPlayer,
+    player_log_path,
+    resolve_build,
+    settings_channels,
+    timeout_from_environment,
+)
+from spinppo.envs.unity.slots import AgentSlots
 from spinppo.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -75,15 +77,8 @@ def make_unity_env(
     ``worker_id`` is the MPI rank's local rank on its host: the player talks on ``base_port + worker_id``.
     ``env_kwargs`` are Unity environment parameters (name to number); ``log_dir`` is the run directory,
     where the player's log goes (``unity_logs/rank<N>.log``). The SPINPPO_UNITY_TIMEOUT variable sets how
-    many seconds to wait for the player (default 60).
+    many seconds to wait for the player (default 60). Bad input is a one-line UserError.
     """
-    raw = os.environ.get("SPINPPO_UNITY_TIMEOUT", "60")
-    try:
-        timeout = float(raw)
-    except ValueError:
-        raise UserError(
-            f"SPINPPO_UNITY_TIMEOUT={raw!r} is not a number of seconds: fix or unset it"
-        ) from None
     return UnityVectorEnv(
         file_name,
         seed=seed,
@@ -93,43 +88,8 @@ def make_unity_env(
         time_scale=time_scale,
         no_graphics=no_graphics,
         log_dir=log_dir,
-        timeout_wait=timeout,
+        timeout_wait=timeout_from_environment(),
     )
-
-
-def _resolve_build(file_name: str) -> str:
-    """The player executable's absolute path, or a UserError saying what is wrong with it."""
-    from mlagents_envs.env_utils import validate_environment_path
-
-    path = Path(file_name).expanduser()
-    if path.is_dir() and path.suffix != ".app":
-        raise UserError(
-            f"Unity build {file_name} is a folder: pass the player executable in it, "
-            f"e.g. {path / 'Walker.x86_64'}"
-        )
-    if not path.is_file():
-        # Like mlagents, accept a build named without its extension (Walker for Walker.x86_64) or a .app.
-        found = validate_environment_path(str(path))
-        if found is None:
-            raise UserError(
-                f"Unity build {file_name} not found: pass the path of a built player, "
-                "e.g. --env unity:/path/to/Walker.x86_64"
-            )
-        path = Path(found)
-    if not os.access(path, os.X_OK):
-        raise UserError(f"Unity build {path} is not executable: run chmod +x {path}")
-    return str(path.resolve())
-
-
-def _log_file(log_dir: str | None, worker_id: int) -> str | None:
-    """``log_dir/unity_logs/rank<N>.log`` with N the MPI rank (the local rank without MPI), or None."""
-    if not log_dir:
-        return None
-    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
-    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else worker_id
-    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{rank}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path)
 
 
 class UnityVectorEnv(VectorEnv):
@@ -154,68 +114,21 @@ class UnityVectorEnv(VectorEnv):
         timeout_wait: float = 60.0,
         patience: int = 100,
     ) -> None:
-        from mlagents_envs.environment import UnityEnvironment
-        from mlagents_envs.exception import (
-            UnityEnvironmentException,
-            UnityTimeOutException,
-            UnityWorkerInUseException,
-        )
-        from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
-        from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
-
-        self._env = None
+        self._env = None  # mlagents_envs' UnityEnvironment, once launched; close() may run before that
         self.patience = patience
         self.timeout_wait = timeout_wait
-        self.file_name = _resolve_build(file_name)
-        self.port = base_port + worker_id
-        self.log_path = _log_file(log_dir, worker_id)
-
-        engine = EngineConfigurationChannel()
-        engine.set_configuration_parameters(time_scale=float(time_scale))
-        parameters = EnvironmentParametersChannel()
-        for key, value in (env_kwargs or {}).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(
-                    f"env_kwargs for a Unity build are environment parameters and must be numbers; "
-                    f"{key}={value!r} is not: fix --env_kwargs"
-                )
-            parameters.set_float_parameter(str(key), float(value))
-
-        try:
-            self._env = _queue_unity_environment()(
-                file_name=self.file_name,
-                worker_id=worker_id,
-                base_port=base_port,
-                seed=seed,
-                no_graphics=no_graphics,
-                # mlagents polls the player every timeout_wait // 10 seconds, so it wants an int.
-                timeout_wait=max(1, round(timeout_wait)),
-                additional_args=["-logFile", self.log_path] if self.log_path else [],
-                side_channels=[engine, parameters],
-            )
-        except UnityWorkerInUseException:
-            raise UserError(
-                f"port {self.port} (base_port {base_port} + worker {worker_id}) is in use, by another run "
-                f"or a leftover Unity player: pass another --base_port, e.g. --base_port {base_port + 100}"
-            ) from None
-        except UnityTimeOutException:
-            raise UserError(
-                f"the Unity player {self.file_name} did not connect on port {self.port} within "
-                f"{timeout_wait:g} s: {self._see_log()} (a slow machine: raise SPINPPO_UNITY_TIMEOUT)"
-            ) from None
-        except UnityEnvironmentException as e:
-            version = re.search(r"Unity API: (\d+(?:\.\d+)*)", str(e))
-            if version:
-                raise UserError(
-                    f"the Unity build speaks ML-Agents communication version {version[1]} but mlagents_envs "
-                    f"{_mlagents_version()} speaks {UnityEnvironment.API_VERSION}: rebuild it with the "
-                    "matching com.unity.ml-agents package (release 19, 2.x) or install the matching "
-                    "mlagents_envs"
-                ) from None
-            raise UserError(
-                f"the Unity player {self.file_name} failed to start ({_one_line(e)}): {self._see_log()}"
-            ) from None
-
+        self._player = UnityPlayer(
+            file_name=resolve_build(file_name),
+            base_port=base_port,
+            worker_id=worker_id,
+            timeout_wait=timeout_wait,
+            log_path=player_log_path(log_dir, worker_id),
+        )
+        self.file_name = self._player.file_name
+        self.port = self._player.port
+        self.log_path = self._player.log_path
+        channels = settings_channels(time_scale, env_kwargs)
+        self._env = self._player.launch(seed=seed, no_graphics=no_graphics, side_channels=channels)
         try:
             self._setup()
         except BaseException:
@@ -225,6 +138,7 @@ class UnityVectorEnv(VectorEnv):
     # ----------------------------------------------------------------------------------------- set-up
 
     def _setup(self) -> None:
+        """Reset the player, check its behavior's spec, make the spaces and give the first agents slots."""
         from mlagents_envs.base_env import ActionTuple
 
         self._ActionTuple = ActionTuple
@@ -277,6 +191,7 @@ class UnityVectorEnv(VectorEnv):
         else:
             single_action = gym.spaces.MultiDiscrete(np.array(self.branches, dtype=np.int64))
 
+        self._make_slots(0)  # the number of slots is known once the first agents ask
         num_envs = self._gather_agents(None)
         self.num_envs = num_envs
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
@@ -294,50 +209,51 @@ class UnityVectorEnv(VectorEnv):
             single_action,
         )
 
+    def _make_slots(self, num_envs: int) -> None:
+        """``num_envs`` free slots, with the per-slot observation and action buffers."""
+        self._slots = AgentSlots(num_envs)
+        self._obs = np.zeros((num_envs, self.obs_dim), np.float32)  # each slot's latest observation
+        self._act_cont = np.zeros((num_envs, self.num_continuous), np.float32)  # each slot's action
+        self._act_disc = np.zeros((num_envs, len(self.branches)), np.int32)
+
     def _gather_agents(self, num_envs: int | None) -> int:
         """After a Unity reset, give slots to agents as they ask for decisions until every slot has one.
 
         With ``num_envs`` None (the first reset) the number of slots is the number of agents in the
-        first exchange that has any.
+        first exchange that has any. Returns the number of slots; a UserError when they do not fill up
+        within ``patience`` exchanges.
         """
-        self._id_slot: dict[int, int] = {}
+        self._slots.clear()
         for exchange in range(self.patience + 1):
             dec, term = self._env.get_steps(self.behavior)
             for aid in term.agent_id:  # an agent ending while the reset is still gathering: forget it
-                slot = self._id_slot.pop(int(aid), None)
-                if slot is not None:
-                    self._slot_agent[slot] = -1
+                self._slots.release(int(aid))
             if num_envs is None and len(dec) > 0:
                 num_envs = len(dec)
-                self._slot_agent = np.full(num_envs, -1, np.int64)
-                self._obs = np.zeros((num_envs, self.obs_dim), np.float32)
-                self._act_cont = np.zeros((num_envs, self.num_continuous), np.float32)
-                self._act_disc = np.zeros((num_envs, len(self.branches)), np.int32)
+                self._make_slots(num_envs)
             if num_envs is not None and len(dec) > 0:
-                obs = self._concat(dec.obs)
+                obs = concat_observations(dec.obs)
                 for k, aid in enumerate(dec.agent_id):
-                    slot = self._id_slot.get(int(aid))
+                    slot = self._slots.slot_of(int(aid))
                     if slot is None:
-                        free = np.flatnonzero(self._slot_agent < 0)
-                        if len(free) == 0:
-                            continue
-                        slot = int(free[0])
-                        self._id_slot[int(aid)] = slot
-                        self._slot_agent[slot] = int(aid)
+                        slot = self._slots.take_free_slot(int(aid))
+                        if slot is None:
+                            continue  # more agents than slots: ignored until one is free
                     self._obs[slot] = obs[k]
-                if np.all(self._slot_agent >= 0):
+                if self._slots.all_taken():
                     return num_envs
             if exchange < self.patience:
                 self._exchange(np.zeros(0, bool))
-        have = 0 if num_envs is None else int(np.sum(self._slot_agent >= 0))
         raise UserError(
-            f"after a reset of the Unity build only {have} of {num_envs or 'any'} agents asked for a "
-            f"decision within {self.patience} exchanges: spinppo needs a fixed number of agents"
+            f"after a reset of the Unity build only {self._slots.num_taken()} of {num_envs or 'any'} agents "
+            f"asked for a decision within {self.patience} exchanges: spinppo needs a fixed number of agents"
         )
 
     # -------------------------------------------------------------------------------------- gymnasium
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset Unity (not on the first call, which returns the launch's first observation).
 
         Returns ``(obs[num_envs, obs_dim] float32, {})``; Unity was seeded at launch, so ``seed`` only
@@ -348,13 +264,15 @@ class UnityVectorEnv(VectorEnv):
             self._act_cont[:] = 0  # agents asking while the reset gathers get zeros, as in Unity
             self._act_disc[:] = 0
             self._call(self._env.reset)
-            self._slot_agent[:] = -1
             self._call(self._gather_agents, self.num_envs)
         self._fresh_reset = False
         return self._obs.copy(), {}
 
-    def step(self, actions: Any):
-        """One decision of every agent: ``(obs, reward, terminated, truncated, info)`` as documented above."""
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One decision of every agent: ``(obs, reward, terminated, truncated, info)`` as the module doc says.
+
+        ``actions`` is one action per slot (``action_space``); continuous actions are clipped to [-1, 1].
+        """
         n = self.num_envs
         self._fresh_reset = False
         self._set_policy_actions(actions)
@@ -372,12 +290,11 @@ class UnityVectorEnv(VectorEnv):
             dec, term = self._env.get_steps(self.behavior)
             seen = np.zeros(n, bool)
             if len(term) > 0:
-                term_obs = self._concat(term.obs)
+                term_obs = concat_observations(term.obs)
                 for k, aid in enumerate(term.agent_id):
-                    slot = self._id_slot.pop(int(aid), None)
+                    slot = self._slots.release(int(aid))
                     if slot is None:
                         continue  # an agent without a slot
-                    self._slot_agent[slot] = -1
                     seen[slot] = True
                     if ended[slot]:
                         # A new episode that ended before the policy acted in it: nothing to learn; drop it.
@@ -389,10 +306,10 @@ class UnityVectorEnv(VectorEnv):
                     terminated[slot] = not truncated[slot]
                     ended[slot] = True
             if len(dec) > 0:
-                dec_obs = self._concat(dec.obs)
+                dec_obs = concat_observations(dec.obs)
                 for k, aid in enumerate(dec.agent_id):
                     aid = int(aid)
-                    slot = self._id_slot.get(aid)
+                    slot = self._slots.slot_of(aid)
                     if slot is None:
                         slot = self._take_free_slot(aid)
                         if slot is None:
@@ -445,7 +362,7 @@ class UnityVectorEnv(VectorEnv):
         dec, _ = self._env.get_steps(self.behavior)
         k = len(dec)
         if k > 0:
-            slots = np.array([self._id_slot.get(int(aid), -1) for aid in dec.agent_id], np.int64)
+            slots = self._slots.slots_of(dec.agent_id)
             use = slots >= 0
             if len(ended):
                 use &= ~ended[np.maximum(slots, 0)]
@@ -460,28 +377,25 @@ class UnityVectorEnv(VectorEnv):
         self._env.step()
 
     def _take_free_slot(self, aid: int) -> int | None:
-        free = np.flatnonzero(self._slot_agent < 0)
-        if len(free) == 0:
-            if not self._warned_extra:
-                logger.warning(
-                    "Unity behavior %r has more agents than its %d slots: agent %d and later extra agents "
-                    "are ignored (zero actions) until a slot is free",
-                    self.behavior,
-                    self.num_envs,
-                    aid,
-                )
-                self._warned_extra = True
-            return None
-        slot = int(free[0])
-        self._id_slot[aid] = slot
-        self._slot_agent[slot] = aid
+        """A free slot for the new agent ``aid`` during a step; None (with one warning) when all are taken."""
+        slot = self._slots.take_free_slot(aid)
+        if slot is None and not self._warned_extra:
+            logger.warning(
+                "Unity behavior %r has more agents than its %d slots: agent %d and later extra agents "
+                "are ignored (zero actions) until a slot is free",
+                self.behavior,
+                self.num_envs,
+                aid,
+            )
+            self._warned_extra = True
         return slot
 
     def _agent_gone(
         self, slot: int, final_obs: np.ndarray, truncated: np.ndarray, ended: np.ndarray, silent: np.ndarray
     ) -> None:
-        aid = int(self._slot_agent[slot])
-        if aid < 0 or ended[slot]:
+        """The slot's agent stayed silent too long: truncate its episode and free the slot."""
+        aid = self._slots.agent_in(slot)
+        if aid is None or ended[slot]:
             # The slot has waited for a new agent as long as it may.
             raise UserError(
                 f"Unity behavior {self.behavior!r}: slot {slot} has had no agent for {self.patience} "
@@ -489,134 +403,19 @@ class UnityVectorEnv(VectorEnv):
                 "respawn its agents"
             )
         logger.warning("Unity agent %d vanished without ending its episode: truncating slot %d", aid, slot)
-        del self._id_slot[aid]
-        self._slot_agent[slot] = -1
+        self._slots.release(aid)
         final_obs[slot] = self._obs[slot].copy()
         truncated[slot] = True
         ended[slot] = True
         silent[slot] = 0
 
-    def _concat(self, obs_list: list[np.ndarray]) -> np.ndarray:
-        if len(obs_list) == 1:
-            return obs_list[0].reshape(len(obs_list[0]), -1)
-        return np.concatenate([o.reshape(len(o), -1) for o in obs_list], axis=1)
-
-    def _see_log(self) -> str:
-        if self.log_path:
-            return f"see the player's log {self.log_path}"
-        return (
-            "see the player's log (Unity's default Player.log; with a run directory, unity_logs/rank<N>.log)"
-        )
-
     def _call(self, fn: Any, *args: Any) -> Any:
         """Call into mlagents_envs, turning a dead or silent player into a one-line UserError."""
-        from mlagents_envs.exception import (
-            UnityCommunicatorStoppedException,
-            UnityEnvironmentException,
-            UnityTimeOutException,
-        )
-
-        try:
-            return fn(*args)
-        except UnityTimeOutException:
-            raise UserError(
-                f"the Unity player {self.file_name} stopped answering for {self.timeout_wait:g} s: "
-                f"{self._see_log()}"
-            ) from None
-        except (UnityEnvironmentException, UnityCommunicatorStoppedException) as e:
-            raise UserError(
-                f"the Unity player {self.file_name} quit ({_one_line(e)}): {self._see_log()}"
-            ) from None
+        return self._player.call(fn, *args)
 
 
-class _QueueEnd:
-    """One end of a pair of queues with the three methods of ``multiprocessing.Connection`` that
-    mlagents_envs' RpcCommunicator uses (send, poll, recv, plus close).
-
-    mlagents_envs hands every message between its gRPC thread and the main thread through a
-    ``multiprocessing.Pipe``, which pickles it: with the pure-Python protobuf that mlagents_envs 0.28
-    needs, that is one more serialisation and one more parse of every message, most of the trainer's
-    time at Walker's size (docs/unity.md). Both threads are in one process, so a queue hands over the
-    message object itself.
-    """
-
-    def __init__(self, inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
-        self._inbox, self._outbox = inbox, outbox
-        self._held: list[Any] = []
-
-    def send(self, obj: Any) -> None:
-        self._outbox.put(obj)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        if not self._held:
-            try:
-                self._held.append(
-                    self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
-                )
-            except queue.Empty:
-                return False
-        return True
-
-    def recv(self) -> Any:
-        return self._held.pop() if self._held else self._inbox.get()
-
-    def close(self) -> None:
-        pass
-
-
-# Longest wait, when closing, for the gRPC call that carries the close message to reach the player.
-_CLOSE_GRACE_S = 5.0
-
-
-def _queue_unity_environment() -> type:
-    """``UnityEnvironment`` whose communicator passes messages between its threads through queues.
-
-    Only the servicer's two pipe ends are swapped (before the player is launched, so before any message);
-    the protocol, the gRPC server and every check stay mlagents_envs' own.
-    """
-    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
-    from mlagents_envs.environment import UnityEnvironment
-    from mlagents_envs.rpc_communicator import RpcCommunicator
-
-    class QueueCommunicator(RpcCommunicator):
-        def create_server(self) -> None:
-            super().create_server()
-            to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
-            self.unity_to_external.parent_conn = _QueueEnd(to_python, to_unity)
-            self.unity_to_external.child_conn = _QueueEnd(to_unity, to_python)
-
-        def close(self) -> None:
-            # The stock close stops the gRPC server with no grace period, which can abort the Exchange
-            # that carries the close message (status 400) before the player has it: the player then sees
-            # the connection drop instead of being told to quit. The grace lets that last reply go out;
-            # the server stops as soon as no call is running.
-            if self.is_open:
-                message = UnityMessageProto()
-                message.header.status = 400
-                self.unity_to_external.parent_conn.send(message)
-                self.unity_to_external.parent_conn.close()
-                self.server.stop(grace=_CLOSE_GRACE_S).wait()
-                self.is_open = False
-
-    class QueueUnityEnvironment(UnityEnvironment):
-        @staticmethod
-        def _get_communicator(worker_id: int, base_port: int, timeout_wait: int) -> RpcCommunicator:
-            return QueueCommunicator(worker_id, base_port, timeout_wait)
-
-        def _close(self, timeout: int | None = None) -> None:
-            # UnityEnvironment registers _close with atexit before it has a communicator: when the port
-            # is taken it has none, and the stock _close would print a traceback at exit.
-            if hasattr(self, "_communicator"):
-                super()._close(timeout)
-
-    return QueueUnityEnvironment
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
-def _mlagents_version() -> str:
-    import mlagents_envs
-
-    return mlagents_envs.__version__
+def concat_observations(obs_list: list[np.ndarray]) -> np.ndarray:
+    """mlagents_envs' observations (one array per sensor, agents first) as one [agents, features] array."""
+    if len(obs_list) == 1:
+        return obs_list[0].reshape(len(obs_list[0]), -1)
+    return np.concatenate([o.reshape(len(o), -1) for o in obs_list], axis=1)

@@ -1,0 +1,205 @@
+"""Starting a Unity player, and turning what goes wrong with it into one-line ``UserError``s.
+
+Everything about the player process is here: which executable (``resolve_build``), where its log goes
+(``player_log_path``), how long to wait for it (``timeout_from_environment``), the side channels that
+carry the time scale and environment parameters (``settings_channels``), and ``UnityPlayer``, which
+launches it (gRPC on port ``base_port + worker_id``) and calls into mlagents_envs, translating its
+exceptions into messages that name the problem and the fix. ``mlagents_envs`` is imported only inside
+functions, and never its ``envs`` or ``registry`` modules (they reach the internet on import).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spinppo.utils.errors import UserError, first_line
+
+TIMEOUT_VARIABLE = "SPINPPO_UNITY_TIMEOUT"
+
+
+def timeout_from_environment() -> float:
+    """Seconds to wait for the player: ``SPINPPO_UNITY_TIMEOUT``, else 60; a UserError if not a number."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "60")
+    try:
+        return float(raw)
+    except ValueError:
+        raise UserError(f"{TIMEOUT_VARIABLE}={raw!r} is not a number of seconds: fix or unset it") from None
+
+
+def resolve_build(file_name: str) -> str:
+    """The absolute path of the player executable ``file_name`` names, or a UserError saying what is wrong.
+
+    ``file_name`` may also name the build without its extension (Walker for Walker.x86_64) or a macOS
+    ``.app``, as mlagents_envs accepts.
+    """
+    from mlagents_envs.env_utils import validate_environment_path
+
+    path = Path(file_name).expanduser()
+    if path.is_dir() and path.suffix != ".app":
+        raise UserError(
+            f"Unity build {file_name} is a folder: pass the player executable in it, "
+            f"e.g. {path / 'Walker.x86_64'}"
+        )
+    if not path.is_file():
+        found = validate_environment_path(str(path))
+        if found is None:
+            raise UserError(
+                f"Unity build {file_name} not found: pass the path of a built player, "
+                "e.g. --env unity:/path/to/Walker.x86_64"
+            )
+        path = Path(found)
+    if not os.access(path, os.X_OK):
+        raise UserError(f"Unity build {path} is not executable: run chmod +x {path}")
+    return str(path.resolve())
+
+
+def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
+    """``log_dir/unity_logs/rank<N>.log`` (its folder created), N the MPI rank; None without ``log_dir``.
+
+    Without MPI, N is ``worker_id`` (the local rank).
+    """
+    if not log_dir:
+        return None
+    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
+    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else worker_id
+    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{rank}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def settings_channels(time_scale: float, env_kwargs: dict[str, Any] | None) -> list[Any]:
+    """The side channels that send ``time_scale`` and the environment parameters with the first reset.
+
+    ``env_kwargs`` maps parameter names to numbers (a UserError otherwise). Returns mlagents_envs'
+    EngineConfigurationChannel and EnvironmentParametersChannel, for ``UnityPlayer.launch``.
+    """
+    from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
+    from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
+
+    engine = EngineConfigurationChannel()
+    engine.set_configuration_parameters(time_scale=float(time_scale))
+    parameters = EnvironmentParametersChannel()
+    for key, value in (env_kwargs or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(
+                f"env_kwargs for a Unity build are environment parameters and must be numbers; "
+                f"{key}={value!r} is not: fix --env_kwargs"
+            )
+        parameters.set_float_parameter(str(key), float(value))
+    return [engine, parameters]
+
+
+@dataclass(frozen=True)
+class UnityPlayer:
+    """One Unity player: its executable (as ``resolve_build`` returns it), port, time-out and log file.
+
+    ``launch`` starts it; ``call`` calls into the mlagents_envs environment connected to it. Both raise
+    one-line UserErrors naming the player, its port or its log instead of mlagents_envs' exceptions.
+    """
+
+    file_name: str
+    base_port: int
+    worker_id: int
+    timeout_wait: float  # seconds to wait for the player to connect, and for each of its answers
+    log_path: str | None  # where the player writes its log (-logFile); None: Unity's default Player.log
+
+    @property
+    def port(self) -> int:
+        """The gRPC port the player talks on."""
+        return self.base_port + self.worker_id
+
+    def launch(self, seed: int, no_graphics: bool, side_channels: list[Any]) -> Any:
+        """Start the player and return the (patched, see mlagents_patch) ``UnityEnvironment`` connected to it.
+
+        ``seed`` goes to Unity's random generator; ``no_graphics`` adds ``-nographics -batchmode``;
+        ``side_channels`` are those of ``settings_channels``.
+        """
+        from mlagents_envs.environment import UnityEnvironment
+        from mlagents_envs.exception import (
+            UnityEnvironmentException,
+            UnityTimeOutException,
+            UnityWorkerInUseException,
+        )
+
+        # Imported here, as mlagents_envs is: importing spinppo loads no module of mlagents' (the test
+        # test_spinppo_imports_without_touching_mlagents looks for any module named *mlagents*).
+        from spinppo.envs.unity import mlagents_patch
+
+        try:
+            # Looked up on the module at each call: scripts/bench_unity.py may swap in the stock class.
+            environment_class = mlagents_patch.patched_unity_environment()
+            return environment_class(
+                file_name=self.file_name,
+                worker_id=self.worker_id,
+                base_port=self.base_port,
+                seed=seed,
+                no_graphics=no_graphics,
+                # mlagents polls the player every timeout_wait // 10 seconds, so it wants an int.
+                timeout_wait=max(1, round(self.timeout_wait)),
+                additional_args=["-logFile", self.log_path] if self.log_path else [],
+                side_channels=side_channels,
+            )
+        except UnityWorkerInUseException:
+            raise UserError(
+                f"port {self.port} (base_port {self.base_port} + worker {self.worker_id}) is in use, by "
+                "another run or a leftover Unity player: pass another --base_port, e.g. "
+                f"--base_port {self.base_port + 100}"
+            ) from None
+        except UnityTimeOutException:
+            raise UserError(
+                f"the Unity player {self.file_name} did not connect on port {self.port} within "
+                f"{self.timeout_wait:g} s: {self.see_log()} (a slow machine: raise {TIMEOUT_VARIABLE})"
+            ) from None
+        except UnityEnvironmentException as e:
+            # mlagents_envs says "... Unity API: <version> ..." when the build speaks another version.
+            version = re.search(r"Unity API: (\d+(?:\.\d+)*)", str(e))
+            if version:
+                raise UserError(
+                    f"the Unity build speaks ML-Agents communication version {version[1]} but mlagents_envs "
+                    f"{_mlagents_version()} speaks {UnityEnvironment.API_VERSION}: rebuild it with the "
+                    "matching com.unity.ml-agents package (release 19, 2.x) or install the matching "
+                    "mlagents_envs"
+                ) from None
+            raise UserError(
+                f"the Unity player {self.file_name} failed to start ({first_line(e)}): {self.see_log()}"
+            ) from None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, a call that talks to the player; a dead or silent player is a one-line UserError."""
+        from mlagents_envs.exception import (
+            UnityCommunicatorStoppedException,
+            UnityEnvironmentException,
+            UnityTimeOutException,
+        )
+
+        try:
+            return fn(*args)
+        except UnityTimeOutException:
+            raise UserError(
+                f"the Unity player {self.file_name} stopped answering for {self.timeout_wait:g} s: "
+                f"{self.see_log()}"
+            ) from None
+        except (UnityEnvironmentException, UnityCommunicatorStoppedException) as e:
+            raise UserError(
+                f"the Unity player {self.file_name} quit ({first_line(e)}): {self.see_log()}"
+            ) from None
+
+    def see_log(self) -> str:
+        """Where an error message sends the user: the player's log file."""
+        if self.log_path:
+            return f"see the player's log {self.log_path}"
+        return (
+            "see the player's log (Unity's default Player.log; with a run directory, unity_logs/rank<N>.log)"
+        )
+
+
+def _mlagents_version() -> str:
+    import mlagents_envs
+
+    return mlagents_envs.__version__

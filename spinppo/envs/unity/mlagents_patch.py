@@ -1,0 +1,111 @@
+"""spinppo's patch of ``mlagents_envs`` internals, written against mlagents-envs 0.28.0 (ML-Agents 19).
+
+Nothing is monkey-patched globally: ``patched_unity_environment()`` returns subclasses of mlagents_envs'
+``UnityEnvironment`` and ``RpcCommunicator`` that spinppo's launch (launch.py) uses instead of the stock
+ones. The protocol, the gRPC server and every check stay mlagents_envs' own. What is overridden, and why:
+
+- ``RpcCommunicator.create_server``: mlagents_envs hands every message between its gRPC thread and the
+  main thread through a ``multiprocessing.Pipe``, which pickles it. With the pure-Python protobuf that
+  mlagents_envs 0.28 needs, that is one more serialisation and one more parse of every message, most of
+  the trainer's time at Walker's size (docs/unity.md, "Measurements"). Both threads are in one process,
+  so after the stock server is made the servicer's two pipe ends (``unity_to_external.parent_conn`` and
+  ``.child_conn``) are swapped for ``QueuePipeEnd``s, which hand over the message object itself. This
+  happens before the player is launched, so before any message.
+- ``RpcCommunicator.close``: the stock close stops the gRPC server with no grace period, which can abort
+  the exchange that carries the close message before the player has it (see the override).
+- ``UnityEnvironment._get_communicator``: to make the communicator above.
+- ``UnityEnvironment._close``: harmless at exit when the environment never got a communicator.
+
+The private names relied on (``unity_to_external``, ``parent_conn``, ``child_conn``, ``is_open``,
+``server``, ``_get_communicator``, ``_close``, ``_communicator``, and the Connection methods the
+communicator calls) are the first thing to check when mlagents-envs is upgraded. ``mlagents_envs`` is
+imported only inside ``patched_unity_environment``: importing spinppo must not import it.
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+# Longest wait, when closing, for the gRPC call that carries the close message to reach the player.
+CLOSE_GRACE_S = 5.0
+
+
+class QueuePipeEnd:
+    """One end of a pair of in-process queues, standing in for a ``multiprocessing.Connection``.
+
+    It has the methods mlagents_envs' RpcCommunicator and its servicer call on a pipe end: ``send``,
+    ``poll(timeout)``, ``recv`` and ``close``. ``inbox`` is what this end receives, ``outbox`` where it
+    sends; the other end is made with the two queues swapped.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
+        self._inbox, self._outbox = inbox, outbox
+        # A message poll() took off the queue to see that one is there; recv() returns it first.
+        self._held: list[Any] = []
+
+    def send(self, obj: Any) -> None:
+        self._outbox.put(obj)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Whether a message is there to recv(), waiting up to ``timeout`` seconds for one."""
+        if not self._held:
+            try:
+                self._held.append(
+                    self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                return False
+        return True
+
+    def recv(self) -> Any:
+        """The next message, waiting for it as long as it takes (callers poll() first)."""
+        return self._held.pop() if self._held else self._inbox.get()
+
+    def close(self) -> None:
+        pass  # queues hold no operating-system resource
+
+
+def patched_unity_environment() -> type:
+    """mlagents_envs' ``UnityEnvironment`` class with the overrides the module doc lists.
+
+    Call it as ``UnityEnvironment`` itself (same arguments); its communicator passes messages between
+    its threads through queues. scripts/bench_unity.py (``--stock_communicator``) replaces this function
+    with one returning the stock class, to measure the difference: launch.py looks it up at call time.
+    """
+    from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+    from mlagents_envs.environment import UnityEnvironment
+    from mlagents_envs.rpc_communicator import RpcCommunicator
+
+    class QueueCommunicator(RpcCommunicator):
+        def create_server(self) -> None:
+            super().create_server()
+            to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
+            self.unity_to_external.parent_conn = QueuePipeEnd(to_python, to_unity)
+            self.unity_to_external.child_conn = QueuePipeEnd(to_unity, to_python)
+
+        def close(self) -> None:
+            # The stock close stops the gRPC server with no grace period, which can abort the Exchange
+            # that carries the close message (status 400) before the player has it: the player then sees
+            # the connection drop instead of being told to quit. The grace lets that last reply go out;
+            # the server stops as soon as no call is running.
+            if self.is_open:
+                message = UnityMessageProto()
+                message.header.status = 400
+                self.unity_to_external.parent_conn.send(message)
+                self.unity_to_external.parent_conn.close()
+                self.server.stop(grace=CLOSE_GRACE_S).wait()
+                self.is_open = False
+
+    class QueueUnityEnvironment(UnityEnvironment):
+        @staticmethod
+        def _get_communicator(worker_id: int, base_port: int, timeout_wait: int) -> RpcCommunicator:
+            return QueueCommunicator(worker_id, base_port, timeout_wait)
+
+        def _close(self, timeout: int | None = None) -> None:
+            # UnityEnvironment registers _close with atexit before it has a communicator: when the port
+            # is taken it has none, and the stock _close would print a traceback at exit.
+            if hasattr(self, "_communicator"):
+                super()._close(timeout)
+
+    return QueueUnityEnvironment
