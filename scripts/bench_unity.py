@@ -54,7 +54,7 @@ def own_group(filename: str, func: str) -> str | None:
         return "mlagents_envs"
     if "/multiprocessing/" in path:  # the stock communicator's Pipe between its threads (pickling)
         return "pipe"
-    if path.endswith("spinppo/envs/unity.py"):
+    if "spinppo/envs/unity/" in path:
         return "adapter"
     if "/numpy/" in path or "numpy" in func:
         return "numpy"
@@ -123,9 +123,9 @@ def main() -> None:
     if args.stock_communicator:
         from mlagents_envs.environment import UnityEnvironment
 
-        import spinppo.envs.unity as unity
+        import spinppo.envs.unity.mlagents_patch as mlagents_patch
 
-        unity._queue_unity_environment = lambda: UnityEnvironment
+        mlagents_patch.patched_unity_environment = lambda: UnityEnvironment
 
     body_obs, body_act = (17, 6) if args.task == "walker" else (4, 1)
     with tempfile.TemporaryDirectory() as tmp:

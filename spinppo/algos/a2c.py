@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 from spinppo.utils.mpi_tools import num_procs
+
+LOG_KEYS = ["LossPi", "LossV", "Entropy"]
 
 
 def a2c(
@@ -65,16 +67,9 @@ def a2c(
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
-    check_positive(lr=lr, n_steps=n_steps, epochs=epochs, num_envs=num_envs, steps_per_epoch=steps_per_epoch)
-    check_nonnegative(vf_coef=vf_coef, ent_coef=ent_coef, max_grad_norm=max_grad_norm)
-    rollout = num_procs() * num_envs * n_steps
-    if steps_per_epoch % rollout:
-        raise UserError(
-            f"--steps_per_epoch {steps_per_epoch} must be a multiple of ranks x num_envs x n_steps "
-            f"= {rollout}, "
-            f"e.g. {max(1, round(steps_per_epoch / rollout)) * rollout}"
-        )
-    run = OnPolicyRun(
+    check_flags(config)
+    rollout = num_procs() * num_envs * n_steps  # steps over all ranks between two gradient steps
+    with OnPolicyRun(
         env_fn,
         actor_critic,
         ac_kwargs,
@@ -89,31 +84,43 @@ def a2c(
         logger_kwargs=logger_kwargs,
         config=config,
         algo="a2c",
-    )
-    ac = run.ac
-    optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)
-
-    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
-        adv = data["adv"]
-        logp, entropy, v = ac.evaluate(data["obs"], data["act"])
-        loss_pi = -(logp * adv).mean()
-        loss_v = ((v - data["ret"]) ** 2).mean()
-        ent = entropy.mean()
-        loss = loss_pi + vf_coef * loss_v - ent_coef * ent
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
-        mpi_avg_grads(ac)
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
-        optimizer.step()
-        return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
-
-    run.train(
-        update,
-        epochs,
-        log_keys=["LossPi", "LossV", "Entropy"],
-        save_freq=save_freq,
-        optimizers={"optimizer": optimizer},
         keep_checkpoints=keep_checkpoints,
-    )
+    ) as run:
+        ac = run.ac
+        optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)
+
+        def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+            """One gradient step on the n-step batch of every rank."""
+            logp, entropy, v = ac.evaluate(batch["obs"], batch["act"])
+            loss_pi = -(logp * batch["adv"]).mean()
+            loss_v = ((v - batch["ret"]) ** 2).mean()
+            ent = entropy.mean()
+            loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            mpi_avg_grads(ac)  # every rank now holds the mean gradient
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
+            optimizer.step()
+            return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
+
+        for epoch in run.epochs(epochs, save_freq, optimizers={"optimizer": optimizer}):
+            for _ in range(run.rollouts_per_epoch):
+                batch = run.collect()
+                stats = update(batch)
+                run.after_update(stats)
+            run.end_epoch(epoch, LOG_KEYS)
     return ac
+
+
+def check_flags(config: dict[str, Any]) -> None:
+    """A UserError for the first bad flag of ``a2c(**config)``: the shared checks and A2C's own."""
+    check_common_flags(
+        config, positive=("lr", "n_steps"), nonnegative=("vf_coef", "ent_coef", "max_grad_norm")
+    )
+    rollout = num_procs() * config["num_envs"] * config["n_steps"]
+    if config["steps_per_epoch"] % rollout:
+        raise UserError(
+            f"--steps_per_epoch {config['steps_per_epoch']} must be a multiple of ranks x num_envs x n_steps "
+            f"= {rollout}, e.g. {max(1, round(config['steps_per_epoch'] / rollout)) * rollout}"
+        )

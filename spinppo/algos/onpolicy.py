@@ -1,83 +1,81 @@
-"""What PPO, VPG and A2C share: building the parts, the epoch loop, logging and saving.
+"""The steps PPO, VPG and A2C share, with names, so that each algorithm file shows its own epoch loop::
 
-An algorithm is a function that builds an ``OnPolicyRun`` and hands ``train`` its update rule::
+    with OnPolicyRun(env_fn, ..., config=config, algo="ppo") as run:     # environments, actor-critic, logger
+        ac = run.ac
+        optimizer = ...
+        for epoch in run.epochs(epochs, save_freq, {"optimizer": optimizer}):  # resumes; stops on a signal
+            batch = run.collect()          # steps_per_epoch / num_procs steps on this rank, GAE
+            stats = update(batch)          # the algorithm's loss and optimisation (gradients averaged)
+            run.after_update(stats)        # sync params, finiteness check, observation and reward stats
+            run.end_epoch(epoch, LOG_KEYS) # log the row, checkpoint (every save_freq), stop on a signal
 
-    run = OnPolicyRun(env_fn, ..., config=locals())
-    def update(data) -> dict: ...            # the algorithm's loss and optimisation, returns stats to log
-    run.train(update, epochs, log_keys=[...])
-
-Each epoch, on every rank: collect ``steps_per_epoch / num_procs`` steps -> update (gradients averaged over
-ranks) -> fold the epoch's observations into the normalisation statistics -> log -> save.
-
-Checkpoints (``checkpoints/ckpt-<epoch>.pt``, the last ``keep_checkpoints`` kept) hold the whole state of
-every rank: model, optimisers, normalisation statistics, random generators, environments and the episodes
-in progress. Resuming from one (``logger_kwargs=dict(output_dir=RUN, resume=True)``) continues exactly as
-the run would have gone on.
+A run's flags are checked by ``check_common_flags`` (and each algorithm's own ``check_flags``) before
+anything is built: with --overwrite the old run would already be gone.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-import os.path as osp
-import pickle
 import random
-import re
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 
+from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.registry import make_vector_env
-from spinppo.envs.state import get_vector_env_state, set_vector_env_state
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
-from spinppo.utils.logx import EpochLogger, atomic_torch_save, remove_stale_temp_files, save_model
+from spinppo.utils.logx import EpochLogger
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
-from spinppo.utils.mpi_tools import COMM, allgather, broadcast, mpi_max, mpi_time, num_procs, proc_id
+from spinppo.utils.mpi_tools import allgather, mpi_max, mpi_time, num_procs, proc_id
 
-CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
+# Flags every on-policy algorithm has that must be positive numbers.
+COMMON_POSITIVE = ("epochs", "steps_per_epoch", "num_envs", "save_freq", "keep_checkpoints")
 
 
-def check_positive(**values: float) -> None:
-    """A UserError naming the first value that is not a positive (finite) number."""
-    for name, value in values.items():
+def check_common_flags(
+    config: dict[str, Any], positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()
+) -> None:
+    """A UserError for the first bad flag: every number (``ac_kwargs`` included) finite, the shared
+    counts and the algorithm's ``positive`` flags above zero, its ``nonnegative`` ones at least zero,
+    gamma in (0, 1] and lam in [0, 1].
+
+    ``config`` maps flag names to values (an algorithm's ``locals()``, or a grid variant).
+    """
+    for name in positive + tuple(k for k in COMMON_POSITIVE if k in config):
+        value = config[name]
         if value is None or not value > 0:
             raise UserError(f"--{name} must be positive, not {value}")
-        if not math.isfinite(value):
-            raise UserError(f"--{name} must be a finite number, not {value}")
-
-
-def check_nonnegative(**values: float) -> None:
-    """A UserError naming the first value that is negative or not a finite number."""
-    for name, value in values.items():
-        if value is None or not value >= 0 or not math.isfinite(value):
+    for name in nonnegative:
+        value = config[name]
+        if value is None or not value >= 0:
             raise UserError(f"--{name} must be zero or a positive finite number, not {value}")
-
-
-def check_config(config: dict[str, Any]) -> None:
-    """Flags every algorithm shares, checked before the run directory is touched (with --overwrite the
-    old run would already be gone): every number finite, the saving flags positive."""
-    flat = {**config, **(config.get("ac_kwargs") or {})}
-    for name, value in flat.items():
+    for name, value in {**config, **(config.get("ac_kwargs") or {})}.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name} must be a finite number, not {value}")
-    check_positive(**{k: config[k] for k in ("epochs", "save_freq", "keep_checkpoints") if k in config})
+    gamma, lam = config.get("gamma", 0.99), config.get("lam", 0.95)
+    if not 0 < gamma <= 1 or not 0 <= lam <= 1:
+        raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
 
 
 class OnPolicyRun:
-    """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger.
+    """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger,
+    checkpoints; and the shared steps of an epoch. Use it as a context manager: leaving closes the
+    environments and the logger and restores the signal handlers, however the run ends.
 
     ``steps_per_epoch`` counts environment steps over all ranks and environments; each rank collects
-    ``steps_per_epoch / num_procs`` of them, ``rollouts_per_epoch`` times an update's worth.
+    ``steps_per_epoch / num_procs`` of them per epoch, in ``rollouts_per_epoch`` batches (A2C's n-step
+    rollouts). The flags are assumed checked (``check_common_flags``).
     """
 
     def __init__(
@@ -96,12 +94,8 @@ class OnPolicyRun:
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         algo: str = "ppo",
+        keep_checkpoints: int = 5,
     ) -> None:
-        check_positive(steps_per_epoch=steps_per_epoch, num_envs=num_envs)
-        if config is not None:
-            check_config(config)
-        if not 0 < gamma <= 1 or not 0 <= lam <= 1:
-            raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
         setup_pytorch_for_mpi()
         self.algo = algo
         self.resume = bool((logger_kwargs or {}).get("resume"))
@@ -132,7 +126,7 @@ class OnPolicyRun:
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
         # Only now, with the input checked, make the run directory.
         self.logger = EpochLogger(**(logger_kwargs or {}))
-        # A resumed run keeps the config.json it was made with (train() records a new --epochs there once
+        # A resumed run keeps the config.json it was made with (epochs() records a new --epochs there once
         # the checkpoint has loaded): a resume that is refused must leave the run as it was.
         if config is not None and not self.resume:
             kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
@@ -151,6 +145,11 @@ class OnPolicyRun:
         )
         self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
         self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler)
+        self.checkpointer = Checkpointer(
+            self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
+        )
+        self._old_handlers: dict[int, Any] = {}
+        self._stop_signals: list[int] = []
         if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
             ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
             self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
@@ -160,28 +159,39 @@ class OnPolicyRun:
             f"actor-critic with {n_params} parameters"
         )
 
-    def train(
-        self,
-        update: Callable[[dict[str, torch.Tensor]], dict[str, float]],
-        epochs: int,
-        log_keys: list[str],
-        save_freq: int = 10,
-        on_epoch_start: Callable[[int], None] | None = None,
-        optimizers: dict[str, torch.optim.Optimizer] | None = None,
-        keep_checkpoints: int = 5,
-    ) -> MLPActorCritic:
-        """Run ``epochs`` epochs of collect -> ``update(data)`` -> log -> save; return the actor-critic.
+    @property
+    def output_dir(self) -> str:
+        """The run directory."""
+        return self.logger.output_dir
 
-        ``update`` returns a dict of statistics; the keys named in ``log_keys`` become table columns
-        (averaged over the epoch's updates and over ranks). ``optimizers`` are saved in checkpoints.
+    def __enter__(self) -> OnPolicyRun:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)
+        self.env.close()
+        self.logger.close()
+
+    # ------------------------------------------------------------------------------- the epoch's steps
+
+    def epochs(
+        self, epochs: int, save_freq: int, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> Iterator[int]:
+        """The epochs to run: ``0 .. epochs-1``, or after a resume those after the checkpoint's.
+
+        On a resume the actor-critic, ``optimizers`` (saved in every checkpoint by name), random
+        generators, environments and statistics are restored first. From here on SIGINT and SIGTERM
+        stop the run at the end of the epoch, with a checkpoint (see ``end_epoch``).
         """
-        check_positive(epochs=epochs, save_freq=save_freq, keep_checkpoints=keep_checkpoints)
-        self.optimizers = optimizers or {}
-        self.keep_checkpoints = keep_checkpoints
-        logger, worker, buf, ac = self.logger, self.worker, self.buf, self.ac
+        self.epochs_total, self.save_freq = epochs, save_freq
+        self.checkpointer.optimizers = optimizers
         first_epoch, elapsed = 0, 0.0
         if self.resume:
-            first_epoch, elapsed = self.load_checkpoint()
+            last, elapsed = self.checkpointer.load(reset_seed=self.seed)
+            self.logger.restore_progress(last, step=(last + 1) * self.steps_per_epoch)
+            self.logger.log(f"Resumed from the checkpoint of epoch {last}")
+            first_epoch = last + 1
             if epochs > first_epoch:
                 self.logger.update_config(epochs=epochs)
             else:
@@ -189,69 +199,76 @@ class OnPolicyRun:
                     f"Nothing to train: the run has done {first_epoch} epochs; pass --epochs N with N > "
                     f"{first_epoch} to train further"
                 )
-        start = time.time() - elapsed
-        stop_signal = self._install_signal_handlers()
-        try:
-            for epoch in range(first_epoch, epochs):
-                if on_epoch_start is not None:
-                    on_epoch_start(epoch)
-                epoch_start = time.perf_counter()
-                env_t0, inf_t0, mpi_t0 = worker.env_time, worker.inference_time, mpi_time()
-                update_time = 0.0
-                for _ in range(self.rollouts_per_epoch):
-                    worker.collect(buf, logger)
-                    data = buf.get(normalize_adv=self.norm_adv)
-                    t0 = time.perf_counter()
-                    stats = update(data)
-                    update_time += time.perf_counter() - t0
-                    # Bitwise-identical hosts stay identical anyway; this one Bcast keeps hosts whose CPU
-                    # kernels round differently from drifting apart.
-                    sync_params(ac)
-                    self._check_finite(stats, epoch)
-                    logger.store(**stats)
-                    # Fold this rollout's observations (all ranks) into the statistics used from now on.
-                    ac.obs_rms.update(buf.obs.reshape(-1, buf.obs.shape[-1]))
-                    if self.reward_scaler is not None:
-                        self.reward_scaler.sync()
-                epoch_time = time.perf_counter() - epoch_start
-                epoch_mpi_time = mpi_time() - mpi_t0
+        self.start_time = time.time() - elapsed
+        self._install_signal_handlers()
+        for epoch in range(first_epoch, epochs):
+            self.epoch_start = time.perf_counter()
+            self.env_t0, self.inf_t0 = self.worker.env_time, self.worker.inference_time
+            self.mpi_t0, self.update_time = mpi_time(), 0.0
+            self.epoch = epoch
+            yield epoch
 
-                logger.log_tabular("Epoch", epoch)
-                logger.log_tabular("EpRet", with_min_and_max=True)
-                logger.log_tabular("EpLen", average_only=True)
-                logger.log_tabular("VVals", with_min_and_max=True)
-                logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
-                for key in log_keys:
-                    logger.log_tabular(key, average_only=True)
-                logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
-                logger.log_tabular("EnvTime", worker.env_time - env_t0)
-                logger.log_tabular("InferenceTime", worker.inference_time - inf_t0)
-                logger.log_tabular("UpdateTime", update_time)
-                logger.log_tabular("MPITime", epoch_mpi_time)
-                logger.log_tabular("Time", time.time() - start)
-                logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
+    def collect(self) -> dict[str, torch.Tensor]:
+        """Step the environments with the current policy for one rollout; return the batch (``obs``,
+        ``act``, ``ret``, ``adv``, ``logp``, ``val``, flat tensors) with GAE-lambda advantages,
+        normalised over all ranks when ``norm_adv``. Episode returns go to the logger."""
+        self.worker.collect(self.buf, self.logger)
+        batch = self.buf.get(normalize_adv=self.norm_adv)
+        self._update_start = time.perf_counter()
+        return batch
 
-                # A signal on any rank stops every rank here, at the same epoch, with a checkpoint.
-                # Every rank learns the signal (the highest number when ranks got different ones).
-                stop_signum = int(mpi_max(stop_signal[0] if stop_signal else 0))
-                if stop_signum or (epoch + 1) % save_freq == 0 or epoch == epochs - 1:
-                    self.save_checkpoint(epoch, time.time() - start)
-                if stop_signum:
-                    raise TrainingStopped(
-                        f"stopped by {signal.Signals(stop_signum).name} after epoch {epoch}; checkpoint "
-                        f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
-                        signum=stop_signum,
-                    )
-        finally:
-            self._restore_signal_handlers()
-            self.env.close()
-            logger.close()
-        return ac
+    def after_update(self, stats: dict[str, float]) -> None:
+        """After an update: make the ranks' parameters bitwise identical, stop on a non-finite loss or
+        parameter, store ``stats`` for the epoch's row, and fold this rollout's observations (all ranks)
+        and rewards into the normalisation statistics used from now on."""
+        self.update_time += time.perf_counter() - self._update_start
+        # Bitwise-identical hosts stay identical anyway; this one Bcast keeps hosts whose CPU kernels round
+        # differently from drifting apart.
+        sync_params(self.ac)
+        self._check_finite(stats)
+        self.logger.store(**stats)
+        self.ac.obs_rms.update(self.buf.obs.reshape(-1, self.buf.obs.shape[-1]))
+        if self.reward_scaler is not None:
+            self.reward_scaler.sync()
+
+    def end_epoch(self, epoch: int, log_keys: list[str]) -> None:
+        """Log the epoch's row (returns, the algorithm's ``log_keys``, timings); save a checkpoint every
+        ``save_freq`` epochs, at the last epoch and when a signal arrived on any rank; then, after a
+        signal, raise TrainingStopped on every rank."""
+        logger, worker = self.logger, self.worker
+        epoch_time = time.perf_counter() - self.epoch_start
+        epoch_mpi_time = mpi_time() - self.mpi_t0
+        logger.log_tabular("Epoch", epoch)
+        logger.log_tabular("EpRet", with_min_and_max=True)
+        logger.log_tabular("EpLen", average_only=True)
+        logger.log_tabular("VVals", with_min_and_max=True)
+        logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
+        for key in log_keys:
+            logger.log_tabular(key, average_only=True)
+        logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
+        logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
+        logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
+        logger.log_tabular("UpdateTime", self.update_time)
+        logger.log_tabular("MPITime", epoch_mpi_time)
+        logger.log_tabular("Time", time.time() - self.start_time)
+        logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
+
+        # A signal on any rank stops every rank here, at the same epoch, with a checkpoint. Every rank
+        # learns the signal (the highest number when ranks got different ones).
+        stop_signum = int(mpi_max(self._stop_signals[0] if self._stop_signals else 0))
+        if stop_signum or (epoch + 1) % self.save_freq == 0 or epoch == self.epochs_total - 1:
+            self.checkpointer.save(epoch, time.time() - self.start_time)
+        if stop_signum:
+            raise TrainingStopped(
+                f"stopped by {signal.Signals(stop_signum).name} after epoch {epoch}; checkpoint "
+                f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
+                signum=stop_signum,
+            )
 
     # ------------------------------------------------------------------------------- failure handling
 
-    def _install_signal_handlers(self) -> list[int]:
-        received: list[int] = []
+    def _install_signal_handlers(self) -> None:
+        received = self._stop_signals
 
         def handler(signum: int, frame: Any) -> None:
             if received and signum == signal.SIGINT:
@@ -263,13 +280,8 @@ class OnPolicyRun:
                 print(f"\n{name} received: stopping after this epoch{again}", flush=True)
 
         self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return received
 
-    def _restore_signal_handlers(self) -> None:
-        for signum, old in getattr(self, "_old_handlers", {}).items():
-            signal.signal(signum, old)
-
-    def _check_finite(self, stats: dict[str, float], epoch: int) -> None:
+    def _check_finite(self, stats: dict[str, float]) -> None:
         # Parameters are identical on all ranks, so every rank reaches the same verdict.
         bad = [k for k, v in stats.items() if not np.isfinite(v)]
         bad += [n for n, p in self.ac.named_parameters() if not torch.isfinite(p).all()]
@@ -280,124 +292,6 @@ class OnPolicyRun:
                 else "no checkpoint had been saved yet"
             )
             raise TrainingDiverged(
-                f"non-finite {', '.join(bad[:4])} in epoch {epoch}: training stopped; {kept} (try a "
+                f"non-finite {', '.join(bad[:4])} in epoch {self.epoch}: training stopped; {kept} (try a "
                 "smaller --lr, and check that the environment's observations and rewards are finite)"
             )
-
-    # ------------------------------------------------------------------------------------ checkpoints
-
-    def _rank_state(self) -> dict[str, Any]:
-        worker = self.worker
-        return {
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
-            "envs": get_vector_env_state(self.env),
-            "obs": worker.obs,
-            "ep_ret": worker.ep_ret,
-            "ep_len": worker.ep_len,
-            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
-        }
-
-    def save_checkpoint(self, epoch: int, elapsed: float) -> None:
-        """Write ``checkpoints/ckpt-<epoch>.pt`` (every rank's state, gathered to rank 0) and the model."""
-        states = COMM.gather(pickle.dumps(self._rank_state()), root=0)
-        out = self.output_dir
-
-        def write() -> None:
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "elapsed": elapsed,
-                "num_procs": num_procs(),
-                "ctor": self.ac.ctor_spec,
-                "model": self.ac.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                # Pickled per-rank states (random generators, environments): read back only on resume.
-                "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
-            }
-            atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
-            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"))
-            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"))
-            for old in checkpoint_epochs(out)[: -self.keep_checkpoints]:
-                os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
-                if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
-                    os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
-            # A run killed while writing left a half-written temporary file; this run holds the lock.
-            remove_stale_temp_files(out)
-
-        self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
-
-    def load_checkpoint(self) -> tuple[int, float]:
-        """Restore every part from the run's latest checkpoint; return (first epoch to run, elapsed time)."""
-        payload, error = None, None
-        if proc_id() == 0:
-            try:
-                payload = read_checkpoint(self.output_dir)
-                if payload["num_procs"] != num_procs():
-                    n = payload["num_procs"]
-                    error = (
-                        f"the run was made with {n} ranks; resume it with the same number "
-                        f"(--cpu {n} or mpirun -np {n}), not {num_procs()}"
-                    )
-            except UserError as e:
-                error = str(e)
-        error = broadcast(error)
-        if error:
-            raise UserError(error)
-        # Rank 0 read the file; every rank gets the shared parts and its own state from it.
-        shared = broadcast(None if payload is None else {k: v for k, v in payload.items() if k != "ranks"})
-        mine = COMM.scatter(None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]])
-        try:
-            self.ac.load_state_dict(shared["model"])
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(shared["optimizers"][name])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(
-                f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
-            ) from None
-        state = pickle.loads(mine)
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
-        if state["envs"] is not None:
-            set_vector_env_state(self.env, state["envs"])
-            self.worker.obs = state["obs"]
-            self.worker.ep_ret, self.worker.ep_len = state["ep_ret"], state["ep_len"]
-        else:  # an environment we cannot snapshot (Unity): start fresh episodes
-            self.worker.obs = np.asarray(
-                self.env.reset(seed=self.seed + 1 + shared["epoch"])[0], dtype=np.float32
-            )
-        if self.reward_scaler is not None and state["reward_scaler"] is not None:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
-        epoch = shared["epoch"]
-        self.logger.restore_progress(epoch, step=(epoch + 1) * self.steps_per_epoch)
-        self.logger.log(f"Resumed from the checkpoint of epoch {epoch}")
-        return epoch + 1, float(shared["elapsed"])
-
-    @property
-    def output_dir(self) -> str:
-        """The run directory."""
-        return self.logger.output_dir
-
-
-def checkpoint_epochs(run_dir: str) -> list[int]:
-    """Epochs that have a checkpoint in ``run_dir``, oldest first."""
-    found = glob.glob(osp.join(run_dir, "checkpoints", "ckpt-*.pt"))
-    return sorted(int(m[1]) for f in found if (m := re.fullmatch(r"ckpt-(\d+)\.pt", osp.basename(f))))
-
-
-def read_checkpoint(run_dir: str) -> dict[str, Any]:
-    """The latest checkpoint of a run (weights-only loading); a UserError when none is readable."""
-    epochs = checkpoint_epochs(run_dir)
-    if not epochs:
-        raise UserError(f"{run_dir} has no checkpoint to resume from (checkpoints/ckpt-*.pt)")
-    path = osp.join(run_dir, "checkpoints", f"ckpt-{epochs[-1]:06d}.pt")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        hint = f" (delete it to resume from epoch {epochs[-2]})" if len(epochs) > 1 else ""
-        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}){hint}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a spinppo checkpoint")
-    return payload

@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.minibatches import MinibatchTable, StatSums
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import flatten_parameters, mpi_avg_grads
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
+
+LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"]
 
 
 def ppo(
@@ -81,23 +84,8 @@ def ppo(
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
-    check_positive(
-        lr=lr,
-        update_epochs=update_epochs,
-        steps_per_epoch=steps_per_epoch,
-        minibatch_size=minibatch_size,
-        clip_ratio=clip_ratio,
-        epochs=epochs,
-    )
-    check_nonnegative(vf_coef=vf_coef, ent_coef=ent_coef, max_grad_norm=max_grad_norm)
-    if target_kl is not None and target_kl <= 0:
-        raise UserError(f"--target_kl must be positive (or None to turn it off), not {target_kl}")
-    if minibatch_size % num_procs() or minibatch_size > steps_per_epoch:
-        raise UserError(
-            f"--minibatch_size {minibatch_size} must divide among {num_procs()} ranks and not exceed "
-            f"--steps_per_epoch {steps_per_epoch}"
-        )
-    run = OnPolicyRun(
+    check_flags(config)
+    with OnPolicyRun(
         env_fn,
         actor_critic,
         ac_kwargs,
@@ -111,90 +99,96 @@ def ppo(
         logger_kwargs=logger_kwargs,
         config=config,
         algo="ppo",
-    )
-    ac = run.ac
-    local_mb = minibatch_size // num_procs()
-    # All weights in one tensor: Adam, clipping, zeroing and the gradient Allreduce are one operation each
-    # per step instead of one per layer (on small networks per-operation overhead is much of a step).
-    params = flatten_parameters(ac)
-    optimizer = torch.optim.Adam([params], lr=lr, eps=1e-5, fused=True)
-
-    ent_weight = ent_coef  # the entropy bonus of the current epoch
-
-    def anneal(epoch: int) -> None:
-        nonlocal ent_weight
-        remaining = 1.0 - epoch / epochs
-        if anneal_lr:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * remaining
-        if anneal_ent:
-            ent_weight = ent_coef * remaining
-
-    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
-        n = data["obs"].shape[0]
-        # Observation statistics are fixed during the update: normalise once, not per minibatch. One
-        # [n, columns] table, so that a minibatch is one gather instead of six.
-        columns = [
-            ac.normalize_obs(data["obs"]),
-            data["act"].reshape(n, -1).float(),
-            *(data[k].unsqueeze(1) for k in ("adv", "ret", "logp", "val")),
-        ]
-        widths = [c.shape[1] for c in columns]
-        table = torch.cat(columns, dim=1)
-        # Statistics are summed as tensors and read once per pass: no per-minibatch Python floats. They
-        # come from the last pass only (and every pass's KL when target_kl needs it): on every minibatch of
-        # every pass they would cost ~3% of the update.
-        stop_iter, kl, passes = update_epochs, 0.0, max(1, n // local_mb)
-        sums = torch.zeros(5)  # loss_pi, loss_v, entropy, approx KL, clip fraction
-        for i in range(update_epochs):
-            perm = torch.randperm(n)
-            track = target_kl is not None or i == update_epochs - 1
-            sums.zero_()
-            for start in range(0, n - local_mb + 1, local_mb):
-                obs, act, *scalars = table.index_select(0, perm[start : start + local_mb]).split(widths, 1)
-                adv, ret, logp_old, v_old = (c.squeeze(1) for c in scalars)
-                logp, entropy, v = ac.evaluate(obs, act, obs_normalized=True)
-                log_ratio = logp - logp_old
-                ratio = log_ratio.exp()
-                loss_pi = -torch.min(
-                    ratio * adv, torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * adv
-                ).mean()
-                if clip_vloss:
-                    v_clipped = v_old + torch.clamp(v - v_old, -clip_ratio, clip_ratio)
-                    loss_v = 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2).mean()
-                else:
-                    loss_v = 0.5 * ((v - ret) ** 2).mean()
-                ent = entropy.mean()
-                loss = loss_pi + vf_coef * loss_v - ent_weight * ent
-
-                params.grad.zero_()
-                loss.backward()
-                mpi_avg_grads(params)
-                if max_grad_norm:  # clip_grad_norm_'s arithmetic on the one tensor, without its bookkeeping
-                    norm = torch.linalg.vector_norm(params.grad)
-                    params.grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
-                optimizer.step()
-
-                if track:
-                    with torch.no_grad():
-                        approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
-                        clipfrac = ((ratio - 1).abs() > clip_ratio).float().mean()
-                        sums += torch.stack([loss_pi, loss_v, ent, approx_kl, clipfrac])
-            if track:
-                kl = mpi_avg(float(sums[3]) / passes)
-                if target_kl is not None and kl > 1.5 * target_kl:
-                    stop_iter = i + 1
-                    break
-        loss_pi, loss_v, ent, _, clipfrac = (sums / passes).tolist()
-        return dict(LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=kl, ClipFrac=clipfrac, StopIter=stop_iter)
-
-    run.train(
-        update,
-        epochs,
-        log_keys=["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"],
-        save_freq=save_freq,
-        optimizers={"optimizer": optimizer},
         keep_checkpoints=keep_checkpoints,
-        on_epoch_start=anneal,
-    )
+    ) as run:
+        ac = run.ac
+        local_minibatch = minibatch_size // num_procs()  # each rank's share of a minibatch
+        # The speed trick: every weight in one tensor, so that Adam, clipping and zeroing are one operation
+        # each per step instead of one per layer (per-operation overhead is most of a small network's step).
+        params = flatten_parameters(ac)
+        optimizer = torch.optim.Adam([params], lr=lr, eps=1e-5, fused=True)
+
+        def update(batch: dict[str, torch.Tensor], ent_weight: float) -> dict[str, float]:
+            """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
+            n = batch["adv"].shape[0]
+            # Observation statistics are fixed during the update: normalise the batch once.
+            table = MinibatchTable(
+                obs=ac.normalize_obs(batch["obs"]),
+                act=batch["act"],
+                adv=batch["adv"],
+                ret=batch["ret"],
+                logp_old=batch["logp"],
+                v_old=batch["val"],
+            )
+            stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
+            passes = max(1, n // local_minibatch)  # minibatches per pass over the batch
+            stop_iter, kl = update_epochs, 0.0
+            for i in range(update_epochs):
+                # Statistics of the last pass only (and of every pass when target_kl needs its KL): on
+                # every minibatch of every pass they would cost ~3% of the update.
+                track = target_kl is not None or i == update_epochs - 1
+                stats.zero()
+                for mb in table.shuffled(local_minibatch):
+                    logp, entropy, v = ac.evaluate(mb.obs, mb.act, obs_normalized=True)
+                    log_ratio = logp - mb.logp_old
+                    ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
+                    clipped_ratio = torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
+                    loss_pi = -torch.min(ratio * mb.adv, clipped_ratio * mb.adv).mean()
+                    if clip_vloss:
+                        v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip_ratio, clip_ratio)
+                        loss_v = 0.5 * torch.max((v - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
+                    else:
+                        loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
+                    ent = entropy.mean()
+                    loss = loss_pi + vf_coef * loss_v - ent_weight * ent
+
+                    params.grad.zero_()
+                    loss.backward()
+                    mpi_avg_grads(ac)  # every rank now holds the mean gradient
+                    if max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_([params], max_grad_norm)
+                    optimizer.step()
+
+                    if track:
+                        with torch.no_grad():
+                            approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
+                            clipfrac = ((ratio - 1).abs() > clip_ratio).float().mean()
+                            stats.add(
+                                LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=approx_kl, ClipFrac=clipfrac
+                            )
+                if track:
+                    kl = mpi_avg(stats.mean("KL", passes))
+                    if target_kl is not None and kl > 1.5 * target_kl:
+                        stop_iter = i + 1
+                        break
+            return {**stats.means(passes), "KL": kl, "StopIter": stop_iter}
+
+        for epoch in run.epochs(epochs, save_freq, optimizers={"optimizer": optimizer}):
+            remaining = 1.0 - epoch / epochs  # linear decay of the learning rate and the entropy bonus
+            if anneal_lr:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * remaining
+            ent_weight = ent_coef * remaining if anneal_ent else ent_coef
+
+            batch = run.collect()
+            stats = update(batch, ent_weight)
+            run.after_update(stats)
+            run.end_epoch(epoch, LOG_KEYS)
     return ac
+
+
+def check_flags(config: dict[str, Any]) -> None:
+    """A UserError for the first bad flag of ``ppo(**config)``: the shared checks and PPO's own."""
+    check_common_flags(
+        config,
+        positive=("lr", "update_epochs", "minibatch_size", "clip_ratio"),
+        nonnegative=("vf_coef", "ent_coef", "max_grad_norm"),
+    )
+    if config["target_kl"] is not None and not config["target_kl"] > 0:
+        raise UserError(f"--target_kl must be positive (or None to turn it off), not {config['target_kl']}")
+    minibatch_size, steps_per_epoch = config["minibatch_size"], config["steps_per_epoch"]
+    if minibatch_size % num_procs() or minibatch_size > steps_per_epoch:
+        raise UserError(
+            f"--minibatch_size {minibatch_size} must divide among {num_procs()} ranks and not exceed "
+            f"--steps_per_epoch {steps_per_epoch}"
+        )

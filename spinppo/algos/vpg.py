@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.onpolicy import OnPolicyRun, check_nonnegative, check_positive
+from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
+
+LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL"]
 
 
 def vpg(
@@ -57,10 +59,10 @@ def vpg(
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
     """
     config = dict(locals())
-    check_positive(pi_lr=pi_lr, vf_lr=vf_lr, train_v_iters=train_v_iters, epochs=epochs)
-    check_nonnegative(ent_coef=ent_coef)
+    check_flags(config)
+    # The policy and the value function are fitted by separate optimisers: they must not share a trunk.
     ac_kwargs = {"shared_trunk": False, **(ac_kwargs or {})}
-    run = OnPolicyRun(
+    with OnPolicyRun(
         env_fn,
         actor_critic,
         ac_kwargs,
@@ -73,41 +75,45 @@ def vpg(
         logger_kwargs=logger_kwargs,
         config=config,
         algo="vpg",
-    )
-    ac = run.ac
-    v_params = list(ac.v.parameters())
-    pi_params = [p for name, p in ac.named_parameters() if not name.startswith("v.")]
-    pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr, fused=True)
-    vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr, fused=True)
-
-    def update(data: dict[str, torch.Tensor]) -> dict[str, float]:
-        obs, act, adv, ret = data["obs"], data["act"], data["adv"], data["ret"]
-        # One policy-gradient step on the whole batch.
-        logp, entropy, _ = ac.evaluate(obs, act)
-        loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
-        pi_optimizer.zero_grad(set_to_none=False)
-        loss_pi.backward()
-        mpi_avg_grads(ac)
-        pi_optimizer.step()
-        with torch.no_grad():
-            kl = float((data["logp"] - ac.evaluate(obs, act)[0]).mean())
-        # Value-function regression on the lambda-returns.
-        loss_v_first = None
-        for _ in range(train_v_iters):
-            loss_v = ((ac.value(obs) - ret) ** 2).mean()
-            vf_optimizer.zero_grad(set_to_none=False)
-            loss_v.backward()
-            mpi_avg_grads(ac)
-            vf_optimizer.step()
-            loss_v_first = loss_v.item() if loss_v_first is None else loss_v_first
-        return dict(LossPi=loss_pi.item(), LossV=loss_v_first, Entropy=entropy.mean().item(), KL=kl)
-
-    run.train(
-        update,
-        epochs,
-        log_keys=["LossPi", "LossV", "Entropy", "KL"],
-        save_freq=save_freq,
-        optimizers={"pi_optimizer": pi_optimizer, "vf_optimizer": vf_optimizer},
         keep_checkpoints=keep_checkpoints,
-    )
+    ) as run:
+        ac = run.ac
+        v_params = list(ac.v.parameters())
+        pi_params = [p for name, p in ac.named_parameters() if not name.startswith("v.")]
+        pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr, fused=True)
+        vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr, fused=True)
+
+        def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+            """One policy-gradient step on the whole batch, then ``train_v_iters`` value steps."""
+            obs, act, adv, ret = batch["obs"], batch["act"], batch["adv"], batch["ret"]
+            logp, entropy, _ = ac.evaluate(obs, act)
+            loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
+            pi_optimizer.zero_grad(set_to_none=False)
+            loss_pi.backward()
+            mpi_avg_grads(ac)  # every rank now holds the mean gradient
+            pi_optimizer.step()
+            with torch.no_grad():
+                kl = float((batch["logp"] - ac.evaluate(obs, act)[0]).mean())
+            # Value-function regression on the lambda-returns.
+            loss_v_first = None
+            for _ in range(train_v_iters):
+                loss_v = ((ac.value(obs) - ret) ** 2).mean()
+                vf_optimizer.zero_grad(set_to_none=False)
+                loss_v.backward()
+                mpi_avg_grads(ac)
+                vf_optimizer.step()
+                loss_v_first = loss_v.item() if loss_v_first is None else loss_v_first
+            return dict(LossPi=loss_pi.item(), LossV=loss_v_first, Entropy=entropy.mean().item(), KL=kl)
+
+        optimizers = {"pi_optimizer": pi_optimizer, "vf_optimizer": vf_optimizer}
+        for epoch in run.epochs(epochs, save_freq, optimizers):
+            batch = run.collect()
+            stats = update(batch)
+            run.after_update(stats)
+            run.end_epoch(epoch, LOG_KEYS)
     return ac
+
+
+def check_flags(config: dict[str, Any]) -> None:
+    """A UserError for the first bad flag of ``vpg(**config)``: the shared checks and VPG's own."""
+    check_common_flags(config, positive=("pi_lr", "vf_lr", "train_v_iters"), nonnegative=("ent_coef",))

@@ -1,10 +1,11 @@
-"""ExperimentGrid: run a function over every combination of parameter values, with Spinning Up's naming.
+"""ExperimentGrid: every combination of parameter values, named as Spinning Up names them.
 
-    eg = ExperimentGrid("ppo-bench")
-    eg.add("env_name", ["Walker", "Hopper"], "", in_name=True)
+    eg = ExperimentGrid("ppo-walker")
     eg.add("seed", [0, 10, 20])
     eg.add("ac_kwargs:hidden_sizes", [(64, 64), (256, 256)], "hid")
-    eg.run(ppo)
+    for variant in eg.variants():   # ppo-walker_hid64-64/ppo-walker_hid64-64_s0, ...
+        name = eg.variant_name(variant)
+        ppo(EnvFactory("Walker"), **variant, logger_kwargs=setup_logger_kwargs(name, variant["seed"]))
 
 Each variant's runs go to ``data_dir/<name>_<shorthand><value>.../<...>_s<seed>``. Seeds never enter the
 experiment name, so the seeds of one setting land side by side and plot as one curve. Under MPI every
@@ -15,10 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
 from typing import Any
-
-from spinppo.utils.logx import setup_logger_kwargs
 
 
 def _valid_str(v: Any) -> str:
@@ -32,7 +30,7 @@ def _valid_str(v: Any) -> str:
 
 
 class ExperimentGrid:
-    """A grid of parameter values; ``run(thunk)`` calls ``thunk(**variant)`` for each combination."""
+    """A grid of parameter values: ``variants()`` are its combinations, ``variant_name`` their names."""
 
     def __init__(self, name: str = "") -> None:
         self.keys: list[str] = []
@@ -76,32 +74,6 @@ class ExperimentGrid:
                 _set(variant, key, value)
             out.append(variant)
         return out
-
-    def run(
-        self,
-        thunk: Callable[..., Any],
-        data_dir: str | None = None,
-        datestamp: bool = False,
-        overwrite: bool = False,
-        tensorboard: bool = True,
-    ) -> list[str]:
-        """Run ``thunk(**variant, logger_kwargs=...)`` for every variant in turn; return the run directories.
-
-        A variant with an ``env_name`` gets ``env_fn`` made from it (see ``spinppo.envs.registry``).
-        """
-        from spinppo.envs.registry import EnvFactory
-
-        dirs = []
-        for variant in self.variants():
-            kwargs = dict(variant)
-            exp_name = self.variant_name(variant)
-            logger_kwargs = setup_logger_kwargs(exp_name, kwargs.get("seed"), data_dir, datestamp)
-            logger_kwargs.update(overwrite=overwrite, tensorboard=tensorboard)
-            if "env_name" in kwargs:
-                kwargs["env_fn"] = EnvFactory(kwargs.pop("env_name"), kwargs.pop("env_kwargs", None))
-            thunk(**kwargs, logger_kwargs=logger_kwargs)
-            dirs.append(logger_kwargs["output_dir"])
-        return dirs
 
 
 def _get(d: dict[str, Any], key: str) -> Any:

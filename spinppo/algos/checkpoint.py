@@ -1,0 +1,172 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+``checkpoints/ckpt-<epoch>.pt`` holds the shared state (the actor-critic, the optimisers) once and every
+rank's own state (random generators, environments, the episodes in progress, the reward scaler) as
+pickled bytes; the last ``keep`` of them are kept. ``pyt_save/model.pt`` and ``pyt_save/model<epoch>.pt``
+hold the policy alone, for ``test_policy``. Rank 0 writes, atomically; a resume reads the latest
+checkpoint on rank 0 and hands every rank its part.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import os.path as osp
+import pickle
+import random
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinppo.core.networks import MLPActorCritic
+from spinppo.core.normalize import RewardScaler
+from spinppo.core.rollout import RolloutWorker
+from spinppo.envs.state import get_vector_env_state, set_vector_env_state
+from spinppo.utils.errors import UserError
+from spinppo.utils.logx import EpochLogger, atomic_torch_save, remove_stale_temp_files, save_model
+from spinppo.utils.mpi_tools import COMM, broadcast, num_procs, proc_id
+
+CHECKPOINT_FORMAT = "spinppo-checkpoint-v1"
+
+
+def checkpoint_epochs(run_dir: str) -> list[int]:
+    """Epochs that have a checkpoint in ``run_dir``, oldest first."""
+    found = glob.glob(osp.join(run_dir, "checkpoints", "ckpt-*.pt"))
+    return sorted(int(m[1]) for f in found if (m := re.fullmatch(r"ckpt-(\d+)\.pt", osp.basename(f))))
+
+
+def read_checkpoint(run_dir: str) -> dict[str, Any]:
+    """The latest checkpoint of a run (weights-only loading); a UserError when none is readable."""
+    epochs = checkpoint_epochs(run_dir)
+    if not epochs:
+        raise UserError(f"{run_dir} has no checkpoint to resume from (checkpoints/ckpt-*.pt)")
+    path = osp.join(run_dir, "checkpoints", f"ckpt-{epochs[-1]:06d}.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        hint = f" (delete it to resume from epoch {epochs[-2]})" if len(epochs) > 1 else ""
+        raise UserError(f"checkpoint {path} is damaged ({type(e).__name__}){hint}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a spinppo checkpoint")
+    return payload
+
+
+class Checkpointer:
+    """Saves and restores one run's parts; built by ``OnPolicyRun`` (which owns the parts)."""
+
+    def __init__(
+        self,
+        logger: EpochLogger,
+        ac: MLPActorCritic,
+        worker: RolloutWorker,
+        reward_scaler: RewardScaler | None,
+        keep: int,
+    ) -> None:
+        self.logger, self.ac, self.worker, self.reward_scaler, self.keep = (
+            logger,
+            ac,
+            worker,
+            reward_scaler,
+            keep,
+        )
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @property
+    def run_dir(self) -> str:
+        return self.logger.output_dir
+
+    def _rank_state(self) -> dict[str, Any]:
+        worker = self.worker
+        return {
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "envs": get_vector_env_state(worker.env),
+            "obs": worker.obs,
+            "ep_ret": worker.ep_ret,
+            "ep_len": worker.ep_len,
+            "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+        }
+
+    def save(self, epoch: int, elapsed: float) -> None:
+        """Write ``checkpoints/ckpt-<epoch>.pt`` (every rank's state, gathered to rank 0) and the model.
+
+        A collective: every rank calls it. A failed write is a UserError on every rank.
+        """
+        states = COMM.gather(pickle.dumps(self._rank_state()), root=0)
+        out = self.run_dir
+
+        def write() -> None:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "elapsed": elapsed,
+                "num_procs": num_procs(),
+                "ctor": self.ac.ctor_spec,
+                "model": self.ac.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                # Pickled per-rank states (random generators, environments): read back only on resume.
+                "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
+            }
+            atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
+            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"))
+            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"))
+            for old in checkpoint_epochs(out)[: -self.keep]:
+                os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
+                if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
+                    os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
+            # A run killed while writing left a half-written temporary file; this run holds the lock.
+            remove_stale_temp_files(out)
+
+        self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
+
+    def load(self, reset_seed: int) -> tuple[int, float]:
+        """Restore every part from the run's latest checkpoint; return (its epoch, elapsed seconds).
+
+        A collective. Environments that cannot be snapshotted (Unity) start new episodes, reset with
+        ``reset_seed + 1 + epoch``.
+        """
+        payload, error = None, None
+        if proc_id() == 0:
+            try:
+                payload = read_checkpoint(self.run_dir)
+                if payload["num_procs"] != num_procs():
+                    n = payload["num_procs"]
+                    error = (
+                        f"the run was made with {n} ranks; resume it with the same number "
+                        f"(--cpu {n} or mpirun -np {n}), not {num_procs()}"
+                    )
+            except UserError as e:
+                error = str(e)
+        error = broadcast(error)
+        if error:
+            raise UserError(error)
+        # Rank 0 read the file; every rank gets the shared parts and its own state from it.
+        shared = broadcast(None if payload is None else {k: v for k, v in payload.items() if k != "ranks"})
+        mine = COMM.scatter(None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]])
+        try:
+            self.ac.load_state_dict(shared["model"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(shared["optimizers"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(
+                f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
+            ) from None
+        state = pickle.loads(mine)
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        worker = self.worker
+        if state["envs"] is not None:
+            set_vector_env_state(worker.env, state["envs"])
+            worker.obs = state["obs"]
+            worker.ep_ret, worker.ep_len = state["ep_ret"], state["ep_len"]
+        else:  # an environment we cannot snapshot (Unity): start fresh episodes
+            worker.obs = np.asarray(
+                worker.env.reset(seed=reset_seed + 1 + shared["epoch"])[0], dtype=np.float32
+            )
+        if self.reward_scaler is not None and state["reward_scaler"] is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        return int(shared["epoch"]), float(shared["elapsed"])

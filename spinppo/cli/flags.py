@@ -1,0 +1,281 @@
+"""Flags for the training commands, made from the algorithms' signatures and docstrings.
+
+Every keyword of ``spinppo.algos.<algo>.<algo>`` is a flag (``--seed 3``), with its docstring's
+``Args:`` entry as help and its default's type as the parser of its values: user input is never evaluated
+as Python. Several values make a grid (``--seed 0 10 20``). The actor-critic's options (``--hid``,
+``--act``...) fill ``ac_kwargs``; ``RUN_FLAGS`` are about where and how to run, not the algorithm.
+Bad input is a ``UserError``: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spinppo.utils.errors import OneLineParser, UserError
+from spinppo.utils.mpi_tools import num_procs, under_mpi_launcher
+
+ALGOS = ("ppo", "vpg", "a2c")
+# Keywords of an algorithm that are not flags: the command line builds them.
+NOT_FLAGS = ("env_fn", "actor_critic", "ac_kwargs", "logger_kwargs")
+
+# Flags that fill ac_kwargs, with their defaults and meaning.
+AC_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "hid": ("hidden_sizes", (64, 64), "hidden layer sizes, e.g. --hid 64 64 (a grid: --hid [32,32] [64,64])"),
+    "act": ("activation", "tanh", "activation: tanh, relu, elu, gelu, silu, leaky_relu"),
+    "layer_norm": ("layer_norm", False, "LayerNorm after each hidden layer (ML-Agents-style nets)"),
+    "shared_trunk": ("shared_trunk", False, "one trunk for policy and value instead of two"),
+    "log_std_init": ("log_std_init", -0.5, "initial log standard deviation of the Gaussian policy"),
+    "norm_obs": ("norm_obs", True, "normalise observations with running statistics merged over ranks"),
+}
+# Flags that are not algorithm keywords.
+RUN_FLAGS: dict[str, tuple[Any, str]] = {
+    "env": (None, "environment: a gymnasium id, a short name (Walker, Hopper, CartPole...) or unity:PATH"),
+    "resume": (None, "continue the run in this directory from its last checkpoint (other flags: as saved)"),
+    "env_kwargs": (
+        {},
+        "environment keyword arguments as JSON or key=value pairs, e.g. forward_reward_weight=-1",
+    ),
+    "exp_name": (None, "experiment name; ALGO-ENV when not given"),
+    "data_dir": (None, "where runs go; $SPINPPO_DATA_DIR or data/ when not given"),
+    "datestamp": (False, "put a date and time in the run directory's name"),
+    "overwrite": (False, "replace a run already in the run directory"),
+    "cpu": (1, "MPI ranks to start on this host (runs itself under mpirun); 'auto' for one per core"),
+    "tensorboard": (True, "also write TensorBoard event files in the run directory"),
+    "unity_file": (None, "a Unity ML-Agents build to use for --env Walker (or set SPINPPO_UNITY_FILE)"),
+    "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
+    "time_scale": (20.0, "Unity: simulation speed-up"),
+    "no_graphics": (True, "Unity: run the player without graphics"),
+}
+
+
+def algo_function(name: str) -> Callable[..., Any]:
+    """The training function ``spinppo.algos.<name>.<name>``."""
+    return getattr(importlib.import_module(f"spinppo.algos.{name}"), name)
+
+
+def check_algo_flags(name: str, config: dict[str, Any]) -> None:
+    """``spinppo.algos.<name>.check_flags(config)``: the algorithm's own checks, without running it."""
+    importlib.import_module(f"spinppo.algos.{name}").check_flags(config)
+
+
+def arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
+    """Each argument's text in the ``Args:`` section of ``fn``'s (Google-style) docstring.
+
+    An entry is ``name: text`` at the section's indentation; deeper lines continue it.
+    """
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(fn.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:") + 1
+    except StopIteration:
+        return docs
+    indent, current = None, None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        if depth < indent or depth == 0:
+            break  # the next section
+        m = re.match(r"(\w+)(?: \(.*?\))?: (.*)", line.strip())
+        if depth == indent and m:
+            current = m[1]
+            docs[current] = m[2]
+        elif current:
+            docs[current] += " " + line.strip()
+    return docs
+
+
+# ------------------------------------------------------------------------------------- typed value parsing
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, 1/0, on/off (any case)."""
+    low = text.lower()
+    if low in ("true", "yes", "1", "on"):
+        return True
+    if low in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_scalar(text: str, kind: Any) -> Any:
+    if kind is bool:
+        return parse_bool(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
+
+
+def _kind(default: Any, annotation: str) -> Any:
+    if isinstance(default, bool) or annotation == "bool":
+        return bool
+    if isinstance(default, int) or annotation == "int":
+        return int
+    if isinstance(default, float) or "float" in annotation:
+        return float
+    return str
+
+
+def parse_values(flag: str, tokens: list[str], default: Any, annotation: str = "") -> list[Any]:
+    """The values of one flag, by the type of its default; several values make a grid."""
+    kind = _kind(default, annotation)
+    optional = default is None or "None" in annotation
+    if kind is bool and not tokens:
+        return [True]
+    out = []
+    for tok in tokens:
+        try:
+            if optional and tok.lower() == "none":
+                out.append(None)
+            else:
+                out.append(_parse_scalar(tok, kind))
+        except ValueError:
+            name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+            raise UserError(f"--{flag} takes {name}, not {tok!r}") from None
+    return out
+
+
+def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
+    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two."""
+    try:
+        if any(t.startswith("[") or t.startswith("(") for t in tokens):
+            archs = [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
+        else:
+            archs = [tuple(int(t) for t in tokens)]
+    except ValueError:
+        raise UserError(f"--hid takes layer sizes such as '64 64', not {' '.join(tokens)!r}") from None
+    if any(size < 1 for arch in archs for size in arch):
+        raise UserError(f"--hid takes positive layer sizes such as '64 64', not {' '.join(tokens)!r}")
+    return archs
+
+
+def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
+    """JSON (``'{"ctrl_cost_weight": 0.01}'``) or key=value pairs with JSON values (strings may be bare)."""
+    text = " ".join(tokens).strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--env_kwargs is not valid JSON ({e.msg}); or use key=value pairs") from None
+        if not isinstance(value, dict):
+            raise UserError("--env_kwargs must be a JSON object or key=value pairs")
+        return value
+    out: dict[str, Any] = {}
+    for tok in tokens:
+        key, sep, raw = tok.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"--env_kwargs takes key=value pairs, not {tok!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+# -------------------------------------------------------------------------------------------- the parser
+
+
+def _nargs(default: Any) -> str:
+    # A bare boolean flag (--datestamp) means true, as Spinning Up's users type it.
+    return "*" if isinstance(default, bool) else "+"
+
+
+def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]]:
+    """The argparse parser for an algorithm, from its signature and docstring."""
+    fn = algo_function(algo)
+    params = {name: p for name, p in inspect.signature(fn).parameters.items() if name not in NOT_FLAGS}
+    docs = arg_docs(fn)
+    parser = OneLineParser(
+        prog=f"python -m spinppo.run {algo}",
+        usage=f"python -m spinppo.run {algo} --env ENV [--FLAG VALUE [VALUE ...]] ...",
+        description=(fn.__doc__ or "").strip().splitlines()[0],
+        epilog="Several values for one flag run a grid, e.g. --env Walker Hopper --seed 0 10 20.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    group = parser.add_argument_group("environment and run")
+    for flag, (default, help_text) in RUN_FLAGS.items():
+        group.add_argument(
+            f"--{flag}",
+            nargs=_nargs(default),
+            default=default,
+            help=help_text,
+            metavar="V",
+        )
+    group = parser.add_argument_group(f"{algo} (keywords of spinppo.algos.{algo}.{algo})")
+    for name, p in params.items():
+        group.add_argument(
+            f"--{name}", nargs=_nargs(p.default), default=p.default, help=docs.get(name), metavar="V"
+        )
+    group = parser.add_argument_group("actor-critic (ac_kwargs)")
+    for flag, (_, default, help_text) in AC_FLAGS.items():
+        group.add_argument(f"--{flag}", nargs=_nargs(default), default=default, help=help_text, metavar="V")
+    return parser, params
+
+
+def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Parse an algorithm's command line into (grid: flag -> list of values, run options)."""
+    parser, params = build_parser(algo)
+    ns = vars(parser.parse_args(list(argv)))
+    given = {k: v for k, v in ns.items() if isinstance(v, list)}  # flags the user typed come as lists
+    grid: dict[str, list[Any]] = {}
+    for name, p in params.items():
+        annotation = str(p.annotation)
+        grid[name] = parse_values(name, given[name], p.default, annotation) if name in given else [p.default]
+    for flag, (_, default, _) in AC_FLAGS.items():
+        if flag not in given:
+            grid[f"ac:{flag}"] = [default]
+        elif flag == "hid":
+            grid["ac:hid"] = parse_hid(given[flag])
+        elif flag == "act":
+            from spinppo.core.networks import ACTIVATIONS
+
+            for name in given[flag]:
+                if name not in ACTIVATIONS:
+                    raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+            grid["ac:act"] = given[flag]
+        else:
+            grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
+    options: dict[str, Any] = {"given": given}
+    if "resume" not in given and "env" not in given:
+        raise UserError("the following arguments are required: --env (see python -m spinppo.run ppo --help)")
+    grid["env"] = given.get("env", [])
+    for flag, (default, _) in RUN_FLAGS.items():
+        if flag == "env":
+            continue
+        if flag not in given:
+            options[flag] = default
+        elif flag == "env_kwargs":
+            options[flag] = parse_env_kwargs(given[flag])
+        elif flag == "cpu" and given[flag] == ["auto"]:
+            from spinppo.utils.mpi_pytorch import available_cores
+
+            options[flag] = available_cores()
+        else:
+            values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
+            if len(values) != 1:
+                raise UserError(f"--{flag} takes one value, not {len(values)}")
+            options[flag] = values[0]
+    if options["cpu"] < 1:
+        raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
+    return grid, options
+
+
+def check_cpu_flag(options: dict[str, Any]) -> None:
+    """--cpu starts ranks on this host; under a user's launcher (mpirun, srun) the launcher decides."""
+    cpu = options["cpu"]
+    if under_mpi_launcher() and not os.environ.get("IN_MPI") and cpu > 1 and cpu != num_procs():
+        raise UserError(
+            f"--cpu {cpu} does not apply under mpirun/mpiexec/srun, which started {num_procs()} rank(s): "
+            "drop --cpu and choose the number of ranks with the launcher"
+        )

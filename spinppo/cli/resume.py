@@ -1,0 +1,178 @@
+"""``python -m spinppo.run ALGO --resume RUN_DIR``: continue a run from its last checkpoint.
+
+The run's own config.json says how it was made; flags typed beside ``--resume`` must agree with it, except
+``--epochs`` (to extend the run) and the Unity launch options. The rank count must be the one the run was
+made with: the checkpoint holds every rank's state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os.path as osp
+from typing import Any
+
+from spinppo.cli.flags import AC_FLAGS, NOT_FLAGS, algo_function, check_cpu_flag
+from spinppo.envs.registry import EnvFactory, saved_env_spec
+from spinppo.utils.errors import UserError
+from spinppo.utils.logx import read_run_config
+from spinppo.utils.mpi_tools import broadcast, local_rank, mpi_fork, num_procs, proc_id, under_mpi_launcher
+
+# Flags that say where a new run goes: a resumed run stays where it is.
+NEW_RUN_FLAGS = ("exp_name", "data_dir", "datestamp", "overwrite", "tensorboard")
+
+
+def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) -> str:
+    """Continue the run in ``options["resume"]`` with its saved configuration; return its directory."""
+    run_dir = options["resume"]
+    config = read_saved_config(run_dir)
+    where = osp.join(run_dir, "config.json")
+    if config.get("algo", algo) != algo:
+        raise UserError(
+            f"{run_dir} is a {config['algo']} run: resume it with python -m spinppo.run {config['algo']}"
+        )
+    env = saved_env_spec(config, where)
+    fn = algo_function(algo)
+    kwargs = saved_algo_kwargs(fn, config, where)
+    check_flags_agree(grid, options, config, env, kwargs)
+    start_ranks(options, config)
+    if "epochs" in options["given"]:
+        kwargs["epochs"] = grid["epochs"][0]
+    unity_kwargs = dict(
+        base_port=options["base_port"],
+        worker_id=local_rank(),
+        time_scale=options["time_scale"],
+        no_graphics=options["no_graphics"],
+        log_dir=run_dir,
+    )
+    name = f"unity:{env['env']}" if env["kind"] == "unity" else env["env"]
+    kwargs["env_fn"] = EnvFactory(name, env["env_kwargs"], unity_kwargs=unity_kwargs)
+    saved_logger = config.get("logger_kwargs") if isinstance(config.get("logger_kwargs"), dict) else {}
+    kwargs["logger_kwargs"] = dict(
+        output_dir=run_dir,
+        exp_name=config.get("exp_name"),
+        tensorboard=bool(saved_logger.get("tensorboard", True)),
+        resume=True,
+    )
+    if proc_id() == 0:
+        print(f"Resuming {run_dir} on {num_procs()} rank(s)", flush=True)
+    fn(**kwargs)
+    return run_dir
+
+
+def read_saved_config(run_dir: str) -> dict[str, Any]:
+    """The run's config.json. Under a launcher rank 0 reads it for every rank: other hosts need not share
+    its disk."""
+    if not (under_mpi_launcher() and num_procs() > 1):
+        return read_run_config(run_dir)
+    config, error = None, None
+    if proc_id() == 0:
+        try:
+            config = read_run_config(run_dir)
+        except UserError as e:
+            error = str(e)
+    config, error = broadcast((config, error))
+    if error:
+        raise UserError(error)
+    return config
+
+
+def saved_algo_kwargs(fn: Any, config: dict[str, Any], where: str) -> dict[str, Any]:
+    """The algorithm's keywords saved in config.json, each checked against the type of its default (and
+    ``ac_kwargs`` against the actor-critic flags): an edited or damaged file is a one-line UserError."""
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in NOT_FLAGS or name not in config:
+            continue
+        kwargs[name] = _checked(name, config[name], param.default, str(param.annotation), where)
+    ac_kwargs = config.get("ac_kwargs")
+    if ac_kwargs is not None:
+        if not isinstance(ac_kwargs, dict):
+            raise UserError(f"{where}: ac_kwargs is {ac_kwargs!r}, not an object: the file was edited")
+        defaults = {key: default for key, default, _ in AC_FLAGS.values()}
+        for key, value in ac_kwargs.items():
+            if key not in defaults:
+                raise UserError(f"{where}: ac_kwargs has an unknown key {key!r}: the file was edited")
+            _checked(f"ac_kwargs.{key}", value, defaults[key], "", where)
+        kwargs["ac_kwargs"] = ac_kwargs
+    return kwargs
+
+
+def _checked(name: str, value: Any, default: Any, annotation: str, where: str) -> Any:
+    """``value`` when it has the type of ``default`` (ints pass for floats; None where the annotation or
+    default allows it; sequences of numbers for a tuple default), else a UserError."""
+    optional = default is None or "None" in annotation
+    if value is None and optional:
+        return value
+    if isinstance(default, bool) or annotation == "bool":
+        ok = isinstance(value, bool)
+    elif isinstance(default, int) or annotation == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float) or "float" in annotation:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise UserError(
+            f"{where}: {name} is {json.dumps(value)}, which does not fit its type: the file was edited"
+        )
+    return value
+
+
+def check_flags_agree(
+    grid: dict[str, list[Any]],
+    options: dict[str, Any],
+    config: dict[str, Any],
+    env: dict[str, Any],
+    saved: dict[str, Any],
+) -> None:
+    """A UserError for a flag typed beside --resume that contradicts the saved run (only --epochs may
+    change) or that does not apply to a resume."""
+    given = options["given"]
+    if given.get("env") and given["env"] != [env["name"]]:
+        raise UserError(f"--env {' '.join(given['env'])} contradicts the run's saved env {env['name']}")
+    if "env_kwargs" in given and options["env_kwargs"] != env["env_kwargs"]:
+        raise UserError(
+            f"--env_kwargs {' '.join(given['env_kwargs'])} contradicts the run's saved env_kwargs "
+            f"{json.dumps(env['env_kwargs'])}: drop the flag to resume"
+        )
+    for flag in NEW_RUN_FLAGS:
+        if flag in given:
+            raise UserError(f"--{flag} does not apply to --resume, which continues the run in place: drop it")
+    for key, values in grid.items():
+        name = key.split(":")[-1]
+        if name not in given or name in ("epochs", "env"):
+            continue
+        if key.startswith("ac:"):
+            value = (saved.get("ac_kwargs") or {}).get(AC_FLAGS[name][0])
+        else:
+            value = saved.get(name)
+        value = tuple(value) if isinstance(value, list) else value
+        if len(values) != 1 or values[0] != value:
+            shown = " ".join(given[name])
+            raise UserError(
+                f"--{name} {shown} contradicts the run's saved {name} {value}: drop the flag to resume"
+            )
+
+
+def start_ranks(options: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse a rank count other than the saved one before any rank starts; then, outside a launcher,
+    start the ranks (``--cpu``, or the saved count when --cpu is not given)."""
+    given = options["given"]
+    saved_procs = config.get("num_procs", 1)
+    if not isinstance(saved_procs, int) or isinstance(saved_procs, bool) or saved_procs < 1:
+        raise UserError(f"config.json: num_procs is {saved_procs!r}, not a rank count: the file was edited")
+    cpu = options["cpu"] if "cpu" in given else saved_procs
+    if "cpu" in given:
+        check_cpu_flag(options)
+    ranks = num_procs() if under_mpi_launcher() else cpu
+    if ranks != saved_procs:
+        how = "mpirun -np" if under_mpi_launcher() else "--cpu"
+        raise UserError(
+            f"the run was made with {saved_procs} ranks; resume it with the same number "
+            f"({how} {saved_procs}), not {ranks}"
+        )
+    if not under_mpi_launcher():
+        mpi_fork(cpu)

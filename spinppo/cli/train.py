@@ -1,0 +1,117 @@
+"""``python -m spinppo.run ppo|vpg|a2c ...``: plan the grid of runs, start the ranks, train each run.
+
+Every run directory of a grid is known, and checked, before the first run starts, and so is every
+variant's set of flags: a clash or a bad value found after an hour of training would cost the user that
+hour (and with --overwrite, the old run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from spinppo.cli.flags import AC_FLAGS, algo_function, check_algo_flags, check_cpu_flag, parse_algo_args
+from spinppo.cli.grid import ExperimentGrid
+from spinppo.cli.resume import resume_algo
+from spinppo.envs.registry import EnvFactory
+from spinppo.utils.errors import UserError
+from spinppo.utils.logx import existing_run_message, run_files, setup_logger_kwargs
+from spinppo.utils.mpi_tools import broadcast, local_rank, mpi_fork, proc_id
+
+
+def _grid_name(algo: str, env: str, exp_name: str | None) -> str:
+    return exp_name or f"{algo}-{re.sub(r'[^A-Za-z0-9._-]+', '-', env.split('/')[-1]).strip('-').lower()}"
+
+
+def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
+    """Parse, fork under MPI if asked (--cpu), and run every variant of the grid; return the run dirs."""
+    grid, options = parse_algo_args(algo, argv)
+    if options["resume"]:
+        dirs = [resume_algo(algo, grid, options)]
+        _print_next_steps(dirs)
+        return dirs
+    exp_name = options["exp_name"]
+    if exp_name is not None and (not exp_name.strip() or "/" in exp_name or exp_name in (".", "..")):
+        raise UserError(f"--exp_name must be a plain name, not {exp_name!r} (use --data_dir for where)")
+    for env in grid["env"]:  # unknown environments fail before any process is started
+        EnvFactory(env, options["env_kwargs"], options["unity_file"])
+    check_cpu_flag(options)
+    mpi_fork(options["cpu"])
+
+    # Every run directory is known, and checked, before the first run starts: a clash found after an
+    # hour of training would cost the user that hour.
+    plan = []
+    for env in grid["env"]:
+        name = _grid_name(algo, env, exp_name)
+        if exp_name and len(grid["env"]) > 1:  # one --exp_name for several environments
+            name = f"{exp_name}-{_grid_name(algo, env, None).removeprefix(algo + '-')}"
+        eg = ExperimentGrid(name)
+        for key, values in grid.items():
+            if key != "env":
+                eg.add(key, values, shorthand=key.split(":")[-1])
+        for variant in eg.variants():
+            ac = variant.pop("ac")
+            run_name = eg.variant_name({**variant, "ac": ac})
+            logger_kwargs = setup_logger_kwargs(
+                run_name, variant["seed"], options["data_dir"], options["datestamp"]
+            )
+            logger_kwargs.update(overwrite=options["overwrite"], tensorboard=options["tensorboard"])
+            ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
+            plan.append((env, variant, ac_kwargs, logger_kwargs))
+    # Every variant's flags too: with --overwrite, a bad value in a later variant found only when it
+    # starts would come after the earlier variants had replaced their old runs.
+    for _, variant, ac_kwargs, _ in plan:
+        check_algo_flags(algo, {**variant, "ac_kwargs": ac_kwargs})
+    check_run_dirs([p[3]["output_dir"] for p in plan], options["overwrite"])
+
+    fn = algo_function(algo)
+    dirs = []
+    for env, variant, ac_kwargs, logger_kwargs in plan:
+        unity_kwargs = dict(
+            base_port=options["base_port"],
+            worker_id=local_rank(),
+            time_scale=options["time_scale"],
+            no_graphics=options["no_graphics"],
+            log_dir=logger_kwargs["output_dir"],
+        )
+        env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+        if proc_id() == 0:
+            print(f"Environment: {env_fn.choice.describe()}", flush=True)
+        fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
+        dirs.append(logger_kwargs["output_dir"])
+    _print_next_steps(dirs)
+    return dirs
+
+
+def check_run_dirs(dirs: list[str], overwrite: bool) -> None:
+    """A UserError when two runs of a grid share a directory, or (without ``overwrite``) a later run's
+    directory already holds a run. Rank 0 looks; every rank gets its verdict.
+
+    The first run's directory is left to its logger, which looks after the algorithm has checked its
+    flags: a bad flag is reported before a directory clash.
+    """
+    error = None
+    if proc_id() == 0:
+        seen: set[str] = set()
+        for i, d in enumerate(dirs):
+            real = os.path.realpath(d)
+            if real in seen:
+                error = f"two runs of this grid would share {d}: give each value once (or drop --exp_name)"
+                break
+            seen.add(real)
+            if i > 0 and not overwrite and run_files(d):
+                error = existing_run_message(d)
+                break
+    error = broadcast(error)
+    if error:
+        raise UserError(error)
+
+
+def _print_next_steps(dirs: list[str]) -> None:
+    if proc_id() == 0:
+        for d in dirs:
+            rel = os.path.relpath(d)
+            shown = rel if not rel.startswith("..") else d
+            print(f"\nRun saved in {shown}\n  plot it:    python -m spinppo.run plot {shown}")
+            print(f"  replay it:  python -m spinppo.run test_policy {shown}", flush=True)
