@@ -311,3 +311,87 @@ def test_cpu_flag_that_disagrees_with_the_launcher_is_refused(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("spinppo: error: --cpu 3 does not apply under mpirun") == 1
+
+
+def test_a_grid_with_overwrite_checks_every_variant_before_the_first_trains(tmp_path):
+    """A bad value in a later variant is refused before an earlier variant replaces its old run."""
+    base = [sys.executable, "-m", "spinppo.run", "a2c", "--env", "CartPole", "--epochs", "1"]
+    base += ["--steps_per_epoch", "80", "--data_dir", str(tmp_path), "--exp_name", "G"]
+    run([*base, "--lr", "0.001", "0.002"])
+    first = tmp_path / "G_lr0.001" / "G_lr0.001_s0"
+    before = {p.name: p.read_bytes() for p in (first / "progress.txt", first / "config.json")}
+    for bad, message in [
+        (["--lr", "0.001", "nan"], "--lr must be positive, not nan"),
+        (["--lr", "0.001", "0.002", "--n_steps", "5", "0"], "--n_steps must be positive, not 0"),
+        (["--lr", "0.001", "--num_envs", "8", "3"], "must be a multiple of ranks x num_envs x n_steps = 15"),
+    ]:
+        proc = run([*base, *bad, "--overwrite"], check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (bad, proc.stderr)
+        assert {p.name: p.read_bytes() for p in (first / "progress.txt", first / "config.json")} == before
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: "{not json", "config.json (JSONDecodeError"),
+        (lambda c: "[1]", "holds a list, not a run's settings"),
+        (lambda c: {**c, "seed": "abc"}, 'seed is "abc", which does not fit its type'),
+        (lambda c: {**c, "lr": True}, "lr is true, which does not fit its type"),
+        (lambda c: {**c, "ac_kwargs": "64,64"}, "ac_kwargs is '64,64', not an object"),
+        (lambda c: {**c, "ac_kwargs": {"hidden_sizes": "64"}}, 'ac_kwargs.hidden_sizes is "64"'),
+        (lambda c: {**c, "ac_kwargs": {"widths": [3]}}, "ac_kwargs has an unknown key 'widths'"),
+        (lambda c: {**c, "env_fn": {**c["env_fn"], "env": 3}}, "env_fn.env is 3, not a string"),
+        (lambda c: {**c, "env_fn": {**c["env_fn"], "env_kwargs": "x"}}, "env_fn.env_kwargs is 'x'"),
+        (lambda c: {**c, "num_procs": "two"}, "num_procs is 'two', not a rank count"),
+    ],
+)
+def test_a_damaged_config_json_is_a_one_line_error_on_resume(tmp_path, edit, message):
+    run_dir = tmp_path / "r" / "r_s0"
+    run_dir.mkdir(parents=True)
+    config = {
+        "algo": "a2c",
+        "seed": 0,
+        "lr": 0.0007,
+        "epochs": 2,
+        "num_procs": 1,
+        "ac_kwargs": {"hidden_sizes": [8], "activation": "tanh"},
+        "env_fn": {"name": "CartPole", "kind": "gym", "env": "CartPole-v1", "env_kwargs": {}},
+    }
+    edited = edit(config)
+    (run_dir / "config.json").write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    proc = run(
+        [sys.executable, "-m", "spinppo.run", "a2c", "--resume", str(run_dir)], check=False, timeout=60
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    """``... | head``: when the reader goes away the run ends at once, exit 141, no traceback."""
+    import subprocess
+
+    from tests.conftest import REPO, child_env
+
+    args = [sys.executable, "-m", "spinppo.run", "a2c", "--env", "CartPole", "--epochs", "500"]
+    args += ["--steps_per_epoch", "80", "--data_dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    for _ in range(3):  # the reader takes a few lines (the first epoch's table), then leaves
+        proc.stdout.readline()
+    proc.stdout.close()
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert code == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "Exception ignored" not in stderr, (
+        stderr
+    )
