@@ -243,3 +243,40 @@ def test_epochs_without_a_finished_episode_do_not_break_the_line(root, tmp_path)
     fig = make_plot(load_runs([str(tmp_path / "gaps")]))
     drawn = fig.axes[0].lines[0].get_ydata()
     assert len(drawn) == len(rows) - 1 and np.all(np.isfinite(drawn))
+
+
+def test_config_json_is_optional_but_checked(root, tmp_path):
+    """A run without config.json plots under its directory's name; a damaged one is one line naming it."""
+    run_dir = tmp_path / "bare" / "bare_s7"
+    shutil.copytree(root / "cart-a" / "cart-a_s0", run_dir)
+    config = run_dir / "config.json"
+    text = config.read_text()
+    config.unlink()
+    (run,) = load_runs([str(run_dir)])
+    assert (run.name, run.seed, run.config) == ("bare", None, {})
+    out = tmp_path / "bare.png"
+    proc = plot_cli(str(run_dir), "--out", str(out))
+    assert proc.returncode == 0 and out.is_file(), proc.stderr
+
+    damaged = {
+        text[: len(text) // 2]: "cannot read",  # truncated JSON
+        "[1, 2]": "holds a list",
+        '{"exp_name": 3, "seed": 0}': "exp_name is 3",
+        '{"exp_name": ["a"], "seed": 0}': "exp_name is ['a']",
+        '{"exp_name": "x", "seed": "zero"}': "seed is 'zero'",
+        '{"exp_name": "x", "seed": true}': "seed is True",
+    }
+    for content, key in damaged.items():
+        config.write_text(content)
+        with pytest.raises(UserError) as e:
+            load_runs([str(tmp_path / "bare")])
+        assert str(config) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
+    for content in list(damaged)[:3]:
+        config.write_text(content)
+        msg = one_line_error(plot_cli(str(tmp_path), "--out", str(out)))
+        assert str(config) in msg and damaged[content] in msg
+
+    # exp_name and seed may be null: as if absent.
+    config.write_text('{"exp_name": null, "seed": null}')
+    (run,) = load_runs([str(run_dir)])
+    assert (run.name, run.seed) == ("bare", None)

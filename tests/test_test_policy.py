@@ -1,5 +1,6 @@
-"""``python -m spinppo.run test_policy``: reloaded policies act exactly as saved, returns are the
-environment's, videos hold one frame per step, Unity runs replay, bad input is one line."""
+"""``python -m spinppo.run test_policy``: reloaded policies act exactly as saved (Box, Discrete and
+MultiDiscrete), returns are the environment's, videos hold one frame per step, Unity runs replay, bad
+input (a damaged config.json too) is one line."""
 
 from __future__ import annotations
 
@@ -26,15 +27,21 @@ from spinppo.utils.logx import save_model
 from tests.conftest import REPO, child_env, run
 from tests.unity_standin.build import write_build
 
+BRANCHES = "tests.multidiscrete_env:Branches-v0"  # MultiDiscrete([3, 2]) actions
 TINY = ["--steps_per_epoch", "128", "--num_envs", "1", "--update_epochs", "1", "--minibatch_size", "128"]
 EPISODE = re.compile(r"^Episode (\d+) \t EpRet (-?[\d.]+) \t EpLen (\d+)$", re.M)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Real short runs: CartPole (Discrete actions) and InvertedPendulum (Box actions, MuJoCo)."""
+    """Real short runs: CartPole (Discrete actions), InvertedPendulum (Box actions, MuJoCo) and
+    tests/multidiscrete_env.py's Branches (MultiDiscrete actions, as a Unity build's branches are)."""
     data = tmp_path_factory.mktemp("data")
-    envs = {"cartpole": ("CartPole", "3"), "pendulum": ("InvertedPendulum", "2")}
+    envs = {
+        "cartpole": ("CartPole", "3"),
+        "pendulum": ("InvertedPendulum", "2"),
+        "branches": (BRANCHES, "1"),
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "spinppo.run", "ppo", "--env", env, "--epochs", epochs, *TINY]
@@ -73,9 +80,12 @@ def printed_episodes(stdout: str) -> list[tuple[float, int]]:
     return [(float(r), int(n)) for _, r, n in found]
 
 
-def replay_by_hand(run_dir: Path, env_id: str, seed: int, episodes: int, max_len: int = 0):
-    """Episodes of the run's latest policy (mean action), computed without spinppo.tools.test_policy."""
-    payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
+def replay_by_hand(
+    run_dir: Path, env_id: str, seed: int, episodes: int, max_len: int = 0, model: str = "model.pt"
+):
+    """Episodes of the run's latest policy (or ``model``; mean action), computed without
+    spinppo.tools.test_policy."""
+    payload = torch.load(run_dir / "pyt_save" / model, weights_only=True)
     ac = build_actor_critic(payload["ctor"])
     ac.load_state_dict(payload["state_dict"])
     env = gym.make(env_id)
@@ -213,6 +223,64 @@ def test_video_has_one_frame_per_step(runs, tmp_path):
     assert reference.mean() > 1 and np.abs(first - reference).mean() < 2
 
 
+def test_multidiscrete_policy_replays_as_saved(runs, tmp_path):
+    """Several discrete action branches (MultiDiscrete, as a Unity build's): one action per branch."""
+    run_dir = tmp_path / "branches"
+    shutil.copytree(runs["branches"], run_dir)
+    env = gym.make(BRANCHES)
+    assert env.action_space == gym.spaces.MultiDiscrete([3, 2])
+    torch.manual_seed(0)
+    ac = random_actor_critic(env, hidden_sizes=(16,))
+    save_model(ac, str(run_dir / "pyt_save" / "model7.pt"))
+    obs = [env.reset(seed=0)[0]]
+    for _ in range(20):
+        obs.append(env.step(env.action_space.sample())[0])
+    obs += list(np.random.default_rng(0).normal(0, 3, size=(20, 5)))
+    batch = np.stack(obs).astype(np.float32)
+
+    # Deterministic: each branch's most likely action, from the policy's logits (3 then 2 of them).
+    with torch.no_grad():
+        logits = [ac.pi(ac.normalize_obs(torch.as_tensor(o)[None]))[0].numpy() for o in batch]
+    expected = np.array([[lg[:3].argmax(), lg[3:].argmax()] for lg in logits])
+    assert len({tuple(a) for a in expected}) > 2  # the weights make varied actions
+    loaded_env, get_action = load_policy_and_env(str(run_dir), itr=7, deterministic=True)
+    got = [get_action(o) for o in obs]
+    assert all(isinstance(a, np.ndarray) and a.shape == (2,) for a in got)
+    assert np.array_equal(np.stack(got), expected)
+    assert get_action(batch).shape == (len(batch), 2)
+
+    # Sampled: the same torch seed gives the same samples, every one an action of the space.
+    _, sample = load_policy(str(run_dir), itr=7)
+    torch.manual_seed(3)
+    sampled = [sample(o) for o in obs]
+    torch.manual_seed(3)
+    assert np.array_equal(np.stack(sampled), np.stack([ac.act(torch.as_tensor(o)[None])[0] for o in batch]))
+    assert all(a.shape == (2,) and loaded_env.action_space.contains(a) for a in sampled)
+
+    # Episodes in the environment (it refuses anything but a MultiDiscrete([3, 2]) action).
+    episodes = run_policy(loaded_env, get_action, num_episodes=2, seed=1, verbose=False)
+    loaded_env.close()
+    assert episodes == replay_by_hand(run_dir, BRANCHES, seed=1, episodes=2, model="model7.pt")
+    assert [n for _, n in episodes] == [10, 10]
+
+    # The command line, with the trained policy: deterministic, then sampled.
+    proc = test_policy_cli(str(run_dir), "-n", "2", "-d", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert printed_episodes(proc.stdout) == replay_by_hand(run_dir, BRANCHES, seed=1, episodes=2)
+    proc = test_policy_cli(str(run_dir), "-n", "1", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert [n for _, n in printed_episodes(proc.stdout)] == [10]
+
+
+def test_cartpole_video(runs, tmp_path):
+    """Classic-control environments render with pygame (a dependency: gymnasium[classic-control])."""
+    video = tmp_path / "cartpole.mp4"
+    args = [str(runs["cartpole"]), "-n", "1", "--len", "20", "--video", str(video)]
+    proc = test_policy_cli(*args, DISPLAY="", WAYLAND_DISPLAY="")
+    assert proc.returncode == 0, proc.stderr
+    assert video.is_file() and video.stat().st_size > 0
+
+
 def test_vector_env_replay_counts_episodes_like_a_single_env(runs):
     _, get_action = load_policy(str(runs["cartpole"]), deterministic=True)
     single = gym.make("CartPole-v1")
@@ -336,3 +404,32 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
     os.unlink(run_dir / "config.json")
     with pytest.raises(UserError, match="no config.json"):
         load_policy_and_env(str(run_dir), itr=2)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('{"exp_name": "c", "seed": 0, "env_fn": 3}', "env_fn is 3"),
+        ('{"env_fn": {"kind": "gym", "env": "CartPole-v1", "env_kwargs": "x"}}', "env_fn.env_kwargs is 'x'"),
+        ('{"env_fn": {"kind": "gym", "env": 5}}', "env_fn.env is 5"),
+        ('{"env_fn": {"kind": "docker", "env": "CartPole-v1"}}', "env_fn.kind is 'docker'"),
+        ('{"env_fn": {"env": "CartPole-v1"}}', "env_fn.kind is None"),
+        ("[1, 2]", "holds a list"),
+        ('{"env_fn": {"kind": "gym", "env": "CartPo', "cannot read"),
+    ],
+)
+def test_damaged_config_json_is_one_line_naming_file_and_key(runs, tmp_path, text, key):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["cartpole"], run_dir)
+    config = run_dir / "config.json"
+    config.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_policy_and_env(str(run_dir))
+    assert str(config) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
+    msg = one_line_error(test_policy_cli(str(run_dir), "-n", "1"))
+    assert str(config) in msg and key in msg
+
+
+def test_itr_that_is_not_a_number(runs):
+    msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "best"))
+    assert "--itr takes an iteration number or 'last', not 'best'" in msg

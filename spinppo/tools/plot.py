@@ -26,11 +26,11 @@ to a file; pyplot and an interactive backend are only used for ``--show``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import os.path as osp
 import re
+import reprlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from spinppo.utils.errors import OneLineParser, UserError
+from spinppo.utils.logx import read_run_config
 
 PROGRESS = "progress.txt"
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -125,13 +126,20 @@ def read_progress(path: str) -> tuple[list[str], dict[str, np.ndarray]]:
 
 
 def _read_config(run_dir: str) -> dict[str, Any]:
-    path = osp.join(run_dir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        return config if isinstance(config, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    """The run's config.json as a dict, ``{}`` when it has none (a run is plotted from progress.txt alone).
+
+    A config.json that is damaged or not an object, or whose ``exp_name`` is not a string or ``seed`` not
+    a number (each may be absent or null), is a UserError naming the file and the key.
+    """
+    config = read_run_config(run_dir, required=False)
+    for key, types, want in (("exp_name", (str,), "a string"), ("seed", (int, float), "a number")):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise UserError(
+                f"{osp.join(run_dir, 'config.json')}: {key} is {reprlib.repr(value)}, not {want}: "
+                "the file was edited or is damaged"
+            )
+    return config
 
 
 def _run_dirs(logdir: str) -> list[str]:
@@ -159,8 +167,8 @@ def get_datasets(logdir: str, condition: str | None = None) -> list[Run]:
         runs.append(
             Run(
                 path=run_dir,
-                name=str(name),
-                condition=condition or str(name),
+                name=name,
+                condition=condition or name,
                 columns=columns,
                 data=data,
                 seed=config.get("seed"),

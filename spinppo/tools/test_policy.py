@@ -6,8 +6,9 @@
 The policy is ``pyt_save/model.pt`` (the latest) or ``pyt_save/model<N>.pt`` with ``--itr N``, loaded with
 ``torch.load(weights_only=True)`` and rebuilt from the architecture saved beside the weights; the
 environment is rebuilt from ``config.json`` (environment id and keyword arguments). Observation
-normalisation is part of the saved module, so the policy takes the environment's raw observations. Box
-actions are clipped to the action space's bounds before they are sent, as in training.
+normalisation is part of the saved module, so the policy takes the environment's raw observations. Box,
+Discrete and MultiDiscrete (a Unity build's several discrete branches) policies replay; Box actions are
+clipped to the action space's bounds before they are sent, as in training.
 
 ``--video FILE`` (.mp4 or .gif) renders offscreen (``render_mode="rgb_array"``): one frame per step, the
 state the policy acted in. Without a display, MUJOCO_GL is set to ``egl`` (unless already set) before
@@ -27,17 +28,19 @@ From Python::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import os.path as osp
 import re
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from spinppo.envs.spaces import action_clipper
 from spinppo.tools.plot import has_display
 from spinppo.utils.errors import OneLineParser, UserError, first_line
+from spinppo.utils.logx import read_run_config
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -123,15 +126,22 @@ def find_checkpoint(run_dir: str, itr: int | str | None = "last") -> str:
     )
 
 
-def load_policy(path: str, itr: int | str | None = "last", deterministic: bool = False) -> tuple[Any, Any]:
-    """(actor-critic, get_action) from a run directory or checkpoint file, loaded weights-only.
+def load_policy(
+    path: str, itr: int | str | None = "last", deterministic: bool = False
+) -> tuple[Any, Callable[[Any], Any]]:
+    """(actor-critic, get_action) from a run directory (``itr`` picks its checkpoint, as in
+    ``find_checkpoint``) or a ``pyt_save/model*.pt`` file, loaded weights-only.
 
-    ``get_action(obs)`` takes one raw observation (or a batch, 2-D) and returns one action: an int for a
-    Discrete policy, a float32 array for a Box one (unclipped; ``run_policy`` clips to the bounds).
+    ``get_action(obs)`` takes one raw observation and returns one action: an int for a Discrete policy,
+    an int64 array of one entry per branch for a MultiDiscrete one, a float32 array for a Box one
+    (unclipped; ``run_policy`` clips to the bounds). Given a batch (2-D), it returns the batch's actions.
+    ``deterministic`` takes the mean action (Box) or each branch's most likely one (Discrete).
     """
     run_dir, file = _run_dir(path)
-    file = file or find_checkpoint(run_dir, itr)
+    return _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
 
+
+def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], Any]]:
     import torch
 
     from spinppo.core.networks import build_actor_critic
@@ -148,7 +158,7 @@ def load_policy(path: str, itr: int | str | None = "last", deterministic: bool =
         raise UserError(f"cannot rebuild the policy saved in {file} ({first_line(e)})") from None
     ac.eval()
     ac.requires_grad_(False)
-    discrete = ac.discrete
+    scalar = ac.act_shape == ()  # Discrete: one int; MultiDiscrete and Box: an array per observation
 
     def get_action(obs: Any) -> Any:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
@@ -156,7 +166,7 @@ def load_policy(path: str, itr: int | str | None = "last", deterministic: bool =
         action = ac.act(x.unsqueeze(0) if single else x, deterministic=deterministic).numpy()
         if not single:
             return action
-        return int(action[0]) if discrete else action[0]
+        return int(action[0]) if scalar else action[0]
 
     return ac, get_action
 
@@ -164,33 +174,45 @@ def load_policy(path: str, itr: int | str | None = "last", deterministic: bool =
 # -------------------------------------------------------------------------------------------- environment
 
 
-def read_config(run_dir: str) -> dict[str, Any]:
-    """The run's config.json; a UserError when it is missing or unreadable."""
+def read_env_spec(run_dir: str) -> dict[str, Any]:
+    """The environment a run trained on, from its config.json's ``env_fn``, checked.
+
+    Returns ``{"kind": "gym" or "unity", "env": gymnasium id or build path, "env_kwargs": dict}``. A
+    config.json that is missing, unreadable, or whose ``env_fn`` is not that (a hand-edited or damaged
+    file) is a UserError naming the file and the key.
+    """
+    config = read_run_config(run_dir)
     path = osp.join(run_dir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise UserError(
-            f"no config.json in {run_dir}: cannot tell which environment the policy is for"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({first_line(e)})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("env_fn"), dict):
-        raise UserError(f"{path} does not name the run's environment (no env_fn)")
-    return config
+    spec = config.get("env_fn")
+
+    def bad(key: str, value: Any, want: str) -> UserError:
+        return UserError(
+            f"{path}: {key} is {reprlib.repr(value)}, not {want}: the file was edited or is damaged, "
+            "so the run's environment is unknown"
+        )
+
+    if not isinstance(spec, dict):
+        raise bad("env_fn", spec, "the run's environment (an object with kind and env)")
+    kind, target, env_kwargs = spec.get("kind"), spec.get("env"), spec.get("env_kwargs")
+    if kind not in ("gym", "unity"):
+        raise bad("env_fn.kind", kind, "'gym' or 'unity' (the runs spinppo replays)")
+    if not isinstance(target, str) or not target:
+        raise bad("env_fn.env", target, "a gymnasium id or a Unity build's path")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise bad("env_fn.env_kwargs", env_kwargs, "an object of keyword arguments")
+    return {"kind": kind, "env": target, "env_kwargs": env_kwargs or {}}
 
 
 def make_run_env(
-    config: dict[str, Any],
+    spec: dict[str, Any],
     render_mode: str | None = None,
     base_port: int = 5005,
     seed: int = 0,
 ) -> Any:
-    """The run's environment, from config.json's ``env_fn``: a gymnasium Env, or a VectorEnv of agents
-    for a Unity build (``render_mode="human"`` starts the player with graphics)."""
-    spec = config["env_fn"]
-    kind, target, env_kwargs = spec.get("kind"), spec.get("env"), spec.get("env_kwargs") or {}
+    """The run's environment from ``spec`` (``read_env_spec``'s answer): a gymnasium Env, or a VectorEnv
+    of agents for a Unity build (``render_mode="human"`` starts the player with graphics; ``base_port``
+    and ``seed`` go to its launch). Failures to make it are UserErrors."""
+    kind, target, env_kwargs = spec["kind"], spec["env"], spec["env_kwargs"]
     if kind == "gym":
         import gymnasium as gym
 
@@ -211,7 +233,7 @@ def make_run_env(
                 ) from None
             raise
     if kind == "unity":
-        if not target or not osp.exists(target):
+        if not osp.exists(target):
             raise UserError(
                 f"the run's Unity build {target} is not there any more: replay needs the build it trained on"
             )
@@ -233,11 +255,14 @@ def make_run_env(
             raise UserError(f"replaying a Unity run needs mlagents-envs ({first_line(e)})") from None
         except Exception as e:  # the player failed to start or to connect
             raise UserError(f"cannot start the Unity build {target} ({first_line(e)})") from None
-    raise UserError(f"config.json's env_fn has kind {kind!r}: spinppo replays 'gym' and 'unity' runs")
+    raise ValueError(f"env_fn kind {kind!r}: read_env_spec lets only 'gym' and 'unity' through")
 
 
 def _check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
+    """A UserError unless ``env``'s spaces are the ones the policy (its ``ctor_spec``) was built for."""
     import gymnasium as gym
+
+    from spinppo.core.networks import space_spec
 
     vector = isinstance(env, gym.vector.VectorEnv)
     obs_space = env.single_observation_space if vector else env.observation_space
@@ -248,15 +273,8 @@ def _check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
             f"the environment's observations have shape {obs_space.shape}, the policy in {where} "
             f"expects {tuple(want)}: was the environment changed?"
         )
-    act = ctor["action"]
-    fits = (
-        isinstance(act_space, gym.spaces.Discrete) and act["kind"] == "discrete" and act_space.n == act["n"]
-    ) or (
-        isinstance(act_space, gym.spaces.Box)
-        and act["kind"] == "box"
-        and list(act_space.shape) == act["shape"]
-    )
-    if not fits:
+    # space_spec is how the actor-critic recorded its own action space (Box, Discrete, MultiDiscrete).
+    if space_spec(act_space) != ctor["action"]:
         raise UserError(f"the environment's action space {act_space} does not fit the policy in {where}")
 
 
@@ -270,15 +288,16 @@ def load_policy_and_env(
 ) -> tuple[Any, Callable[[Any], Any]]:
     """(env, get_action) for a run directory, as Spinning Up's function of the same name.
 
-    ``itr`` is "last" (pyt_save/model.pt) or N (pyt_save/model<N>.pt); ``deterministic`` acts with the
-    mean action (Box) or the most likely one (Discrete). ``render_mode`` goes to ``gym.make``
+    ``fpath`` is a run directory (or one of its ``pyt_save/model*.pt`` files); ``itr`` is "last"
+    (pyt_save/model.pt) or N (pyt_save/model<N>.pt); ``deterministic`` acts with the mean action (Box) or
+    the most likely one of each branch (Discrete, MultiDiscrete). ``render_mode`` goes to ``gym.make``
     ("rgb_array" to record frames, "human" for a window). ``base_port`` and ``seed`` are for launching a
-    Unity build (a gymnasium environment is seeded by ``run_policy``'s first reset).
+    Unity build (a gymnasium environment is seeded by ``run_policy``'s first reset). ``get_action`` is
+    ``load_policy``'s; the caller closes ``env``. Bad input is a UserError.
     """
-    run_dir, _ = _run_dir(fpath)
-    ac, get_action = load_policy(fpath, itr, deterministic)
-    config = read_config(run_dir)
-    env = make_run_env(config, render_mode=render_mode, base_port=base_port, seed=seed)
+    run_dir, file = _run_dir(fpath)
+    ac, get_action = _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
+    env = make_run_env(read_env_spec(run_dir), render_mode=render_mode, base_port=base_port, seed=seed)
     try:
         _check_spaces(env, ac.ctor_spec, run_dir)
     except UserError:
@@ -297,26 +316,13 @@ class Episode(NamedTuple):
     length: int
 
 
-def _clipper(space: Any) -> Callable[[Any], Any]:
-    import gymnasium as gym
-
-    if (
-        isinstance(space, gym.spaces.Box)
-        and np.all(np.isfinite(space.low))
-        and np.all(np.isfinite(space.high))
-    ):
-        low, high = space.low, space.high
-        return lambda a: np.clip(a, low, high)
-    return lambda a: a
-
-
 def _render_frame(env: Any) -> np.ndarray:
     import gymnasium as gym
 
     try:
         frame = env.render()
     except gym.error.DependencyNotInstalled as e:
-        raise UserError(f"cannot render this environment: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot render this environment ({first_line(e)})") from None
     except Exception as e:
         gl = os.environ.get("MUJOCO_GL", "unset")
         raise UserError(
@@ -350,10 +356,7 @@ def run_policy(
     import gymnasium as gym
     import torch
 
-    if num_episodes < 1:
-        raise UserError(f"--episodes must be at least 1, not {num_episodes}")
-    if max_ep_len is not None and max_ep_len < 0:
-        raise UserError(f"--len must be positive (or 0 for no limit), not {max_ep_len}")
+    _check_counts(num_episodes, max_ep_len)
     vector = isinstance(env, gym.vector.VectorEnv)
     if render and not vector and getattr(env, "render_mode", None) != "human":
         raise UserError("render=True needs an environment made with render_mode='human'")
@@ -368,13 +371,20 @@ def run_policy(
     return episodes
 
 
+def _check_counts(num_episodes: int, max_ep_len: int | None) -> None:
+    if num_episodes < 1:
+        raise UserError(f"--episodes must be at least 1, not {num_episodes}")
+    if max_ep_len is not None and max_ep_len < 0:
+        raise UserError(f"--len must be positive (or 0 for no limit), not {max_ep_len}")
+
+
 def _report(i: int, ep: Episode, verbose: bool) -> None:
     if verbose:
         print(f"Episode {i} \t EpRet {ep.ret:.3f} \t EpLen {ep.length}", flush=True)
 
 
 def _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
-    clip = _clipper(env.action_space)
+    clip = action_clipper(env.action_space)
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret, ep_len = 0.0, 0
@@ -400,7 +410,7 @@ def _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose
         )
     if frames is not None:
         raise UserError("--video is not supported for vector environments such as Unity builds")
-    clip = _clipper(env.single_action_space)
+    clip = action_clipper(env.single_action_space)
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret = np.zeros(env.num_envs)
@@ -468,12 +478,10 @@ def save_video(frames: Sequence[np.ndarray], path: str, fps: float = 30) -> str:
 
 
 def _itr(text: str) -> int | str:
-    if text.lower() == "last":
-        return "last"
-    try:
+    """--itr's text as ``find_checkpoint`` takes it: "last", N, or the text itself (which it refuses)."""
+    if re.fullmatch(r"-?\d+", text.strip()):
         return int(text)
-    except ValueError:
-        raise UserError(f"--itr takes an iteration number or 'last', not {text!r}") from None
+    return "last" if text.lower() == "last" else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,12 +520,11 @@ def main(argv: Sequence[str]) -> int:
         raise UserError("--render needs a display (DISPLAY and WAYLAND_DISPLAY are unset): use --video FILE")
     if args.video:
         check_video_path(args.video)
-    if args.episodes < 1:
-        raise UserError(f"--episodes must be at least 1, not {args.episodes}")
+    _check_counts(args.episodes, args.len)
     if args.fps is not None and args.fps <= 0:
         raise UserError(f"--fps must be positive, not {args.fps}")
     run_dir, _ = _run_dir(args.fpath)
-    if read_config(run_dir)["env_fn"].get("kind") == "unity" and (args.len or args.video):
+    if read_env_spec(run_dir)["kind"] == "unity" and (args.len or args.video):
         raise UserError(
             "--len and --video are for gymnasium runs: a Unity build ends episodes at its max_step"
         )
