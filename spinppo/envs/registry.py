@@ -158,27 +158,26 @@ def make_vec_env(
 
 
 def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """The ``env_fn`` entry of a run's config.json (see ``EnvFactory.to_json``), checked: ``name``, ``kind``
-    ("gym" or "unity") and ``env`` strings and ``env_kwargs`` a dict (or null). A UserError naming
-    ``where`` (the file) and the bad key when it is missing or was edited into something else."""
+    """The ``env_fn`` entry of a run's config.json (``EnvFactory.to_json``), checked: ``kind`` "gym" or
+    "unity", ``env`` a gymnasium id or a build's path, ``name`` (what ``--env`` said; ``env`` when absent)
+    and ``env_kwargs`` a dict (null is none). A UserError naming ``where`` (the file) and the bad key when
+    the entry is missing or was edited into something else: the one check that resume and replay share."""
     spec = config.get("env_fn")
     if not isinstance(spec, dict):
         raise UserError(
             f"{where} does not name the run's environment (env_fn is {spec!r}): a run made from Python "
             "with its own env_fn, or an edited file"
         )
-    for key in ("name", "kind", "env"):
-        if not isinstance(spec.get(key), str):
-            raise UserError(f"{where}: env_fn.{key} is {spec.get(key)!r}, not a string: the file was edited")
-    if spec["kind"] not in ("gym", "unity"):
-        raise UserError(
-            f"{where}: env_fn.kind is {spec['kind']!r}; spinppo runs 'gym' and 'unity' environments"
-        )
-    if not isinstance(spec.get("env_kwargs") or {}, dict):
-        raise UserError(
-            f"{where}: env_fn.env_kwargs is {spec['env_kwargs']!r}, not an object: the file was edited"
-        )
-    return {**spec, "env_kwargs": dict(spec.get("env_kwargs") or {})}
+    kind, env, name = spec.get("kind"), spec.get("env"), spec.get("name", spec.get("env"))
+    if kind not in ("gym", "unity"):
+        raise UserError(f"{where}: env_fn.kind is {kind!r}, not 'gym' or 'unity': the file was edited")
+    for key, value in (("env", env), ("name", name)):
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{where}: env_fn.{key} is {value!r}, not a string: the file was edited")
+    env_kwargs = spec.get("env_kwargs")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise UserError(f"{where}: env_fn.env_kwargs is {env_kwargs!r}, not an object: the file was edited")
+    return {"name": name, "kind": kind, "env": env, "env_kwargs": dict(env_kwargs or {})}
 
 
 class EnvFactory:

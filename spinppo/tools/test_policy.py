@@ -31,12 +31,12 @@ import argparse
 import os
 import os.path as osp
 import re
-import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from spinppo.envs.registry import saved_env_spec
 from spinppo.envs.spaces import action_clipper
 from spinppo.tools.plot import has_display
 from spinppo.utils.errors import OneLineParser, UserError, first_line
@@ -181,26 +181,7 @@ def read_env_spec(run_dir: str) -> dict[str, Any]:
     config.json that is missing, unreadable, or whose ``env_fn`` is not that (a hand-edited or damaged
     file) is a UserError naming the file and the key.
     """
-    config = read_run_config(run_dir)
-    path = osp.join(run_dir, "config.json")
-    spec = config.get("env_fn")
-
-    def bad(key: str, value: Any, want: str) -> UserError:
-        return UserError(
-            f"{path}: {key} is {reprlib.repr(value)}, not {want}: the file was edited or is damaged, "
-            "so the run's environment is unknown"
-        )
-
-    if not isinstance(spec, dict):
-        raise bad("env_fn", spec, "the run's environment (an object with kind and env)")
-    kind, target, env_kwargs = spec.get("kind"), spec.get("env"), spec.get("env_kwargs")
-    if kind not in ("gym", "unity"):
-        raise bad("env_fn.kind", kind, "'gym' or 'unity' (the runs spinppo replays)")
-    if not isinstance(target, str) or not target:
-        raise bad("env_fn.env", target, "a gymnasium id or a Unity build's path")
-    if env_kwargs is not None and not isinstance(env_kwargs, dict):
-        raise bad("env_fn.env_kwargs", env_kwargs, "an object of keyword arguments")
-    return {"kind": kind, "env": target, "env_kwargs": env_kwargs or {}}
+    return saved_env_spec(read_run_config(run_dir), osp.join(run_dir, "config.json"))
 
 
 def make_run_env(
