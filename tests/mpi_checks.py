@@ -65,18 +65,14 @@ def check_flat_params():
     reference.load_state_dict(net.state_dict())
     flat = flatten_parameters(net)
     assert flat.numel() == sum(p.numel() for p in reference.parameters())
+    assert not any(p is flat for p in net.parameters()), "the flat Parameter must not join the module's"
+    assert list(net.state_dict()) == list(reference.state_dict())
     opt = torch.optim.Adam([flat], lr=1e-2, fused=True)
     ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
     for step in range(4):
-        if step == 2:  # the default zero_grad sets gradients to None; the flat buffer must come back
-            opt.zero_grad()
-            net.zero_grad()
-        else:
-            flat.grad.zero_()
+        flat.grad.zero_()  # the contract: zero the flat gradient in place, never set it to None
         _rank_loss(net, step).backward()
-        # The fast form takes the flat Parameter itself; after zero_grad() only the module form can re-adopt.
-        mpi_avg_grads(net if step == 2 else flat)
-        opt.step()
+        mpi_avg_grads(net)  # writes the mean back in place: it is now in flat.grad
         # Reference: every rank's gradient gathered, averaged (none counts as zero), per-tensor Adam.
         ref_opt.zero_grad()
         _rank_loss(reference, step).backward()
@@ -88,6 +84,12 @@ def check_flat_params():
         )
         for i, p in enumerate(reference.parameters()):
             p.grad = torch.from_numpy(np.mean([g[i] for g in grads], axis=0))
+        expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+        np.testing.assert_allclose(flat.grad.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+        # The module's gradients are still views of flat.grad (the one the optimiser reads).
+        for p in net.parameters():
+            assert p.grad is not None and p.grad.untyped_storage().data_ptr() == flat.grad.data_ptr()
+        opt.step()
         ref_opt.step()
         for (name, p), q in zip(net.named_parameters(), reference.parameters(), strict=True):
             np.testing.assert_allclose(
@@ -101,13 +103,45 @@ def check_flat_params():
     fresh.load_state_dict(net.state_dict())
     np.testing.assert_array_equal(fresh.body[0].weight.detach().numpy(), net.body[0].weight.detach().numpy())
     assert len(set(allgather(flat.detach().numpy().tobytes()))) == 1, "ranks disagree after flat Adam steps"
-    opt.zero_grad()  # the flat form cannot average a gradient that is no longer there: a clear error
-    try:
-        mpi_avg_grads(flat)
-    except ValueError as e:
-        assert "flat.grad is None" in str(e)
-    else:
-        raise AssertionError("mpi_avg_grads(flat) accepted flat.grad = None")
+    assert len(set(allgather(flat.grad.numpy().tobytes()))) == 1, "ranks disagree on the flat gradient"
+    # Breaking the contract is an error, not a silent stop of training: both zero_grad()s set to None.
+    for breaks_it in (opt.zero_grad, net.zero_grad):
+        breaks_it()
+        _rank_loss(net, 9).backward()
+        try:
+            mpi_avg_grads(net)
+        except RuntimeError as e:
+            assert "flat.grad.zero_()" in str(e), e
+        else:
+            raise AssertionError(f"mpi_avg_grads accepted gradients detached by {breaks_it.__qualname__}")
+
+
+def check_mixed_dtypes():
+    """Parameters of two dtypes: averaged over a common dtype, each gradient keeps its own."""
+    torch.manual_seed(0)
+    net = Net()
+    net.rank1_only.data = net.rank1_only.data.double()
+    net.body[2].double()
+    torch.manual_seed(100 + proc_id())
+    hidden = torch.tanh(net.body[0](torch.randn(7, 5)))
+    loss = net.body[2](hidden.double()).pow(2).sum()
+    if proc_id() == 1:
+        loss = loss + (net.rank1_only * 3.0).sum()
+    loss.backward()
+    mine = {n: (None if p.grad is None else p.grad.clone().numpy()) for n, p in net.named_parameters()}
+    everyone = allgather(mine)
+    mpi_avg_grads(net)
+    for name, p in net.named_parameters():
+        grads = [g[name] for g in everyone]
+        if all(g is None for g in grads):
+            assert p.grad is None, name
+            continue
+        assert p.grad.dtype == p.dtype, f"{name}: gradient became {p.grad.dtype}, parameter is {p.dtype}"
+        expected = np.mean([np.zeros(p.shape) if g is None else g for g in grads], axis=0)
+        np.testing.assert_allclose(p.grad.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+    if num_procs() > 1:
+        assert net.rank1_only.grad.dtype == torch.float64
+    assert len(set(allgather(net.body[0].weight.grad.numpy().tobytes()))) == 1
 
 
 def check_sync_params():

@@ -10,17 +10,17 @@ from tests.conftest import mpirun, run
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_mpi_helpers_under_mpirun(n):
-    checks = ["avg_grads", "flat_params", "sync_params", "statistics", "threads"]
+    checks = ["avg_grads", "flat_params", "mixed_dtypes", "sync_params", "statistics", "threads"]
     out = mpirun(n, ["tests/mpi_checks.py", *checks]).stdout
     for name in checks:
         assert f"OK {name} np={n}" in out
 
 
 def test_mpi_helpers_in_a_single_process():
-    out = run(
-        [sys.executable, "tests/mpi_checks.py", "avg_grads", "flat_params", "sync_params", "statistics"]
-    ).stdout
-    assert "OK statistics np=1" in out
+    checks = ["avg_grads", "flat_params", "mixed_dtypes", "sync_params", "statistics"]
+    out = run([sys.executable, "tests/mpi_checks.py", *checks]).stdout
+    for name in checks:
+        assert f"OK {name} np=1" in out
 
 
 def test_mpi_fork_from_plain_python_runs_n_ranks():

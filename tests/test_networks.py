@@ -143,3 +143,86 @@ def test_a_subclass_with_its_own_step_is_used_by_rollouts():
     np.testing.assert_array_equal(
         policy.step(obs)[0], ac.act(torch.from_numpy(obs), deterministic=True).numpy()
     )
+
+
+def nearly_deterministic(ac: MLPActorCritic) -> MLPActorCritic:
+    """The same network with its sampling made (almost) deterministic: tiny std, very peaked logits."""
+    with torch.no_grad():
+        if ac.discrete:
+            ac.pi[-1].weight.mul_(1e4)
+            ac.pi[-1].bias.mul_(1e4)
+        else:
+            ac.log_std.fill_(-20.0)
+    return ac
+
+
+@pytest.mark.parametrize("kind", list(SPACES))
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.endswith("-torch")])
+def test_known_options_run_in_numpy_and_act_as_torch(kind, config):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    ac = nearly_deterministic(random_policy(kind, **CONFIGS[config]))
+    policy = ac.rollout_policy()
+    assert policy.in_numpy
+    obs = np.random.randn(32, 5).astype(np.float32) * 3
+    action, value, _ = policy.step(obs)
+    torch_action, torch_value, _ = ac.step(torch.from_numpy(obs))
+    if kind == "box":
+        np.testing.assert_allclose(action, torch_action.numpy(), rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(action, torch_action.numpy())
+    np.testing.assert_allclose(value, torch_value.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class WithDropout(MLPActorCritic):
+    """A subclass with an option RolloutPolicy has never heard of (dropout after pi's first layer)."""
+
+    def __init__(self, *args, dropout: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ctor_spec["dropout"] = float(dropout)
+        if dropout > 0:
+            self.pi.insert(1, torch.nn.Dropout(dropout))
+
+
+def assert_runs_ac_step(ac: MLPActorCritic) -> None:
+    """RolloutPolicy falls back to torch: its step is ac.step itself (same torch generator, same sample)."""
+    policy = ac.rollout_policy()
+    assert not policy.in_numpy, f"ran in numpy: {ac.ctor_spec}"
+    obs = np.random.randn(6, 5).astype(np.float32)
+    torch.manual_seed(7)
+    got = policy.step(obs)
+    torch.manual_seed(7)
+    want = ac.step(torch.from_numpy(obs))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w.numpy())
+    np.testing.assert_array_equal(policy.value(obs), ac.value(torch.from_numpy(obs)).detach().numpy())
+
+
+# Changes to a network's ctor_spec that RolloutPolicy does not know: each must send it to torch.
+SPEC_CHANGES = {
+    "extra key": lambda spec: spec.update(squash_actions=True),
+    "unknown activation": lambda spec: spec.update(activation="mish"),
+    "unknown action space key": lambda spec: spec["action"].update(low=-1.0),
+    "unknown observation kind": lambda spec: spec["observation"].update(kind="image"),
+    "unknown class": lambda spec: spec.update({"class": "CNNActorCritic"}),
+}
+
+
+@pytest.mark.parametrize("change", list(SPEC_CHANGES))
+def test_an_unknown_option_in_ctor_spec_fails_closed_to_torch(change):
+    # RolloutPolicy must not run a network it does not fully know in numpy: it would silently sample a
+    # different policy from the one the update evaluates.
+    torch.manual_seed(4)
+    np.random.seed(4)
+    ac = random_policy("box")
+    assert ac.rollout_policy().in_numpy
+    SPEC_CHANGES[change](ac.ctor_spec)
+    assert_runs_ac_step(ac)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_a_subclass_with_an_extra_option_fails_closed_to_torch(dropout):
+    # dropout=0.0: the modules are the known ones, only ctor_spec has the extra key; 0.5 adds a module.
+    torch.manual_seed(5)
+    np.random.seed(5)
+    assert_runs_ac_step(WithDropout(OBS, SPACES["discrete"], dropout=dropout))

@@ -239,6 +239,39 @@ _NUMPY_ACTIVATIONS = {
     "silu": lambda x: x * (0.5 + 0.5 * np.tanh(0.5 * x)),
     "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
 }
+# The keys of a space's spec (space_spec) that RolloutPolicy knows, by kind.
+_NUMPY_SPACES = {"box": {"kind", "shape"}, "discrete": {"kind", "n"}, "multidiscrete": {"kind", "nvec"}}
+# Every ctor_spec key RolloutPolicy knows, with the values it runs in numpy. It runs in numpy only when
+# every key of a network's ctor_spec is here and accepts its value: an option added to MLPActorCritic
+# (or a subclass) but not here makes rollouts run the module's own ``step`` in torch, never a wrong policy.
+_NUMPY_SPEC = {
+    "class": lambda v: v == "MLPActorCritic",
+    "observation": lambda v: set(v) == _NUMPY_SPACES["box"] and v["kind"] == "box" and len(v["shape"]) == 1,
+    "action": lambda v: set(v) == _NUMPY_SPACES.get(v.get("kind")),
+    "hidden_sizes": lambda v: len(v) > 0,
+    "activation": lambda v: v in _NUMPY_ACTIVATIONS,
+    "layer_norm": lambda v: v is False,
+    "shared_trunk": lambda v: v is False,
+    "log_std_init": lambda v: True,  # the initial value of log_std only; the rollout reads log_std
+    "norm_obs": lambda v: v in (True, False),
+}
+# The methods of MLPActorCritic that RolloutPolicy's numpy path reproduces: a subclass overriding any of
+# them runs in torch.
+_NUMPY_METHODS = ("step", "value", "_features", "normalize_obs")
+
+
+def _runs_in_numpy(ac: MLPActorCritic) -> bool:
+    """Whether RolloutPolicy can run ``ac`` in numpy: every option and method one it knows (fail closed)."""
+    if not all(key in _NUMPY_SPEC and _NUMPY_SPEC[key](value) for key, value in ac.ctor_spec.items()):
+        return False
+    # And the modules are the ones those options build: Linear, activation, ..., Linear; no trunk.
+    layers = [nn.Linear, ACTIVATIONS[ac.ctor_spec["activation"]]] * len(ac.ctor_spec["hidden_sizes"])
+    return (
+        all(getattr(type(ac), name) is getattr(MLPActorCritic, name) for name in _NUMPY_METHODS)
+        and type(ac.trunk) is nn.Identity
+        and [type(m) for m in ac.pi] == [type(m) for m in ac.v] == [*layers, nn.Linear]
+        and all(p.dtype == torch.float32 for p in ac.parameters())
+    )
 
 
 class RolloutPolicy:
@@ -250,26 +283,19 @@ class RolloutPolicy:
     microseconds a call and this 100-140. It runs pi and v as ONE network in numpy (their first layers
     stacked, later layers block-diagonal; the zero blocks cost nothing at this size) and draws its noise
     from numpy's global generator, which checkpoints save. Same policy, same log-probabilities as
-    ``evaluate``; networks with LayerNorm, a shared trunk or an activation numpy lacks run ``ac.step``.
+    ``evaluate``. It fails closed: only a network whose every ``ctor_spec`` option (and value) and
+    sampling method it knows runs in numpy (``in_numpy``); any other (LayerNorm, a shared trunk, an
+    activation numpy lacks, an option it has not heard of, a subclass's own ``step``) runs ``ac.step``.
 
     Build a new one with ``ac.rollout_policy()`` whenever the weights or observation statistics change.
     """
 
     def __init__(self, ac: MLPActorCritic) -> None:
         self.ac = ac
-        spec = ac.ctor_spec
-        self.activation = _NUMPY_ACTIVATIONS.get(spec["activation"])
-        own_methods = type(ac).step is MLPActorCritic.step and type(ac).value is MLPActorCritic.value
-        self.in_numpy = (
-            own_methods
-            and self.activation is not None
-            and not spec["shared_trunk"]
-            and not spec["layer_norm"]
-            and bool(spec["hidden_sizes"])
-            and all(p.dtype == torch.float32 for p in ac.parameters())
-        )
+        self.in_numpy = _runs_in_numpy(ac)
         if not self.in_numpy:
             return
+        self.activation = _NUMPY_ACTIVATIONS[ac.ctor_spec["activation"]]
         pi = [m for m in ac.pi if isinstance(m, nn.Linear)]
         v = [m for m in ac.v if isinstance(m, nn.Linear)]
         with torch.no_grad():

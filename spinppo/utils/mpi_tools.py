@@ -71,7 +71,7 @@ def _find_mpirun() -> str:
     raise UserError("no mpirun found: install MPI with 'pip install mpich' (or your cluster's MPI)")
 
 
-def mpi_fork(n: int, bind_to_core: bool = False) -> None:
+def mpi_fork(n: int) -> None:
     """Re-run the current command under ``mpirun -np n`` and exit with its status.
 
     Call it at the top of a script (``--cpu N`` does). Does nothing when ``n <= 1`` or when the process
@@ -89,10 +89,6 @@ def mpi_fork(n: int, bind_to_core: bool = False) -> None:
         args += ["--oversubscribe"]  # Open MPI refuses more ranks than cores unless told
         if os.geteuid() == 0:
             args += ["--allow-run-as-root"]
-        if bind_to_core:
-            args += ["--bind-to", "core"]
-    elif bind_to_core:
-        args += ["-bind-to", "core"]
     # sys.orig_argv keeps "-m spinppo.run" and interpreter flags, unlike sys.argv.
     args += [sys.executable] + sys.orig_argv[1:]
     sys.stdout.flush()
@@ -121,11 +117,6 @@ def under_mpi_launcher() -> bool:
     return any(v in os.environ for v in _LAUNCHER_VARS)
 
 
-def msg(m: str, string: str = "") -> None:
-    """Print a message prefixed with the rank that sends it."""
-    print(f"Message from {proc_id()}: {string} \t{m}", flush=True)
-
-
 def proc_id() -> int:
     """Rank of the calling process."""
     return MPI.COMM_WORLD.Get_rank()
@@ -150,11 +141,6 @@ def local_rank() -> int:
 def local_size() -> int:
     """Number of ranks on the calling process's host."""
     return _local_comm().Get_size()
-
-
-def barrier() -> None:
-    """Wait until every rank reaches this point."""
-    COMM.Barrier()
 
 
 def broadcast(x, root: int = 0):
@@ -190,11 +176,6 @@ def mpi_sum(x):
 def mpi_avg(x):
     """Average of ``x`` over ranks."""
     return mpi_sum(x) / num_procs()
-
-
-def mpi_min(x):
-    """Minimum of ``x`` over ranks."""
-    return mpi_op(x, MPI.MIN)
 
 
 def mpi_max(x):
