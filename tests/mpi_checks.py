@@ -104,16 +104,25 @@ def check_flat_params():
     np.testing.assert_array_equal(fresh.body[0].weight.detach().numpy(), net.body[0].weight.detach().numpy())
     assert len(set(allgather(flat.detach().numpy().tobytes()))) == 1, "ranks disagree after flat Adam steps"
     assert len(set(allgather(flat.grad.numpy().tobytes()))) == 1, "ranks disagree on the flat gradient"
-    # Breaking the contract is an error, not a silent stop of training: both zero_grad()s set to None.
-    for breaks_it in (opt.zero_grad, net.zero_grad):
-        breaks_it()
+    # The old calling form with the flat Parameter itself is gone: a clear error, on every rank count.
+    try:
+        mpi_avg_grads(flat)
+    except TypeError as e:
+        assert "takes the module" in str(e), e
+    else:
+        raise AssertionError("mpi_avg_grads accepted the flat Parameter")
+    # Breaking the contract is an error, not a silent stop of training: either zero_grad() sets to None.
+    for breaker in ("optimizer", "module"):
+        flat = flatten_parameters(net)
+        opt = torch.optim.Adam([flat], lr=1e-2)
+        (opt.zero_grad if breaker == "optimizer" else net.zero_grad)()
         _rank_loss(net, 9).backward()
         try:
             mpi_avg_grads(net)
         except RuntimeError as e:
             assert "flat.grad.zero_()" in str(e), e
         else:
-            raise AssertionError(f"mpi_avg_grads accepted gradients detached by {breaks_it.__qualname__}")
+            raise AssertionError(f"mpi_avg_grads accepted gradients detached by {breaker}.zero_grad()")
 
 
 def check_mixed_dtypes():

@@ -73,6 +73,10 @@ def mpi_avg_grads(module: torch.nn.Module) -> None:
     into one tensor (in the parameters' dtype, float64 if they mix dtypes), summed over ranks in place,
     scaled by ``1 / num_procs()`` and copied back.
     """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            f"mpi_avg_grads takes the module, not a {type(module).__name__} (see flatten_parameters)"
+        )
     flat_param = module.__dict__.get("_flat_parameter")  # set by flatten_parameters
     if flat_param is not None:
         _check_flat_gradient(module, flat_param)
