@@ -46,7 +46,7 @@ def profile_run(env_name: str, epochs: int, out_dir: str) -> None:
         names = {frame.f_code.co_name, frame.f_back.f_code.co_name if frame.f_back else ""}
         if "get" in names:  # GAEBuffer.get -> mpi_statistics_scalar: advantage normalisation
             return "rollout end"
-        if "_average_in_place" in names:
+        if "mpi_avg_grads" in names:
             return "gradients"
         return "other"
 

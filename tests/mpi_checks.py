@@ -153,6 +153,33 @@ def check_mixed_dtypes():
     assert len(set(allgather(net.body[0].weight.grad.numpy().tobytes()))) == 1
 
 
+def check_buffer_follows_the_module():
+    """The gradient buffer lives on the module: a copy, a pickled module, or a module whose trainable
+    parameters changed gets a fresh one, and still averages right (no stale state from the original)."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    net = Net()
+    _rank_loss(net, 0).backward()
+    mpi_avg_grads(net)
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        other.zero_grad()
+        _rank_loss(other, 1).backward()
+        mine = [p.grad.clone() for p in other.body.parameters()]
+        everyone = allgather([g.numpy() for g in mine])
+        mpi_avg_grads(other)
+        for i, p in enumerate(other.body.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), np.mean([e[i] for e in everyone], axis=0), rtol=1e-6)
+    net.body[0].weight.requires_grad_(False)  # the set of trainable parameters changes
+    net.zero_grad()
+    _rank_loss(net, 2).backward()
+    grads = allgather(net.body[2].weight.grad.numpy().copy())
+    mpi_avg_grads(net)
+    np.testing.assert_allclose(net.body[2].weight.grad.numpy(), np.mean(grads, axis=0), rtol=1e-6)
+    assert net.body[0].weight.grad is None
+
+
 def check_sync_params():
     torch.manual_seed(proc_id())  # different parameters on every rank
     net = Net()

@@ -10,7 +10,15 @@ from tests.conftest import mpirun, run
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_mpi_helpers_under_mpirun(n):
-    checks = ["avg_grads", "flat_params", "mixed_dtypes", "sync_params", "statistics", "threads"]
+    checks = [
+        "avg_grads",
+        "flat_params",
+        "mixed_dtypes",
+        "buffer_follows_the_module",
+        "sync_params",
+        "statistics",
+        "threads",
+    ]
     out = mpirun(n, ["tests/mpi_checks.py", *checks]).stdout
     for name in checks:
         assert f"OK {name} np={n}" in out

@@ -19,7 +19,6 @@ import os
 
 import torch
 from mpi4py import MPI
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from spinppo.utils.mpi_tools import COMM, local_size, num_procs
 
@@ -61,17 +60,18 @@ def sync_params(module: torch.nn.Module, root: int = 0) -> None:
 
 
 def mpi_avg_grads(module: torch.nn.Module) -> None:
-    """Replace every trainable parameter's gradient by its mean over ranks, with ONE Allreduce.
+    """Replace every trainable parameter's gradient by its mean over ranks, with ONE in-place Allreduce.
 
     A parameter without a gradient on a rank counts as a zero gradient there. Afterwards a parameter has
     the mean gradient on every rank if any rank had a gradient for it, and stays ``None`` on every rank if
     none had: all ranks end with the same gradients, bit for bit, so their optimisers stay in step.
-    Existing gradients are overwritten in place, so a module given to ``flatten_parameters`` ends with
-    the mean gradient in the flat Parameter's ``.grad``.
 
-    How: every gradient (zeros where missing) and one has-a-gradient flag per parameter are concatenated
-    into one tensor (in the parameters' dtype, float64 if they mix dtypes), summed over ranks in place,
-    scaled by ``1 / num_procs()`` and copied back.
+    How: the module keeps one flat gradient buffer (``_GradientBuffer``, made on the first call and
+    stored on the module itself, so it lives and dies with it). The parameters' ``.grad`` become views
+    of it, so backward accumulates straight into it and a call copies nothing: one Allreduce of the
+    buffer, one scaling. A gradient that was replaced since (``zero_grad()`` sets them to None) is copied
+    in once and the view adopted again. For a module given to ``flatten_parameters`` the buffer holds the
+    flat Parameter's ``.grad``.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(
@@ -85,26 +85,68 @@ def mpi_avg_grads(module: torch.nn.Module) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
-    dtype = params[0].dtype if len({p.dtype for p in params}) == 1 else torch.float64
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    flags = torch.tensor([p.grad is not None for p in params], dtype=dtype)
-    # One torch.cat of everything (it promotes to the flags' dtype), and views of the result shaped like
-    # the inputs: two C++ calls instead of two Python operations per parameter.
-    flat = _flatten_dense_tensors([*grads, flags])
-    COMM.Allreduce(MPI.IN_PLACE, flat.numpy(), op=MPI.SUM)
-    flat.mul_(1.0 / num_procs())
-    *means, flags = _unflatten_dense_tensors(flat, [*grads, flags])
-    targets, values = [], []
-    for p, mean, any_rank in zip(params, means, flags.tolist(), strict=True):
-        if not any_rank:
-            continue  # no rank had a gradient: it stays None everywhere
-        if p.grad is None:
-            p.grad = mean.to(p.dtype, copy=True)
-        else:
-            targets.append(p.grad)
-            values.append(mean)
-    if targets:
-        torch._foreach_copy_(targets, values)  # p.grad.copy_(mean) for all of them, in one call
+    buffer = module.__dict__.get("_gradient_buffer")
+    if buffer is None or not buffer.holds(params):  # first call, or the module's parameters changed
+        buffer = _GradientBuffer(params)
+        object.__setattr__(module, "_gradient_buffer", buffer)
+    buffer.average()
+
+
+class _GradientBuffer:
+    """Every gradient of a list of parameters in one flat tensor, then one has-a-gradient flag each.
+
+    ``views[i]`` is parameter i's slice, shaped like it; the parameters' ``.grad`` are made those views
+    (when the dtypes agree: with mixed dtypes the buffer is float64 and gradients are copied in and out).
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        dtype = params[0].dtype if len({p.dtype for p in params}) == 1 else torch.float64
+        self.total = sum(p.numel() for p in params)
+        self.flat = torch.zeros(self.total + len(params), dtype=dtype)
+        self.views = [
+            v.view_as(p)
+            for p, v in zip(params, self.flat[: self.total].split([p.numel() for p in params]), strict=True)
+        ]
+        self.flat_np = self.flat.numpy()  # shares memory; numpy's scalar writes are far cheaper than torch's
+        self.flags = self.flat_np[self.total :]
+        self.adopt = all(p.dtype == dtype for p in params)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None  # a copied module makes its own buffer on its first mpi_avg_grads
+
+    def __reduce__(self) -> tuple:
+        return (type(None), ())  # a pickled module too: the buffer's views would not survive pickling
+
+    def holds(self, params: list[torch.nn.Parameter]) -> bool:
+        """Whether this buffer was made for exactly these parameters."""
+        return len(params) == len(self.params) and all(
+            a is b for a, b in zip(params, self.params, strict=True)
+        )
+
+    def average(self) -> None:
+        """Sum the gradients and flags over ranks in place, scale the gradients by 1 / num_procs()."""
+        for i, (p, view) in enumerate(zip(self.params, self.views, strict=True)):
+            if p.grad is None:
+                view.zero_()
+                self.flags[i] = 0.0
+            else:
+                if p.grad.data_ptr() != view.data_ptr():
+                    view.copy_(p.grad)
+                self.flags[i] = 1.0
+        COMM.Allreduce(MPI.IN_PLACE, self.flat_np, op=MPI.SUM)
+        self.flat[: self.total].mul_(1.0 / num_procs())
+        for any_rank, p, view in zip(self.flags.tolist(), self.params, self.views, strict=True):
+            if not any_rank:
+                continue  # no rank had a gradient: it stays None everywhere
+            if p.grad is not None and p.grad.data_ptr() == view.data_ptr():
+                continue  # averaged in place
+            if self.adopt:
+                p.grad = view
+            elif p.grad is None:
+                p.grad = view.to(p.dtype)
+            else:
+                p.grad.copy_(view)
 
 
 def flatten_parameters(module: torch.nn.Module) -> torch.nn.Parameter:
@@ -135,13 +177,16 @@ def flatten_parameters(module: torch.nn.Module) -> torch.nn.Parameter:
     if len({p.dtype for p in params}) != 1:
         raise ValueError("flatten_parameters needs trainable parameters, all of one dtype")
     flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    sizes = [p.numel() for p in params]
-    for p, data, grad in zip(params, flat.data.split(sizes), flat.grad.split(sizes), strict=True):
+    # The flat gradient is the module's gradient buffer for mpi_avg_grads (with room for its flags after
+    # it), so that averaging it copies nothing.
+    buffer = _GradientBuffer(params)
+    flat.grad = buffer.flat[: buffer.total]
+    for p, data, grad in zip(params, flat.data.split([p.numel() for p in params]), buffer.views, strict=True):
         p.data = data.view_as(p)
-        p.grad = grad.view_as(p)
-    # A plain attribute, not a registered Parameter: parameters() and state_dict() stay as they were.
+        p.grad = grad
+    # Plain attributes, not registered Parameters: parameters() and state_dict() stay as they were.
     object.__setattr__(module, "_flat_parameter", flat)
+    object.__setattr__(module, "_gradient_buffer", buffer)
     return flat
 
 
