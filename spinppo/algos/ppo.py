@@ -18,7 +18,7 @@ from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
 from spinppo.core.minibatches import MinibatchTable, StatSums
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
-from spinppo.utils.mpi_pytorch import flatten_parameters, mpi_avg_grads
+from spinppo.utils.mpi_pytorch import clip_grad_norm_flat, flatten_parameters, mpi_avg_grads
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
 
 LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"]
@@ -146,7 +146,7 @@ def ppo(
                     loss.backward()
                     mpi_avg_grads(ac)  # every rank now holds the mean gradient
                     if max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_([params], max_grad_norm)
+                        clip_grad_norm_flat(params, max_grad_norm)
                     optimizer.step()
 
                     if track:

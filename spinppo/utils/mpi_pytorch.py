@@ -190,6 +190,14 @@ def flatten_parameters(module: torch.nn.Module) -> torch.nn.Parameter:
     return flat
 
 
+def clip_grad_norm_flat(flat: torch.nn.Parameter, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_([flat], max_norm)`` for ``flatten_parameters``' flat Parameter:
+    the same arithmetic (bit for bit), without its per-call bookkeeping, which costs 50-100 µs a step
+    where the whole PPO step takes 1.7 ms."""
+    norm = torch.linalg.vector_norm(flat.grad)
+    flat.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
 def _check_flat_gradient(module: torch.nn.Module, flat: torch.nn.Parameter) -> None:
     """Raise if ``module``'s gradients are no longer views of ``flat.grad`` (see flatten_parameters)."""
     first = next(p for p in module.parameters() if p.requires_grad)
