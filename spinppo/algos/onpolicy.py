@@ -30,7 +30,7 @@ import torch
 
 from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs
 from spinppo.core.buffer import GAEBuffer
-from spinppo.core.networks import MLPActorCritic
+from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.registry import make_vector_env
@@ -48,7 +48,7 @@ def check_common_flags(
 ) -> None:
     """A UserError for the first bad flag: every number (``ac_kwargs`` included) finite, the shared
     counts and the algorithm's ``positive`` flags above zero, its ``nonnegative`` ones at least zero,
-    gamma in (0, 1] and lam in [0, 1].
+    the network's options buildable (``--hid``, ``--act``), gamma in (0, 1] and lam in [0, 1].
 
     ``config`` maps flag names to values (an algorithm's ``locals()``, or a grid variant).
     """
@@ -63,6 +63,8 @@ def check_common_flags(
     for name, value in {**config, **(config.get("ac_kwargs") or {})}.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name} must be a finite number, not {value}")
+    if config.get("actor_critic", MLPActorCritic) is MLPActorCritic:
+        check_ac_kwargs(**(config.get("ac_kwargs") or {}))
     gamma, lam = config.get("gamma", 0.99), config.get("lam", 0.95)
     if not 0 < gamma <= 1 or not 0 <= lam <= 1:
         raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")

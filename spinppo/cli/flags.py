@@ -147,17 +147,14 @@ def parse_values(flag: str, tokens: list[str], default: Any, annotation: str = "
 
 
 def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
-    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two."""
+    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two. (Sizes are checked
+    by the network's ``check_ac_kwargs``, with the other flags.)"""
     try:
         if any(t.startswith("[") or t.startswith("(") for t in tokens):
-            archs = [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
-        else:
-            archs = [tuple(int(t) for t in tokens)]
+            return [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
+        return [tuple(int(t) for t in tokens)]
     except ValueError:
         raise UserError(f"--hid takes layer sizes such as '64 64', not {' '.join(tokens)!r}") from None
-    if any(size < 1 for arch in archs for size in arch):
-        raise UserError(f"--hid takes positive layer sizes such as '64 64', not {' '.join(tokens)!r}")
-    return archs
 
 
 def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
@@ -237,12 +234,7 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             grid[f"ac:{flag}"] = [default]
         elif flag == "hid":
             grid["ac:hid"] = parse_hid(given[flag])
-        elif flag == "act":
-            from spinppo.core.networks import ACTIVATIONS
-
-            for name in given[flag]:
-                if name not in ACTIVATIONS:
-                    raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+        elif flag == "act":  # checked by the network's check_ac_kwargs, with the other flags
             grid["ac:act"] = given[flag]
         else:
             grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)

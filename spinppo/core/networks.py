@@ -64,6 +64,17 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def check_ac_kwargs(hidden_sizes: Any = (64, 64), activation: Any = "tanh", **_: Any) -> None:
+    """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``): the one
+    check, used by the network itself and, for every variant of a grid, before anything trains."""
+    if activation not in ACTIVATIONS:
+        raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+    sizes = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else [hidden_sizes]
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in sizes):
+        shown = " ".join(str(h) for h in sizes)
+        raise UserError(f"--hid takes positive layer sizes such as '64 64', not {shown!r}")
+
+
 class MLPActorCritic(nn.Module):
     """Policy ``pi`` and value function ``v`` for flat observations.
 
@@ -87,8 +98,7 @@ class MLPActorCritic(nn.Module):
         norm_obs: bool = True,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
+        check_ac_kwargs(hidden_sizes, activation)
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         if obs_spec["kind"] != "box" or len(obs_spec["shape"]) != 1:
             what = "image observations are" if obs_spec["kind"] == "box" else "this observation space is"
@@ -97,8 +107,6 @@ class MLPActorCritic(nn.Module):
                 f"{what} not supported yet"
             )
         hidden = [int(h) for h in hidden_sizes]
-        if any(h < 1 for h in hidden):
-            raise UserError(f"hidden layer sizes must be positive, not {hidden} (--hid)")
         # Everything needed to rebuild this module from a checkpoint, in plain values.
         self.ctor_spec = {
             "class": "MLPActorCritic",
