@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import mpirun, run
+from tests.conftest import MPIRUN, mpirun, run
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -35,3 +35,22 @@ def test_mpi_fork_from_plain_python_runs_n_ranks():
     out = run([sys.executable, "tests/fork_probe.py", "3"]).stdout
     lines = sorted(re.findall(r"rank (\d) of (\d) threads=(\d+)", out))
     assert lines == [("0", "3", "1"), ("1", "3", "1"), ("2", "3", "1")], out
+
+
+def test_more_ranks_than_cores_get_one_warning_and_the_run_goes_on(tmp_path):
+    """Pinned to 2 cores, 3 ranks are told they are oversubscribed and 2 ranks are not; a training run says
+    it once, on stderr, and trains on, with mpirun or with --cpu."""
+    pin = ["taskset", "-c", "0,1"]
+    probe = ["tests/oversubscription_probe.py"]
+    out = run([*pin, MPIRUN, "-np", "3", sys.executable, *probe]).stdout
+    assert out.count("warning=3 ranks share 2 cores on ") == 3, out
+    assert "use --cpu auto (a rank per core) or mpirun -np 2" in out
+    out = run([*pin, MPIRUN, "-np", "2", sys.executable, *probe]).stdout
+    assert out.count("warning=None") == 2, out
+    args = [sys.executable, "-m", "spinppo.run", "a2c", "--env", "CartPole", "--epochs", "1"]
+    args += ["--steps_per_epoch", "240", "--data_dir", str(tmp_path)]
+    proc = run(["taskset", "-c", "0", *args, "--cpu", "2"])
+    assert proc.stderr.count("spinppo: warning: 2 ranks share 1 core on ") == 1, proc.stderr
+    assert "AverageEpRet" in proc.stdout
+    proc = run([*pin, *args, "--cpu", "2", "--exp_name", "fits"])
+    assert "warning" not in proc.stderr, proc.stderr

@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -37,7 +38,14 @@ from spinppo.envs.registry import make_vector_env
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
-from spinppo.utils.mpi_tools import allgather, mpi_max, mpi_time, num_procs, proc_id
+from spinppo.utils.mpi_tools import (
+    allgather,
+    mpi_max,
+    mpi_time,
+    num_procs,
+    oversubscription_warning,
+    proc_id,
+)
 
 # Flags every on-policy algorithm has that must be positive numbers.
 COMMON_POSITIVE = ("epochs", "steps_per_epoch", "num_envs", "save_freq", "keep_checkpoints")
@@ -155,6 +163,9 @@ class OnPolicyRun:
         if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
             ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
             self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
+            crowded = oversubscription_warning()
+            if crowded and proc_id() == 0:
+                print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
         n_params = sum(p.numel() for p in self.ac.parameters())
         self.logger.log(
             f"{num_procs()} rank(s) x {self.num_envs} env(s), {self.rollout_steps} steps each per rollout; "

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spinppo.utils.errors import OneLineParser, UserError
-from spinppo.utils.mpi_tools import num_procs, under_mpi_launcher
+from spinppo.utils.mpi_tools import available_cores, num_procs, under_mpi_launcher
 
 ALGOS = ("ppo", "vpg", "a2c")
 # Keywords of an algorithm that are not flags: the command line builds them.
@@ -250,8 +250,6 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
         elif flag == "env_kwargs":
             options[flag] = parse_env_kwargs(given[flag])
         elif flag == "cpu" and given[flag] == ["auto"]:
-            from spinppo.utils.mpi_pytorch import available_cores
-
             options[flag] = available_cores()
         else:
             values = parse_values(flag, given[flag], default, "str | None" if default is None else "")

@@ -20,15 +20,7 @@ import os
 import torch
 from mpi4py import MPI
 
-from spinppo.utils.mpi_tools import COMM, local_size, num_procs
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset and cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+from spinppo.utils.mpi_tools import COMM, available_cores, local_size, num_procs
 
 
 def setup_pytorch_for_mpi() -> int:

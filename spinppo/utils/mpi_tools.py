@@ -22,6 +22,14 @@ from mpi4py import MPI
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
 
 
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset and cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class TimedComm:
     """``MPI.COMM_WORLD`` with a stopwatch: the time spent inside every call adds up in ``seconds``.
 
@@ -208,3 +216,25 @@ def mpi_statistics_scalar(x, with_min_and_max: bool = False):
     if with_min_and_max:
         return float(mean), std, float(-out[2]), float(out[3])
     return float(mean), std
+
+
+def oversubscription_warning() -> str | None:
+    """One line for the user when some host runs more ranks than the cores they may use, else None.
+
+    A collective: every rank calls it (rank 0 prints the answer). Why it matters: docs/multihost.md.
+    """
+    import socket
+
+    crowded = {
+        host: (ranks, cores)
+        for host, ranks, cores in allgather((socket.gethostname(), local_size(), available_cores()))
+        if ranks > cores
+    }
+    if not crowded:
+        return None
+    host, (ranks, cores) = next(iter(crowded.items()))
+    where = f"on {host}" + (f" and {len(crowded) - 1} other host(s)" if len(crowded) > 1 else "")
+    return (
+        f"{ranks} ranks share {cores} core{'s' if cores > 1 else ''} {where}: each rank waits its turn for a "
+        f"core, so the run is slower than it need be; use --cpu auto (a rank per core) or mpirun -np {cores}"
+    )
