@@ -1,6 +1,8 @@
-"""An environment with several discrete action branches (MultiDiscrete), as a Unity build has.
+"""Environments with unusual discrete action spaces: several branches (MultiDiscrete, as a Unity build
+has), and a Discrete space that does not start at 0.
 
-Registered as ``tests.multidiscrete_env:Branches-v0``: importing this module registers it.
+Registered as ``tests.multidiscrete_env:Branches-v0`` and ``tests.multidiscrete_env:Shifted-v0``:
+importing this module registers them.
 """
 
 import gymnasium as gym
@@ -46,4 +48,25 @@ class Branches(gym.Env):
         return self._obs(), reward, False, self.t >= 10, {}
 
 
+class Shifted(gym.Env):
+    """Say the number shown: actions are -1, 0 or 1 (``Discrete(3, start=-1)``), +1 reward for the one in
+    the observation (one-hot), 10 steps. ``step`` refuses an action outside the space."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(3, start=-1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.target = 0, int(self.np_random.integers(-1, 2))
+        return np.eye(3, dtype=np.float32)[self.target + 1], {}
+
+    def step(self, action):
+        if not self.action_space.contains(int(action)):
+            raise ValueError(f"Shifted takes -1, 0 or 1, not {action!r}")
+        reward = float(int(action) == self.target)
+        self.t, self.target = self.t + 1, int(self.np_random.integers(-1, 2))
+        return np.eye(3, dtype=np.float32)[self.target + 1], reward, False, self.t >= 10, {}
+
+
 gym.register("Branches-v0", entry_point=Branches)
+gym.register("Shifted-v0", entry_point=Shifted)

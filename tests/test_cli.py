@@ -395,3 +395,19 @@ def test_output_piped_into_head_ends_quietly(tmp_path):
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "Exception ignored" not in stderr, (
         stderr
     )
+
+
+def test_a_discrete_space_that_does_not_start_at_zero_trains_and_replays(tmp_path):
+    """Discrete(3, start=-1): the policy's choices 0..2 reach the environment as -1..1, in training and in
+    replay (the environment refuses anything else), and the policy learns to say the number shown."""
+    args = [sys.executable, "-m", "spinppo.run", "ppo", "--env", "tests.multidiscrete_env:Shifted-v0"]
+    args += ["--epochs", "15", "--steps_per_epoch", "1024", "--minibatch_size", "256", "--num_envs", "4"]
+    run([*args, "--data_dir", str(tmp_path), "--exp_name", "s"])
+    rows = rows_without_timing(tmp_path / "s" / "s_s0")
+    ret = rows[0].index("AverageEpRet")
+    first, last = float(rows[1][ret]), float(rows[-1][ret])
+    assert first < 5 and last > 8, (first, last)  # chance is 10/3 a 10-step episode
+    proc = run(
+        [sys.executable, "-m", "spinppo.run", "test_policy", str(tmp_path / "s" / "s_s0"), "-n", "3", "-d"]
+    )
+    assert proc.stdout.count("EpLen 10") == 3, proc.stdout

@@ -10,7 +10,7 @@ import numpy as np
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler
-from spinppo.envs.spaces import action_clipper
+from spinppo.envs.spaces import action_for_env
 
 
 class RolloutWorker:
@@ -34,7 +34,7 @@ class RolloutWorker:
         self.num_envs = env.num_envs
         self.ep_ret = np.zeros(self.num_envs)
         self.ep_len = np.zeros(self.num_envs, dtype=np.int64)
-        self.clip_action = action_clipper(env.single_action_space)
+        self.to_env_action = action_for_env(env.single_action_space)
         self.env_time = 0.0
         self.inference_time = 0.0
 
@@ -47,7 +47,7 @@ class RolloutWorker:
         for _ in range(buf.steps):
             t0 = time.perf_counter()
             act_np, val, logp = policy.step(obs)
-            env_act = self.clip_action(act_np)
+            env_act = self.to_env_action(act_np)
             t1 = time.perf_counter()
             next_obs, rew, terminated, truncated, info = env.step(env_act)
             t2 = time.perf_counter()

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from spinppo.envs.registry import saved_env_spec
-from spinppo.envs.spaces import action_clipper
+from spinppo.envs.spaces import action_for_env
 from spinppo.tools.plot import has_display
 from spinppo.utils.errors import OneLineParser, UserError, first_line
 from spinppo.utils.logx import read_run_config
@@ -365,14 +365,14 @@ def _report(i: int, ep: Episode, verbose: bool) -> None:
 
 
 def _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
-    clip = action_clipper(env.action_space)
+    to_env = action_for_env(env.action_space)
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret, ep_len = 0.0, 0
     while len(episodes) < num_episodes:
         if frames is not None:
             frames.append(_render_frame(env))
-        obs, rew, terminated, truncated, _ = env.step(clip(get_action(obs)))
+        obs, rew, terminated, truncated, _ = env.step(to_env(get_action(obs)))
         ep_ret += float(rew)
         ep_len += 1
         if terminated or truncated or (max_ep_len and ep_len >= max_ep_len):
@@ -391,13 +391,13 @@ def _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose
         )
     if frames is not None:
         raise UserError("--video is not supported for vector environments such as Unity builds")
-    clip = action_clipper(env.single_action_space)
+    to_env = action_for_env(env.single_action_space)
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret = np.zeros(env.num_envs)
     ep_len = np.zeros(env.num_envs, dtype=np.int64)
     while len(episodes) < num_episodes:
-        obs, rew, terminated, truncated, _ = env.step(clip(get_action(obs)))
+        obs, rew, terminated, truncated, _ = env.step(to_env(get_action(obs)))
         ep_ret += np.asarray(rew, dtype=np.float64)
         ep_len += 1
         for i in np.flatnonzero(np.logical_or(terminated, truncated)):
