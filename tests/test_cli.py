@@ -135,6 +135,10 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
         (["ppo", "--env", "CartPole", "--steps_per_epoch", "0"], "--steps_per_epoch must be positive, not 0"),
         (["ppo", "--env", "CartPole", "--hid", "-3"], "--hid takes positive layer sizes"),
         (["ppo", "--env", "CartPole", "--hid", "[64,0]", "[8]"], "--hid takes positive layer sizes"),
+        (
+            ["ppo", "--env", "CartPole", "--steps_per_epoch", "1024", "1026"],
+            "--steps_per_epoch 1026 must be a positive multiple of 8",
+        ),
         (["ppo", "--env", "CartPole", "--exp_name", "a/b"], "--exp_name must be a plain name"),
         (["ppo", "--env", "CartPole", "--seed", "3", "3"], "two runs of this grid would share"),
         (
@@ -367,14 +371,15 @@ def test_a_damaged_config_json_is_a_one_line_error_on_resume(tmp_path, edit, mes
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def test_output_piped_into_head_ends_quietly(tmp_path):
+@pytest.mark.parametrize("cpu", [[], ["--cpu", "2"]], ids=["one-process", "cpu-2"])
+def test_output_piped_into_head_ends_quietly(tmp_path, cpu):
     """``... | head``: when the reader goes away the run ends at once, exit 141, no traceback."""
     import subprocess
 
     from tests.conftest import REPO, child_env
 
     args = [sys.executable, "-m", "spinppo.run", "a2c", "--env", "CartPole", "--epochs", "500"]
-    args += ["--steps_per_epoch", "80", "--data_dir", str(tmp_path)]
+    args += ["--steps_per_epoch", "80", "--data_dir", str(tmp_path), *cpu]
     proc = subprocess.Popen(
         args,
         stdout=subprocess.PIPE,

@@ -47,6 +47,9 @@ def test_more_ranks_than_cores_get_one_warning_and_the_run_goes_on(tmp_path):
     assert "use --cpu auto (a rank per core) or mpirun -np 2" in out
     out = run([*pin, MPIRUN, "-np", "2", sys.executable, *probe]).stdout
     assert out.count("warning=None") == 2, out
+    # Ranks bound one to a core each see one core apiece, yet are not crowded.
+    out = run([*pin, MPIRUN, "-np", "2", "-bind-to", "core", sys.executable, *probe]).stdout
+    assert out.count("warning=None") == 2, out
     args = [sys.executable, "-m", "spinppo.run", "a2c", "--env", "CartPole", "--epochs", "1"]
     args += ["--steps_per_epoch", "240", "--data_dir", str(tmp_path)]
     proc = run(["taskset", "-c", "0", *args, "--cpu", "2"])

@@ -115,8 +115,10 @@ def a2c(
 
 def check_flags(config: dict[str, Any]) -> None:
     """A UserError for the first bad flag of ``a2c(**config)``: the shared checks and A2C's own."""
+    # Without env_fn: A2C's own check of --steps_per_epoch below is the stricter one, in A2C's words.
+    shared = {k: v for k, v in config.items() if k != "env_fn"}
     check_common_flags(
-        config, positive=("lr", "n_steps"), nonnegative=("vf_coef", "ent_coef", "max_grad_norm")
+        shared, positive=("lr", "n_steps"), nonnegative=("vf_coef", "ent_coef", "max_grad_norm")
     )
     rollout = num_procs() * config["num_envs"] * config["n_steps"]
     if config["steps_per_epoch"] % rollout:

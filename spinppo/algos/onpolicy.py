@@ -47,6 +47,8 @@ from spinppo.utils.mpi_tools import (
     proc_id,
 )
 
+_warned: set[str] = set()  # warnings already printed by this process
+
 # Flags every on-policy algorithm has that must be positive numbers.
 COMMON_POSITIVE = ("epochs", "steps_per_epoch", "num_envs", "save_freq", "keep_checkpoints")
 
@@ -73,9 +75,27 @@ def check_common_flags(
             raise UserError(f"--{name} must be a finite number, not {value}")
     if config.get("actor_critic", MLPActorCritic) is MLPActorCritic:
         check_ac_kwargs(**(config.get("ac_kwargs") or {}))
+    # A gymnasium environment is made num_envs times (a Unity build or a Python env_fn may bring its own
+    # count: OnPolicyRun checks that once the environment exists).
+    if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) == "gym":
+        rollout_length(config["steps_per_epoch"], config["num_envs"])
     gamma, lam = config.get("gamma", 0.99), config.get("lam", 0.95)
     if not 0 < gamma <= 1 or not 0 <= lam <= 1:
         raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
+
+
+def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
+    """Steps of each environment in one rollout, when ``steps_per_epoch`` divides evenly among the ranks,
+    their ``num_envs`` environments and the epoch's rollouts; else a UserError with a value that does."""
+    unit = num_procs() * num_envs * rollouts_per_epoch
+    if steps_per_epoch % unit or steps_per_epoch < unit:
+        raise UserError(
+            f"--steps_per_epoch {steps_per_epoch} must be a positive multiple of {unit} "
+            f"({num_procs()} ranks x {num_envs} environments"
+            + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
+            + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
+        )
+    return steps_per_epoch // unit
 
 
 class OnPolicyRun:
@@ -117,16 +137,7 @@ class OnPolicyRun:
 
         self.env = make_vector_env(env_fn, num_envs, self.seed)
         self.num_envs = self.env.num_envs
-        local_steps, rem = divmod(steps_per_epoch, num_procs())
-        per_env, rem_env = divmod(local_steps, self.num_envs * rollouts_per_epoch)
-        if rem or rem_env or per_env < 1:
-            unit = num_procs() * self.num_envs * rollouts_per_epoch
-            raise UserError(
-                f"--steps_per_epoch {steps_per_epoch} must be a positive multiple of {unit} "
-                f"({num_procs()} ranks x {self.num_envs} environments"
-                + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
-                + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
-            )
+        per_env = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.rollouts_per_epoch = rollouts_per_epoch
         self.norm_adv = norm_adv
@@ -164,7 +175,8 @@ class OnPolicyRun:
             ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
             self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
             crowded = oversubscription_warning()
-            if crowded and proc_id() == 0:
+            if crowded and proc_id() == 0 and crowded not in _warned:  # once a process, not once a run
+                _warned.add(crowded)
                 print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
         n_params = sum(p.numel() for p in self.ac.parameters())
         self.logger.log(

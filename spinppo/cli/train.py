@@ -58,24 +58,24 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
             )
             logger_kwargs.update(overwrite=options["overwrite"], tensorboard=options["tensorboard"])
             ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
-            plan.append((env, variant, ac_kwargs, logger_kwargs))
+            unity_kwargs = dict(
+                base_port=options["base_port"],
+                worker_id=local_rank(),
+                time_scale=options["time_scale"],
+                no_graphics=options["no_graphics"],
+                log_dir=logger_kwargs["output_dir"],
+            )
+            env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+            plan.append((env_fn, variant, ac_kwargs, logger_kwargs))
     # Every variant's flags too: with --overwrite, a bad value in a later variant found only when it
     # starts would come after the earlier variants had replaced their old runs.
-    for _, variant, ac_kwargs, _ in plan:
-        check_algo_flags(algo, {**variant, "ac_kwargs": ac_kwargs})
+    for env_fn, variant, ac_kwargs, _ in plan:
+        check_algo_flags(algo, {**variant, "ac_kwargs": ac_kwargs, "env_fn": env_fn})
     check_run_dirs([p[3]["output_dir"] for p in plan], options["overwrite"])
 
     fn = algo_function(algo)
     dirs = []
-    for env, variant, ac_kwargs, logger_kwargs in plan:
-        unity_kwargs = dict(
-            base_port=options["base_port"],
-            worker_id=local_rank(),
-            time_scale=options["time_scale"],
-            no_graphics=options["no_graphics"],
-            log_dir=logger_kwargs["output_dir"],
-        )
-        env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+    for env_fn, variant, ac_kwargs, logger_kwargs in plan:
         if proc_id() == 0:
             print(f"Environment: {env_fn.choice.describe()}", flush=True)
         fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)

@@ -9,6 +9,7 @@ The rollout's hot path is ``RolloutPolicy`` (``ac.rollout_policy()``): the same 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -70,7 +71,11 @@ def check_ac_kwargs(hidden_sizes: Any = (64, 64), activation: Any = "tanh", **_:
     if activation not in ACTIVATIONS:
         raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     sizes = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else [hidden_sizes]
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in sizes):
+    # Whole numbers of any type (numpy's, 64.0) pass, as int() takes them; bools and fractions do not.
+    if not all(
+        isinstance(h, numbers.Real) and not isinstance(h, bool) and math.isfinite(h) and h == int(h) >= 1
+        for h in sizes
+    ):
         shown = " ".join(str(h) for h in sizes)
         raise UserError(f"--hid takes positive layer sizes such as '64 64', not {shown!r}")
 

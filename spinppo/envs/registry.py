@@ -130,29 +130,19 @@ def make_env(
         ) from None
 
 
-def make_vec_env(
-    choice: EnvChoice,
-    num_envs: int = 1,
+def make_unity_vec_env(
+    file_name: str,
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     unity_kwargs: dict[str, Any] | None = None,
 ) -> gym.vector.VectorEnv:
-    """The vectorised environment a rank's rollout steps: ``num_envs`` copies seeded ``seed, seed+1, ...``.
-
-    For a Unity build the agents of its behavior are the sub-environments and ``num_envs`` is ignored;
-    ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir) go to the Unity adapter.
-    The caller resets it (``env.reset(seed=seed)``) before the first step.
+    """A Unity build as the VectorEnv a rank's rollout steps: the agents of its behavior are the
+    sub-environments. ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir) go to the
+    Unity adapter. The caller resets it (``env.reset(seed=seed)``) before the first step.
     """
-    if choice.kind == "unity":
-        from spinppo.envs.unity import make_unity_env
+    from spinppo.envs.unity import make_unity_env
 
-        env = make_unity_env(
-            file_name=choice.target, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {})
-        )
-    else:
-        make_env(choice.target, env_kwargs).close()  # fail early, with a clear message, on bad kwargs
-        fns = [lambda: make_env(choice.target, env_kwargs) for _ in range(num_envs)]
-        env = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    env = make_unity_env(file_name=file_name, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {}))
     env.action_space.seed(seed)
     return env
 
@@ -165,8 +155,9 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
     spec = config.get("env_fn")
     if not isinstance(spec, dict):
         raise UserError(
-            f"{where} does not name the run's environment (env_fn is {spec!r}): a run made from Python "
-            "with its own env_fn, or an edited file"
+            f"{where} does not name the run's environment (env_fn is {spec!r}): a run made from Python with "
+            "its own env_fn (resume it from Python with logger_kwargs=dict(output_dir=RUN, resume=True)), "
+            "or an edited file"
         )
     kind, env, name = spec.get("kind"), spec.get("env"), spec.get("name", spec.get("env"))
     if kind not in ("gym", "unity"):
@@ -184,7 +175,7 @@ class EnvFactory:
     """A picklable ``env_fn`` for the algorithms, saved in config.json as plain values.
 
     Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents
-    (``unity_kwargs`` as for ``make_vec_env``).
+    (``unity_kwargs`` as for ``make_unity_vec_env``).
     """
 
     def __init__(
@@ -203,8 +194,8 @@ class EnvFactory:
         """A new environment. ``seed`` matters for Unity builds, which are seeded only at launch;
         gymnasium environments are seeded when the rollout resets them."""
         if self.choice.kind == "unity":
-            return make_vec_env(
-                self.choice, seed=seed, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs
+            return make_unity_vec_env(
+                self.choice.target, seed=seed, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs
             )
         return make_env(self.choice.target, self.env_kwargs)
 

@@ -219,7 +219,7 @@ def make_run_env(
                 f"the run's Unity build {target} is not there any more: replay needs the build it trained on"
             )
         try:
-            from spinppo.envs.registry import EnvChoice, make_vec_env
+            from spinppo.envs.registry import make_unity_vec_env
 
             window = render_mode == "human"
             unity_kwargs = dict(
@@ -228,8 +228,7 @@ def make_run_env(
                 time_scale=1.0 if window else 20.0,
                 no_graphics=not window,
             )
-            choice = EnvChoice("unity", target)
-            return make_vec_env(choice, seed=seed, env_kwargs=env_kwargs, unity_kwargs=unity_kwargs)
+            return make_unity_vec_env(target, seed=seed, env_kwargs=env_kwargs, unity_kwargs=unity_kwargs)
         except UserError:
             raise
         except ImportError as e:

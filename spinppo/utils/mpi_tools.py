@@ -117,7 +117,9 @@ def mpi_fork(n: int) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
-    sys.exit(proc.wait())
+    code = proc.wait()
+    # mpirun killed by a signal (SIGPIPE when the reader of `| head` left): exit as a shell reports it.
+    sys.exit(128 - code if code < 0 else code)
 
 
 def under_mpi_launcher() -> bool:
@@ -221,15 +223,21 @@ def mpi_statistics_scalar(x, with_min_and_max: bool = False):
 def oversubscription_warning() -> str | None:
     """One line for the user when some host runs more ranks than the cores they may use, else None.
 
-    A collective: every rank calls it (rank 0 prints the answer). Why it matters: docs/multihost.md.
+    The cores of a host are all those its ranks may run on (ranks bound one to a core each, by
+    ``mpirun -bind-to core`` or Slurm, are not crowded). A collective: every rank calls it. Measured in
+    docs/benchmarks.md ("More ranks than cores").
     """
     import socket
 
-    crowded = {
-        host: (ranks, cores)
-        for host, ranks, cores in allgather((socket.gethostname(), local_size(), available_cores()))
-        if ranks > cores
-    }
+    try:
+        mine = frozenset(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        mine = frozenset(range(os.cpu_count() or 1))
+    hosts: dict[str, tuple[int, frozenset]] = {}
+    for host, cores in allgather((socket.gethostname(), mine)):
+        ranks, seen = hosts.get(host, (0, frozenset()))
+        hosts[host] = (ranks + 1, seen | cores)
+    crowded = {host: (ranks, len(cores)) for host, (ranks, cores) in hosts.items() if ranks > len(cores)}
     if not crowded:
         return None
     host, (ranks, cores) = next(iter(crowded.items()))
