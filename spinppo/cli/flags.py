@@ -147,8 +147,8 @@ def parse_values(flag: str, tokens: list[str], default: Any, annotation: str = "
 
 
 def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
-    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two. (Sizes are checked
-    by the network's ``check_ac_kwargs``, with the other flags.)"""
+    """``--hid 64 64`` is one architecture; ``--hid [32,32] [64,64]`` is a grid of two. (The sizes are
+    checked by the network's ``check_ac_kwargs``.)"""
     try:
         if any(t.startswith("[") or t.startswith("(") for t in tokens):
             return [tuple(int(x) for x in re.findall(r"-?\d+", t)) for t in tokens]
@@ -234,7 +234,7 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             grid[f"ac:{flag}"] = [default]
         elif flag == "hid":
             grid["ac:hid"] = parse_hid(given[flag])
-        elif flag == "act":  # checked by the network's check_ac_kwargs, with the other flags
+        elif flag == "act":
             grid["ac:act"] = given[flag]
         else:
             grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
@@ -258,6 +258,13 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             options[flag] = values[0]
     if options["cpu"] < 1:
         raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
+    # The network's options are checked by the network's own check, here already so that a typo fails
+    # before --cpu starts any rank (the grid's pre-check runs it again with the other flags).
+    from spinppo.core.networks import check_ac_kwargs
+
+    for hidden_sizes in grid["ac:hid"]:
+        for activation in grid["ac:act"]:
+            check_ac_kwargs(hidden_sizes=hidden_sizes, activation=activation)
     return grid, options
 
 
