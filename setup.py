@@ -16,6 +16,12 @@ install_requires = [
     # The only mlagents-envs release that installs on Python 3.11 beside numpy 2.
     "mlagents-envs==0.28.0",
     "protobuf<3.21",
+    # --config files (spinppo's YAML and ML-Agents trainer configs).
+    "pyyaml>=6",
+    # export --onnx and test_policy on .onnx files. The newest releases that accept protobuf 3.20, which
+    # mlagents-envs 0.28 needs (onnx 1.18 and onnxruntime 1.27 want protobuf 4 or newer).
+    "onnx>=1.14,<1.18",
+    "onnxruntime>=1.16,<1.27",
 ]
 
 setup(

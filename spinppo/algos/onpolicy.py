@@ -151,9 +151,10 @@ class OnPolicyRun:
         # the checkpoint has loaded): a resume that is refused must leave the run as it was.
         if config is not None and not self.resume:
             kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
-            self.logger.save_config(
-                {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
-            )
+            saved = {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
+            if hasattr(self.env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
+                saved["observation_shapes"] = [list(shape) for shape in self.env.observation_shapes]
+            self.logger.save_config(saved)
         sync_params(self.ac)
         self.buf = GAEBuffer(
             obs_space.shape[0],

@@ -174,6 +174,9 @@ class UnityVectorEnv(VectorEnv):
                     f"behavior {self.behavior!r} has a variable-length observation {obs_spec.name!r} "
                     f"{obs_spec.shape}: not supported yet; use vector observations"
                 )
+        # One shape per sensor, in the order Unity lists them (their concatenation is the observation):
+        # an exported model takes them as separate inputs, as ML-Agents' does.
+        self.observation_shapes = [tuple(int(n) for n in s.shape) for s in spec.observation_specs]
         self.obs_dim = int(sum(s.shape[0] for s in spec.observation_specs))
 
         action_spec = spec.action_spec
