@@ -26,6 +26,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from spinppo.envs.unity.params import check_environment_parameters
 from spinppo.utils.errors import UserError, first_line
 
 # Short names whose target is not simply "the newest version of the same name".
@@ -135,14 +136,25 @@ def make_unity_vec_env(
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     unity_kwargs: dict[str, Any] | None = None,
+    environment_parameters: dict[str, Any] | None = None,
+    behavior: str | None = None,
 ) -> gym.vector.VectorEnv:
     """A Unity build as the VectorEnv a rank's rollout steps: the agents of its behavior are the
-    sub-environments. ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir) go to the
-    Unity adapter. The caller resets it (``env.reset(seed=seed)``) before the first step.
+    sub-environments. ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir, and
+    run_seed, lessons for the environment parameters) go to the Unity adapter; ``environment_parameters``
+    (ML-Agents' section, checked) and ``behavior`` (the behavior to train; None: the first) too. The caller
+    resets it (``env.reset(seed=seed)``) before the first step.
     """
     from spinppo.envs.unity import make_unity_env
 
-    env = make_unity_env(file_name=file_name, seed=seed, env_kwargs=env_kwargs, **(unity_kwargs or {}))
+    env = make_unity_env(
+        file_name=file_name,
+        seed=seed,
+        env_kwargs=env_kwargs,
+        environment_parameters=environment_parameters,
+        behavior_name=behavior,
+        **(unity_kwargs or {}),
+    )
     env.action_space.seed(seed)
     return env
 
@@ -150,8 +162,10 @@ def make_unity_vec_env(
 def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
     """The ``env_fn`` entry of a run's config.json (``EnvFactory.to_json``), checked: ``kind`` "gym" or
     "unity", ``env`` a gymnasium id or a build's path, ``name`` (what ``--env`` said; ``env`` when absent)
-    and ``env_kwargs`` a dict (null is none). A UserError naming ``where`` (the file) and the bad key when
-    the entry is missing or was edited into something else: the one check that resume and replay share."""
+    and ``env_kwargs`` a dict (null is none); for a Unity build also ``environment_parameters`` (ML-Agents'
+    section, normalised: ``{}`` when the run had none) and ``behavior`` (the trained behavior's name as
+    given; None: the build's first). A UserError naming ``where`` (the file) and the bad key when the entry
+    is missing or was edited into something else: the one check that resume and replay share."""
     spec = config.get("env_fn")
     if not isinstance(spec, dict):
         raise UserError(
@@ -168,14 +182,33 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
     env_kwargs = spec.get("env_kwargs")
     if env_kwargs is not None and not isinstance(env_kwargs, dict):
         raise UserError(f"{where}: env_fn.env_kwargs is {env_kwargs!r}, not an object: the file was edited")
-    return {"name": name, "kind": kind, "env": env, "env_kwargs": dict(env_kwargs or {})}
+    parameters = spec.get("environment_parameters")
+    behavior = spec.get("behavior")
+    if kind == "gym" and (parameters or behavior is not None):
+        raise UserError(
+            f"{where}: env_fn has environment_parameters or a behavior for a gymnasium environment"
+        )
+    if behavior is not None and (not isinstance(behavior, str) or not behavior):
+        raise UserError(f"{where}: env_fn.behavior is {behavior!r}, not a string: the file was edited")
+    # The section was normalised before it was saved; checking it again catches an edited file.
+    parameters = check_environment_parameters(parameters, f"{where} (env_fn)")
+    return {
+        "name": name,
+        "kind": kind,
+        "env": env,
+        "env_kwargs": dict(env_kwargs or {}),
+        "environment_parameters": parameters,
+        "behavior": behavior,
+    }
 
 
 class EnvFactory:
     """A picklable ``env_fn`` for the algorithms, saved in config.json as plain values.
 
     Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents
-    (``unity_kwargs`` as for ``make_unity_vec_env``).
+    (``unity_kwargs`` as for ``make_unity_vec_env``). ``environment_parameters`` is ML-Agents'
+    ``environment_parameters`` section (checked, kept normalised; ``where`` names its file in errors) and
+    ``behavior`` the Unity behavior to train; both need a Unity build (a UserError for gymnasium).
     """
 
     def __init__(
@@ -184,29 +217,54 @@ class EnvFactory:
         env_kwargs: dict[str, Any] | None = None,
         unity_file: str | None = None,
         unity_kwargs: dict[str, Any] | None = None,
+        environment_parameters: dict[str, Any] | None = None,
+        behavior: str | None = None,
+        where: str = "environment_parameters",
     ) -> None:
         self.name = name
         self.choice = resolve_env(name, unity_file)
         self.env_kwargs = dict(env_kwargs or {})
         self.unity_kwargs = dict(unity_kwargs or {})
+        self.environment_parameters = check_environment_parameters(environment_parameters, where)
+        self.behavior = behavior
+        if self.choice.kind != "unity" and self.environment_parameters:
+            raise UserError(
+                f"environment_parameters need a Unity build; {self.choice.describe()} has none: "
+                "drop them or train a Unity build (--env unity:PATH)"
+            )
+        if self.choice.kind != "unity" and behavior is not None:
+            raise UserError(f"behavior {behavior!r} needs a Unity build; {self.choice.describe()} has none")
+        if behavior is not None and (not isinstance(behavior, str) or not behavior):
+            raise UserError(f"behavior must be a behavior's name, not {behavior!r}")
 
     def __call__(self, seed: int = 0) -> gym.Env | gym.vector.VectorEnv:
         """A new environment. ``seed`` matters for Unity builds, which are seeded only at launch;
         gymnasium environments are seeded when the rollout resets them."""
         if self.choice.kind == "unity":
             return make_unity_vec_env(
-                self.choice.target, seed=seed, env_kwargs=self.env_kwargs, unity_kwargs=self.unity_kwargs
+                self.choice.target,
+                seed=seed,
+                env_kwargs=self.env_kwargs,
+                unity_kwargs=self.unity_kwargs,
+                environment_parameters=self.environment_parameters,
+                behavior=self.behavior,
             )
         return make_env(self.choice.target, self.env_kwargs)
 
     def to_json(self) -> dict[str, Any]:
-        """What config.json records, enough to make the environment again."""
-        return {
+        """What config.json records, enough to make the environment again; ``environment_parameters`` and
+        ``behavior`` only when set, so that the files of runs without them stay as they were."""
+        spec: dict[str, Any] = {
             "name": self.name,
             "kind": self.choice.kind,
             "env": self.choice.target,
             "env_kwargs": self.env_kwargs,
         }
+        if self.environment_parameters:
+            spec["environment_parameters"] = self.environment_parameters
+        if self.behavior is not None:
+            spec["behavior"] = self.behavior
+        return spec
 
 
 def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) -> gym.vector.VectorEnv:

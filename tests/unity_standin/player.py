@@ -20,9 +20,15 @@ agent then starts a new episode under a NEW id, and its first decision comes at 
 Brain parameters go with the first infos of each behavior, as Unity sends them.
 
 Side channels: the EngineConfigurationChannel's time scale paces the academy (``fixed_dt`` seconds of
-simulated time per physics step, at most ``time_scale`` times real time); the EnvironmentParametersChannel
-sets ``reward_scale`` (multiplies every reward) and ``gravity`` (the MuJoCo model's or CartPole's);
-everything received is written to the log file, which is how tests see what arrived.
+simulated time per physics step, at most ``time_scale`` times real time). The EnvironmentParametersChannel
+works as com.unity.ml-agents' does: a float parameter or a sampler (uniform, gaussian, multirangeuniform,
+each with its seed) replaces the parameter's value function, and every read of the parameter calls it, so
+a sampler gives a new value at each read (and a sampler received again starts its sequence again from its
+seed). The stand-in's "game" reads every parameter it has received when an agent's episode begins (as
+OnEpisodeBegin does): ``reward_scale`` multiplies the episode's rewards and ``gravity`` sets the MuJoCo
+model's or CartPole's. Everything received, and each episode's values (``episode ID behavior NAME lineage
+L parameters {JSON}``), is written to the log file, which is how tests see what arrived. The samplers draw
+from Python's ``random.Random(seed)``, not C#'s ``System.Random``: same distributions, other numbers.
 
 Configuration (JSON, ``--standin-config FILE`` or the STANDIN_CONFIG variable) — see DEFAULTS.
 """
@@ -31,10 +37,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "branches": [2],  # cartpole: discrete branch sizes; the first drives the cart, the rest are ignored
     "hybrid": False,  # add a discrete branch (continuous tasks) or a continuous action (cartpole)
     "visual": False,  # add an 8x8x3 camera observation
-    "second_behavior": False,  # a second behavior, "Spectator", with one agent
+    "second_behavior": False,  # a second behavior with one agent: true (named "Spectator") or its name
     "communication_version": "1.5.0",
     "package_version": "2.2.1-exp.1",
     "hang": None,  # "init": never connect; N: stop answering after N exchanges
@@ -173,8 +181,9 @@ class ScriptBody:
 class Agent:
     """A Unity Agent: a lineage (one GameObject) whose episodes each carry a new id."""
 
-    def __init__(self, lineage: int, body: Body | ScriptBody, period: int) -> None:
-        self.lineage, self.body, self.period = lineage, body, period
+    def __init__(self, behavior: str, lineage: int, body: Body | ScriptBody, period: int) -> None:
+        self.behavior, self.lineage, self.body, self.period = behavior, lineage, body, period
+        self.reward_scale = 1.0  # read from the environment parameters at each episode's start
         self.id = -1
         self.episode = -1
         self.ep_step = 0
@@ -199,10 +208,13 @@ class Academy:
     def __init__(self, cfg: dict[str, Any], seed: int, log: Log) -> None:
         self.cfg, self.seed, self.log = cfg, seed, log
         self.script = cfg["script"] if cfg["task"] == "script" else {}
-        self.reward_scale = 1.0
-        self.gravity: float | None = None
+        # Environment parameters: name -> the function each read calls (Unity's m_Parameters).
+        self.parameters: dict[str, Callable[[], float]] = {}
         self.next_id = cfg["first_id"]
-        self.names = [cfg["behavior_name"]] + (["Spectator"] if cfg["second_behavior"] else [])
+        second = cfg["second_behavior"]
+        self.names = [cfg["behavior_name"]] + (
+            [second if isinstance(second, str) else "Spectator"] if second else []
+        )
         self.agents: dict[str, list[Agent]] = {n: [] for n in self.names}
         self.pending: dict[str, list[Agent]] = {n: [] for n in self.names}  # asked for a decision
         self.bodies: dict[tuple[str, int], Body | ScriptBody] = {}
@@ -216,14 +228,12 @@ class Academy:
         if key not in self.bodies:  # bodies persist across resets, like a scene's GameObjects
             task = self.cfg["task"]
             self.bodies[key] = ScriptBody(self.cfg) if task == "script" else Body(task, self.cfg)
-            if self.gravity is not None:
-                self.bodies[key].set_gravity(self.gravity)
         return self.bodies[key]
 
     def _new_agent(self, name: str, lineage: int) -> Agent:
         periods = self.script.get("periods", [])
         period = periods[lineage] if lineage < len(periods) else self.cfg["decision_period"]
-        agent = Agent(lineage, self._body(name, lineage), period)
+        agent = Agent(name, lineage, self._body(name, lineage), period)
         self._begin(agent)
         return agent
 
@@ -232,6 +242,15 @@ class Academy:
         seed = self.seed * 1000 + agent.lineage if agent.episode < 0 else None
         agent.begin(self.next_id, seed)
         self.next_id += 1
+        if self.parameters:  # OnEpisodeBegin: the game reads its parameters, a sampler draws anew
+            values = {key: read() for key, read in self.parameters.items()}
+            agent.reward_scale = values.get("reward_scale", 1.0)
+            if "gravity" in values:
+                agent.body.set_gravity(values["gravity"])
+            self.log(
+                f"episode {agent.id} behavior {agent.behavior} lineage {agent.lineage} "
+                f"parameters {json.dumps(values)}"
+            )
 
     def reset(self) -> None:
         self.step_count = 0
@@ -242,17 +261,40 @@ class Academy:
             self.agents[self.names[0]].append(self._new_agent(self.names[0], lineage))
         self.lineages = self.cfg["agents"]
         if len(self.names) > 1:
-            self.agents["Spectator"].append(self._new_agent("Spectator", 0))
+            self.agents[self.names[1]].append(self._new_agent(self.names[1], 0))
         self.log(f"reset: {self.cfg['agents']} agents, ids {[a.id for a in self.agents[self.names[0]]]}")
 
     def set_parameter(self, key: str, value: float) -> None:
+        """A float parameter: every read returns ``value``."""
         self.log(f"environment parameter {key}={value:g}")
-        if key == "reward_scale":
-            self.reward_scale = value
-        elif key == "gravity":
-            self.gravity = value
-            for body in self.bodies.values():
-                body.set_gravity(value)
+        self.parameters[key] = lambda: value
+
+    def set_sampler(self, key: str, kind: int, seed: int, numbers: list[float]) -> None:
+        """A sampler (SamplerFactory): a new generator from ``seed``, drawn from at every read."""
+        rng = random.Random(seed)
+        read: Callable[[], float]
+        if kind == 0:
+            low, high = numbers
+            described = {"sampler_type": "uniform", "min_value": low, "max_value": high}
+            read = lambda: low + rng.random() * (high - low)  # noqa: E731
+        elif kind == 1:
+            mean, st_dev = numbers
+            described = {"sampler_type": "gaussian", "mean": mean, "st_dev": st_dev}
+            read = lambda: rng.gauss(mean, st_dev)  # noqa: E731
+        elif kind == 2:
+            intervals = [numbers[i : i + 2] for i in range(0, len(numbers), 2)]
+            described = {"sampler_type": "multirangeuniform", "intervals": intervals}
+            sizes = [high - low for low, high in intervals]
+            pick = random.Random(seed + 1)  # Unity picks the interval with a second generator, seed + 1
+
+            def read() -> float:
+                low, high = pick.choices(intervals, weights=sizes)[0]
+                return low + rng.random() * (high - low)
+        else:
+            self.log(f"environment parameter {key}: unknown sampler type {kind} ignored")
+            return
+        self.log(f"environment parameter {key} sampler {json.dumps({**described, 'seed': seed})}")
+        self.parameters[key] = read
 
     def apply_actions(self, agent_actions: Any) -> None:
         """STEP: the actions answer, in order, the agents that asked for a decision."""
@@ -289,7 +331,7 @@ class Academy:
         for name in self.names:
             for agent in self.agents[name]:
                 agent.obs, r, terminated = agent.body.step(agent.cont, agent.disc)
-                agent.reward += r * self.reward_scale
+                agent.reward += r * agent.reward_scale
                 agent.ep_step += 1
                 interrupted = not terminated and 0 < max_step <= agent.ep_step
                 if terminated or interrupted:
@@ -430,8 +472,10 @@ def read_side_channels(data: bytes, academy: Academy, log: Log, state: dict[str,
             key = msg.read_string()
             if msg.read_int32() == 0:
                 academy.set_parameter(key, msg.read_float32())
-            else:
-                log(f"environment parameter {key}: samplers are not simulated")
+            else:  # a sampler: seed, sampler type, then its numbers
+                seed, kind = msg.read_int32(), msg.read_int32()
+                numbers = msg.read_float32_list() if kind == 2 else [msg.read_float32(), msg.read_float32()]
+                academy.set_sampler(key, kind, seed, numbers)
         else:
             log(f"side channel {channel} ({length} bytes) ignored")
 

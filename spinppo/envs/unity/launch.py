@@ -2,10 +2,11 @@
 
 Everything about the player process is here: which executable (``resolve_build``), where its log goes
 (``player_log_path``), how long to wait for it (``timeout_from_environment``), the side channels that
-carry the time scale and environment parameters (``settings_channels``), and ``UnityPlayer``, which
-launches it (gRPC on port ``base_port + worker_id``) and calls into mlagents_envs, translating its
-exceptions into messages that name the problem and the fix. ``mlagents_envs`` is imported only inside
-functions, and never its ``envs`` or ``registry`` modules (they reach the internet on import).
+carry the time scale and environment parameters (``settings_channels``, ``queue_environment_parameters``),
+and ``UnityPlayer``, which launches it (gRPC on port ``base_port + worker_id``) and calls into
+mlagents_envs, translating its exceptions into messages that name the problem and the fix.
+``mlagents_envs`` is imported only inside functions, and never its ``envs`` or ``registry`` modules
+(they reach the internet on import).
 """
 
 from __future__ import annotations
@@ -73,11 +74,15 @@ def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
     return str(path)
 
 
-def settings_channels(time_scale: float, env_kwargs: dict[str, Any] | None) -> list[Any]:
+def settings_channels(
+    time_scale: float, env_kwargs: dict[str, Any] | None, samplers: dict[str, dict[str, Any]] | None = None
+) -> list[Any]:
     """The side channels that send ``time_scale`` and the environment parameters with the first reset.
 
-    ``env_kwargs`` maps parameter names to numbers (a UserError otherwise). Returns mlagents_envs'
-    EngineConfigurationChannel and EnvironmentParametersChannel, for ``UnityPlayer.launch``.
+    ``env_kwargs`` maps parameter names to numbers (a UserError otherwise), sent as float parameters;
+    ``samplers`` (``EnvironmentParameterManager.current_samplers()``) are the environment_parameters'
+    current lesson values, queued after them. Returns mlagents_envs' EngineConfigurationChannel and
+    EnvironmentParametersChannel, for ``UnityPlayer.launch``; keep the second to send later lessons.
     """
     from mlagents_envs.side_channel.engine_configuration_channel import EngineConfigurationChannel
     from mlagents_envs.side_channel.environment_parameters_channel import EnvironmentParametersChannel
@@ -92,7 +97,30 @@ def settings_channels(time_scale: float, env_kwargs: dict[str, Any] | None) -> l
                 f"{key}={value!r} is not: fix --env_kwargs"
             )
         parameters.set_float_parameter(str(key), float(value))
+    queue_environment_parameters(parameters, samplers or {})
     return [engine, parameters]
+
+
+def queue_environment_parameters(channel: Any, samplers: dict[str, dict[str, Any]]) -> None:
+    """Queue ``samplers`` (name -> ``{"sampler_type", "sampler_parameters"}`` with resolved seeds) on the
+    EnvironmentParametersChannel ``channel``, as ML-Agents' ``ParameterRandomizationSettings.apply`` does:
+    a constant is a float parameter, a sampler goes with its seed and Unity draws from it each time the
+    game reads the parameter. They reach the player with the next exchange (step or reset)."""
+    for key, sampler in samplers.items():
+        kind, p = sampler["sampler_type"], sampler["sampler_parameters"]
+        if kind == "constant":
+            channel.set_float_parameter(key, float(p["value"]))
+        elif kind == "uniform":
+            channel.set_uniform_sampler_parameters(
+                key, float(p["min_value"]), float(p["max_value"]), p["seed"]
+            )
+        elif kind == "gaussian":
+            channel.set_gaussian_sampler_parameters(key, float(p["mean"]), float(p["st_dev"]), p["seed"])
+        elif kind == "multirangeuniform":
+            intervals = [(float(low), float(high)) for low, high in p["intervals"]]
+            channel.set_multirangeuniform_sampler_parameters(key, intervals, p["seed"])
+        else:  # check_environment_parameters lets no other type through
+            raise ValueError(f"unknown sampler_type {kind!r}")
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,16 @@ Rules for what Unity does that gymnasium cannot express:
   new agent. A slot that finds no new agent within another ``patience`` exchanges is a UserError,
   because the number of sub-environments cannot change.
 - Agents beyond ``num_envs`` are ignored (they get zero actions, with one warning) until a slot is free.
-- Several behaviors: the first one Unity lists is trained, with a warning naming the others (they get
-  zero actions). Continuous actions are clipped to [-1, 1]; action masks are not applied; group rewards
-  are ignored. The seed goes to Unity at launch; ``reset(seed=...)`` cannot reseed a running player.
+- Several behaviors: ``behavior_name`` chooses the one to train (``Walker`` also matches Unity's
+  ``Walker?team=0``), else the first one Unity lists is trained, with a warning naming the others; the
+  others get zero actions. Continuous actions are clipped to [-1, 1]; action masks are not applied; group
+  rewards are ignored. The seed goes to Unity at launch; ``reset(seed=...)`` cannot reseed a running player.
 
 Environment parameters (``env_kwargs``, numbers) go through the EnvironmentParametersChannel and the time
-scale through the EngineConfigurationChannel, both with the first reset (launch.py).
+scale through the EngineConfigurationChannel, both with the first reset (launch.py). So do ML-Agents'
+``environment_parameters`` (params.py: constants, samplers, curricula): their current lessons' values go
+with the first reset and again with every later reset, as mlagents-learn sends them, and
+``apply_lessons`` sends them after ``parameter_manager.update`` moved a lesson on.
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ from gymnasium.vector.utils import batch_space
 from spinppo.envs.unity.launch import (
     UnityPlayer,
     player_log_path,
+    queue_environment_parameters,
     resolve_build,
     settings_channels,
     timeout_from_environment,
 )
+from spinppo.envs.unity.params import EnvironmentParameterManager, behavior_base_name
 from spinppo.envs.unity.slots import AgentSlots
 from spinppo.utils.errors import UserError
 
@@ -71,12 +77,17 @@ def make_unity_env(
     time_scale: float = 20.0,
     no_graphics: bool = True,
     log_dir: str | None = None,
+    environment_parameters: dict[str, Any] | None = None,
+    behavior_name: str | None = None,
+    run_seed: int | None = None,
+    lessons: dict[str, int] | None = None,
 ) -> UnityVectorEnv:
     """Launch the Unity build ``file_name`` and return it as a SAME_STEP ``VectorEnv`` (see the module doc).
 
     ``worker_id`` is the MPI rank's local rank on its host: the player talks on ``base_port + worker_id``.
     ``env_kwargs`` are Unity environment parameters (name to number); ``log_dir`` is the run directory,
-    where the player's log goes (``unity_logs/rank<N>.log``). The SPINPPO_UNITY_TIMEOUT variable sets how
+    where the player's log goes (``unity_logs/rank<N>.log``). ``environment_parameters``, ``behavior_name``,
+    ``run_seed`` and ``lessons`` as for ``UnityVectorEnv``. The SPINPPO_UNITY_TIMEOUT variable sets how
     many seconds to wait for the player (default 60). Bad input is a one-line UserError.
     """
     return UnityVectorEnv(
@@ -89,6 +100,10 @@ def make_unity_env(
         no_graphics=no_graphics,
         log_dir=log_dir,
         timeout_wait=timeout_from_environment(),
+        environment_parameters=environment_parameters,
+        behavior_name=behavior_name,
+        run_seed=run_seed,
+        lessons=lessons,
     )
 
 
@@ -99,6 +114,15 @@ class UnityVectorEnv(VectorEnv):
     fixes ``num_envs`` and the spaces; the first ``reset()`` returns that first observation without
     resetting Unity again. ``timeout_wait`` is how long to wait for the player (seconds), ``patience`` how
     many exchanges an agent may stay silent before it counts as gone. ``close()`` stops the player.
+
+    ``environment_parameters``: an ML-Agents ``environment_parameters`` section, as
+    ``params.check_environment_parameters`` returns it (checked again here); ``parameter_manager`` is then
+    its ``EnvironmentParameterManager`` (None without parameters), whose samplers without a seed are seeded
+    from ``run_seed`` (None: ``seed``; pass the run's ``--seed``, the same on every rank, to seed them as
+    mlagents-learn does), starting at ``lessons`` (name -> lesson number; None: the first lessons). Their
+    names may not repeat ``env_kwargs``'. Every lesson's completion_criteria must measure the trained
+    behavior. ``behavior_name``: the behavior to train (a UserError listing the build's behaviors when it
+    has none of that name); None: the first.
     """
 
     def __init__(
@@ -113,9 +137,25 @@ class UnityVectorEnv(VectorEnv):
         log_dir: str | None = None,
         timeout_wait: float = 60.0,
         patience: int = 100,
+        environment_parameters: dict[str, Any] | None = None,
+        behavior_name: str | None = None,
+        run_seed: int | None = None,
+        lessons: dict[str, int] | None = None,
     ) -> None:
         self._env = None  # mlagents_envs' UnityEnvironment, once launched; close() may run before that
         self.patience = patience
+        self.behavior_name = behavior_name
+        self.parameter_manager: EnvironmentParameterManager | None = None
+        if environment_parameters:
+            self.parameter_manager = EnvironmentParameterManager(
+                environment_parameters, seed if run_seed is None else run_seed, lessons
+            )
+            both = sorted(set(self.parameter_manager.settings) & set(env_kwargs or {}))
+            if both:
+                raise UserError(
+                    f"environment parameters {both} are given twice, in env_kwargs and in "
+                    "environment_parameters: keep one"
+                )
         self.timeout_wait = timeout_wait
         self._player = UnityPlayer(
             file_name=resolve_build(file_name),
@@ -127,7 +167,9 @@ class UnityVectorEnv(VectorEnv):
         self.file_name = self._player.file_name
         self.port = self._player.port
         self.log_path = self._player.log_path
-        channels = settings_channels(time_scale, env_kwargs)
+        samplers = self.parameter_manager.current_samplers() if self.parameter_manager else None
+        channels = settings_channels(time_scale, env_kwargs, samplers)
+        self._parameters_channel = channels[1]  # later lessons go through it
         self._env = self._player.launch(seed=seed, no_graphics=no_graphics, side_channels=channels)
         try:
             self._setup()
@@ -144,22 +186,26 @@ class UnityVectorEnv(VectorEnv):
         self._ActionTuple = ActionTuple
         self._call(self._env.reset)
         for _ in range(self.patience):
-            if len(self._env.behavior_specs) > 0:
+            names = list(self._env.behavior_specs)
+            # A behavior shows up once its agents first ask: wait for the one asked for, if it comes.
+            if names and (self.behavior_name is None or _matching(names, self.behavior_name)):
                 break
             self._call(self._env.step)
-        else:
+        if not self._env.behavior_specs:
             raise UserError(
                 f"the Unity build {self.file_name} has no agent asking for decisions after a reset: "
                 "check its agents' Behavior Type (Default) and DecisionRequester"
             )
         names = list(self._env.behavior_specs)
-        self.behavior = names[0]
-        if len(names) > 1:
+        self.behavior = choose_behavior(names, self.behavior_name, self.file_name)
+        if len(names) > 1 and self.behavior_name is None:
             logger.warning(
                 "Unity build has behaviors %s: training %r, the others get zero actions", names, self.behavior
             )
         else:
             logger.info("Unity behavior %r", self.behavior)
+        if self.parameter_manager is not None:
+            self._check_curriculum_behaviors(names)
         spec = self._env.behavior_specs[self.behavior]
 
         for obs_spec in spec.observation_specs:
@@ -211,6 +257,21 @@ class UnityVectorEnv(VectorEnv):
             self.obs_dim,
             single_action,
         )
+
+    def _check_curriculum_behaviors(self, names: list[str]) -> None:
+        """Every completion_criteria must measure the trained behavior: spinppo trains one, and a lesson that
+        waits for another behavior's episodes would never end (mlagents-learn trains every behavior)."""
+        trained = behavior_base_name(self.behavior)
+        for name, parameter in self.parameter_manager.settings.items():
+            for i, lesson in enumerate(parameter["curriculum"][:-1]):
+                wanted = lesson["completion_criteria"]["behavior"]
+                if wanted != trained:
+                    raise UserError(
+                        f"environment_parameters.{name}.curriculum[{i}].completion_criteria.behavior is "
+                        f"{wanted!r}, but spinppo trains {trained!r} (the build's behaviors: "
+                        f"{', '.join(names)}): measure the trained behavior, or train {wanted!r} "
+                        "(behavior)"
+                    )
 
     def _make_slots(self, num_envs: int) -> None:
         """``num_envs`` free slots, with the per-slot observation and action buffers."""
@@ -264,12 +325,45 @@ class UnityVectorEnv(VectorEnv):
         """
         super().reset(seed=seed, options=options)
         if not self._fresh_reset:
-            self._act_cont[:] = 0  # agents asking while the reset gathers get zeros, as in Unity
-            self._act_disc[:] = 0
-            self._call(self._env.reset)
-            self._call(self._gather_agents, self.num_envs)
+            self._reset_unity()
         self._fresh_reset = False
         return self._obs.copy(), {}
+
+    def _reset_unity(self) -> None:
+        """Reset the player, sending the current lessons' values with the reset as mlagents-learn does, and
+        give every slot a new agent."""
+        if self.parameter_manager is not None:
+            queue_environment_parameters(self._parameters_channel, self.parameter_manager.current_samplers())
+        self._act_cont[:] = 0  # agents asking while the reset gathers get zeros, as in Unity
+        self._act_disc[:] = 0
+        self._call(self._env.reset)
+        self._call(self._gather_agents, self.num_envs)
+
+    def apply_lessons(self, reset: bool) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Send the current lessons' values (``parameter_manager.current_samplers()``, every parameter's,
+        as mlagents-learn does when a lesson changes) to the player; call it when
+        ``parameter_manager.update`` returned ``changed`` True, with ``reset`` its second value.
+
+        ``reset`` False: the values are queued and reach the player with the next ``step``'s first exchange;
+        episodes already running keep what they read at their start, episodes that start from then on read
+        the new values (Unity games read parameters in OnEpisodeBegin). Returns None.
+
+        ``reset`` True (a completed lesson's ``require_reset``): the values go with a Unity reset now, as
+        mlagents-learn's ``_reset_env``. Every slot's episode in progress is abandoned without a final step
+        (no terminal entry, not a finished episode: count neither its return nor its length) and every slot
+        gets a new agent, as after ``reset()``. Returns ``(obs, {})`` as ``reset()`` does: ``obs`` is
+        ``[num_envs, obs_dim]`` float32, the first observation of each slot's new episode, which replaces the
+        rollout's current observation. Call it between rollouts (after the epoch's last step), when the
+        buffer has already bootstrapped the episodes it cut.
+        """
+        if self.parameter_manager is None:
+            raise ValueError("apply_lessons: this environment has no environment_parameters")
+        if reset:
+            self._fresh_reset = False
+            self._reset_unity()
+            return self._obs.copy(), {}
+        queue_environment_parameters(self._parameters_channel, self.parameter_manager.current_samplers())
+        return None
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One decision of every agent: ``(obs, reward, terminated, truncated, info)`` as the module doc says.
@@ -415,6 +509,31 @@ class UnityVectorEnv(VectorEnv):
     def _call(self, fn: Any, *args: Any) -> Any:
         """Call into mlagents_envs, turning a dead or silent player into a one-line UserError."""
         return self._player.call(fn, *args)
+
+
+def choose_behavior(names: list[str], wanted: str | None, file_name: str) -> str:
+    """The behavior to train among Unity's ``names``: ``wanted`` by its full name (``Walker?team=0``) or by
+    the name before ``?`` (``Walker``), or the first one when ``wanted`` is None. A UserError listing the
+    build's behaviors when none or several match."""
+    if wanted is None:
+        return names[0]
+    if wanted in names:
+        return wanted
+    matches = _matching(names, wanted)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UserError(
+            f"behavior {wanted!r} matches several of the Unity build's behaviors ({', '.join(matches)}): "
+            "name one in full"
+        )
+    raise UserError(
+        f"the Unity build {file_name} has no behavior {wanted!r}; its behaviors: {', '.join(names)}"
+    )
+
+
+def _matching(names: list[str], wanted: str) -> list[str]:
+    return [n for n in names if n == wanted or behavior_base_name(n) == wanted]
 
 
 def concat_observations(obs_list: list[np.ndarray]) -> np.ndarray:
