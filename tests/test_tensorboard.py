@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from spinppo.utils.logx import ML_AGENTS_TAGS
 from tests.conftest import run
 
 TINY = ["--env", "CartPole", "--steps_per_epoch", "128", "--num_envs", "1", "--update_epochs", "1"]
@@ -50,16 +51,16 @@ def events(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def assert_events_equal_progress(run_dir: Path) -> None:
+    """Every column under its own name, and under ML-Agents' tag where it has one; nothing else."""
     table, tb = progress(run_dir), events(run_dir)
-    assert set(tb) == set(table) - {"Epoch"}
+    aliases = {ML_AGENTS_TAGS[c]: c for c in table if c in ML_AGENTS_TAGS}
+    assert set(tb) == set(table) - {"Epoch"} | set(aliases)
     steps = table["TotalEnvInteracts"].astype(np.int64)
-    for column, values in table.items():
-        if column == "Epoch":
-            continue
-        got_steps, got = tb[column]
-        assert got_steps.tolist() == steps.tolist(), column
+    for tag, column in [(c, c) for c in table if c != "Epoch"] + list(aliases.items()):
+        got_steps, got = tb[tag]
+        assert got_steps.tolist() == steps.tolist(), tag
         # Stored as float32: exactly the float32 rounding of the value in progress.txt.
-        np.testing.assert_array_equal(got, values.astype(np.float32), err_msg=column)
+        np.testing.assert_array_equal(got, table[column].astype(np.float32), err_msg=tag)
 
 
 def test_event_files_hold_the_progress_values(data):
@@ -67,6 +68,23 @@ def test_event_files_hold_the_progress_values(data):
     assert len(progress(run_dir)["Epoch"]) == 3
     assert_events_equal_progress(run_dir)
     assert len(events(run_dir)["AverageEpRet"][0]) == 3
+
+
+def test_ml_agents_users_find_their_tags(data):
+    """Dashboards made for mlagents-learn runs read these tags (PPO logs all of them)."""
+    tags = set(events(data / "tb" / "tb_s0"))
+    for tag in (
+        "Environment/Cumulative Reward",
+        "Environment/Episode Length",
+        "Losses/Policy Loss",
+        "Losses/Value Loss",
+        "Policy/Entropy",
+        "Policy/Learning Rate",
+        "Policy/Epsilon",
+        "Policy/Beta",
+        "Policy/Extrinsic Value Estimate",
+    ):
+        assert tag in tags, tag
 
 
 def test_resume_replaces_the_events_of_epochs_made_again(data, tmp_path):

@@ -53,6 +53,54 @@ def read_checkpoint(run_dir: str) -> dict[str, Any]:
     return payload
 
 
+def initial_model_file(path: str) -> str:
+    """The policy file ``--initialize_from PATH`` names: PATH itself when it is a file, else the run
+    directory's ``pyt_save/model.pt``. A UserError when there is none. Rank 0 looks (other hosts need not
+    share its disk) and every rank gets its answer."""
+    found, error = None, None
+    if proc_id() == 0:
+        path = osp.expanduser(path)
+        model = osp.join(path, "pyt_save", "model.pt")
+        if osp.isfile(path) or osp.isfile(model):
+            found = path if osp.isfile(path) else model
+        else:
+            error = (
+                f"--initialize_from {path}: no policy there (a run directory with pyt_save/model.pt, or a "
+                "pyt_save/model*.pt file)"
+            )
+    found, error = broadcast((found, error))
+    if error:
+        raise UserError(error)
+    return found
+
+
+def initialize_policy(ac: MLPActorCritic, path: str) -> str:
+    """Load the weights and observation statistics saved at ``path`` (``initial_model_file``) into ``ac``;
+    return the file used. A network of another shape is a UserError."""
+    from spinppo.utils.logx import load_model_payload
+
+    file = initial_model_file(path)
+    payload, error = None, None
+    if proc_id() == 0:
+        try:
+            payload = load_model_payload(file)
+        except UserError as e:
+            error = str(e)
+    payload, error = broadcast((payload, error))
+    if error:
+        raise UserError(error)
+    try:
+        ac.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError):
+        theirs = payload.get("ctor") or {}
+        raise UserError(
+            f"--initialize_from {file}: its network does not fit this run's (saved: hidden sizes "
+            f"{theirs.get('hidden_sizes')}, observation {theirs.get('observation')}, action "
+            f"{theirs.get('action')}): train from scratch or match its --hid and environment"
+        ) from None
+    return file
+
+
 class Checkpointer:
     """Saves and restores one run's parts; built by ``OnPolicyRun`` (which owns the parts)."""
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs
+from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs, initial_model_file, initialize_policy
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler
@@ -79,6 +79,10 @@ def check_common_flags(
     # count: OnPolicyRun checks that once the environment exists).
     if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) == "gym":
         rollout_length(config["steps_per_epoch"], config["num_envs"])
+    if config.get("time_horizon", 0) < 0:
+        raise UserError(f"--time_horizon must be 0 (off) or a number of steps, not {config['time_horizon']}")
+    if config.get("initialize_from"):
+        initial_model_file(config["initialize_from"])  # a UserError when there is no policy there
     gamma, lam = config.get("gamma", 0.99), config.get("lam", 0.95)
     if not 0 < gamma <= 1 or not 0 <= lam <= 1:
         raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
@@ -121,6 +125,9 @@ class OnPolicyRun:
         lam: float = 0.95,
         norm_reward: bool = True,
         norm_adv: bool = True,
+        time_horizon: int = 0,
+        reward_scale: float = 1.0,
+        initialize_from: str | None = None,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         algo: str = "ppo",
@@ -145,6 +152,11 @@ class OnPolicyRun:
 
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+        # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
+        # that does not fit is bad input.
+        init_file = None
+        if initialize_from and not self.resume:
+            init_file = initialize_policy(self.ac, initialize_from)
         # Only now, with the input checked, make the run directory.
         self.logger = EpochLogger(**(logger_kwargs or {}))
         # A resumed run keeps the config.json it was made with (epochs() records a new --epochs there once
@@ -155,6 +167,8 @@ class OnPolicyRun:
             if hasattr(self.env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
                 saved["observation_shapes"] = [list(shape) for shape in self.env.observation_shapes]
             self.logger.save_config(saved)
+        if init_file:
+            self.logger.log(f"Initialised from {init_file}")
         sync_params(self.ac)
         self.buf = GAEBuffer(
             obs_space.shape[0],
@@ -164,9 +178,10 @@ class OnPolicyRun:
             gamma,
             lam,
             discrete=self.ac.discrete,
+            time_horizon=time_horizon,
         )
         self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
-        self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler)
+        self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)
         self.checkpointer = Checkpointer(
             self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
         )

@@ -21,7 +21,7 @@ from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import clip_grad_norm_flat, flatten_parameters, mpi_avg_grads
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
 
-LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter"]
+LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter", "LR", "ClipRange", "EntCoef"]
 
 
 def ppo(
@@ -42,11 +42,15 @@ def ppo(
     vf_coef: float = 0.5,
     ent_coef: float = 0.01,
     anneal_ent: bool = True,
+    anneal_clip: bool = False,
     clip_vloss: bool = False,
     max_grad_norm: float = 0.5,
     target_kl: float | None = None,
     norm_adv: bool = True,
     norm_reward: bool = True,
+    time_horizon: int = 0,
+    reward_scale: float = 1.0,
+    initialize_from: str | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -74,11 +78,19 @@ def ppo(
             deterministic early (Hopper's 1000-point plateau).
         anneal_ent: decay the entropy bonus linearly to 0 over the epochs (ML-Agents' beta_schedule),
             so that the policy explores early and can settle late.
+        anneal_clip: decay the clip range linearly from clip_ratio to 0.1 over the epochs (ML-Agents'
+            epsilon_schedule: linear; a clip_ratio below 0.1 stays constant). The value clip follows it.
         clip_vloss: clip the value function's change like the policy's (usually no help).
         max_grad_norm: clip the global gradient norm to this (0 turns it off).
         target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
         norm_adv: normalise advantages over the batch (over all ranks).
         norm_reward: scale rewards by the running std of the discounted return.
+        time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
+            ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
+        reward_scale: multiply every reward by this before any normalisation (ML-Agents'
+            reward_signals.extrinsic.strength); EpRet stays the environment's own return.
+        initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
+            of random weights (ML-Agents' initialize_from); the network must have the same shape.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -96,6 +108,9 @@ def ppo(
         lam=lam,
         norm_reward=norm_reward,
         norm_adv=norm_adv,
+        time_horizon=time_horizon,
+        reward_scale=reward_scale,
+        initialize_from=initialize_from,
         logger_kwargs=logger_kwargs,
         config=config,
         algo="ppo",
@@ -108,7 +123,7 @@ def ppo(
         params = flatten_parameters(ac)
         optimizer = torch.optim.Adam([params], lr=lr, eps=1e-5, fused=True)
 
-        def update(batch: dict[str, torch.Tensor], ent_weight: float) -> dict[str, float]:
+        def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
             n = batch["adv"].shape[0]
             # Observation statistics are fixed during the update: normalise the batch once.
@@ -132,10 +147,10 @@ def ppo(
                     logp, entropy, v = ac.evaluate(mb.obs, mb.act, obs_normalized=True)
                     log_ratio = logp - mb.logp_old
                     ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
-                    clipped_ratio = torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
+                    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
                     loss_pi = -torch.min(ratio * mb.adv, clipped_ratio * mb.adv).mean()
                     if clip_vloss:
-                        v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip_ratio, clip_ratio)
+                        v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip, clip)
                         loss_v = 0.5 * torch.max((v - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
                     else:
                         loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
@@ -152,7 +167,7 @@ def ppo(
                     if track:
                         with torch.no_grad():
                             approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
-                            clipfrac = ((ratio - 1).abs() > clip_ratio).float().mean()
+                            clipfrac = ((ratio - 1).abs() > clip).float().mean()
                             stats.add(
                                 LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=approx_kl, ClipFrac=clipfrac
                             )
@@ -161,17 +176,27 @@ def ppo(
                     if target_kl is not None and kl > 1.5 * target_kl:
                         stop_iter = i + 1
                         break
-            return {**stats.means(passes), "KL": kl, "StopIter": stop_iter}
+            lr_now = optimizer.param_groups[0]["lr"]
+            return {
+                **stats.means(passes),
+                "KL": kl,
+                "StopIter": stop_iter,
+                "LR": lr_now,
+                "ClipRange": clip,
+                "EntCoef": ent_weight,
+            }
 
         for epoch in run.epochs(epochs, save_freq, optimizers={"optimizer": optimizer}):
-            remaining = 1.0 - epoch / epochs  # linear decay of the learning rate and the entropy bonus
+            remaining = 1.0 - epoch / epochs  # linear decay of the learning rate, entropy bonus, clip range
             if anneal_lr:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * remaining
             ent_weight = ent_coef * remaining if anneal_ent else ent_coef
+            clip_floor = min(clip_ratio, 0.1)  # ML-Agents' floor for a decaying epsilon
+            clip = clip_floor + (clip_ratio - clip_floor) * remaining if anneal_clip else clip_ratio
 
             batch = run.collect()
-            stats = update(batch, ent_weight)
+            stats = update(batch, ent_weight, clip)
             run.after_update(stats)
             run.end_epoch(epoch, LOG_KEYS)
     return ac

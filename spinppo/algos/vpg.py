@@ -33,6 +33,9 @@ def vpg(
     train_v_iters: int = 80,
     ent_coef: float = 0.0,
     norm_reward: bool = False,
+    time_horizon: int = 0,
+    reward_scale: float = 1.0,
+    initialize_from: str | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -54,6 +57,12 @@ def vpg(
         train_v_iters: value-function gradient steps per epoch.
         ent_coef: entropy bonus coefficient.
         norm_reward: scale rewards by the running std of the discounted return.
+        time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
+            ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
+        reward_scale: multiply every reward by this before any normalisation (ML-Agents'
+            reward_signals.extrinsic.strength); EpRet stays the environment's own return.
+        initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
+            of random weights (ML-Agents' initialize_from); the network must have the same shape.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -72,6 +81,9 @@ def vpg(
         gamma=gamma,
         lam=lam,
         norm_reward=norm_reward,
+        time_horizon=time_horizon,
+        reward_scale=reward_scale,
+        initialize_from=initialize_from,
         logger_kwargs=logger_kwargs,
         config=config,
         algo="vpg",

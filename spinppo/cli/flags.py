@@ -10,12 +10,13 @@ Bad input is a ``UserError``: one line, exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from spinppo.utils.errors import OneLineParser, UserError
@@ -37,6 +38,13 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
 # Flags that are not algorithm keywords.
 RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "env": (None, "environment: a gymnasium id, a short name (Walker, Hopper, CartPole...) or unity:PATH"),
+    "config": (
+        None,
+        "read flags from a YAML/JSON file: spinppo's (keys are these flags), a run's config.json, or an "
+        "ML-Agents trainer config; flags typed here override it",
+    ),
+    "print_config": (False, "print the complete resolved configuration as a --config file and exit"),
+    "behavior": (None, "Unity: the behavior to train (and, in an ML-Agents config, whose settings to use)"),
     "resume": (None, "continue the run in this directory from its last checkpoint (other flags: as saved)"),
     "env_kwargs": (
         {},
@@ -225,37 +233,62 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
     parser, params = build_parser(algo)
     ns = vars(parser.parse_args(list(argv)))
     given = {k: v for k, v in ns.items() if isinstance(v, list)}  # flags the user typed come as lists
+    extras: dict[str, Any] = {}
+    from_file: dict[str, str] = {}  # flag -> the file that set it, for error messages
+    if "config" in given:
+        given, extras, from_file = _merge_config_file(
+            algo, given, set(params) | set(AC_FLAGS) | set(RUN_FLAGS)
+        )
+
+    @contextlib.contextmanager
+    def file_named(flag: str) -> Iterator[None]:
+        """A bad value from the config file names the file."""
+        try:
+            yield
+        except UserError as e:
+            if flag not in from_file:
+                raise
+            raise UserError(f"{from_file[flag]}: {e}") from None
+
     grid: dict[str, list[Any]] = {}
     for name, p in params.items():
-        annotation = str(p.annotation)
-        grid[name] = parse_values(name, given[name], p.default, annotation) if name in given else [p.default]
+        with file_named(name):
+            annotation = str(p.annotation)
+            grid[name] = (
+                parse_values(name, given[name], p.default, annotation) if name in given else [p.default]
+            )
     for flag, (_, default, _) in AC_FLAGS.items():
-        if flag not in given:
-            grid[f"ac:{flag}"] = [default]
-        elif flag == "hid":
-            grid["ac:hid"] = parse_hid(given[flag])
-        elif flag == "act":
-            grid["ac:act"] = given[flag]
-        else:
-            grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
-    options: dict[str, Any] = {"given": given}
+        with file_named(flag):
+            if flag not in given:
+                grid[f"ac:{flag}"] = [default]
+            elif flag == "hid":
+                grid["ac:hid"] = parse_hid(given[flag])
+            elif flag == "act":
+                grid["ac:act"] = given[flag]
+            else:
+                grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
+    options: dict[str, Any] = {"given": given, "notes": extras.get("notes", [])}
+    options["environment_parameters"] = extras.get("environment_parameters")
     if "resume" not in given and "env" not in given:
         raise UserError("the following arguments are required: --env (see python -m spinppo.run ppo --help)")
     grid["env"] = given.get("env", [])
     for flag, (default, _) in RUN_FLAGS.items():
         if flag == "env":
             continue
-        if flag not in given:
-            options[flag] = default
-        elif flag == "env_kwargs":
-            options[flag] = parse_env_kwargs(given[flag])
-        elif flag == "cpu" and given[flag] == ["auto"]:
-            options[flag] = available_cores()
-        else:
-            values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
-            if len(values) != 1:
-                raise UserError(f"--{flag} takes one value, not {len(values)}")
-            options[flag] = values[0]
+        with file_named(flag):
+            if flag not in given:
+                options[flag] = default
+            elif flag == "env_kwargs":
+                options[flag] = parse_env_kwargs(given[flag])
+            elif flag == "cpu" and given[flag] == ["auto"]:
+                options[flag] = available_cores()
+            else:
+                values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
+                if len(values) != 1:
+                    raise UserError(f"--{flag} takes one value, not {len(values)}")
+                options[flag] = values[0]
+    if options["behavior"] is None:  # an ML-Agents config names the behavior its settings are for
+        options["behavior"] = extras.get("behavior")
     if options["cpu"] < 1:
         raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
     # The network's options are checked by the network's own check, here already so that a typo fails
@@ -266,6 +299,28 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
         for activation in grid["ac:act"]:
             check_ac_kwargs(hidden_sizes=hidden_sizes, activation=activation)
     return grid, options
+
+
+def _merge_config_file(
+    algo: str, given: dict[str, list[str]], flags: set[str]
+) -> tuple[dict[str, list[str]], dict[str, Any], dict[str, str]]:
+    """The command line's flags over those of its ``--config`` file: (merged flags as tokens, the file's
+    extras, flag -> file for each flag the file set)."""
+    from spinppo.cli.config_file import read_config_file
+
+    if len(given["config"]) != 1:
+        raise UserError(f"--config takes one file, not {len(given['config'])}")
+    path = given["config"][0]
+    behavior = given["behavior"][0] if given.get("behavior") else None
+    from_file_tokens, extras = read_config_file(algo, path, flags - {"config", "print_config"}, behavior)
+    # A run option the file leaves at None (as --print_config writes it) is not given.
+    from_file_tokens = {
+        flag: tokens
+        for flag, tokens in from_file_tokens.items()
+        if not (flag in RUN_FLAGS and RUN_FLAGS[flag][0] is None and tokens == ["None"])
+    }
+    merged = {**from_file_tokens, **given}
+    return merged, extras, {flag: path for flag in from_file_tokens if flag not in given}
 
 
 def check_cpu_flag(options: dict[str, Any]) -> None:

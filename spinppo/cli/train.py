@@ -27,6 +27,15 @@ def _grid_name(algo: str, env: str, exp_name: str | None) -> str:
 def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     """Parse, fork under MPI if asked (--cpu), and run every variant of the grid; return the run dirs."""
     grid, options = parse_algo_args(algo, argv)
+    if options["print_config"]:
+        from spinppo.cli.config_file import dump_config, resolved_config
+
+        if proc_id() == 0:
+            print(dump_config(resolved_config(algo, grid, options), algo), end="", flush=True)
+        return []
+    if proc_id() == 0 and not os.environ.get("IN_MPI"):  # once, not once per rank
+        for note in options["notes"]:
+            print(f"spinppo: note: {note}", flush=True)
     if options["resume"]:
         dirs = [resume_algo(algo, grid, options)]
         _print_next_steps(dirs)

@@ -4,7 +4,10 @@ Gymnasium's two ways an episode ends are kept apart:
 - terminated: the state is terminal, its future is worth 0, so nothing is bootstrapped;
 - truncated (time limit): the episode was cut, so the return is bootstrapped with V(final observation),
   folded into the last reward as ``r + gamma * V(s_final)``;
-- the epoch cut: every unfinished trajectory is bootstrapped with V(next observation) (``finish``).
+- the epoch cut: every unfinished trajectory is bootstrapped with V(next observation) (``finish``);
+- ML-Agents' time horizon (``time_horizon`` > 0): a trajectory is also cut, and bootstrapped with
+  V(next observation), once it is that many steps long (counted from its episode's start, its last cut or
+  the rollout's start): the lambda-return stops there, as it does in ML-Agents' trainer.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class GAEBuffer:
         gamma: float = 0.99,
         lam: float = 0.95,
         discrete: bool = False,
+        time_horizon: int = 0,
     ) -> None:
         self.obs = np.zeros((steps, num_envs, obs_dim), dtype=np.float32)
         self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
@@ -41,6 +45,7 @@ class GAEBuffer:
         self.adv = np.zeros((steps, num_envs), dtype=np.float32)
         self.ret = np.zeros((steps, num_envs), dtype=np.float32)
         self.gamma, self.lam = gamma, lam
+        self.time_horizon = time_horizon
         self.steps, self.num_envs = steps, num_envs
         self.ptr = 0
 
@@ -82,13 +87,25 @@ class GAEBuffer:
         next_val = np.asarray(last_val, dtype=np.float32)
         gae = np.zeros(self.num_envs, dtype=np.float32)
         discount = self.gamma * self.lam
+        # Where the lambda-return stops after step t: an episode end, and with a time horizon a cut.
+        stop = self.done if not self.time_horizon else self.done | self._horizon_cuts()
         for t in reversed(range(self.steps)):
             not_done = 1.0 - self.done[t]
             delta = self.rew[t] + self.gamma * next_val * not_done - self.val[t]
-            gae = delta + discount * not_done * gae
+            gae = delta + discount * (1.0 - stop[t]) * gae
             self.adv[t] = gae
             next_val = self.val[t]
         self.ret[:] = self.adv + self.val
+
+    def _horizon_cuts(self) -> np.ndarray:
+        """[steps, envs] True after the step that makes a trajectory ``time_horizon`` steps long."""
+        cuts = np.zeros_like(self.done)
+        length = np.zeros(self.num_envs, dtype=np.int64)
+        for t in range(self.steps):
+            length += 1
+            cuts[t] = (length >= self.time_horizon) & ~self.done[t]
+            length[cuts[t] | self.done[t]] = 0
+        return cuts
 
     def get(self, normalize_adv: bool = True) -> dict[str, torch.Tensor]:
         """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.

@@ -27,8 +27,10 @@ class RolloutWorker:
         ac: MLPActorCritic,
         seed: int,
         reward_scaler: RewardScaler | None = None,
+        reward_scale: float = 1.0,
     ) -> None:
         self.env, self.ac, self.reward_scaler = env, ac, reward_scaler
+        self.reward_scale = reward_scale  # ML-Agents' extrinsic strength: what is learned, not what is logged
         obs, _ = env.reset(seed=seed)
         self.obs = np.asarray(obs, dtype=np.float32)
         self.num_envs = env.num_envs
@@ -65,6 +67,8 @@ class RolloutWorker:
                     final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
                     final_val = np.zeros(self.num_envs, dtype=np.float32)
                     final_val[idx] = policy.value(final_obs)
+            if self.reward_scale != 1.0:
+                rew = rew * self.reward_scale
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
             buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val)

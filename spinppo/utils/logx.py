@@ -182,6 +182,21 @@ def _write_config(output_dir: str, config: dict[str, Any]) -> None:
     atomic_write_text(osp.join(output_dir, "config.json"), text + "\n")
 
 
+# TensorBoard tags of ML-Agents' trainer, written beside spinppo's own column names so that dashboards made
+# for ML-Agents runs keep working (mlagents/trainers/ppo/optimizer_torch.py, trainer/rl_trainer.py).
+ML_AGENTS_TAGS = {
+    "AverageEpRet": "Environment/Cumulative Reward",
+    "EpLen": "Environment/Episode Length",
+    "LossPi": "Losses/Policy Loss",
+    "LossV": "Losses/Value Loss",
+    "Entropy": "Policy/Entropy",
+    "LR": "Policy/Learning Rate",
+    "ClipRange": "Policy/Epsilon",
+    "EntCoef": "Policy/Beta",
+    "AverageVVals": "Policy/Extrinsic Value Estimate",
+}
+
+
 class Logger:
     """Writes a run's files: ``progress.txt``, ``config.json`` and TensorBoard events.
 
@@ -340,6 +355,10 @@ class Logger:
                 for k, v in row.items():
                     if isinstance(v, (int, float, np.number)) and k != "Epoch":
                         self.tb_writer.add_scalar(k, float(v), int(x))
+                        if k in ML_AGENTS_TAGS:
+                            self.tb_writer.add_scalar(ML_AGENTS_TAGS[k], float(v), int(x))
+                        elif k.startswith("Lesson/"):  # a curriculum's lesson, as ML-Agents names it
+                            self.tb_writer.add_scalar(f"Environment/Lesson Number/{k[7:]}", float(v), int(x))
                 self.tb_writer.flush()
         self.log_current_row.clear()
         self.first_row = False

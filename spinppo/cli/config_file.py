@@ -1,0 +1,219 @@
+"""``--config FILE``: a training command's flags read from a file.
+
+Three kinds of file are read, told apart by their keys:
+
+- spinppo's own: YAML or JSON whose keys are the command's flags (``lr: 3e-4``, ``hid: [256, 256]``,
+  ``env_kwargs: {ctrl_cost_weight: 0.01}``); a list is a grid, as several values on the command line are
+  (``seed: [0, 10, 20]``, ``hid: [[32, 32], [64, 64]]``). ``--print_config`` writes this form.
+- a run's ``config.json``: its flags, so that ``--config data/x/x_s0/config.json`` repeats the run.
+- an ML-Agents trainer config (``behaviors:`` ...), translated by ``cli/mlagents_config.py``.
+
+Every value becomes the text tokens the command line would have given, and goes through the same typed
+parsing (``flags.parse_values``): a value means in a file what it means on the command line. Flags typed
+on the command line override the file's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import os.path as osp
+from collections.abc import Iterable
+from typing import Any
+
+from spinppo.utils.errors import UserError
+from spinppo.utils.mpi_tools import under_mpi_launcher
+
+# Keys a file may hold that are not command-line flags: they have no one-line form.
+FILE_ONLY_KEYS = ("environment_parameters",)
+# Keys of a run's config.json that say how it was made but are not flags.
+RUN_RECORD_KEYS = (
+    "actor_critic",
+    "algo",
+    "env_fn",
+    "logger_kwargs",
+    "num_procs",
+    "observation_shapes",
+    "exp_name",
+)
+ML_AGENTS_KEYS = (
+    "behaviors",
+    "default_settings",
+    "env_settings",
+    "engine_settings",
+    "checkpoint_settings",
+    "torch_settings",
+)
+
+
+def load_file(path: str) -> Any:
+    """The parsed content of a YAML or JSON file (JSON is YAML); a UserError when it cannot be read."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path}: cannot read it ({type(e).__name__})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid syntax"
+        raise UserError(f"--config {path}: not valid YAML or JSON ({problem}{at})") from None
+
+
+def read_config_file(
+    algo: str, path: str, flags: Iterable[str], behavior: str | None = None
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Read ``path`` for the command ``algo`` whose flags are ``flags``.
+
+    Returns ``(given, extras)``: ``given`` maps each flag the file sets to its tokens (as the command line
+    would give them); ``extras`` holds what has no flag (``environment_parameters``, ``behavior``,
+    ``notes`` to print). Unknown keys and values that no flag takes are UserErrors naming the file.
+    """
+    doc = load_file(path)
+    if not isinstance(doc, dict):
+        raise UserError(f"--config {path}: expected a mapping of flags to values, not {type(doc).__name__}")
+    flags = set(flags)
+    extras: dict[str, Any] = {"notes": []}
+    if any(key in doc for key in ML_AGENTS_KEYS):
+        from spinppo.cli.mlagents_config import translate
+
+        values, extras = translate(doc, path, algo, behavior)
+    elif "env_fn" in doc and "algo" in doc:
+        values = from_run_config(doc, path, algo, flags)
+    else:
+        values = dict(doc)
+    given: dict[str, list[str]] = {}
+    for key, value in values.items():
+        if key in FILE_ONLY_KEYS:
+            extras[key] = value
+            continue
+        if key not in flags:
+            close = difflib.get_close_matches(key, sorted(flags), n=1)
+            hint = (
+                f"; did you mean {close[0]}?"
+                if close
+                else f" (python -m spinppo.run {algo} --help lists them)"
+            )
+            raise UserError(f"{path}: unknown key {key!r}: not a flag of {algo}{hint}")
+        given[key] = tokens_for(key, value, path)
+    return given, extras
+
+
+def tokens_for(flag: str, value: Any, where: str) -> list[str]:
+    """The command-line tokens that give ``flag`` the file's ``value`` (a list is a grid)."""
+    if flag == "env_kwargs":
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: env_kwargs must be a mapping of keyword to value, not {value!r}")
+        return [json.dumps(value)]
+    if flag == "hid":
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return ["[" + ",".join(_scalar(flag, x, where) for x in arch) + "]" for arch in value]
+        values = value if isinstance(value, list) else [value]
+        return [_scalar(flag, x, where) for x in values]
+    if isinstance(value, list):
+        if not value:
+            raise UserError(f"{where}: {flag} is an empty list: give a value, or several for a grid")
+        return [_scalar(flag, x, where) for x in value]
+    return [_scalar(flag, value, where)]
+
+
+def _scalar(flag: str, value: Any, where: str) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise UserError(f"{where}: {flag} is {json.dumps(value)}: expected a number, string or true/false")
+
+
+def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[str]) -> dict[str, Any]:
+    """The flags recorded in a run's config.json (``--config RUN/config.json`` repeats the run)."""
+    from spinppo.cli.flags import AC_FLAGS
+    from spinppo.envs.registry import saved_env_spec
+
+    if config.get("algo") != algo:
+        raise UserError(
+            f"{where} is the config of a {config.get('algo')} run: repeat it with "
+            f"python -m spinppo.run {config.get('algo')} --config {where}"
+        )
+    if config.get("actor_critic", "MLPActorCritic") != "MLPActorCritic":
+        raise UserError(f"{where}: the run used its own actor_critic class; repeat it from Python")
+    env = saved_env_spec(config, where)
+    values: dict[str, Any] = {
+        "env": f"unity:{env['env']}"
+        if env["kind"] == "unity" and not env["name"].startswith("unity:")
+        else env["name"],
+        "env_kwargs": env["env_kwargs"],
+    }
+    for key in ("environment_parameters", "behavior"):  # Unity runs record these with their environment
+        if env.get(key) is not None:
+            values[key] = env[key]
+    for key, value in config.items():
+        if key in RUN_RECORD_KEYS or key == "ac_kwargs":
+            continue
+        if key not in flags:
+            raise UserError(
+                f"{where}: {key!r} is not a flag of {algo}: the file was edited or is from another version"
+            )
+        values[key] = value
+    by_kwarg = {kwarg: flag for flag, (kwarg, _, _) in AC_FLAGS.items()}
+    for kwarg, value in (config.get("ac_kwargs") or {}).items():
+        if kwarg not in by_kwarg:
+            raise UserError(f"{where}: ac_kwargs has an unknown key {kwarg!r}: the file was edited")
+        values[by_kwarg[kwarg]] = value
+    logger_kwargs = config.get("logger_kwargs") if isinstance(config.get("logger_kwargs"), dict) else {}
+    if logger_kwargs.get("exp_name"):
+        values["exp_name"] = logger_kwargs["exp_name"]
+        output_dir = logger_kwargs.get("output_dir")
+        if isinstance(output_dir, str) and osp.basename(osp.dirname(output_dir)) == logger_kwargs["exp_name"]:
+            values["data_dir"] = osp.dirname(osp.dirname(output_dir))
+    if "tensorboard" in logger_kwargs:
+        values["tensorboard"] = bool(logger_kwargs["tensorboard"])
+    # The same rank count repeats the run exactly; under a launcher the launcher decides.
+    if isinstance(config.get("num_procs"), int) and not under_mpi_launcher() and not os.environ.get("IN_MPI"):
+        values["cpu"] = config["num_procs"]
+    return values
+
+
+def resolved_config(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) -> dict[str, Any]:
+    """The complete configuration of a parsed command line, as a spinppo config file holds it: every flag
+    with its value (a list where the grid has several), ``environment_parameters`` when set."""
+    from spinppo.cli.flags import RUN_FLAGS
+
+    out: dict[str, Any] = {"env": _one_or_list(grid["env"])}
+    for key, values in grid.items():
+        if key == "env":
+            continue
+        name = key.split(":")[-1]
+        values = [list(v) if isinstance(v, tuple) else v for v in values]
+        out[name] = values[0] if len(values) == 1 else values
+    for flag in RUN_FLAGS:
+        if flag in ("env", "config", "print_config"):
+            continue
+        out[flag] = options.get(flag)
+    if options.get("environment_parameters"):
+        out["environment_parameters"] = options["environment_parameters"]
+    return out
+
+
+def _one_or_list(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else list(values)
+
+
+def dump_config(config: dict[str, Any], algo: str) -> str:
+    """``config`` (``resolved_config``'s answer) as YAML that ``--config`` reads back."""
+    import yaml
+
+    header = (
+        f"# spinppo {algo} configuration: python -m spinppo.run {algo} --config THIS_FILE\n"
+        "# A list is a grid (seed: [0, 10] runs two seeds); flags on the command line override the file.\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
