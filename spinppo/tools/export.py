@@ -1,0 +1,157 @@
+"""Export a run's policy: ``python -m spinppo.run export RUN_DIR --onnx OUT.onnx``.
+
+    python -m spinppo.run export data/ppo-walker/ppo-walker_s0 --onnx walker.onnx
+    python -m spinppo.run export data/ppo-crawler/ppo-crawler_s0 --itr 40 --onnx Crawler.onnx
+
+The policy is ``pyt_save/model.pt`` (the latest) or ``pyt_save/model<N>.pt`` with ``--itr N``, as for
+test_policy. A Unity run (config.json's env_fn kind "unity") is written in the form ML-Agents' own
+exporter writes (inputs ``obs_0``, ``obs_1``, ... one per sensor as config.json's ``observation_shapes``
+lists them, ``action_masks`` for discrete actions; outputs ``version_number``, ``memory_size``,
+``continuous_actions`` ... ``deterministic_discrete_actions``; opset 9), so the file goes into a Unity
+project's Behavior Parameters as a trained model. Any other run gets the generic form: input ``obs``,
+outputs ``actions`` and ``deterministic_actions``, already clipped and shifted as spinppo sends them to
+the environment. Both take raw observations (normalisation is inside the graph). docs/export.md lists
+every name, shape and dtype and the ML-Agents source they follow.
+
+The file carries the run's environment in its metadata, so ``python -m spinppo.run test_policy OUT.onnx``
+replays it without ``--env``. Before writing, the exporter checks the graph with ``onnx.checker`` and runs
+it with onnxruntime against the torch policy; the file is written to a temporary file and renamed, never
+left half-written. Bad input is a UserError (one line, exit code 2).
+
+From Python::
+
+    path = export_onnx("data/ppo-walker/ppo-walker_s0", "walker.onnx")
+"""
+
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spinppo.tools.onnx_policy import OnnxPolicy, gym_model, metadata_for, unity_model
+from spinppo.tools.test_policy import (
+    check_spaces,
+    find_checkpoint,
+    load_policy,
+    make_run_env,
+    parse_itr,
+    read_env_spec,
+    run_dir_and_file,
+)
+from spinppo.utils.errors import OneLineParser, UserError, first_line
+from spinppo.utils.logx import atomic_write, read_run_config
+
+
+def export_onnx(run_dir: str, out: str, itr: int | str | None = "last") -> str:
+    """Write the policy of ``run_dir`` (a run directory, or one of its ``pyt_save/model*.pt`` files;
+    ``itr`` "last" or N as for test_policy) to ``out`` (an .onnx path) and return ``out``.
+
+    A Unity run gets ML-Agents' form, any other run the generic form (see the module's doc). A gymnasium
+    run's environment is made once, for its action space's bounds and ``start``. Bad input (not a run, no
+    checkpoint, an output path that cannot be written, a network the exporter cannot write) is a UserError.
+    """
+    if osp.splitext(out)[1].lower() != ".onnx":
+        raise UserError(f"--onnx must name an .onnx file (Unity imports models by that suffix), not {out!r}")
+    if osp.isdir(out):
+        raise UserError(
+            f"--onnx {out} is a directory: give a file name such as {osp.join(out, 'policy.onnx')}"
+        )
+    run, file = run_dir_and_file(run_dir)
+    checkpoint = file or find_checkpoint(run, itr)
+    spec = read_env_spec(run)
+    ac, _ = load_policy(checkpoint, deterministic=True)
+    metadata = metadata_for(spec["kind"], spec, ac.ctor_spec, osp.abspath(checkpoint))
+    if spec["kind"] == "unity":
+        shapes = read_run_config(run).get("observation_shapes")
+        if not isinstance(shapes, list) or not shapes:
+            raise UserError(
+                f"{osp.join(run, 'config.json')} has no observation_shapes (runs from before export saved "
+                'them): add "observation_shapes": [[n0], [n1], ...], one per sensor in Unity\'s order'
+            )
+        try:
+            model = unity_model(ac, shapes, metadata)
+        except (TypeError, ValueError) as e:
+            raise UserError(
+                f"{osp.join(run, 'config.json')}: bad observation_shapes ({first_line(e)})"
+            ) from None
+        act_space = None
+    else:
+        env = make_run_env(spec)
+        try:
+            check_spaces(env, ac.ctor_spec, run)
+            act_space = env.action_space
+        finally:
+            env.close()
+        model = gym_model(ac, act_space, metadata)
+    data = model.SerializeToString()
+    _verify(data, ac, act_space)
+    try:
+        atomic_write(out, lambda f: f.write(data))
+    except OSError as e:
+        raise UserError(
+            f"cannot write {out} ({e.strerror or first_line(e)}): choose another --onnx"
+        ) from None
+    return out
+
+
+def _verify(data: bytes, ac: Any, act_space: Any) -> None:
+    """Run the graph with onnxruntime on observations around the normalisation statistics and compare its
+    deterministic actions with the torch policy's: a wrong graph fails here, not in the user's game."""
+    import tempfile
+
+    import torch
+
+    from spinppo.envs.spaces import action_for_env
+
+    obs_dim = ac.ctor_spec["observation"]["shape"][0]
+    rng = np.random.default_rng(0)
+    mean = ac.obs_rms.mean.numpy() if ac.norm_obs else np.zeros(obs_dim)
+    std = np.sqrt(ac.obs_rms.var.numpy()) if ac.norm_obs else np.ones(obs_dim)
+    obs = (mean + std * rng.normal(size=(64, obs_dim)) * 2).astype(np.float32)
+    with torch.no_grad():
+        want = ac.act(torch.as_tensor(obs), deterministic=True).numpy()
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(data)
+        f.flush()
+        got = OnnxPolicy(f.name).act(obs, deterministic=True)
+    if act_space is None:  # the Unity form: clipped to [-1, 1], one column per branch
+        want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(len(obs), -1)
+    else:
+        want = action_for_env(act_space)(want)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        raise RuntimeError("the exported graph's actions differ from the torch policy's: please report this")
+
+
+def describe(path: str) -> str:
+    """One line per input and output of the .onnx file at ``path``: name, shape and element type."""
+    onnx_policy = OnnxPolicy(path)
+    session = onnx_policy.session
+    rows = [f"  input  {i.name} {i.shape} {i.type}" for i in session.get_inputs()]
+    rows += [f"  output {o.name} {o.shape} {o.type}" for o in session.get_outputs()]
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``export`` command's flags."""
+    p = OneLineParser(
+        prog="python -m spinppo.run export",
+        description="Export a run's policy as an ONNX file (ML-Agents' form for Unity runs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("fpath", help="the run directory (it holds config.json and pyt_save/)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--itr", "-i", default="last", help="checkpoint: 'last' or N for pyt_save/model<N>.pt")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m spinppo.run export RUN_DIR --onnx OUT.onnx``; bad input raises UserError."""
+    args = build_parser().parse_args(list(argv))
+    out = export_onnx(args.fpath, args.onnx, parse_itr(args.itr))
+    form = "Unity ML-Agents form" if OnnxPolicy(out).form == "unity" else "generic form"
+    print(f"Exported the policy of {args.fpath} to {out} ({form}):\n{describe(out)}", flush=True)
+    return 0

@@ -1,0 +1,440 @@
+"""A spinppo policy as an ONNX graph (built by hand, opset 9), and an ONNX policy run with onnxruntime.
+
+Two forms (docs/export.md lists every name, shape and dtype):
+
+- **Unity** (``unity_model``): what ML-Agents' own exporter writes (release 20: ``model_serialization.py``
+  and ``SimpleActor.forward``), so the file is a trained model for a Behavior Parameters component. Inputs
+  ``obs_0``, ``obs_1``, ... (one per sensor) and ``action_masks`` (discrete actions: 1 allowed, 0 masked);
+  outputs ``version_number`` (3), ``memory_size`` (0), then ``continuous_actions``,
+  ``continuous_action_output_shape``, ``deterministic_continuous_actions`` or ``discrete_actions``,
+  ``discrete_action_output_shape``, ``deterministic_discrete_actions``.
+- **Generic** (``gym_model``): input ``obs`` (raw observations), outputs ``actions`` (sampled) and
+  ``deterministic_actions``, both exactly what spinppo's replay sends the environment (Box actions clipped
+  to the space's bounds, Discrete actions shifted by the space's ``start``).
+
+Both hold observation normalisation (``obs_rms``: standardise, clip to +-10) inside the graph, so they
+take the environment's raw observations. The graph is written node by node with ``onnx.helper`` rather
+than traced with ``torch.onnx``: every name, the opset and the constants are ours to choose, and only
+operators that Unity's Barracuda imports are used. ``OnnxPolicy`` runs either form with onnxruntime
+(``test_policy`` on an .onnx file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from spinppo.utils.errors import UserError, first_line
+
+OPSET = 9  # ML-Agents' SerializationSettings.onnx_opset; Barracuda and Sentis import it
+IR_VERSION = 6  # a protobuf IR version every reader of opset 9 models takes (onnx 1.6's)
+MLAGENTS_API_VERSION = 3  # SimpleActor.MODEL_EXPORT_VERSION: ModelApiVersion.MLAgents2_0
+MASKED_LOGIT = 1e8  # ML-Agents' _mask_branch: logits * mask - 1e8 * (1 - mask)
+META_FORM, META_ENV, META_CTOR, META_SOURCE = "spinppo.form", "spinppo.env", "spinppo.ctor", "spinppo.source"
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as e:
+        raise UserError(f"ONNX export needs the onnx package ({first_line(e)}): pip install onnx") from None
+    return onnx
+
+
+class _Graph:
+    """Nodes and initializers of one graph, with unique names (Barracuda names a layer by its output)."""
+
+    def __init__(self) -> None:
+        self.onnx = _onnx()
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, hint: str, value: Any, dtype: Any = np.float32) -> str:
+        name = self._name(hint)
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def op(
+        self, op_type: str, inputs: list[str], hint: str | None = None, output: str | None = None, **attrs
+    ):
+        out = output or self._name(hint or op_type.lower())
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def constant_output(self, name: str, value: np.ndarray) -> str:
+        """A Constant node whose output is a graph output: how ML-Agents' metadata (version_number, the
+        action shapes) reaches Barracuda, which keeps such constants as named Load layers."""
+        tensor = self.onnx.numpy_helper.from_array(np.asarray(value, np.float32), name + "_value")
+        return self.op("Constant", [], output=name, value=tensor)
+
+
+# ------------------------------------------------------------------------------------------- the network
+
+
+def _check_network(ac: Any) -> None:
+    """A UserError unless ``ac`` is a network this exporter can write: spinppo's MLPActorCritic with flat
+    observations and float32 weights (it walks the modules themselves, so a foreign layer fails there)."""
+    import torch
+
+    from spinppo.core.networks import MLPActorCritic
+
+    spec = getattr(ac, "ctor_spec", {})
+    if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
+        raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
+    if spec["observation"]["kind"] != "box" or len(spec["observation"]["shape"]) != 1:
+        raise UserError(f"cannot export a policy of {spec['observation']} observations: flat vectors only")
+    if any(p.dtype != torch.float32 for p in ac.parameters()):
+        raise UserError("cannot export a policy whose weights are not float32")
+
+
+def _linear(g: _Graph, layer: Any, x: str, rows: slice = slice(None)) -> str:
+    # Gemm with transB: the weight stays [out, in] as torch keeps it; Barracuda imports it as Dense.
+    w = layer.weight.detach()[rows].numpy()
+    b = layer.bias.detach()[rows].numpy() if layer.bias is not None else np.zeros(w.shape[0], np.float32)
+    return g.op("Gemm", [x, g.const("weight", w), g.const("bias", b)], "dense", transB=1)
+
+
+def _layer_norm(g: _Graph, layer: Any, x: str) -> str:
+    # LayerNormalization is opset 17; written out as ML-Agents' own LayerNorm exports (mean, variance,
+    # divide), with torch's eps and the learned scale and shift.
+    if len(layer.normalized_shape) != 1:
+        raise UserError(f"cannot export LayerNorm over {tuple(layer.normalized_shape)}: one axis only")
+    mean = g.op("ReduceMean", [x], "ln_mean", axes=[-1], keepdims=1)
+    centred = g.op("Sub", [x, mean], "ln_centred")
+    var = g.op("ReduceMean", [g.op("Mul", [centred, centred], "ln_square")], "ln_var", axes=[-1], keepdims=1)
+    std = g.op("Sqrt", [g.op("Add", [var, g.const("ln_eps", [layer.eps])], "ln_var_eps")], "ln_std")
+    y = g.op("Div", [centred, std], "ln_unit")
+    if layer.weight is not None:
+        y = g.op("Mul", [y, g.const("ln_scale", layer.weight.detach().numpy())], "ln_scaled")
+    if layer.bias is not None:
+        y = g.op("Add", [y, g.const("ln_shift", layer.bias.detach().numpy())], "ln_out")
+    return y
+
+
+def _activation(g: _Graph, module: Any, x: str) -> str | None:
+    """The activation ``module`` applied to ``x``, or None when ``module`` is not an activation."""
+    from torch import nn
+
+    kind = type(module)
+    if kind is nn.Tanh:
+        return g.op("Tanh", [x])
+    if kind is nn.ReLU:
+        return g.op("Relu", [x])
+    if kind is nn.ELU:
+        return g.op("Elu", [x], alpha=float(module.alpha))
+    if kind is nn.LeakyReLU:
+        return g.op("LeakyRelu", [x], alpha=float(module.negative_slope))
+    if kind is nn.SiLU:  # x * sigmoid(x): Swish is not an ONNX operator
+        return g.op("Mul", [x, g.op("Sigmoid", [x])], "silu")
+    if kind is nn.GELU:
+        if module.approximate != "none":
+            raise UserError(f"cannot export GELU(approximate={module.approximate!r}): exact GELU only")
+        # x * 0.5 * (1 + erf(x / sqrt(2))), torch's exact GELU
+        erf = g.op("Erf", [g.op("Mul", [x, g.const("inv_sqrt2", [1 / math.sqrt(2)])], "gelu_scaled")])
+        half = g.op("Mul", [x, g.const("half", [0.5])], "gelu_half")
+        return g.op("Mul", [half, g.op("Add", [erf, g.const("one", [1.0])], "gelu_erf1")], "gelu")
+    return None
+
+
+def _sequential(g: _Graph, modules: list[Any], x: str) -> str:
+    from torch import nn
+
+    for module in modules:
+        if isinstance(module, nn.Identity):
+            continue
+        if type(module) is nn.Linear:
+            x = _linear(g, module, x)
+        elif type(module) is nn.LayerNorm:
+            x = _layer_norm(g, module, x)
+        else:
+            y = _activation(g, module, x)
+            if y is None:
+                raise UserError(f"cannot export a network with a {type(module).__name__} layer")
+            x = y
+    return x
+
+
+def _normalized(g: _Graph, ac: Any, x: str) -> str:
+    """``obs_rms.normalize``: (x - mean) * rsqrt(var + eps), clipped, with the float32 copies torch uses."""
+    if not ac.norm_obs:
+        return x
+    import torch
+
+    rms = ac.obs_rms
+    with torch.no_grad():
+        mean = rms.mean.float().numpy()
+        inv_std = torch.rsqrt(rms.var + rms.epsilon).float().numpy()
+    x = g.op(
+        "Mul", [g.op("Sub", [x, g.const("obs_mean", mean)], "obs_centred"), g.const("obs_inv_std", inv_std)]
+    )
+    return g.op("Clip", [x], "obs_normalized", min=-float(rms.clip), max=float(rms.clip))
+
+
+def _policy_head(g: _Graph, ac: Any, x: str) -> list[str]:
+    """The policy head's outputs for raw observations ``x``: [mean] (Box) or one logits tensor per branch,
+    each from its own slice of the last layer's rows (ML-Agents gives each branch its own layer too)."""
+    from torch import nn
+
+    feat = _sequential(
+        g, list(ac.trunk) if isinstance(ac.trunk, nn.Sequential) else [], _normalized(g, ac, x)
+    )
+    layers = list(ac.pi)
+    if not layers or type(layers[-1]) is not nn.Linear:
+        raise UserError("cannot export a policy head that does not end in a Linear layer")
+    hidden = _sequential(g, layers[:-1], feat)
+    if not ac.discrete:
+        return [_linear(g, layers[-1], hidden)]
+    bounds = np.cumsum([0, *ac.branches])
+    return [_linear(g, layers[-1], hidden, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _gaussian(g: _Graph, ac: Any, mean: str) -> str:
+    """A sample of N(mean, exp(log_std)): RandomNormalLike, as torch.randn_like exports (ML-Agents')."""
+    std = ac.log_std.detach().exp().numpy()
+    noise = g.op("RandomNormalLike", [mean], "noise", dtype=_onnx().TensorProto.FLOAT)
+    return g.op("Add", [mean, g.op("Mul", [noise, g.const("std", std)], "scaled_noise")], "sample")
+
+
+def _categorical(g: _Graph, logits: list[str]) -> tuple[str, str]:
+    """(sampled, most likely) actions, int64 [batch, branches], of one Categorical per logits tensor.
+
+    Multinomial takes the logits as unnormalised log-probabilities (a -1e8 masked logit has probability
+    0); ArgMax keeps the first of equal logits, as torch.argmax does.
+    """
+    int64 = _onnx().TensorProto.INT64
+    sampled = [g.op("Multinomial", [z], "sample", dtype=int64, sample_size=1) for z in logits]
+    best = [g.op("ArgMax", [z], "argmax", axis=1, keepdims=1) for z in logits]
+    if len(logits) == 1:
+        return sampled[0], best[0]
+    return g.op("Concat", sampled, "samples", axis=1), g.op("Concat", best, "argmaxes", axis=1)
+
+
+def _model(g: _Graph, inputs: list[Any], outputs: list[Any], metadata: dict[str, str], name: str) -> Any:
+    onnx = g.onnx
+    graph = onnx.helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
+    model = onnx.helper.make_model(
+        graph, producer_name="spinppo", opset_imports=[onnx.helper.make_opsetid("", OPSET)]
+    )
+    model.ir_version = IR_VERSION
+    onnx.helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ the forms
+
+
+def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str, str] | None = None) -> Any:
+    """The policy ``ac`` (trained on a Unity behavior) as ML-Agents' exporter writes a policy.
+
+    ``observation_shapes``: one shape per sensor, in Unity's order (config.json's ``observation_shapes``);
+    their concatenation is the network's observation. Continuous actions come out clipped to [-1, 1],
+    as spinppo sends them to Unity (ML-Agents' own exporter clips to [-3, 3] and divides by 3; its policy
+    was trained that way, this one was not). Returns an ``onnx.ModelProto``; a UserError for a network or
+    shapes it cannot write.
+    """
+    _check_network(ac)
+    onnx = _onnx()
+    float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    shapes = [[int(n) for n in shape] for shape in observation_shapes]
+    obs_dim = ac.ctor_spec["observation"]["shape"][0]
+    if not shapes or any(len(s) != 1 or s[0] < 1 for s in shapes) or sum(s[0] for s in shapes) != obs_dim:
+        raise UserError(
+            f"the run's observation_shapes {shapes} are not vector sensors adding up to the policy's "
+            f"{obs_dim} observations"
+        )
+    act = ac.ctor_spec["action"]
+    g = _Graph()
+    inputs = [
+        onnx.helper.make_tensor_value_info(f"obs_{i}", float32, ["batch", *s]) for i, s in enumerate(shapes)
+    ]
+    names = [i.name for i in inputs]
+    x = names[0] if len(names) == 1 else g.op("Concat", names, "observation", axis=1)
+    heads = _policy_head(g, ac, x)
+    g.constant_output("version_number", np.array([MLAGENTS_API_VERSION]))
+    g.constant_output("memory_size", np.array([0]))
+    outputs = [
+        onnx.helper.make_tensor_value_info("version_number", float32, [1]),
+        onnx.helper.make_tensor_value_info("memory_size", float32, [1]),
+    ]
+    if act["kind"] == "box":
+        if len(act["shape"]) != 1:
+            raise UserError(f"a Unity policy has a flat continuous action, not shape {act['shape']}")
+        n = act["shape"][0]
+        g.op("Clip", [_gaussian(g, ac, heads[0])], output="continuous_actions", min=-1.0, max=1.0)
+        g.constant_output("continuous_action_output_shape", np.array([n]))
+        g.op("Clip", [heads[0]], output="deterministic_continuous_actions", min=-1.0, max=1.0)
+        outputs += [
+            onnx.helper.make_tensor_value_info("continuous_actions", float32, ["batch", n]),
+            onnx.helper.make_tensor_value_info("continuous_action_output_shape", float32, [1]),
+            onnx.helper.make_tensor_value_info("deterministic_continuous_actions", float32, ["batch", n]),
+        ]
+    else:
+        branches = list(ac.branches)
+        inputs.append(onnx.helper.make_tensor_value_info("action_masks", float32, ["batch", sum(branches)]))
+        masked = []
+        start = 0
+        for logits, size in zip(heads, branches):
+            # ML-Agents' _mask_branch: logits * mask - 1e8 * (-1 * mask + 1); an all-ones mask leaves the
+            # logits exactly as they were.
+            mask = g.op("Slice", ["action_masks"], "mask", axes=[1], starts=[start], ends=[start + size])
+            blocked = g.op("Add", [g.op("Mul", [mask, g.const("minus_one", [-1.0])]), g.const("one", [1.0])])
+            penalty = g.op("Mul", [blocked, g.const("masked_logit", [MASKED_LOGIT])], "penalty")
+            masked.append(g.op("Sub", [g.op("Mul", [logits, mask], "allowed"), penalty], "masked_logits"))
+            start += size
+        sampled, best = _categorical(g, masked)
+        g.op("Identity", [sampled], output="discrete_actions")
+        g.constant_output("discrete_action_output_shape", np.array([branches]))
+        g.op("Identity", [best], output="deterministic_discrete_actions")
+        outputs += [
+            onnx.helper.make_tensor_value_info("discrete_actions", int64, ["batch", len(branches)]),
+            onnx.helper.make_tensor_value_info("discrete_action_output_shape", float32, [1, len(branches)]),
+            onnx.helper.make_tensor_value_info(
+                "deterministic_discrete_actions", int64, ["batch", len(branches)]
+            ),
+        ]
+    return _model(g, inputs, outputs, metadata or {}, "spinppo_unity_policy")
+
+
+def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None) -> Any:
+    """The policy ``ac`` with input ``obs`` (raw observations, float32 [batch, obs_dim]) and outputs
+    ``actions`` (sampled) and ``deterministic_actions`` (mean or most likely action), each exactly what
+    spinppo's replay sends the environment with ``action_space``: Box actions clipped to its bounds
+    (float32 [batch, *shape]), Discrete and MultiDiscrete actions shifted by its ``start`` (int64 [batch]
+    and [batch, branches]). Returns an ``onnx.ModelProto``; a UserError for a network it cannot write.
+    """
+    import gymnasium as gym
+
+    from spinppo.core.networks import space_spec
+
+    _check_network(ac)
+    onnx = _onnx()
+    float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    if space_spec(action_space) != ac.ctor_spec["action"]:
+        raise UserError(f"the action space {action_space} does not fit the policy's {ac.ctor_spec['action']}")
+    obs_dim = ac.ctor_spec["observation"]["shape"][0]
+    g = _Graph()
+    inputs = [onnx.helper.make_tensor_value_info("obs", float32, ["batch", obs_dim])]
+    heads = _policy_head(g, ac, "obs")
+    if isinstance(action_space, gym.spaces.Box):
+        shape = [int(n) for n in action_space.shape]
+
+        def sent(action: str, name: str) -> str:
+            if len(shape) != 1:
+                action = g.op("Reshape", [action, g.const("shape", [-1, *shape], np.int64)], "reshaped")
+            low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+            if np.isfinite(low).any() or np.isfinite(high).any():
+                # action_for_env's np.minimum(np.maximum(a, low), high); an infinite bound clips nothing
+                action = g.op("Max", [action, g.const("low", low)], "above_low")
+                action = g.op("Min", [action, g.const("high", high)], "below_high")
+            return g.op("Identity", [action], output=name)
+
+        sent(_gaussian(g, ac, heads[0]), "actions")
+        sent(heads[0], "deterministic_actions")
+        dtype, out_shape = float32, ["batch", *shape]
+    else:
+        sampled, best = _categorical(g, heads)
+        scalar = isinstance(action_space, gym.spaces.Discrete)
+        start = np.asarray(action_space.start, np.int64).reshape(-1)
+
+        def sent(action: str, name: str) -> str:
+            if scalar:
+                action = g.op("Squeeze", [action], "branch", axes=[1])
+            if np.any(start != 0):
+                action = g.op("Add", [action, g.const("start", start[0] if scalar else start, np.int64)])
+            return g.op("Identity", [action], output=name)
+
+        sent(sampled, "actions")
+        sent(best, "deterministic_actions")
+        dtype, out_shape = int64, ["batch"] if scalar else ["batch", len(ac.branches)]
+    outputs = [
+        onnx.helper.make_tensor_value_info("actions", dtype, out_shape),
+        onnx.helper.make_tensor_value_info("deterministic_actions", dtype, out_shape),
+    ]
+    return _model(g, inputs, outputs, metadata or {}, "spinppo_policy")
+
+
+def metadata_for(
+    form: str, env_spec: dict[str, Any], ctor_spec: dict[str, Any], source: str
+) -> dict[str, str]:
+    """The metadata_props a spinppo export carries (Unity ignores them): the form, the environment
+    (``read_env_spec``'s dict, so test_policy needs no --env), the network's ctor_spec and its source file."""
+    return {
+        META_FORM: form,
+        META_ENV: json.dumps(env_spec, sort_keys=True),
+        META_CTOR: json.dumps(ctor_spec, sort_keys=True),
+        META_SOURCE: source,
+    }
+
+
+# --------------------------------------------------------------------------------------------- running one
+
+
+class OnnxPolicy:
+    """An exported policy run with onnxruntime: either form, spinppo's or (Unity form) ML-Agents' own.
+
+    ``path`` is an .onnx file. ``form`` is "unity" (inputs obs_0, obs_1, ...) or "gym" (input obs);
+    ``obs_sizes`` the width of each observation input; ``env_spec`` the environment the file names in its
+    metadata (``{"kind", "env", "env_kwargs", "name"}``) or None. ``act(obs, deterministic)`` takes a batch
+    of concatenated raw observations and returns the batch's actions as the graph gives them. Bad input
+    is a UserError.
+    """
+
+    def __init__(self, path: str) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise UserError(f"running an .onnx policy needs onnxruntime ({first_line(e)})") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's warnings about unused initializers are no news
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a missing, damaged or foreign file: onnxruntime raises its own types
+            raise UserError(f"cannot load {path} with onnxruntime ({first_line(e)})") from None
+        self.path = path
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        obs_names = sorted((n for n in inputs if re.fullmatch(r"obs_\d+", n)), key=lambda n: int(n[4:]))
+        if obs_names:
+            self.form, self.obs_names = "unity", obs_names
+            if "continuous_actions" in outputs and "discrete_actions" in outputs:
+                raise UserError(f"{path} has hybrid actions (continuous and discrete): not supported")
+            kind = "continuous" if "continuous_actions" in outputs else "discrete"
+            self.outputs = (f"{kind}_actions", f"deterministic_{kind}_actions")
+        elif "obs" in inputs and {"actions", "deterministic_actions"} <= outputs:
+            self.form, self.obs_names = "gym", ["obs"]
+            self.outputs = ("actions", "deterministic_actions")
+        else:
+            raise UserError(
+                f"{path} is neither form spinppo runs: inputs {sorted(inputs)}, outputs {sorted(outputs)} "
+                "(expected obs_0, ... as ML-Agents writes, or obs with actions and deterministic_actions)"
+            )
+        self.obs_sizes = []
+        for name in self.obs_names:
+            shape = inputs[name].shape
+            if len(shape) != 2 or not isinstance(shape[1], int):
+                raise UserError(f"{path}: input {name} has shape {shape}, not [batch, n]: vector inputs only")
+            self.obs_sizes.append(shape[1])
+        self.mask_size = None
+        if "action_masks" in inputs:
+            self.mask_size = inputs["action_masks"].shape[1]
+        self.env_spec = json.loads(self.metadata[META_ENV]) if META_ENV in self.metadata else None
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)]), all actions allowed."""
+        obs = np.asarray(obs, dtype=np.float32)
+        feeds = dict(zip(self.obs_names, np.split(obs, np.cumsum(self.obs_sizes)[:-1], axis=1)))
+        if self.mask_size is not None:
+            feeds["action_masks"] = np.ones((len(obs), self.mask_size), np.float32)
+        return self.session.run([self.outputs[deterministic]], feeds)[0]
