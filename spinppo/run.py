@@ -1,11 +1,11 @@
-"""The command line: ``python -m spinppo.run {ppo,vpg,a2c,plot,test_policy} ...``.
+"""The command line: ``python -m spinppo.run {ppo,vpg,a2c,plot,test_policy,export} ...``.
 
     python -m spinppo.run ppo --env Walker --cpu 2
     mpirun -np 8 python -m spinppo.run ppo --env Walker --hid 256 256 --seed 0 10 20
     python -m spinppo.run ppo --help
 
 This module only dispatches; each job lives in ``spinppo.cli`` (flags, training and grids, resume,
-exits) or ``spinppo.tools`` (plot, test_policy). Bad input is one line on stderr and exit code 2.
+exits) or ``spinppo.tools`` (plot, test_policy, export). Bad input is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from spinppo.cli.flags import ALGOS
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.mpi_tools import proc_id
 
-TOOLS = ("plot", "test_policy")
+TOOLS = ("plot", "test_policy", "export")
 
 USAGE = """usage: python -m spinppo.run COMMAND [flags]
 
@@ -30,7 +30,8 @@ commands:
   vpg           train with Vanilla Policy Gradient
   a2c           train with Advantage Actor-Critic
   plot          plot runs' progress.txt files
-  test_policy   replay a saved policy
+  test_policy   replay a saved policy (a run directory or an exported .onnx file)
+  export        write a run's policy as an ONNX file (ML-Agents' form for Unity runs)
 
 python -m spinppo.run COMMAND --help lists a command's flags."""
 

@@ -19,15 +19,24 @@ Unity runs (config kind "unity") are replayed through the Unity adapter: every a
 sub-environment, episodes are counted as the agents finish them, and ``--render`` starts the player with
 graphics. ``--len`` and ``--video`` are for gymnasium environments only.
 
+An exported policy (``python -m spinppo.run export``) replays the same way from its .onnx file, run with
+onnxruntime: ``test_policy OUT.onnx`` (the environment named in the file's metadata) or ``test_policy
+OUT.onnx --env ENV`` (a file that names none, such as one ML-Agents wrote, or another environment). Its
+actions are sent as the graph gives them (it already clips and shifts them as spinppo does); sampling
+uses onnxruntime's own random generator, which ``--seed`` does not reach.
+
 From Python::
 
     env, get_action = load_policy_and_env("data/ppo-walker/ppo-walker_s0", deterministic=True)
     episodes = run_policy(env, get_action, num_episodes=5)     # [Episode(ret, length), ...]
+    env, get_action = load_onnx_policy_and_env("walker.onnx", deterministic=True)
+    episodes = run_policy(env, get_action, num_episodes=5, send_as_is=True)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import os.path as osp
 import re
@@ -67,7 +76,7 @@ def _raised_in(e: BaseException, package: str) -> bool:
 # -------------------------------------------------------------------------------------------- checkpoints
 
 
-def _run_dir(path: str) -> tuple[str, str | None]:
+def run_dir_and_file(path: str) -> tuple[str, str | None]:
     """(run directory, checkpoint file or None) for a run directory or a ``pyt_save/model*.pt`` path."""
     if not osp.exists(path):
         raise UserError(f"{path} does not exist: give a run directory such as data/ppo-walker/ppo-walker_s0")
@@ -137,7 +146,7 @@ def load_policy(
     (unclipped; ``run_policy`` clips to the bounds). Given a batch (2-D), it returns the batch's actions.
     ``deterministic`` takes the mean action (Box) or each branch's most likely one (Discrete).
     """
-    run_dir, file = _run_dir(path)
+    run_dir, file = run_dir_and_file(path)
     return _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
 
 
@@ -238,7 +247,7 @@ def make_run_env(
     raise ValueError(f"env_fn kind {kind!r}: read_env_spec lets only 'gym' and 'unity' through")
 
 
-def _check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
+def check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
     """A UserError unless ``env``'s spaces are the ones the policy (its ``ctor_spec``) was built for."""
     import gymnasium as gym
 
@@ -275,15 +284,77 @@ def load_policy_and_env(
     Unity build (a gymnasium environment is seeded by ``run_policy``'s first reset). ``get_action`` is
     ``load_policy``'s; the caller closes ``env``. Bad input is a UserError.
     """
-    run_dir, file = _run_dir(fpath)
+    run_dir, file = run_dir_and_file(fpath)
     ac, get_action = _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
     env = make_run_env(read_env_spec(run_dir), render_mode=render_mode, base_port=base_port, seed=seed)
     try:
-        _check_spaces(env, ac.ctor_spec, run_dir)
+        check_spaces(env, ac.ctor_spec, run_dir)
     except UserError:
         env.close()
         raise
     return env, get_action
+
+
+def load_onnx_policy_and_env(
+    path: str,
+    env: str | None = None,
+    deterministic: bool = False,
+    render_mode: str | None = None,
+    base_port: int = 5005,
+    seed: int = 0,
+) -> tuple[Any, Callable[[Any], Any]]:
+    """(env, get_action) for an exported .onnx policy at ``path``, run with onnxruntime.
+
+    ``env`` is an ``--env`` value (a gymnasium id, a short name, ``unity:PATH``); without it, the
+    environment the file's metadata names (spinppo's exports carry it; a UserError when there is none).
+    ``get_action`` takes one raw observation (or a batch) and returns what the graph gives:
+    ``deterministic_*`` or sampled actions, already as the environment takes them, so pass
+    ``send_as_is=True`` to ``run_policy``. Other arguments as for ``load_policy_and_env``.
+    """
+    import gymnasium as gym
+
+    from spinppo.envs.registry import resolve_env
+    from spinppo.tools.onnx_policy import META_CTOR, OnnxPolicy
+
+    if not osp.isfile(path):
+        raise UserError(f"{path} does not exist: give an .onnx file written by export (or by ML-Agents)")
+    policy = OnnxPolicy(path)
+    if env is not None:
+        choice = resolve_env(env)
+        spec = {"name": env, "kind": choice.kind, "env": choice.target, "env_kwargs": {}}
+    elif policy.env_spec is not None:
+        spec = saved_env_spec({"env_fn": policy.env_spec}, f"{path}'s metadata")
+    else:
+        raise UserError(f"{path} does not say which environment it plays: pass --env ENV")
+    made = make_run_env(spec, render_mode=render_mode, base_port=base_port, seed=seed)
+    try:
+        vector = isinstance(made, gym.vector.VectorEnv)
+        obs_space = made.single_observation_space if vector else made.observation_space
+        act_space = made.single_action_space if vector else made.action_space
+        if META_CTOR in policy.metadata:
+            check_spaces(made, json.loads(policy.metadata[META_CTOR]), path)
+        elif list(obs_space.shape or ()) != [sum(policy.obs_sizes)]:
+            raise UserError(
+                f"the environment's observations have shape {obs_space.shape}, {path} takes "
+                f"{sum(policy.obs_sizes)} numbers ({', '.join(map(str, policy.obs_sizes))} per input)"
+            )
+    except UserError:
+        made.close()
+        raise
+    # The Unity form gives [batch, branches]; one branch is a Discrete space, which takes one number.
+    one_branch = policy.form == "unity" and act_space.shape == ()
+
+    def get_action(obs: Any) -> Any:
+        x = np.asarray(obs, dtype=np.float32)
+        single = x.ndim == 1
+        action = policy.act(x[None] if single else x, deterministic)
+        if one_branch:
+            action = action[:, 0]
+        if not single:
+            return action
+        return int(action[0]) if action[0].ndim == 0 else action[0]
+
+    return made, get_action
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -322,6 +393,7 @@ def run_policy(
     seed: int | None = None,
     frames: list[np.ndarray] | None = None,
     verbose: bool = True,
+    send_as_is: bool = False,
 ) -> list[Episode]:
     """Run ``num_episodes`` episodes with ``get_action``; return them as ``[Episode(ret, length), ...]``.
 
@@ -331,7 +403,9 @@ def run_policy(
     environment made with render_mode="rgb_array") one frame per step is appended: the state acted in.
     ``render`` needs an environment made with render_mode="human" (gymnasium draws it every step).
     A gymnasium VectorEnv (a Unity build's agents) runs all its sub-environments and counts the episodes
-    as they end. Prints each episode and a summary when ``verbose``.
+    as they end. Prints each episode and a summary when ``verbose``. ``send_as_is``: ``get_action`` already
+    gives the environment's actions (an exported .onnx policy's, clipped and shifted in its graph), so
+    they are sent unchanged.
     """
     import gymnasium as gym
     import torch
@@ -342,10 +416,12 @@ def run_policy(
         raise UserError("render=True needs an environment made with render_mode='human'")
     if seed is not None:
         torch.manual_seed(seed)
+    space = env.single_action_space if vector else env.action_space
+    to_env = _unchanged if send_as_is else action_for_env(space)
     if vector:
-        episodes = _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose)
+        episodes = _run_vector(env, get_action, to_env, max_ep_len, num_episodes, seed, frames, verbose)
     else:
-        episodes = _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose)
+        episodes = _run_single(env, get_action, to_env, max_ep_len, num_episodes, seed, frames, verbose)
     if verbose:
         print(summary(episodes), flush=True)
     return episodes
@@ -363,8 +439,11 @@ def _report(i: int, ep: Episode, verbose: bool) -> None:
         print(f"Episode {i} \t EpRet {ep.ret:.3f} \t EpLen {ep.length}", flush=True)
 
 
-def _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
-    to_env = action_for_env(env.action_space)
+def _unchanged(action: Any) -> Any:
+    return action
+
+
+def _run_single(env, get_action, to_env, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret, ep_len = 0.0, 0
@@ -383,14 +462,13 @@ def _run_single(env, get_action, max_ep_len, num_episodes, seed, frames, verbose
     return episodes
 
 
-def _run_vector(env, get_action, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
+def _run_vector(env, get_action, to_env, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
     if max_ep_len:
         raise UserError(
             "--len is not supported for vector environments (a Unity build's own max_step applies)"
         )
     if frames is not None:
         raise UserError("--video is not supported for vector environments such as Unity builds")
-    to_env = action_for_env(env.single_action_space)
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
     ep_ret = np.zeros(env.num_envs)
@@ -457,7 +535,7 @@ def save_video(frames: Sequence[np.ndarray], path: str, fps: float = 30) -> str:
 # --------------------------------------------------------------------------------------------- the command
 
 
-def _itr(text: str) -> int | str:
+def parse_itr(text: str) -> int | str:
     """--itr's text as ``find_checkpoint`` takes it: "last", N, or the text itself (which it refuses)."""
     if re.fullmatch(r"-?\d+", text.strip()):
         return int(text)
@@ -471,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay a saved policy in its environment and print each episode's return and length.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("fpath", help="the run directory (it holds config.json and pyt_save/)")
+    p.add_argument(
+        "fpath", help="the run directory (it holds config.json and pyt_save/), or an .onnx file from export"
+    )
     p.add_argument("--itr", "-i", default="last", help="checkpoint: 'last' or N for pyt_save/model<N>.pt")
     p.add_argument("--episodes", "-n", type=int, default=10, help="episodes to run")
     p.add_argument("--len", "-l", type=int, default=0, help="cut episodes at this many steps (0: no limit)")
@@ -484,13 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", metavar="FILE", help="record the episodes offscreen to FILE (.mp4 or .gif)")
     p.add_argument("--fps", type=float, help="video frames per second (None: the environment's render_fps)")
     p.add_argument("--base_port", type=int, default=5005, help="Unity runs: the player's port")
+    p.add_argument(
+        "--env", help=".onnx files: the environment (as ppo's --env) when the file names none, or another"
+    )
     return p
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m spinppo.run test_policy RUN_DIR ...``; bad input raises UserError."""
+    """``python -m spinppo.run test_policy RUN_DIR ...`` (or ``OUT.onnx``); bad input raises UserError."""
+    import gymnasium as gym
+
     args = build_parser().parse_args(list(argv))
-    itr = _itr(args.itr)
+    itr = parse_itr(args.itr)
     render = args.render and not args.norender
     if render and args.video:
         raise UserError(
@@ -503,18 +588,36 @@ def main(argv: Sequence[str]) -> int:
     _check_counts(args.episodes, args.len)
     if args.fps is not None and args.fps <= 0:
         raise UserError(f"--fps must be positive, not {args.fps}")
-    run_dir, _ = _run_dir(args.fpath)
-    if read_env_spec(run_dir)["kind"] == "unity" and (args.len or args.video):
-        raise UserError(
-            "--len and --video are for gymnasium runs: a Unity build ends episodes at its max_step"
-        )
     render_mode = "human" if render else "rgb_array" if args.video else None
-    env, get_action = load_policy_and_env(
-        args.fpath, itr, args.deterministic, render_mode, args.base_port, args.seed
-    )
+    onnx_file = args.fpath.lower().endswith(".onnx")
+    if onnx_file:
+        if itr != "last":
+            raise UserError("--itr picks a checkpoint of a run directory: an .onnx file holds one policy")
+        env, get_action = load_onnx_policy_and_env(
+            args.fpath, args.env, args.deterministic, render_mode, args.base_port, args.seed
+        )
+    else:
+        if args.env is not None:
+            raise UserError(
+                "--env is for .onnx files: a run directory replays in the environment it trained on"
+            )
+        run_dir, _ = run_dir_and_file(args.fpath)
+        if read_env_spec(run_dir)["kind"] == "unity" and (args.len or args.video):
+            raise UserError(
+                "--len and --video are for gymnasium runs: a Unity build ends episodes at its max_step"
+            )
+        env, get_action = load_policy_and_env(
+            args.fpath, itr, args.deterministic, render_mode, args.base_port, args.seed
+        )
     frames: list[np.ndarray] | None = [] if args.video else None
     try:
-        run_policy(env, get_action, args.len or None, args.episodes, render, args.seed, frames)
+        if isinstance(env, gym.vector.VectorEnv) and (args.len or args.video):
+            raise UserError(
+                "--len and --video are for gymnasium runs: a Unity build ends episodes at its max_step"
+            )
+        run_policy(
+            env, get_action, args.len or None, args.episodes, render, args.seed, frames, True, onnx_file
+        )
     finally:
         env.close()
     if args.video:
