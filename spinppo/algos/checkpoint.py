@@ -120,6 +120,8 @@ class Checkpointer:
             keep,
         )
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        # A Unity run's curriculum (envs.unity.params.EnvironmentParameterManager), identical on all ranks.
+        self.parameter_manager: Any = None
 
     @property
     def run_dir(self) -> str:
@@ -155,6 +157,7 @@ class Checkpointer:
                 "ctor": self.ac.ctor_spec,
                 "model": self.ac.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
                 # Pickled per-rank states (random generators, environments): read back only on resume.
                 "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
             }
@@ -202,6 +205,9 @@ class Checkpointer:
             raise UserError(
                 f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
             ) from None
+        if self.parameter_manager is not None and shared.get("lessons") is not None:
+            # Before the environments reset below: a Unity reset sends the current lessons' values.
+            self.parameter_manager.load_state_dict(shared["lessons"])
         state = pickle.loads(mine)
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])

@@ -185,6 +185,11 @@ class OnPolicyRun:
         self.checkpointer = Checkpointer(
             self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
         )
+        # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
+        self.lessons = getattr(self.env, "parameter_manager", None)
+        if self.lessons is not None and not self.lessons.has_curriculum():
+            self.lessons = None
+        self.checkpointer.parameter_manager = self.lessons
         self._old_handlers: dict[int, Any] = {}
         self._stop_signals: list[int] = []
         if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
@@ -279,6 +284,8 @@ class OnPolicyRun:
         logger, worker = self.logger, self.worker
         epoch_time = time.perf_counter() - self.epoch_start
         epoch_mpi_time = mpi_time() - self.mpi_t0
+        if self.lessons is not None:
+            self._advance_lessons(epoch)
         logger.log_tabular("Epoch", epoch)
         logger.log_tabular("EpRet", with_min_and_max=True)
         logger.log_tabular("EpLen", average_only=True)
@@ -286,6 +293,10 @@ class OnPolicyRun:
         logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
         for key in log_keys:
             logger.log_tabular(key, average_only=True)
+        if self.lessons is not None:  # the lesson of each parameter that has a curriculum
+            for name, lesson in self.lessons.lesson_numbers().items():
+                if len(self.lessons.settings[name]["curriculum"]) > 1:
+                    logger.log_tabular(f"Lesson/{name}", lesson)
         logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
         logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
         logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
@@ -305,6 +316,20 @@ class OnPolicyRun:
                 f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
                 signum=stop_signum,
             )
+
+    def _advance_lessons(self, epoch: int) -> None:
+        """ML-Agents' curriculum check, once an epoch: every rank feeds the same episode returns (all
+        ranks', in rank order) and progress to its copy of the manager, so all reach the same lessons.
+        A changed lesson's values go to each rank's player; with require_reset the players reset now and
+        the episodes in progress are abandoned (as mlagents-learn does)."""
+        mine = [float(r) for r in self.logger.epoch_dict.get("EpRet", [])]
+        returns = [r for rank in allgather(mine) for r in rank]
+        changed, reset = self.lessons.update((epoch + 1) / self.epochs_total, returns)
+        if changed:
+            self.logger.log(f"Epoch {epoch}: {self.lessons.describe()}")
+            fresh = self.env.apply_lessons(reset)
+            if reset:
+                self.worker.restart_episodes(fresh[0])
 
     # ------------------------------------------------------------------------------- failure handling
 

@@ -46,7 +46,16 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
         log_dir=run_dir,
     )
     name = f"unity:{env['env']}" if env["kind"] == "unity" else env["env"]
-    kwargs["env_fn"] = EnvFactory(name, env["env_kwargs"], unity_kwargs=unity_kwargs)
+    if env["kind"] == "unity":
+        unity_kwargs["run_seed"] = kwargs.get("seed", 0)
+    kwargs["env_fn"] = EnvFactory(
+        name,
+        env["env_kwargs"],
+        unity_kwargs=unity_kwargs,
+        environment_parameters=env["environment_parameters"] or None,
+        behavior=env["behavior"],
+        where=where,
+    )
     saved_logger = config.get("logger_kwargs") if isinstance(config.get("logger_kwargs"), dict) else {}
     kwargs["logger_kwargs"] = dict(
         output_dir=run_dir,

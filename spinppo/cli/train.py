@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from spinppo.cli.flags import AC_FLAGS, algo_function, check_algo_flags, check_cpu_flag, parse_algo_args
 from spinppo.cli.grid import ExperimentGrid
@@ -44,7 +45,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     if exp_name is not None and (not exp_name.strip() or "/" in exp_name or exp_name in (".", "..")):
         raise UserError(f"--exp_name must be a plain name, not {exp_name!r} (use --data_dir for where)")
     for env in grid["env"]:  # unknown environments fail before any process is started
-        EnvFactory(env, options["env_kwargs"], options["unity_file"])
+        EnvFactory(env, options["env_kwargs"], options["unity_file"], **_unity_options(env, options))
     check_cpu_flag(options)
     mpi_fork(options["cpu"])
 
@@ -73,8 +74,15 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
                 time_scale=options["time_scale"],
                 no_graphics=options["no_graphics"],
                 log_dir=logger_kwargs["output_dir"],
+                run_seed=variant["seed"],  # ML-Agents seeds its samplers from the run's seed
             )
-            env_fn = EnvFactory(env, options["env_kwargs"], options["unity_file"], unity_kwargs)
+            env_fn = EnvFactory(
+                env,
+                options["env_kwargs"],
+                options["unity_file"],
+                unity_kwargs,
+                **_unity_options(env, options),
+            )
             plan.append((env_fn, variant, ac_kwargs, logger_kwargs))
     # Every variant's flags too: with --overwrite, a bad value in a later variant found only when it
     # starts would come after the earlier variants had replaced their old runs.
@@ -91,6 +99,21 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
         dirs.append(logger_kwargs["output_dir"])
     _print_next_steps(dirs)
     return dirs
+
+
+def _unity_options(env: str, options: dict[str, Any]) -> dict[str, Any]:
+    """EnvFactory's Unity keywords: the environment parameters and the behavior to train. An ML-Agents
+    config names its behavior for any environment; only a Unity build uses it (a --behavior typed for a
+    gymnasium environment is an error)."""
+    behavior = options["behavior"]
+    if behavior is not None and "behavior" not in options["given"]:
+        if EnvFactory(env, options["env_kwargs"], options["unity_file"]).choice.kind != "unity":
+            behavior = None
+    return dict(
+        environment_parameters=options["environment_parameters"],
+        behavior=behavior,
+        where=options["given"]["config"][0] if "config" in options["given"] else "environment_parameters",
+    )
 
 
 def check_run_dirs(dirs: list[str], overwrite: bool) -> None:

@@ -40,6 +40,15 @@ class RolloutWorker:
         self.env_time = 0.0
         self.inference_time = 0.0
 
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        """Continue from ``obs``, the first observations of new episodes in every environment (after the
+        environment was reset between rollouts): the episodes in progress are abandoned, not logged."""
+        self.obs = np.asarray(obs, dtype=np.float32)
+        self.ep_ret[:] = 0.0
+        self.ep_len[:] = 0
+        if self.reward_scaler is not None:
+            self.reward_scaler.returns[:] = 0.0
+
     def collect(self, buf: GAEBuffer, logger) -> None:
         """Run ``buf.steps`` steps of every environment into ``buf`` and finish it (GAE)."""
         env = self.env
