@@ -321,7 +321,8 @@ def load_onnx_policy_and_env(
     policy = OnnxPolicy(path)
     if env is not None:
         choice = resolve_env(env)
-        spec = {"name": env, "kind": choice.kind, "env": choice.target, "env_kwargs": {}}
+        given = {"name": env, "kind": choice.kind, "env": choice.target}
+        spec = saved_env_spec({"env_fn": given}, "--env")
     elif policy.env_spec is not None:
         spec = saved_env_spec({"env_fn": policy.env_spec}, f"{path}'s metadata")
     else:
