@@ -237,7 +237,15 @@ def make_run_env(
                 time_scale=1.0 if window else 20.0,
                 no_graphics=not window,
             )
-            return make_unity_vec_env(target, seed=seed, env_kwargs=env_kwargs, unity_kwargs=unity_kwargs)
+            # The run's behavior and environment parameters: replay plays the behavior it trained.
+            return make_unity_vec_env(
+                target,
+                seed=seed,
+                env_kwargs=env_kwargs,
+                unity_kwargs=unity_kwargs,
+                environment_parameters=spec.get("environment_parameters"),
+                behavior=spec.get("behavior"),
+            )
         except UserError:
             raise
         except ImportError as e:
