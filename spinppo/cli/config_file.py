@@ -58,6 +58,11 @@ def load_file(path: str) -> Any:
         raise UserError(f"--config {path}: no such file") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise UserError(f"--config {path}: cannot read it ({type(e).__name__})") from None
+    if text.lstrip().startswith("{"):  # JSON (a run's config.json is indented with tabs, which YAML refuses)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

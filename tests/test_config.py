@@ -1,0 +1,454 @@
+"""--config FILE: spinppo's own YAML/JSON, a run's config.json, ML-Agents trainer configs; --print_config;
+curricula reaching the stand-in Unity player over the real protocol under mpirun."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from spinppo.run import main
+from tests.conftest import REPO, mpirun, rows_without_timing, run
+from tests.test_unity import free_ports, no_leftover_players  # noqa: F401 (a fixture)
+from tests.unity_standin.build import write_build
+
+SHORT = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "512", "--minibatch_size", "128"]
+
+
+def printed(capsys, *argv: str) -> dict:
+    """The configuration ``--print_config`` prints for ``ppo ARGV``, parsed back."""
+    assert main(["ppo", *argv, "--print_config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def error_of(capsys, *argv: str) -> str:
+    """The one-line error of a command that must fail with exit code 2."""
+    assert main(list(argv)) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("spinppo: error: "), err
+    return err
+
+
+def write(path: Path, doc) -> str:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False) if not isinstance(doc, str) else doc)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------- spinppo's own
+
+
+def test_a_file_sets_flags_and_grids_and_the_command_line_overrides_it(tmp_path, capsys):
+    f = write(
+        tmp_path / "c.yaml",
+        {
+            "env": "CartPole",
+            "seed": [0, 10],
+            "lr": 3e-4,
+            "hid": [[16, 16], [32]],
+            "env_kwargs": {"max_episode_steps": 50},
+            "norm_reward": False,
+            "act": "relu",
+            "tensorboard": False,
+        },
+    )
+    c = printed(capsys, "--config", f, "--lr", "1e-3", "--norm_obs", "false")
+    assert c["env"] == "CartPole" and c["seed"] == [0, 10] and c["hid"] == [[16, 16], [32]]
+    assert c["lr"] == 1e-3 and c["norm_obs"] is False  # the command line wins
+    assert c["norm_reward"] is False and c["act"] == "relu" and c["tensorboard"] is False
+    assert c["env_kwargs"] == {"max_episode_steps": 50}
+    assert c["update_epochs"] == 10  # not in the file: the default
+
+
+def test_print_config_round_trips_in_yaml_and_json(tmp_path, capsys):
+    first = printed(capsys, *SHORT, "--seed", "3", "7", "--hid", "8", "8", "--target_kl", "0.02")
+    path = write(tmp_path / "printed.yaml", first)
+    assert printed(capsys, "--config", path) == first
+    (tmp_path / "printed.json").write_text(json.dumps(first))
+    assert printed(capsys, "--config", str(tmp_path / "printed.json")) == first
+
+
+def test_a_runs_config_json_repeats_the_run(tmp_path):
+    ppo = [sys.executable, "-m", "spinppo.run", "ppo"]
+    run([*ppo, *SHORT, "--seed", "5", "--hid", "16", "--data_dir", str(tmp_path / "a"), "--exp_name", "x"])
+    config = tmp_path / "a" / "x" / "x_s5" / "config.json"
+    proc = run([*ppo, "--config", str(config), "--data_dir", str(tmp_path / "b")])
+    assert "AverageEpRet" in proc.stdout
+    assert rows_without_timing(tmp_path / "a" / "x" / "x_s5") == rows_without_timing(
+        tmp_path / "b" / "x" / "x_s5"
+    )
+    # The same file again, into the same place: the existing run is not replaced.
+    proc = run([*ppo, "--config", str(config)], check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+
+
+def test_bad_files_and_values_name_the_file(tmp_path, capsys):
+    assert "no such file" in error_of(capsys, "ppo", "--config", str(tmp_path / "none.yaml"))
+    bad = write(tmp_path / "bad.yaml", "env: [CartPole\n")
+    assert "not valid YAML or JSON" in error_of(capsys, "ppo", "--config", bad)
+    typo = write(tmp_path / "typo.yaml", {"env": "CartPole", "lrr": 0.1})
+    assert f"{typo}: unknown key 'lrr': not a flag of ppo; did you mean lr?" in error_of(
+        capsys, "ppo", "--config", typo
+    )
+    wrong = write(tmp_path / "wrong.yaml", {"env": "CartPole", "lr": "fast"})
+    assert f"{wrong}: --lr takes a number, not 'fast'" in error_of(capsys, "ppo", "--config", wrong)
+    nested = write(tmp_path / "nested.yaml", {"env": "CartPole", "gamma": {"a": 1}})
+    assert "gamma is" in error_of(capsys, "ppo", "--config", nested)
+
+
+# ------------------------------------------------------------------------------------ ML-Agents configs
+
+
+def test_ml_agents_walker_yaml_means_ml_agents_ppo(capsys):
+    c = printed(capsys, "--config", str(REPO / "configs" / "unity" / "Walker.yaml"), "--env", "Walker")
+    expected = dict(
+        steps_per_epoch=20480,
+        minibatch_size=2048,
+        lr=3e-4,
+        anneal_lr=True,
+        ent_coef=0.005,
+        anneal_ent=True,  # beta_schedule: learning_rate_schedule's
+        clip_ratio=0.2,
+        anneal_clip=True,
+        lam=0.95,
+        update_epochs=3,
+        gamma=0.995,
+        reward_scale=1.0,
+        norm_obs=True,
+        hid=[256, 256, 256],
+        act="silu",
+        shared_trunk=False,
+        log_std_init=0.0,
+        time_horizon=1000,
+        epochs=1465,  # ceil(30M / 20480)
+        keep_checkpoints=5,
+        save_freq=24,  # checkpoint_interval 500000 (the default) / 20480
+        vf_coef=1.0,
+        clip_vloss=True,
+        max_grad_norm=0.0,
+        norm_reward=False,
+        norm_adv=True,
+        target_kl=None,
+        behavior="Walker",
+    )
+    assert {k: c[k] for k in expected} == expected
+
+
+FULL = {
+    "default_settings": {
+        "trainer_type": "ppo",
+        "hyperparameters": {"batch_size": 64, "learning_rate": 1e-3, "num_epoch": 4},
+        "max_steps": 2.0e5,
+    },
+    "behaviors": {
+        "Runner": {
+            "hyperparameters": {
+                "buffer_size": 1280,
+                "learning_rate_schedule": "constant",
+                "beta": 0.01,
+                "beta_schedule": "linear",
+                "epsilon": 0.3,
+                "epsilon_schedule": "constant",
+                "lambd": 0.9,
+                "shared_critic": True,
+            },
+            "network_settings": {
+                "normalize": False,
+                "hidden_units": 32,
+                "num_layers": 1,
+                "vis_encode_type": "simple",
+                "memory": None,
+                "goal_conditioning_type": "none",
+                "deterministic": False,
+            },
+            "reward_signals": {"extrinsic": {"gamma": 0.98, "strength": 0.5}},
+            "keep_checkpoints": 3,
+            "checkpoint_interval": 6400,
+            "time_horizon": 32,
+            "summary_freq": 1000,
+            "threaded": True,
+            "init_path": None,
+        },
+        "Other": {"hyperparameters": {"batch_size": 8}},
+    },
+    "env_settings": {
+        "env_path": "builds/Runner",
+        "base_port": 6000,
+        "num_envs": 2,
+        "seed": 9,
+        "env_args": None,
+    },
+    "engine_settings": {"time_scale": 5, "no_graphics": False, "width": 84, "height": 84},
+    "checkpoint_settings": {"run_id": "runner1", "results_dir": "RESULTS", "force": True, "resume": False},
+    "torch_settings": {"device": "cpu"},
+    "debug": False,
+    "environment_parameters": {"wall": 2.5},
+}
+
+
+def test_every_supported_key_of_an_ml_agents_config(tmp_path, capsys):
+    doc = json.loads(json.dumps(FULL).replace("RESULTS", str(tmp_path)))
+    f = write(tmp_path / "full.yaml", doc)
+    assert "has 2 behaviors (Runner, Other): choose one with --behavior NAME" in error_of(
+        capsys, "ppo", "--config", f
+    )
+    c = printed(capsys, "--config", f, "--behavior", "Runner")
+    expected = dict(
+        env="unity:builds/Runner",
+        behavior="Runner",
+        steps_per_epoch=1280,
+        minibatch_size=64,  # from default_settings
+        lr=1e-3,
+        anneal_lr=False,
+        ent_coef=0.01,
+        anneal_ent=True,
+        clip_ratio=0.3,
+        anneal_clip=False,
+        lam=0.9,
+        update_epochs=4,
+        shared_trunk=True,
+        norm_obs=False,
+        hid=[32],
+        gamma=0.98,
+        reward_scale=0.5,
+        epochs=157,  # ceil(200000 / 1280)
+        keep_checkpoints=3,
+        save_freq=5,
+        time_horizon=32,
+        base_port=6000,
+        cpu=2,  # two players: two ranks
+        seed=9,
+        time_scale=5.0,
+        no_graphics=False,
+        exp_name="runner1",
+        data_dir=str(tmp_path),
+        overwrite=True,
+        environment_parameters={
+            "wall": {
+                "curriculum": [
+                    {
+                        "name": "wall",
+                        "value": {
+                            "sampler_type": "constant",
+                            "sampler_parameters": {"seed": -1, "value": 2.5},
+                        },
+                        "completion_criteria": None,
+                    }
+                ]
+            }
+        },
+    )
+    assert {k: c[k] for k in expected} == expected
+    # The other behavior: its own settings over default_settings.
+    assert printed(capsys, "--config", f, "--behavior", "Other")["minibatch_size"] == 8
+    # The command line still overrides.
+    assert printed(capsys, "--config", f, "--behavior", "Runner", "--lr", "5e-4")["lr"] == 5e-4
+
+
+def _with(path: str, value) -> dict:
+    """A valid one-behavior ML-Agents config with ``value`` set at the dotted ``path``."""
+    doc = {"behaviors": {"B": {"trainer_type": "ppo", "hyperparameters": {}, "network_settings": {}}}}
+    keys = path.split(".")
+    node = doc
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (
+            "behaviors.B.reward_signals",
+            {"extrinsic": {}, "curiosity": {"strength": 0.02}},
+            "reward_signals.curiosity",
+        ),
+        (
+            "behaviors.B.reward_signals",
+            {"extrinsic": {}, "gail": {"demo_path": "x.demo"}},
+            "reward_signals.gail",
+        ),
+        ("behaviors.B.reward_signals", {"extrinsic": {}, "rnd": {}}, "reward_signals.rnd"),
+        ("behaviors.B.self_play", {"window": 10}, "behaviors.B.self_play"),
+        ("behaviors.B.behavioral_cloning", {"demo_path": "x.demo"}, "behaviors.B.behavioral_cloning"),
+        ("behaviors.B.trainer_type", "sac", "trainer_type 'sac' is not supported"),
+        ("behaviors.B.trainer_type", "poca", "trainer_type 'poca' is not supported"),
+        (
+            "behaviors.B.hyperparameters.learning_rat",
+            0.1,
+            "unknown key behaviors.B.hyperparameters.learning_rat",
+        ),
+        ("behaviors.B.network_settings.memory", {"memory_size": 128}, "network_settings.memory"),
+        ("behaviors.B.network_settings.vis_encode_type", "resnet", "vis_encode_type 'resnet'"),
+        (
+            "behaviors.B.hyperparameters.num_epoch",
+            "three",
+            "hyperparameters.num_epoch must be a whole number",
+        ),
+        ("behaviors.B.hyperparameters.learning_rate_schedule", "cosine", "must be linear or constant"),
+        ("behaviors.B.summary_frequency", 100, "unknown key behaviors.B.summary_frequency"),
+        ("env_settings.env_args", ["--x"], "env_settings.env_args is not supported"),
+        ("engine_settings.width", 640, "engine_settings.width is not supported"),
+        ("checkpoint_settings.inference", True, "checkpoint_settings.inference is not supported"),
+        ("torch_settings.device", "cuda", "torch_settings.device 'cuda'"),
+        ("curriculum", {}, "unknown top-level key 'curriculum'"),
+        (
+            "environment_parameters.wall",
+            {"sampler_type": "normal", "sampler_parameters": {}},
+            "wall.sampler_type",
+        ),
+    ],
+)
+def test_what_spinppo_does_not_do_is_a_one_line_error_naming_key_and_file(
+    tmp_path, capsys, path, value, message
+):
+    f = write(tmp_path / "ml.yaml", _with(path, value))
+    err = error_of(capsys, "ppo", "--config", f, "--env", "CartPole")
+    assert message in err and str(tmp_path / "ml.yaml") in err, err
+
+
+def test_an_ml_agents_config_is_for_ppo(tmp_path, capsys):
+    f = write(tmp_path / "ml.yaml", _with("behaviors.B.max_steps", 1000))
+    assert "configures PPO: run python -m spinppo.run ppo" in error_of(capsys, "a2c", "--config", f)
+
+
+# ------------------------------------------------------------------------------- curricula, end to end
+
+
+def test_curriculum_advances_by_reward_and_progress_under_mpirun_and_survives_resume(tmp_path):
+    """Two ranks train on stand-in players (2 agents each, 4-step episodes of the "script" task) from an
+    ML-Agents config. ``level`` needs a mean return above -1e6 over 1 episode: met at the first check (epoch
+    0). ``hard`` is passed on progress 0.5: after epoch 3 of 6 (progress 4/6). ``never`` needs 1e6: never.
+    The lessons reach both players, are columns of progress.txt, and a resume continues from them."""
+    build = write_build(tmp_path / "build", task="script", agents=2, decision_period=1, max_step=4)
+    lessons = {
+        "level": {
+            "curriculum": [
+                {
+                    "name": "one",
+                    "value": 1.0,
+                    "completion_criteria": {"behavior": "StandIn", "threshold": -1e6, "min_lesson_length": 1},
+                },
+                {"name": "two", "value": 2.0},
+            ]
+        },
+        "hard": {
+            "curriculum": [
+                {
+                    "name": "first",
+                    "value": 0.0,
+                    "completion_criteria": {"behavior": "StandIn", "measure": "progress", "threshold": 0.5},
+                },
+                {"name": "second", "value": 10.0},
+            ]
+        },
+        "never": {
+            "curriculum": [
+                {"name": "a", "value": 0.0, "completion_criteria": {"behavior": "StandIn", "threshold": 1e6}},
+                {"name": "b", "value": 1.0},
+            ]
+        },
+    }
+    doc = {
+        "behaviors": {
+            "StandIn": {
+                "trainer_type": "ppo",
+                "hyperparameters": {"batch_size": 32, "buffer_size": 64, "num_epoch": 1},
+                "network_settings": {"hidden_units": 16, "num_layers": 1},
+                "max_steps": 384,
+                "time_horizon": 8,
+                "checkpoint_interval": 64,
+            }
+        },
+        "env_settings": {"env_path": str(build), "base_port": free_ports(2), "seed": 4},
+        "engine_settings": {"time_scale": 1000},
+        "checkpoint_settings": {"run_id": "cur", "results_dir": str(tmp_path / "results")},
+        "environment_parameters": lessons,
+    }
+    f = write(tmp_path / "ml.yaml", doc)
+    mpirun(2, ["-m", "spinppo.run", "ppo", "--config", f, "--tensorboard", "false"])
+    run_dir = tmp_path / "results" / "cur" / "cur_s4"
+    rows = rows_without_timing(run_dir)
+    header = rows[0]
+    lesson_columns = [
+        [int(r[header.index(f"Lesson/{n}")]) for r in rows[1:]] for n in ("level", "hard", "never")
+    ]
+    assert lesson_columns == [[1] * 6, [0, 0, 0, 1, 1, 1], [0] * 6]
+    assert json.loads((run_dir / "config.json").read_text())["env_fn"]["behavior"] == "StandIn"
+    for rank in (0, 1):
+        log = (run_dir / "unity_logs" / f"rank{rank}.log").read_text()
+        used = [
+            json.loads(v)
+            for v in re.findall(r"episode \d+ behavior StandIn lineage \d+ parameters (\{.*\})", log)
+        ]
+        levels = [u["level"] for u in used]
+        assert levels[0] == 1.0 and levels[-1] == 2.0 and levels == sorted(levels)
+        assert used[0]["hard"] == 0.0 and used[-1]["hard"] == 10.0 and {u["never"] for u in used} == {0.0}
+
+    # mlagents-learn --resume: the same file with resume: true and more steps.
+    doc["checkpoint_settings"]["resume"] = True
+    doc["behaviors"]["StandIn"]["max_steps"] = 512
+    f = write(tmp_path / "ml.yaml", doc)
+    before = len((run_dir / "unity_logs" / "rank0.log").read_text())
+    mpirun(2, ["-m", "spinppo.run", "ppo", "--config", f])
+    rows = rows_without_timing(run_dir)
+    assert [int(r[header.index("Epoch")]) for r in rows[1:]] == list(range(8))
+    assert [int(r[header.index("Lesson/level")]) for r in rows[1:]] == [1] * 8
+    assert [int(r[header.index("Lesson/hard")]) for r in rows[1:]] == [0, 0, 0, 1, 1, 1, 1, 1]
+    # The resumed run's player starts with the first lessons; loading the checkpoint resets it with the
+    # saved ones before the first step, so every episode it plays reads those.
+    resumed = (run_dir / "unity_logs" / "rank0.log").read_text()[before:]
+    played = resumed[resumed.rindex("environment parameter hard") :]
+    assert "environment parameter hard=10\nstandin: environment parameter level=2" in played
+    used = [
+        json.loads(v)
+        for v in re.findall(r"episode \d+ behavior StandIn lineage \d+ parameters (\{.*\})", played)
+    ]
+    assert len(used) >= 8 and all(u["level"] == 2.0 and u["hard"] == 10.0 for u in used)
+
+
+# ------------------------------------------------------------------------- ML-Agents' meanings as flags
+
+
+def test_initialize_from_starts_from_a_saved_policy_and_anneal_clip_decays(tmp_path):
+    from spinppo.algos.ppo import ppo
+    from spinppo.envs.registry import EnvFactory
+    from spinppo.utils.errors import UserError
+
+    common = dict(
+        steps_per_epoch=256, num_envs=2, minibatch_size=128, update_epochs=1, ac_kwargs={"hidden_sizes": (8,)}
+    )
+    first = ppo(
+        EnvFactory("CartPole"), epochs=1, logger_kwargs=dict(output_dir=str(tmp_path / "a")), **common
+    )
+    # A learning rate so small that the one update cannot move the weights visibly.
+    second = ppo(
+        EnvFactory("CartPole"),
+        epochs=2,
+        lr=1e-12,
+        anneal_clip=True,
+        initialize_from=str(tmp_path / "a"),
+        logger_kwargs=dict(output_dir=str(tmp_path / "b"), tensorboard=False),
+        **common,
+    )
+    for (name, a), b in zip(first.named_parameters(), second.parameters(), strict=True):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-6, err_msg=name)
+    # The observation statistics came along too (then this run's 512 observations were added).
+    assert float(second.obs_rms.count) == pytest.approx(float(first.obs_rms.count) + 512)
+    rows = rows_without_timing(tmp_path / "b")
+    clip = [float(r[rows[0].index("ClipRange")]) for r in rows[1:]]
+    assert clip == pytest.approx([0.2, 0.15])  # halfway from 0.2 to ML-Agents' floor 0.1
+    with pytest.raises(UserError, match="its network does not fit"):
+        ppo(
+            EnvFactory("Pendulum"),
+            epochs=1,
+            initialize_from=str(tmp_path / "a"),
+            logger_kwargs=dict(output_dir=str(tmp_path / "c")),
+            **common,
+        )
+    assert not (tmp_path / "c").exists()  # refused before the run directory was made
