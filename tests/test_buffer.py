@@ -73,3 +73,28 @@ def test_truncation_without_value_is_refused():
     buf = GAEBuffer(obs_dim=1, act_shape=(), num_envs=1, steps=2, discrete=True)
     with pytest.raises(ValueError, match="final_val"):
         buf.store(np.zeros((1, 1)), np.zeros(1), [1.0], [0.0], [0.0], [False], [True], None)
+
+
+def test_time_horizon_cuts_trajectories_and_bootstraps_them():
+    """ML-Agents' time_horizon 3 on one environment of 8 steps with a termination at t=4: trajectories
+    t=0..2 (cut, bootstrapped with V(s_3)), t=3..4 (terminated), t=5..7 (cut by the horizon at t=7, which is
+    also the rollout's end: V(next obs)). Each is textbook GAE on its own."""
+    rew = [1.0, -2.0, 0.5, 3.0, 1.0, 0.25, 2.0, -1.0]
+    val = [0.1, 0.4, 0.2, 0.9, 0.3, 0.5, 0.7, 0.6]
+    term = [0, 0, 0, 0, 1, 0, 0, 0]
+    last_v = 4.0
+    buf = GAEBuffer(obs_dim=1, act_shape=(1,), num_envs=1, steps=8, gamma=GAMMA, lam=LAM, time_horizon=3)
+    for t in range(8):
+        buf.store(np.zeros((1, 1)), np.zeros((1, 1)), [rew[t]], [val[t]], [0.0], [bool(term[t])], [False])
+    buf.finish(np.array([last_v], dtype=np.float32))
+    a1, r1 = hand_gae(rew[0:3], val[0:3], val[3])
+    a2, r2 = hand_gae(rew[3:5], val[3:5], 0.0)
+    a3, r3 = hand_gae(rew[5:8], val[5:8], last_v)
+    np.testing.assert_allclose(buf.adv[:, 0], np.concatenate([a1, a2, a3]), rtol=1e-5)
+    np.testing.assert_allclose(buf.ret[:, 0], np.concatenate([r1, r2, r3]), rtol=1e-5)
+    # Without a horizon the same data gives one lambda-return through t=0..4: different advantages.
+    plain = GAEBuffer(obs_dim=1, act_shape=(1,), num_envs=1, steps=8, gamma=GAMMA, lam=LAM)
+    for t in range(8):
+        plain.store(np.zeros((1, 1)), np.zeros((1, 1)), [rew[t]], [val[t]], [0.0], [bool(term[t])], [False])
+    plain.finish(np.array([last_v], dtype=np.float32))
+    assert not np.allclose(plain.adv[:3, 0], a1)

@@ -452,3 +452,10 @@ def test_initialize_from_starts_from_a_saved_policy_and_anneal_clip_decays(tmp_p
             **common,
         )
     assert not (tmp_path / "c").exists()  # refused before the run directory was made
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path, capsys):
+    extra = ["--env", "CartPole"] if "unity" in path.parts else []
+    config = printed(capsys, "--config", str(path), *extra)
+    assert config["steps_per_epoch"] > 0
