@@ -243,6 +243,9 @@ def test_every_supported_key_of_an_ml_agents_config(tmp_path, capsys):
         },
     )
     assert {k: c[k] for k in expected} == expected
+    # What --print_config wrote is a spinppo file that means the same.
+    again = write(tmp_path / "printed.yaml", c)
+    assert printed(capsys, "--config", again) == c
     # The other behavior: its own settings over default_settings.
     assert printed(capsys, "--config", f, "--behavior", "Other")["minibatch_size"] == 8
     # The command line still overrides.
@@ -410,6 +413,16 @@ def test_curriculum_advances_by_reward_and_progress_under_mpirun_and_survives_re
         for v in re.findall(r"episode \d+ behavior StandIn lineage \d+ parameters (\{.*\})", played)
     ]
     assert len(used) >= 8 and all(u["level"] == 2.0 and u["hard"] == 10.0 for u in used)
+
+    # Replay plays the trained behavior in the lessons its policy was saved with.
+    from spinppo.tools.test_policy import load_policy_and_env
+
+    env, _ = load_policy_and_env(str(run_dir), base_port=free_ports())
+    try:
+        assert env.behavior.split("?")[0] == "StandIn"
+        assert env.parameter_manager.lesson_numbers() == {"level": 1, "hard": 1, "never": 0}
+    finally:
+        env.close()
 
 
 # ------------------------------------------------------------------------- ML-Agents' meanings as flags

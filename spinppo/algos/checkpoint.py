@@ -162,8 +162,14 @@ class Checkpointer:
                 "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
             }
             atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
-            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"))
-            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"))
+            # A curriculum's lessons go with the policy: test_policy replays it in the lessons it reached.
+            extra = (
+                None
+                if self.parameter_manager is None
+                else {"lessons": self.parameter_manager.lesson_numbers()}
+            )
+            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"), extra)
+            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"), extra)
             for old in checkpoint_epochs(out)[: -self.keep]:
                 os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
                 if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):

@@ -236,6 +236,7 @@ def make_run_env(
                 worker_id=0,
                 time_scale=1.0 if window else 20.0,
                 no_graphics=not window,
+                lessons=spec.get("lessons"),  # a curriculum's, as the replayed policy was saved
             )
             # The run's behavior and environment parameters: replay plays the behavior it trained.
             return make_unity_vec_env(
@@ -293,8 +294,15 @@ def load_policy_and_env(
     ``load_policy``'s; the caller closes ``env``. Bad input is a UserError.
     """
     run_dir, file = run_dir_and_file(fpath)
-    ac, get_action = _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
-    env = make_run_env(read_env_spec(run_dir), render_mode=render_mode, base_port=base_port, seed=seed)
+    file = file or find_checkpoint(run_dir, itr)
+    ac, get_action = _load_policy(file, deterministic)
+    spec = read_env_spec(run_dir)
+    if spec["kind"] == "unity":  # a curriculum's lessons when this policy was saved: replay in those
+        from spinppo.utils.logx import load_model_payload
+
+        lessons = load_model_payload(file).get("lessons")
+        spec["lessons"] = lessons if isinstance(lessons, dict) else None
+    env = make_run_env(spec, render_mode=render_mode, base_port=base_port, seed=seed)
     try:
         check_spaces(env, ac.ctor_spec, run_dir)
     except UserError:
