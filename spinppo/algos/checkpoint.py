@@ -122,6 +122,8 @@ class Checkpointer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         # A Unity run's curriculum (envs.unity.params.EnvironmentParameterManager), identical on all ranks.
         self.parameter_manager: Any = None
+        self.keeps_best = False  # evaluation on: pyt_save/model_best.pt is the best policy by EvalEpRet
+        self.best_eval = float("-inf")
 
     @property
     def run_dir(self) -> str:
@@ -158,6 +160,7 @@ class Checkpointer:
                 "model": self.ac.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
+                "best_eval": self.best_eval,
                 # Pickled per-rank states (random generators, environments): read back only on resume.
                 "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
             }
@@ -178,6 +181,16 @@ class Checkpointer:
             remove_stale_temp_files(out)
 
         self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
+
+    def save_best(self, epoch: int, eval_return: float) -> None:
+        """Keep the policy as ``pyt_save/model_best.pt``: its evaluation return beat every earlier one.
+        Every rank records the new best (the checkpoint holds it); rank 0 writes the file."""
+        self.best_eval = eval_return
+        path = osp.join(self.run_dir, "pyt_save", "model_best.pt")
+        extra = {"epoch": epoch, "eval_return": eval_return}
+        self.logger.on_rank0(
+            lambda: save_model(self.ac, path, extra), f"save the best policy of epoch {epoch}"
+        )
 
     def load(self, reset_seed: int) -> tuple[int, float]:
         """Restore every part from the run's latest checkpoint; return (its epoch, elapsed seconds).
@@ -211,6 +224,7 @@ class Checkpointer:
             raise UserError(
                 f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
             ) from None
+        self.best_eval = float(shared.get("best_eval", float("-inf")))
         if self.parameter_manager is not None and shared.get("lessons") is not None:
             # Before the environments reset below: a Unity reset sends the current lessons' values.
             self.parameter_manager.load_state_dict(shared["lessons"])

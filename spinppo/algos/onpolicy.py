@@ -31,6 +31,7 @@ import torch
 
 from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs, initial_model_file, initialize_policy
 from spinppo.core.buffer import GAEBuffer
+from spinppo.core.evaluation import Evaluator
 from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
@@ -79,6 +80,21 @@ def check_common_flags(
     # count: OnPolicyRun checks that once the environment exists).
     if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) == "gym":
         rollout_length(config["steps_per_epoch"], config["num_envs"])
+    if config.get("eval_freq", 0) < 0 or config.get("eval_episodes", 1) < 1:
+        raise UserError(
+            f"--eval_freq must be 0 (off) or a number of epochs and --eval_episodes at least 1, not "
+            f"{config.get('eval_freq')} and {config.get('eval_episodes')}"
+        )
+    if config.get("stop_at_return") is not None and not config.get("eval_freq"):
+        raise UserError("--stop_at_return needs evaluation: give --eval_freq N (every N epochs)")
+    if (
+        config.get("eval_freq")
+        and getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) == "unity"
+    ):
+        raise UserError(
+            "--eval_freq needs a gymnasium environment (a Unity build cannot be copied for evaluation): "
+            "replay the run with test_policy instead"
+        )
     if config.get("time_horizon", 0) < 0:
         raise UserError(f"--time_horizon must be 0 (off) or a number of steps, not {config['time_horizon']}")
     if config.get("initialize_from"):
@@ -86,6 +102,12 @@ def check_common_flags(
     gamma, lam = config.get("gamma", 0.99), config.get("lam", 0.95)
     if not 0 < gamma <= 1 or not 0 <= lam <= 1:
         raise UserError(f"--gamma must be in (0, 1] and --lam in [0, 1], not {gamma} and {lam}")
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
@@ -128,6 +150,9 @@ class OnPolicyRun:
         time_horizon: int = 0,
         reward_scale: float = 1.0,
         initialize_from: str | None = None,
+        eval_freq: int = 0,
+        eval_episodes: int = 10,
+        stop_at_return: float | None = None,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         algo: str = "ppo",
@@ -154,6 +179,11 @@ class OnPolicyRun:
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
         # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
         # that does not fit is bad input.
+        # Evaluation on environments of its own (made before the run directory: a Unity build cannot
+        # be copied, which is bad input). Seeds far from the training ones; the same every evaluation.
+        self.evaluator = Evaluator(env_fn, self.ac, eval_episodes, seed + 1_000_000) if eval_freq else None
+        self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
+        self.reached_return = False  # --stop_at_return met: the epochs end after this one
         init_file = None
         if initialize_from and not self.resume:
             init_file = initialize_policy(self.ac, initialize_from)
@@ -185,6 +215,7 @@ class OnPolicyRun:
         self.checkpointer = Checkpointer(
             self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
         )
+        self.checkpointer.keeps_best = self.evaluator is not None
         # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
         self.lessons = getattr(self.env, "parameter_manager", None)
         if self.lessons is not None and not self.lessons.has_curriculum():
@@ -216,6 +247,8 @@ class OnPolicyRun:
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
         for signum, old in self._old_handlers.items():
             signal.signal(signum, old)
+        if self.evaluator is not None:
+            self.evaluator.close()
         self.env.close()
         self.logger.close()
 
@@ -247,7 +280,10 @@ class OnPolicyRun:
                 )
         self.start_time = time.time() - elapsed
         self._install_signal_handlers()
+        self.first_epoch, self.session_start = first_epoch, time.time()  # for the time-left estimate
         for epoch in range(first_epoch, epochs):
+            if self.reached_return:
+                break
             self.epoch_start = time.perf_counter()
             self.env_t0, self.inf_t0 = self.worker.env_time, self.worker.inference_time
             self.mpi_t0, self.update_time = mpi_time(), 0.0
@@ -291,6 +327,8 @@ class OnPolicyRun:
         logger.log_tabular("EpLen", average_only=True)
         logger.log_tabular("VVals", with_min_and_max=True)
         logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
+        if self.evaluator is not None:
+            self._evaluate(epoch)
         for key in log_keys:
             logger.log_tabular(key, average_only=True)
         if self.lessons is not None:  # the lesson of each parameter that has a curriculum
@@ -308,14 +346,43 @@ class OnPolicyRun:
         # A signal on any rank stops every rank here, at the same epoch, with a checkpoint. Every rank
         # learns the signal (the highest number when ranks got different ones).
         stop_signum = int(mpi_max(self._stop_signals[0] if self._stop_signals else 0))
-        if stop_signum or (epoch + 1) % self.save_freq == 0 or epoch == self.epochs_total - 1:
+        last = epoch == self.epochs_total - 1 or self.reached_return
+        if stop_signum or (epoch + 1) % self.save_freq == 0 or last:
             self.checkpointer.save(epoch, time.time() - self.start_time)
+        if proc_id() == 0:
+            elapsed = time.time() - self.start_time
+            per_epoch = (time.time() - self.session_start) / (epoch + 1 - self.first_epoch)
+            left = 0.0 if self.reached_return else per_epoch * (self.epochs_total - epoch - 1)
+            where = f"Epoch {epoch + 1} of {self.epochs_total}: {_clock(elapsed)} elapsed"
+            print(f"{where}, about {_clock(left)} left", flush=True)
+        if self.reached_return and proc_id() == 0:
+            print(
+                f"Evaluation return reached --stop_at_return {self.stop_at_return:g} after epoch {epoch}: "
+                "stopped with a checkpoint",
+                flush=True,
+            )
         if stop_signum:
             raise TrainingStopped(
                 f"stopped by {signal.Signals(stop_signum).name} after epoch {epoch}; checkpoint "
                 f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
                 signum=stop_signum,
             )
+
+    def _evaluate(self, epoch: int) -> None:
+        """Every ``eval_freq`` epochs and at the last: deterministic episodes over all ranks, their mean
+        as ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it kept in
+        ``pyt_save/model_best.pt``, and ``--stop_at_return`` checked (the same verdict on every rank)."""
+        due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
+        ret = length = float("nan")
+        if due:
+            returns, lengths = self.evaluator.evaluate()
+            ret, length = float(np.mean(returns)), float(np.mean(lengths))
+            if ret > self.checkpointer.best_eval:
+                self.checkpointer.save_best(epoch, ret)
+            if self.stop_at_return is not None and ret >= self.stop_at_return:
+                self.reached_return = True
+        self.logger.log_tabular("EvalEpRet", ret)
+        self.logger.log_tabular("EvalEpLen", length)
 
     def _advance_lessons(self, epoch: int) -> None:
         """ML-Agents' curriculum check, once an epoch: every rank feeds the same episode returns (all

@@ -36,6 +36,9 @@ def vpg(
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
+    eval_freq: int = 0,
+    eval_episodes: int = 10,
+    stop_at_return: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -63,6 +66,11 @@ def vpg(
             reward_signals.extrinsic.strength); EpRet stays the environment's own return.
         initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
             of random weights (ML-Agents' initialize_from); the network must have the same shape.
+        eval_freq: every this many epochs (and at the last) play eval_episodes deterministic episodes on
+            separate copies of the environment: EvalEpRet, EvalEpLen, and the best policy kept as
+            pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
+        eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
+        stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -84,6 +92,9 @@ def vpg(
         time_horizon=time_horizon,
         reward_scale=reward_scale,
         initialize_from=initialize_from,
+        eval_freq=eval_freq,
+        eval_episodes=eval_episodes,
+        stop_at_return=stop_at_return,
         logger_kwargs=logger_kwargs,
         config=config,
         algo="vpg",

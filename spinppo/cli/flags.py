@@ -56,6 +56,11 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "overwrite": (False, "replace a run already in the run directory"),
     "cpu": (1, "MPI ranks to start on this host (runs itself under mpirun); 'auto' for one per core"),
     "tensorboard": (True, "also write TensorBoard event files in the run directory"),
+    "pictures": (
+        False,
+        "at the end, write the learning curve (curve.png) and a deterministic replay video (replay.mp4) "
+        "into the run directory",
+    ),
     "unity_file": (None, "a Unity ML-Agents build to use for --env Walker (or set SPINPPO_UNITY_FILE)"),
     "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
     "time_scale": (20.0, "Unity: simulation speed-up"),

@@ -39,6 +39,8 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
             print(f"spinppo: note: {note}", flush=True)
     if options["resume"]:
         dirs = [resume_algo(algo, grid, options)]
+        if options["pictures"]:
+            write_pictures(dirs)
         _print_next_steps(dirs)
         return dirs
     exp_name = options["exp_name"]
@@ -97,6 +99,8 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
             print(f"Environment: {env_fn.choice.describe()}", flush=True)
         fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
         dirs.append(logger_kwargs["output_dir"])
+    if options["pictures"]:
+        write_pictures(dirs)
     _print_next_steps(dirs)
     return dirs
 
@@ -138,6 +142,24 @@ def check_run_dirs(dirs: list[str], overwrite: bool) -> None:
     error = broadcast(error)
     if error:
         raise UserError(error)
+
+
+def write_pictures(dirs: list[str]) -> None:
+    """``--pictures``: each run's learning curve (``curve.png``) and one deterministic episode of its
+    final policy (``replay.mp4``; not for Unity builds, which test_policy cannot film) into its run
+    directory, by the plot and test_policy commands; rank 0 makes them, and prints where they are."""
+    if proc_id() != 0:
+        return
+    from spinppo.tools import plot, test_policy
+
+    for d in dirs:
+        curve, video = os.path.join(d, "curve.png"), os.path.join(d, "replay.mp4")
+        plot.main([d, "--out", curve])
+        made = [f"learning curve: {curve}"]
+        if test_policy.read_env_spec(d)["kind"] == "gym":
+            test_policy.main([d, "--deterministic", "--episodes", "1", "--video", video])
+            made.append(f"replay video: {video}")
+        print("\n" + "\n".join(made), flush=True)
 
 
 def _print_next_steps(dirs: list[str]) -> None:

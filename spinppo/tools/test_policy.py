@@ -104,9 +104,10 @@ def checkpoints(run_dir: str) -> dict[int | str, str]:
     found: dict[int | str, str] = {}
     if osp.isdir(save_dir):
         for name in os.listdir(save_dir):
-            m = re.fullmatch(r"model(\d*)\.pt", name)
+            m = re.fullmatch(r"model(\d*|_best)\.pt", name)
             if m:
-                found[int(m[1]) if m[1] else "last"] = osp.join(save_dir, name)
+                key: int | str = "best" if m[1] == "_best" else int(m[1]) if m[1] else "last"
+                found[key] = osp.join(save_dir, name)
     return found
 
 
@@ -124,11 +125,22 @@ def find_checkpoint(run_dir: str, itr: int | str | None = "last") -> str:
             f"no checkpoint in {osp.join(run_dir, 'pyt_save')}: the run saves its policy every save_freq "
             "epochs and at its end; wait for one or train longer"
         )
+    if itr == "best":
+        if "best" in found:
+            return found["best"]
+        raise UserError(
+            f"no pyt_save/model_best.pt in {run_dir}: the run kept no best policy (train with --eval_freq N "
+            "to evaluate and keep it)"
+        )
     if not isinstance(itr, int) or itr < 0:
-        raise UserError(f"--itr takes an iteration number or 'last', not {itr!r}")
+        raise UserError(f"--itr takes an iteration number, 'last' or 'best', not {itr!r}")
     if itr in found:
         return found[itr]
-    have = (["last"] if "last" in found else []) + [str(n) for n in numbered]
+    have = (
+        (["last"] if "last" in found else [])
+        + [str(n) for n in numbered]
+        + (["best"] if "best" in found else [])
+    )
     raise UserError(
         f"no checkpoint for --itr {itr} in {osp.join(run_dir, 'pyt_save')}: "
         + (f"it has --itr {', '.join(have)}" if have else "it has none")
@@ -556,7 +568,7 @@ def parse_itr(text: str) -> int | str:
     """--itr's text as ``find_checkpoint`` takes it: "last", N, or the text itself (which it refuses)."""
     if re.fullmatch(r"-?\d+", text.strip()):
         return int(text)
-    return "last" if text.lower() == "last" else text
+    return text.lower() if text.lower() in ("last", "best") else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,7 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "fpath", help="the run directory (it holds config.json and pyt_save/), or an .onnx file from export"
     )
-    p.add_argument("--itr", "-i", default="last", help="checkpoint: 'last' or N for pyt_save/model<N>.pt")
+    p.add_argument(
+        "--itr",
+        "-i",
+        default="last",
+        help="checkpoint: 'last', N for pyt_save/model<N>.pt, or 'best' (the best evaluation, --eval_freq)",
+    )
     p.add_argument("--episodes", "-n", type=int, default=10, help="episodes to run")
     p.add_argument("--len", "-l", type=int, default=0, help="cut episodes at this many steps (0: no limit)")
     p.add_argument("--deterministic", "-d", action="store_true", help="mean action (Box), argmax (Discrete)")

@@ -353,7 +353,8 @@ class Logger:
             if self.tb_writer is not None:
                 x = step if step is not None else row.get("Epoch", 0)
                 for k, v in row.items():
-                    if isinstance(v, (int, float, np.number)) and k != "Epoch":
+                    # NaN marks a value this row has not (EvalEpRet between evaluations): no point.
+                    if isinstance(v, (int, float, np.number)) and k != "Epoch" and not np.isnan(v):
                         self.tb_writer.add_scalar(k, float(v), int(x))
                         if k in ML_AGENTS_TAGS:
                             self.tb_writer.add_scalar(ML_AGENTS_TAGS[k], float(v), int(x))

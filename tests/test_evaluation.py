@@ -1,0 +1,140 @@
+"""Evaluation during training (--eval_freq, --eval_episodes, --stop_at_return), the best policy kept, the
+epoch line, and --pictures (what `make run` ends with)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spinppo.run import main
+from tests.conftest import mpirun, rows_without_timing, run
+from tests.unity_standin.build import write_build
+
+TRAIN = ["--env", "CartPole", "--epochs", "4", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
+
+
+def table(run_dir: Path) -> dict[str, list[float]]:
+    with open(run_dir / "progress.txt", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return {k: [float(r[k]) for r in rows] for k in rows[0]}
+
+
+def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path):
+    """2 ranks, 3 episodes (one rank plays two), every 2 epochs: EvalEpRet at epochs 1 and 3 only, the
+    best kept, and every training column identical to the same run without evaluation."""
+    mpirun(2, ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "off"])
+    proc = mpirun(
+        2,
+        ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "on"]
+        + ["--eval_freq", "2", "--eval_episodes", "3"],
+    )
+    assert "Epoch 4 of 4:" in proc.stdout and "left" in proc.stdout  # where the run is
+    on, off = tmp_path / "on" / "on_s0", tmp_path / "off" / "off_s0"
+    t = table(on)
+    ret, length = t["EvalEpRet"], t["EvalEpLen"]
+    assert [math.isnan(v) for v in ret] == [True, False, True, False]
+    assert all(v > 0 for v in (ret[1], ret[3], length[1], length[3]))
+    rows_on, rows_off = rows_without_timing(on), rows_without_timing(off)
+    keep = [i for i, h in enumerate(rows_on[0]) if h not in ("EvalEpRet", "EvalEpLen")]
+    assert [[r[i] for i in keep] for r in rows_on] == rows_off
+    best = torch.load(on / "pyt_save" / "model_best.pt", weights_only=True)
+    i = int(np.nanargmax(ret))
+    assert best["epoch"] == i and best["eval_return"] == ret[i]
+    # test_policy picks the best policy (and says so when a run has none).
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "test_policy",
+            str(on),
+            "--itr",
+            "best",
+            "-n",
+            "1",
+            "--deterministic",
+        ]
+    )
+    assert "EpRet" in out.stdout
+    proc = run([sys.executable, "-m", "spinppo.run", "test_policy", str(off), "--itr", "best"], check=False)
+    assert proc.returncode == 2 and "no pyt_save/model_best.pt" in proc.stderr
+
+
+def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, capsys):
+    """Any return reaches -1: the run stops after epoch 1 (its first evaluation), with a checkpoint, and
+    exits 0; a resume goes on training (and stops at its own first evaluation)."""
+    args = [
+        *TRAIN,
+        "--epochs",
+        "10",
+        "--data_dir",
+        str(tmp_path),
+        "--exp_name",
+        "s",
+        "--tensorboard",
+        "false",
+    ]
+    assert main(["ppo", *args, "--eval_freq", "2", "--eval_episodes", "2", "--stop_at_return", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert "reached --stop_at_return -1 after epoch 1" in out
+    run_dir = tmp_path / "s" / "s_s0"
+    assert table(run_dir)["Epoch"] == [0, 1]
+    assert (run_dir / "checkpoints" / "ckpt-000001.pt").exists() and (
+        run_dir / "pyt_save" / "model1.pt"
+    ).exists()
+    assert main(["ppo", "--resume", str(run_dir)]) == 0
+    assert table(run_dir)["Epoch"] == [0, 1, 2, 3]
+
+
+def test_bad_evaluation_flags_are_one_line_errors(tmp_path, capsys):
+    build = write_build(tmp_path / "b", task="script", agents=2)
+    for argv, message in [
+        (["--eval_freq", "-1"], "--eval_freq must be 0 (off) or a number of epochs"),
+        (["--eval_freq", "2", "--eval_episodes", "0"], "--eval_episodes at least 1"),
+        (["--stop_at_return", "100"], "--stop_at_return needs evaluation: give --eval_freq N"),
+        (["--env", f"unity:{build}", "--eval_freq", "1"], "--eval_freq needs a gymnasium environment"),
+    ]:
+        assert main(["ppo", *TRAIN, "--data_dir", str(tmp_path), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert not (tmp_path / "ppo-cartpole").exists()  # refused before any run directory
+
+
+def test_evaluator_is_repeatable_and_leaves_the_random_generators_alone():
+    from spinppo.core.evaluation import Evaluator
+    from spinppo.core.networks import MLPActorCritic
+    from spinppo.envs.registry import EnvFactory
+
+    env_fn = EnvFactory("Pendulum")
+    probe = env_fn()
+    ac = MLPActorCritic(probe.observation_space, probe.action_space, hidden_sizes=(8,))
+    probe.close()
+    evaluator = Evaluator(env_fn, ac, episodes=3, seed=7)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy())
+    first = evaluator.evaluate()
+    second = evaluator.evaluate()
+    assert torch.equal(before[0], torch.get_rng_state()) and np.array_equal(
+        before[1], np.random.get_state()[1]
+    )
+    assert first == second and len(first[0]) == 3 and first[1] == [200, 200, 200]
+    assert len(set(first[0])) == 3  # three different start states
+    evaluator.close()
+
+
+def test_pictures_writes_the_curve_and_the_replay_video(tmp_path):
+    """`make run`'s ending, through the same flag on a short run."""
+    proc = run(
+        [sys.executable, "-m", "spinppo.run", "ppo", *TRAIN, "--epochs", "2", "--data_dir", str(tmp_path)]
+        + ["--exp_name", "p", "--pictures", "--tensorboard", "false"]
+    )
+    run_dir = tmp_path / "p" / "p_s0"
+    curve, video = run_dir / "curve.png", run_dir / "replay.mp4"
+    assert f"learning curve: {curve}" in proc.stdout and f"replay video: {video}" in proc.stdout
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and video.stat().st_size > 1000
