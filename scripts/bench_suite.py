@@ -72,23 +72,28 @@ EVAL_EPISODES = 10
 EVAL_SEED = 10_000
 EVAL_FILE = "final_eval.json"
 
-# Published PPO figures (mean and, where given, standard deviation over seeds); sources, env versions and
-# step counts in docs/benchmarks.md, "MuJoCo suite (issue 20)".
+# Published figures (mean and standard deviation: over seeds for CleanRL, over evaluation episodes of one
+# agent for the zoo), by algorithm and environment; sources, env versions and step counts in
+# docs/benchmarks.md, "MuJoCo suite (issue 20)".
 #   cleanrl: vwxyzjn/cleanrl docs/benchmark/ppo_continuous_action.md (tag pr-424; MuJoCo v4, gymnasium 0.28.1,
-#            1M steps, 3 seeds); "cleanrl 8M": docs/rl-algorithms/rpo.md, ppo_continuous_action_8M (v4, 8M
-#            steps), the only CleanRL PPO figures for these four environments.
-#   zoo:     DLR-RM/rl-baselines3-zoo benchmark.md (gym v3 environments, 1M steps, one run, tuned
+#            1M steps, 3 seeds); "8M": docs/rl-algorithms/rpo.md, ppo_continuous_action_8M (v4, 8M steps),
+#            CleanRL's only PPO figures for Ant, Swimmer, Reacher and InvertedDoublePendulum.
+#   zoo:     DLR-RM/rl-baselines3-zoo benchmark.md (gym v3 environments, 1M steps, one agent, tuned
 #            hyperparameters, deterministic evaluation); no PPO row for Humanoid, Reacher or
-#            InvertedDoublePendulum.
-REFERENCES: dict[str, dict[str, tuple[float, float | None, str]]] = {
-    "Hopper": {"cleanrl": (2382.86, 271.74, "v4, 1M"), "zoo": (2410.435, 10.026, "v3, 1M")},
-    "Walker2d": {"cleanrl": (2287.95, 571.78, "v4, 1M"), "zoo": (3478.798, 821.708, "v3, 1M")},
-    "HalfCheetah": {"cleanrl": (1442.64, 46.03, "v4, 1M"), "zoo": (5819.099, 663.530, "v3, 1M")},
-    "Ant": {"cleanrl": (1824.17, 905.78, "v4, 8M"), "zoo": (1327.158, 451.577, "v3, 1M")},
-    "Humanoid": {"cleanrl": (716.11, 49.08, "v4, 1M")},
-    "Swimmer": {"cleanrl": (124.88, 22.24, "v4, 8M"), "zoo": (281.561, 9.671, "v3, 1M")},
-    "Reacher": {"cleanrl": (-4.65, 0.96, "v4, 8M")},
-    "InvertedDoublePendulum": {"cleanrl": (5626.22, 289.23, "v4, 8M")},
+#            InvertedDoublePendulum, no VPG at all.
+Reference = tuple[float, float, str]
+REFERENCES: dict[tuple[str, str], dict[str, Reference]] = {
+    ("ppo", "Hopper"): {"cleanrl": (2382.86, 271.74, "v4, 1M"), "zoo": (2410.435, 10.026, "v3, 1M")},
+    ("ppo", "Walker2d"): {"cleanrl": (2287.95, 571.78, "v4, 1M"), "zoo": (3478.798, 821.708, "v3, 1M")},
+    ("ppo", "HalfCheetah"): {"cleanrl": (1442.64, 46.03, "v4, 1M"), "zoo": (5819.099, 663.530, "v3, 1M")},
+    ("ppo", "Ant"): {"cleanrl": (1824.17, 905.78, "v4, 8M"), "zoo": (1327.158, 451.577, "v3, 1M")},
+    ("ppo", "Humanoid"): {"cleanrl": (716.11, 49.08, "v4, 1M")},
+    ("ppo", "Swimmer"): {"cleanrl": (124.88, 22.24, "v4, 8M"), "zoo": (281.561, 9.671, "v3, 1M")},
+    ("ppo", "Reacher"): {"cleanrl": (-4.65, 0.96, "v4, 8M")},
+    ("ppo", "InvertedDoublePendulum"): {"cleanrl": (5626.22, 289.23, "v4, 8M")},
+    ("a2c", "Hopper"): {"zoo": (733.454, 376.574, "v3, 1M")},
+    ("a2c", "Walker2d"): {"zoo": (581.835, 127.597, "v3, 1M")},
+    ("a2c", "HalfCheetah"): {"zoo": (3041.174, 157.265, "v3, 1M")},
 }
 
 
@@ -296,7 +301,7 @@ def summarize(runs: list[Run]) -> list[str]:
         groups.setdefault((r.env, r.algo), []).append(r)
     lines = [
         "| environment (v5) | algo | config | seeds done | train return, last 100k: median / mean "
-        "| final det. eval: median / mean | CleanRL PPO | SB3 zoo PPO |",
+        "| final det. eval: median / mean | CleanRL | SB3 zoo |",
         "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for env in ENVS:
@@ -309,14 +314,11 @@ def summarize(runs: list[Run]) -> list[str]:
             evals = [e["mean"] for e in (read_eval(r) for r in done) if e is not None]
             t_med, t_mean = _stat(scores)
             e_med, e_mean = _stat(evals)
-            ref = REFERENCES.get(env, {}) if algo == "ppo" else {}
-            cols = []
-            for key in ("cleanrl", "zoo"):
-                if key in ref:
-                    mean, std, what = ref[key]
-                    cols.append(f"{mean:.2f} ± {std:.2f} ({what})" if std is not None else f"{mean:.2f}")
-                else:
-                    cols.append("-")
+            ref = REFERENCES.get((algo, env), {})
+            cols = [
+                f"{ref[k][0]:.2f} ± {ref[k][1]:.2f} ({ref[k][2]})" if k in ref else "-"
+                for k in ("cleanrl", "zoo")
+            ]
             first = members[0]
             config = f"`{first.config}`" if first.config else f"defaults, `--epochs {first.epochs}`"
             seeds = ", ".join(str(r.seed) for r in done)
