@@ -133,6 +133,7 @@ def test_ml_agents_walker_yaml_means_ml_agents_ppo(capsys):
         norm_reward=False,
         norm_adv=True,
         target_kl=None,
+        ent_mean_over_dims=True,
         behavior="Walker",
     )
     assert {k: c[k] for k in expected} == expected
@@ -456,6 +457,14 @@ def test_initialize_from_starts_from_a_saved_policy_and_anneal_clip_decays(tmp_p
     rows = rows_without_timing(tmp_path / "b")
     clip = [float(r[rows[0].index("ClipRange")]) for r in rows[1:]]
     assert clip == pytest.approx([0.2, 0.15])  # halfway from 0.2 to ML-Agents' floor 0.1
+    with pytest.raises(UserError, match="the saved network has activation 'tanh' \\(this run: 'relu'\\)"):
+        ppo(
+            EnvFactory("CartPole"),
+            epochs=1,
+            initialize_from=str(tmp_path / "a"),
+            logger_kwargs=dict(output_dir=str(tmp_path / "c")),
+            **{**common, "ac_kwargs": {"hidden_sizes": (8,), "activation": "relu"}},
+        )
     with pytest.raises(UserError, match="its network does not fit"):
         ppo(
             EnvFactory("Pendulum"),
@@ -472,3 +481,42 @@ def test_shipped_configs_load(path, capsys):
     extra = ["--env", "CartPole"] if "unity" in path.parts else []
     config = printed(capsys, "--config", str(path), *extra)
     assert config["steps_per_epoch"] > 0
+
+
+def test_ml_agents_steps_keep_their_meaning_under_command_line_overrides(tmp_path, capsys):
+    """max_steps and checkpoint_interval count steps: typing --steps_per_epoch over buffer_size keeps them;
+    checkpoint_settings.resume finds the run of the seed typed on the command line; numbers written as
+    text (PyYAML reads 3e-4 so) count, as ML-Agents takes them."""
+    walker = str(REPO / "configs" / "unity" / "Walker.yaml")
+    c = printed(capsys, "--config", walker, "--env", "Walker", "--steps_per_epoch", "2048")
+    assert (c["steps_per_epoch"], c["epochs"], c["save_freq"]) == (2048, 14649, 244)
+    doc = _with("behaviors.B.hyperparameters.learning_rate", "3e-4")
+    doc["checkpoint_settings"] = {"run_id": "r1", "results_dir": "~/results", "resume": True}
+    f = write(tmp_path / "ml.yaml", doc)
+    c = printed(capsys, "--config", f, "--env", "CartPole", "--seed", "5")
+    assert c["resume"] == str(Path("~/results/r1/r1_s5").expanduser())
+    assert c["lr"] == 3e-4 and c["seed"] == 5
+    bad = write(tmp_path / "bad.yaml", _with("behaviors.B.max_steps", "abc"))
+    assert "behaviors.B.max_steps must be a number of at least 1, not 'abc'" in error_of(
+        capsys, "ppo", "--config", bad, "--env", "CartPole"
+    )
+
+
+def test_print_config_of_a_resume_reads_back(tmp_path, capsys):
+    run_dir = tmp_path / "x" / "x_s0"
+    printed_resume = printed(capsys, "--resume", str(run_dir), "--epochs", "9")
+    assert printed_resume == {"resume": str(run_dir), "epochs": 9}
+    f = write(tmp_path / "r.yaml", printed_resume)
+    assert printed(capsys, "--config", f) == printed_resume
+
+
+def test_spinppo_files_check_what_the_command_line_cannot_say(tmp_path, capsys):
+    for doc, message in [
+        ({"env": "CartPole", "hid": []}, "hid [] has no layer"),
+        ({"env": "CartPole", "hid": [[8], []]}, "has no layer"),
+        ({"env": "CartPole", "environment_parameters": 3}, "environment_parameters must be a mapping"),
+    ]:
+        f = write(tmp_path / "c.yaml", doc)
+        assert message in error_of(capsys, "ppo", "--config", f)
+    f = write(tmp_path / "home.yaml", {"env": "CartPole", "data_dir": "~/runs"})
+    assert printed(capsys, "--config", f)["data_dir"] == str(Path("~/runs").expanduser())

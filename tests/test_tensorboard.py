@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from spinppo.utils.logx import ML_AGENTS_TAGS
+from spinppo.utils.logx import ML_AGENTS_SCALE, ML_AGENTS_TAGS
 from tests.conftest import run
 
 TINY = ["--env", "CartPole", "--steps_per_epoch", "128", "--num_envs", "1", "--update_epochs", "1"]
@@ -60,7 +60,12 @@ def assert_events_equal_progress(run_dir: Path) -> None:
         got_steps, got = tb[tag]
         assert got_steps.tolist() == steps.tolist(), tag
         # Stored as float32: exactly the float32 rounding of the value in progress.txt.
-        np.testing.assert_array_equal(got, table[column].astype(np.float32), err_msg=tag)
+        want = (
+            table[column]
+            if tag == column
+            else np.array([ML_AGENTS_SCALE.get(column, float)(v) for v in table[column]])
+        )
+        np.testing.assert_array_equal(got, want.astype(np.float32), err_msg=tag)
 
 
 def test_event_files_hold_the_progress_values(data):

@@ -10,6 +10,7 @@ checkpoint on rank 0 and hands every rank its part.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import os.path as osp
 import pickle
@@ -89,10 +90,20 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
     payload, error = broadcast((payload, error))
     if error:
         raise UserError(error)
+    theirs = payload.get("ctor") or {}
+    ours = json.loads(json.dumps(ac.ctor_spec))  # tuples as lists, as the file holds them
+    # The same weights' shapes are not enough: another activation or normalisation is another function.
+    differ = sorted(
+        key for key in set(theirs) | set(ours) if key != "log_std_init" and theirs.get(key) != ours.get(key)
+    )
+    if differ and set(differ) <= {"activation", "layer_norm", "shared_trunk", "norm_obs"}:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in differ)
+        raise UserError(
+            f"--initialize_from {file}: the saved network has {shown}: give the same options to start from it"
+        )
     try:
         ac.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError):
-        theirs = payload.get("ctor") or {}
         raise UserError(
             f"--initialize_from {file}: its network does not fit this run's (saved: hidden sizes "
             f"{theirs.get('hidden_sizes')}, observation {theirs.get('observation')}, action "

@@ -9,6 +9,7 @@ The logged LossPi, LossV, Entropy, KL and ClipFrac are means over the update's l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ def ppo(
     ent_coef: float = 0.01,
     anneal_ent: bool = True,
     anneal_clip: bool = False,
+    ent_mean_over_dims: bool = False,
     clip_vloss: bool = False,
     max_grad_norm: float = 0.5,
     target_kl: float | None = None,
@@ -83,6 +85,8 @@ def ppo(
             so that the policy explores early and can settle late.
         anneal_clip: decay the clip range linearly from clip_ratio to 0.1 over the epochs (ML-Agents'
             epsilon_schedule: linear; a clip_ratio below 0.1 stays constant). The value clip follows it.
+        ent_mean_over_dims: a Gaussian policy's entropy bonus takes the mean of its action dimensions'
+            entropies instead of their sum, as ML-Agents' beta does (the logged Entropy stays the sum).
         clip_vloss: clip the value function's change like the policy's (usually no help).
         max_grad_norm: clip the global gradient norm to this (0 turns it off).
         target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
@@ -134,6 +138,9 @@ def ppo(
         params = flatten_parameters(ac)
         optimizer = torch.optim.Adam([params], lr=lr, eps=1e-5, fused=True)
 
+        # ML-Agents' beta weighs the Gaussian's entropy per action dimension (ent_mean_over_dims).
+        ent_scale = 1.0 / math.prod(ac.act_shape) if ent_mean_over_dims and not ac.discrete else 1.0
+
         def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
             n = batch["adv"].shape[0]
@@ -166,7 +173,7 @@ def ppo(
                     else:
                         loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
                     ent = entropy.mean()
-                    loss = loss_pi + vf_coef * loss_v - ent_weight * ent
+                    loss = loss_pi + vf_coef * loss_v - ent_weight * ent * ent_scale
 
                     params.grad.zero_()
                     loss.backward()

@@ -22,6 +22,7 @@ import os.path as osp
 from collections.abc import Iterable
 from typing import Any
 
+from spinppo.cli.mlagents_config import ML_AGENTS_SECTIONS, translate
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_tools import under_mpi_launcher
 
@@ -37,14 +38,8 @@ RUN_RECORD_KEYS = (
     "observation_shapes",
     "exp_name",
 )
-ML_AGENTS_KEYS = (
-    "behaviors",
-    "default_settings",
-    "env_settings",
-    "engine_settings",
-    "checkpoint_settings",
-    "torch_settings",
-)
+# Flags whose values are paths: ``~`` in a file means the home directory, as in a shell.
+PATH_FLAGS = ("data_dir", "resume", "initialize_from", "unity_file")
 
 
 def load_file(path: str) -> Any:
@@ -86,9 +81,7 @@ def read_config_file(
         raise UserError(f"--config {path}: expected a mapping of flags to values, not {type(doc).__name__}")
     flags = set(flags)
     extras: dict[str, Any] = {"notes": []}
-    if any(key in doc for key in ML_AGENTS_KEYS):
-        from spinppo.cli.mlagents_config import translate
-
+    if any(key in doc for key in ML_AGENTS_SECTIONS):
         values, extras = translate(doc, path, algo, behavior)
     elif "env_fn" in doc and "algo" in doc:
         values = from_run_config(doc, path, algo, flags)
@@ -96,9 +89,16 @@ def read_config_file(
         values = dict(doc)
     given: dict[str, list[str]] = {}
     for key, value in values.items():
+        if key == "environment_parameters" and "environment_parameters" not in extras:
+            from spinppo.envs.unity.params import check_environment_parameters
+
+            extras[key] = check_environment_parameters(value, path)
+            continue
         if key in FILE_ONLY_KEYS:
             extras[key] = value
             continue
+        if key in PATH_FLAGS and isinstance(value, str):
+            value = osp.expanduser(value)
         if key not in flags:
             close = difflib.get_close_matches(key, sorted(flags), n=1)
             hint = (
@@ -118,6 +118,8 @@ def tokens_for(flag: str, value: Any, where: str) -> list[str]:
             raise UserError(f"{where}: env_kwargs must be a mapping of keyword to value, not {value!r}")
         return [json.dumps(value)]
     if flag == "hid":
+        if value == [] or (isinstance(value, list) and any(v == [] for v in value)):
+            raise UserError(f"{where}: hid {value!r} has no layer: give layer sizes such as [64, 64]")
         if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
             return ["[" + ",".join(_scalar(flag, x, where) for x in arch) + "]" for arch in value]
         values = value if isinstance(value, list) else [value]
@@ -193,7 +195,15 @@ def resolved_config(algo: str, grid: dict[str, list[Any]], options: dict[str, An
     with its value (a list where the grid has several), ``environment_parameters`` when set."""
     from spinppo.cli.flags import RUN_FLAGS
 
-    out: dict[str, Any] = {"env": _one_or_list(grid["env"])}
+    if options.get("resume"):  # a resume is its run's saved configuration and the flags typed with it
+        out = {"resume": options["resume"]}
+        for key, values in grid.items():
+            name = key.split(":")[-1]
+            if name in options["given"] and name != "env":
+                values = [list(v) if isinstance(v, tuple) else v for v in values]
+                out[name] = values[0] if len(values) == 1 else values
+        return out
+    out: dict[str, Any] = {"env": grid["env"][0] if len(grid["env"]) == 1 else list(grid["env"])}
     for key, values in grid.items():
         if key == "env":
             continue
@@ -207,10 +217,6 @@ def resolved_config(algo: str, grid: dict[str, list[Any]], options: dict[str, An
     if options.get("environment_parameters"):
         out["environment_parameters"] = options["environment_parameters"]
     return out
-
-
-def _one_or_list(values: list[Any]) -> Any:
-    return values[0] if len(values) == 1 else list(values)
 
 
 def dump_config(config: dict[str, Any], algo: str) -> str:

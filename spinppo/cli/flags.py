@@ -325,6 +325,26 @@ def _merge_config_file(
         if not (flag in RUN_FLAGS and RUN_FLAGS[flag][0] is None and tokens == ["None"])
     }
     merged = {**from_file_tokens, **given}
+    derived = extras.get("mlagents") or {}
+    if "steps_per_epoch" in given and "max_steps" in derived:
+        # ML-Agents counts max_steps and checkpoint_interval in steps: they keep their meaning when
+        # --steps_per_epoch (buffer_size) is typed over the file.
+        import math
+
+        try:
+            steps = int(given["steps_per_epoch"][0])
+        except ValueError:
+            steps = 0  # parse_values reports it
+        if steps > 0:
+            if "epochs" not in given:
+                merged["epochs"] = [str(max(1, math.ceil(derived["max_steps"] / steps)))]
+            if "save_freq" not in given:
+                merged["save_freq"] = [str(max(1, round(derived["checkpoint_interval"] / steps)))]
+    if "resume" in derived and "resume" not in given:
+        # checkpoint_settings.resume: the run of run_id with this seed (the command line's, if typed).
+        results_dir, run_id = derived["resume"]
+        seed = merged.get("seed", ["0"])[0]
+        merged["resume"] = [os.path.join(results_dir, run_id, f"{run_id}_s{seed}")]
     return merged, extras, {flag: path for flag in from_file_tokens if flag not in given}
 
 

@@ -92,6 +92,15 @@ CHECKPOINT_SETTINGS = {
     "inference": False,
     "results_dir": "results",
 }
+# Top-level sections that make a file an ML-Agents trainer config (with environment_parameters and debug).
+ML_AGENTS_SECTIONS = (
+    "behaviors",
+    "default_settings",
+    "env_settings",
+    "engine_settings",
+    "checkpoint_settings",
+    "torch_settings",
+)
 UNSUPPORTED_SIGNALS = {
     "curiosity": "curiosity (an intrinsic reward)",
     "gail": "GAIL (imitation from demonstrations)",
@@ -110,8 +119,7 @@ def translate(
             f"{where} is an ML-Agents trainer config, which configures PPO: run python -m spinppo.run ppo "
             f"--config {where}"
         )
-    known = {"behaviors", "default_settings", "env_settings", "engine_settings", "environment_parameters"}
-    known |= {"checkpoint_settings", "torch_settings", "debug"}
+    known = set(ML_AGENTS_SECTIONS) | {"environment_parameters", "debug"}
     for key in doc:
         if key not in known:
             raise UserError(
@@ -120,10 +128,11 @@ def translate(
     name, settings = _pick_behavior(doc, where, behavior)
     values: dict[str, Any] = {}
     notes: list[str] = []
-    _trainer(settings, where, f"behaviors.{name}" if name else "default_settings", values, notes)
+    derived: dict[str, Any] = {}
+    _trainer(settings, where, f"behaviors.{name}" if name else "default_settings", values, notes, derived)
     _env_settings(_section(doc, "env_settings", where), where, values)
     _engine_settings(_section(doc, "engine_settings", where), where, values)
-    _checkpoint_settings(_section(doc, "checkpoint_settings", where), where, values)
+    _checkpoint_settings(_section(doc, "checkpoint_settings", where), where, values, derived)
     torch_settings = _section(doc, "torch_settings", where)
     _known(torch_settings, {"device": None}, where, "torch_settings")
     if torch_settings.get("device") not in (None, "cpu"):
@@ -132,7 +141,7 @@ def translate(
         )
     if doc.get("debug") not in (None, False):
         raise UserError(f"{where}: debug: {doc['debug']!r} is not supported (spinppo has no debug mode)")
-    extras: dict[str, Any] = {"notes": notes, "behavior": name}
+    extras: dict[str, Any] = {"notes": notes, "behavior": name, "mlagents": derived}
     if doc.get("environment_parameters") is not None:
         from spinppo.envs.unity.params import check_environment_parameters
 
@@ -200,7 +209,13 @@ def _known(section: Mapping[str, Any], defaults: Mapping[str, Any], where: str, 
 
 
 def _number(value: Any, where: str, path: str, kind: type = float, minimum: float | None = None) -> Any:
-    """``value`` as an int or float, else a UserError naming the key."""
+    """``value`` as an int or float, else a UserError naming the key. Text that is a number (PyYAML reads
+    ``3e-4`` as a string) counts, as ML-Agents' converters take it."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and kind is int:
         ok = float(value).is_integer()
@@ -225,9 +240,14 @@ def _schedule(value: Any, where: str, path: str) -> bool:
 
 
 def _trainer(
-    settings: dict[str, Any], where: str, path: str, values: dict[str, Any], notes: list[str]
+    settings: dict[str, Any],
+    where: str,
+    path: str,
+    values: dict[str, Any],
+    notes: list[str],
+    derived: dict[str, Any],
 ) -> None:
-    """The flags of one behavior's trainer settings."""
+    """The flags of one behavior's trainer settings (``derived``: the file's step counts behind them)."""
     _known(settings, TRAINER_DEFAULTS, where, path)
     s = {**TRAINER_DEFAULTS, **settings}
     if s["trainer_type"] != "ppo":
@@ -272,27 +292,30 @@ def _trainer(
         raise UserError(f"{where}: {path}.network_settings must be a mapping")
     _known(net, NETWORK_DEFAULTS, where, f"{path}.network_settings")
     n = {**NETWORK_DEFAULTS, **net}
-    np_ = f"{path}.network_settings"
-    values["norm_obs"] = _bool(n["normalize"], where, f"{np_}.normalize")
-    units = _number(n["hidden_units"], where, f"{np_}.hidden_units", int, 1)
-    layers = _number(n["num_layers"], where, f"{np_}.num_layers", int, 1)
+    net_path = f"{path}.network_settings"
+    values["norm_obs"] = _bool(n["normalize"], where, f"{net_path}.normalize")
+    units = _number(n["hidden_units"], where, f"{net_path}.hidden_units", int, 1)
+    layers = _number(n["num_layers"], where, f"{net_path}.num_layers", int, 1)
     values["hid"] = [units] * layers
     if n["memory"] is not None:
-        raise UserError(f"{where}: {np_}.memory: recurrent policies are not supported yet; remove memory")
+        raise UserError(
+            f"{where}: {net_path}.memory: recurrent policies are not supported yet; remove memory"
+        )
     if n["vis_encode_type"] != "simple":
         raise UserError(
-            f"{where}: {np_}.vis_encode_type {n['vis_encode_type']!r} is not supported yet (spinppo takes "
-            "vector observations only); use simple or remove the key"
+            f"{where}: {net_path}.vis_encode_type {n['vis_encode_type']!r} is not supported yet (spinppo "
+            "takes vector observations only); use simple or remove the key"
         )
     if n["goal_conditioning_type"] not in ("hyper", "none"):
-        raise UserError(f"{where}: {np_}.goal_conditioning_type must be hyper or none")
+        raise UserError(f"{where}: {net_path}.goal_conditioning_type must be hyper or none")
     if n["goal_conditioning_type"] == "hyper" and "goal_conditioning_type" in net:
         notes.append(
-            f"{np_}.goal_conditioning_type hyper: spinppo has no hypernetwork; goal signals are observations"
+            f"{net_path}.goal_conditioning_type hyper: spinppo has no hypernetwork; goal signals are "
+            "observations"
         )
-    if _bool(n["deterministic"], where, f"{np_}.deterministic"):
+    if _bool(n["deterministic"], where, f"{net_path}.deterministic"):
         raise UserError(
-            f"{where}: {np_}.deterministic: true is not supported (spinppo samples while training; "
+            f"{where}: {net_path}.deterministic: true is not supported (spinppo samples while training; "
             "test_policy and export act deterministically)"
         )
 
@@ -319,25 +342,24 @@ def _trainer(
     values["gamma"] = _number(e["gamma"], where, f"{path}.reward_signals.extrinsic.gamma")
     values["reward_scale"] = _number(e["strength"], where, f"{path}.reward_signals.extrinsic.strength")
 
-    max_steps = _number(
-        float(s["max_steps"]) if isinstance(s["max_steps"], str) else s["max_steps"],
-        where,
-        f"{path}.max_steps",
-        float,
-        1,
-    )
+    max_steps = _number(s["max_steps"], where, f"{path}.max_steps", float, 1)
     values["epochs"] = max(1, math.ceil(max_steps / buffer_size))
+    derived["max_steps"] = max_steps  # epochs and save_freq follow a --steps_per_epoch typed over the file
     values["time_horizon"] = _number(s["time_horizon"], where, f"{path}.time_horizon", int, 1)
     values["keep_checkpoints"] = _number(s["keep_checkpoints"], where, f"{path}.keep_checkpoints", int, 1)
     interval = _number(s["checkpoint_interval"], where, f"{path}.checkpoint_interval", int, 1)
     values["save_freq"] = max(1, round(interval / buffer_size))
+    derived["checkpoint_interval"] = interval
     _number(s["summary_freq"], where, f"{path}.summary_freq", int, 1)
+    if "summary_freq" in settings:
+        notes.append(f"{path}.summary_freq: spinppo writes a row every epoch (every buffer_size steps)")
     if _bool(s["threaded"], where, f"{path}.threaded"):
         notes.append(f"{path}.threaded: spinppo updates between rollouts (as threaded: false)")
     if s["init_path"] is not None:
         values["initialize_from"] = str(s["init_path"])
     # What ML-Agents' PPO does that spinppo's defaults do differently (module docstring).
     values.update(
+        ent_mean_over_dims=True,  # ML-Agents' Gaussian entropy is the mean over action dimensions
         act="silu",
         log_std_init=0.0,
         vf_coef=1.0,
@@ -391,8 +413,11 @@ def _engine_settings(section: dict[str, Any], where: str, values: dict[str, Any]
         values["no_graphics"] = _bool(section["no_graphics"], where, "engine_settings.no_graphics")
 
 
-def _checkpoint_settings(section: dict[str, Any], where: str, values: dict[str, Any]) -> None:
-    """run_id is the experiment name, results_dir the data directory; resume continues that run."""
+def _checkpoint_settings(
+    section: dict[str, Any], where: str, values: dict[str, Any], derived: dict[str, Any]
+) -> None:
+    """run_id is the experiment name, results_dir the data directory; resume continues that run (its
+    directory is made from the seed once the command line's flags are in: ``derived["resume"]``)."""
     from spinppo.utils.logx import default_data_dir
 
     _known(section, CHECKPOINT_SETTINGS, where, "checkpoint_settings")
@@ -407,7 +432,8 @@ def _checkpoint_settings(section: dict[str, Any], where: str, values: dict[str, 
         values["exp_name"] = str(run_id)
     results_dir = section.get("results_dir")
     if results_dir is not None:
-        values["data_dir"] = str(results_dir)
+        results_dir = osp.expanduser(str(results_dir))
+        values["data_dir"] = results_dir
     if _bool(section.get("force", False), where, "checkpoint_settings.force"):
         values["overwrite"] = True
     init = section.get("initialize_from")
@@ -416,8 +442,7 @@ def _checkpoint_settings(section: dict[str, Any], where: str, values: dict[str, 
     if _bool(section.get("resume", False), where, "checkpoint_settings.resume"):
         if run_id is None:
             raise UserError(f"{where}: checkpoint_settings.resume needs checkpoint_settings.run_id")
-        seed = values.get("seed", 0)
-        values["resume"] = osp.join(results_dir or default_data_dir(), str(run_id), f"{run_id}_s{seed}")
+        derived["resume"] = (results_dir or default_data_dir(), str(run_id))
         for key in ("exp_name", "data_dir", "overwrite"):  # they name a new run; a resume stays in place
             values.pop(key, None)
 

@@ -195,6 +195,8 @@ ML_AGENTS_TAGS = {
     "EntCoef": "Policy/Beta",
     "AverageVVals": "Policy/Extrinsic Value Estimate",
 }
+# ...in ML-Agents' scale: it logs |policy loss|, and its value loss without spinppo's factor 0.5.
+ML_AGENTS_SCALE = {"LossPi": abs, "LossV": lambda v: 2.0 * v}
 
 
 class Logger:
@@ -357,7 +359,8 @@ class Logger:
                     if isinstance(v, (int, float, np.number)) and k != "Epoch" and not np.isnan(v):
                         self.tb_writer.add_scalar(k, float(v), int(x))
                         if k in ML_AGENTS_TAGS:
-                            self.tb_writer.add_scalar(ML_AGENTS_TAGS[k], float(v), int(x))
+                            value = ML_AGENTS_SCALE.get(k, float)(float(v))
+                            self.tb_writer.add_scalar(ML_AGENTS_TAGS[k], value, int(x))
                         elif k.startswith("Lesson/"):  # a curriculum's lesson, as ML-Agents names it
                             self.tb_writer.add_scalar(f"Environment/Lesson Number/{k[7:]}", float(v), int(x))
                 self.tb_writer.flush()
