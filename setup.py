@@ -22,6 +22,11 @@ install_requires = [
     # mlagents-envs 0.28 needs (onnx 1.18 and onnxruntime 1.27 want protobuf 4 or newer).
     "onnx>=1.14,<1.18",
     "onnxruntime>=1.16,<1.27",
+    # Atari games (--env Pong, ALE/<Game>-v5): ale-py ships the ROMs; 0.12's ALEState pickles and
+    # restores with its random generator, which exact resume relies on. OpenCV for the 84x84 resize of
+    # gymnasium's AtariPreprocessing.
+    "ale-py>=0.12,<0.13",
+    "opencv-python-headless",
 ]
 
 setup(

@@ -6,6 +6,10 @@
 ML-Agents build. ``Walker`` means a Unity Walker build when one is given (``unity_file`` or the
 SPINPPO_UNITY_FILE environment variable), else MuJoCo's Walker2d-v5.
 
+Atari games (ale-py) are their own kind, "atari", made with the standard preprocessing of
+``envs.atari``: ``Pong``, ``Breakout``, ``SpaceInvaders``... (any game's name, any case) mean
+``ALE/<Game>-v5``; any ale-py id (``ALE/Pong-v5``, the legacy ``PongNoFrameskip-v4``) is taken as it is.
+
 Every environment is handed to the rollout as a gymnasium ``VectorEnv`` in SAME_STEP autoreset mode: when a
 sub-environment's episode ends, ``step`` returns the first observation of its next episode and puts the
 last observation of the finished one in ``info["final_obs"]`` (where ``info["_final_obs"]`` is True).
@@ -26,6 +30,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from spinppo.envs.atari import atari_short_names, is_atari_id, make_atari_env, register_ale
 from spinppo.envs.unity.params import check_environment_parameters
 from spinppo.utils.errors import UserError, first_line
 
@@ -35,7 +40,8 @@ ALIASES = {"Walker": "Walker2d"}
 
 @dataclass(frozen=True)
 class EnvChoice:
-    """What ``--env`` resolved to: ``kind`` is "gym" (``target`` a gymnasium id) or "unity" (a file path)."""
+    """What ``--env`` resolved to: ``kind`` is "gym" (``target`` a gymnasium id), "atari" (an ale-py id,
+    made by ``envs.atari.make_atari_env``) or "unity" (a file path)."""
 
     kind: str
     target: str
@@ -44,7 +50,18 @@ class EnvChoice:
         """A line for the run's log saying which environment it uses."""
         if self.kind == "unity":
             return f"Unity ML-Agents build {self.target}"
+        if self.kind == "atari":
+            return f"Atari {self.target} (ale-py, 84x84 grayscale, 4 frames stacked, frame skip 4)"
         return f"gymnasium {self.target}"
+
+
+# The kinds config.json's env_fn may record.
+KINDS = ("gym", "atari", "unity")
+
+
+def _gym_choice(env_id: str) -> EnvChoice:
+    """A registered id as a choice: ale-py's games are "atari" (preprocessed), the rest "gym"."""
+    return EnvChoice("atari" if is_atari_id(env_id) else "gym", env_id)
 
 
 def _newest_versions() -> dict[str, str]:
@@ -73,8 +90,9 @@ def resolve_env(name: str, unity_file: str | None = None) -> EnvChoice:
     unity_file = unity_file or os.environ.get("SPINPPO_UNITY_FILE")
     if unity_file and name.lower() == "walker":
         return EnvChoice("unity", unity_file)
+    register_ale()  # ale-py's ids join gymnasium's registry (when ale-py is installed)
     if name in gym.registry:
-        return EnvChoice("gym", name)
+        return _gym_choice(name)
     if ":" in name:  # gymnasium's "module:EnvId": importing the module registers the environment
         module, _, env_id = name.partition(":")
         try:
@@ -84,23 +102,40 @@ def resolve_env(name: str, unity_file: str | None = None) -> EnvChoice:
         if env_id not in gym.registry:
             raise UserError(f"importing {module!r} registered no environment {env_id!r}")
         return EnvChoice("gym", name)
+    # A game's name means its ALE/<Game>-v5 (not the legacy Pong-v4 that "newest version" would pick).
+    atari = atari_short_names()
+    by_lower = {k.lower(): v for k, v in atari.items()}
+    if name.lower() in by_lower:
+        return EnvChoice("atari", by_lower[name.lower()])
     names = short_names()
     by_lower = {k.lower(): v for k, v in names.items()}
     if name.lower() in by_lower:
-        return EnvChoice("gym", by_lower[name.lower()])
-    candidates = sorted(set(names) | {k for k in gym.registry if "/" not in k})
+        return _gym_choice(by_lower[name.lower()])
+    namespaced = {k for k in gym.registry if "/" in k} if "/" in name else set()
+    candidates = sorted(set(names) | {k for k in gym.registry if "/" not in k} | namespaced)
     close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see gymnasium.registry for the ids"
     raise UserError(f"unknown environment {name!r}{hint}")
 
 
 def make_env(
-    env_id: str, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    render_mode: str | None = None,
+    kind: str = "gym",
+    training: bool = True,
 ) -> gym.Env:
     """One gymnasium environment, with bad keyword arguments and missing extras as UserErrors.
 
     ``render_mode`` is passed only when given: an environment of the user's may not take it at all.
+    ``kind`` "atari" makes ``env_id`` (an ale-py id) with the Atari preprocessing, its training variant
+    (lives end episodes, rewards clipped) when ``training``, else whole games with the real score; other
+    kinds ignore ``training``.
     """
+    if kind == "atari":
+        return make_atari_env(env_id, env_kwargs, render_mode=render_mode, training=training)
+    if env_id.startswith("ALE/"):
+        register_ale()  # an ale-py id outside the "atari" kind (a replay of an .onnx file with --env)
     env_kwargs = dict(env_kwargs or {})
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
@@ -160,12 +195,13 @@ def make_unity_vec_env(
 
 
 def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """The ``env_fn`` entry of a run's config.json (``EnvFactory.to_json``), checked: ``kind`` "gym" or
-    "unity", ``env`` a gymnasium id or a build's path, ``name`` (what ``--env`` said; ``env`` when absent)
-    and ``env_kwargs`` a dict (null is none); for a Unity build also ``environment_parameters`` (ML-Agents'
-    section, normalised: ``{}`` when the run had none) and ``behavior`` (the trained behavior's name as
-    given; None: the build's first). A UserError naming ``where`` (the file) and the bad key when the entry
-    is missing or was edited into something else: the one check that resume and replay share."""
+    """The ``env_fn`` entry of a run's config.json (``EnvFactory.to_json``), checked: ``kind`` "gym", "atari"
+    or "unity", ``env`` a gymnasium id (an ale-py id for "atari") or a build's path, ``name`` (what ``--env``
+    said; ``env`` when absent) and ``env_kwargs`` a dict (null is none); for a Unity build also
+    ``environment_parameters`` (ML-Agents' section, normalised: ``{}`` when the run had none) and ``behavior``
+    (the trained behavior's name as given; None: the build's first). A UserError naming ``where`` (the file)
+    and the bad key when the entry is missing or was edited into something else: the one check that resume and
+    replay share."""
     spec = config.get("env_fn")
     if not isinstance(spec, dict):
         raise UserError(
@@ -174,8 +210,10 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
             "or an edited file"
         )
     kind, env, name = spec.get("kind"), spec.get("env"), spec.get("name", spec.get("env"))
-    if kind not in ("gym", "unity"):
-        raise UserError(f"{where}: env_fn.kind is {kind!r}, not 'gym' or 'unity': the file was edited")
+    if kind not in KINDS:
+        raise UserError(
+            f"{where}: env_fn.kind is {kind!r}, not 'gym', 'atari' or 'unity': the file was edited"
+        )
     for key, value in (("env", env), ("name", name)):
         if not isinstance(value, str) or not value:
             raise UserError(f"{where}: env_fn.{key} is {value!r}, not a string: the file was edited")
@@ -184,10 +222,15 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
         raise UserError(f"{where}: env_fn.env_kwargs is {env_kwargs!r}, not an object: the file was edited")
     parameters = spec.get("environment_parameters")
     behavior = spec.get("behavior")
-    if kind == "gym" and (parameters or behavior is not None):
+    if kind != "unity" and (parameters or behavior is not None):
         raise UserError(
             f"{where}: env_fn has environment_parameters or a behavior for a gymnasium environment"
         )
+    if kind == "atari":
+        if not register_ale():
+            raise UserError(f"{where}: the run plays the Atari game {env}: pip install ale-py")
+        if not is_atari_id(env):
+            raise UserError(f"{where}: env_fn.env {env!r} is not an ale-py game: the file was edited")
     if behavior is not None and (not isinstance(behavior, str) or not behavior):
         raise UserError(f"{where}: env_fn.behavior is {behavior!r}, not a string: the file was edited")
     # The section was normalised before it was saved; checking it again catches an edited file.
@@ -205,8 +248,9 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
 class EnvFactory:
     """A picklable ``env_fn`` for the algorithms, saved in config.json as plain values.
 
-    Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents
-    (``unity_kwargs`` as for ``make_unity_vec_env``). ``environment_parameters`` is ML-Agents'
+    Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents (``unity_kwargs``
+    as for ``make_unity_vec_env``). For an Atari game ``training=False`` gives the evaluation variant (whole
+    games, real rewards): the evaluator and replay ask for it. ``environment_parameters`` is ML-Agents'
     ``environment_parameters`` section (checked, kept normalised; ``where`` names its file in errors) and
     ``behavior`` the Unity behavior to train; both need a Unity build (a UserError for gymnasium).
     """
@@ -237,9 +281,10 @@ class EnvFactory:
         if behavior is not None and (not isinstance(behavior, str) or not behavior):
             raise UserError(f"behavior must be a behavior's name, not {behavior!r}")
 
-    def __call__(self, seed: int = 0) -> gym.Env | gym.vector.VectorEnv:
+    def __call__(self, seed: int = 0, training: bool = True) -> gym.Env | gym.vector.VectorEnv:
         """A new environment. ``seed`` matters for Unity builds, which are seeded only at launch;
-        gymnasium environments are seeded when the rollout resets them."""
+        gymnasium environments are seeded when the rollout resets them. ``training`` picks an Atari
+        game's variant (``make_env``); other kinds are the same either way."""
         if self.choice.kind == "unity":
             return make_unity_vec_env(
                 self.choice.target,
@@ -249,7 +294,7 @@ class EnvFactory:
                 environment_parameters=self.environment_parameters,
                 behavior=self.behavior,
             )
-        return make_env(self.choice.target, self.env_kwargs)
+        return make_env(self.choice.target, self.env_kwargs, kind=self.choice.kind, training=training)
 
     def to_json(self) -> dict[str, Any]:
         """What config.json records, enough to make the environment again; ``environment_parameters`` and
@@ -272,11 +317,19 @@ def make_vector_env(env_fn: Callable[..., Any], num_envs: int, seed: int = 0) ->
     made ``num_envs`` times (SAME_STEP autoreset).
 
     An ``env_fn`` that takes a ``seed`` keyword (EnvFactory does) gets this rank's seed.
+
+    For an Atari EnvFactory the VectorEnv has ``reports_game_score = True``: episodes (lives) are not
+    games there, so the rollout logs EpRet/EpLen from ``info["game_return"]``/``info["game_length"]``
+    (where ``info["_game_return"]`` is True: the step a game ended) instead of its own sums of the clipped
+    rewards.
     """
+    atari = getattr(getattr(env_fn, "choice", None), "kind", None) == "atari"
     if "seed" in inspect.signature(env_fn).parameters:
         env_fn = functools.partial(env_fn, seed=seed)
     first = env_fn()
     if isinstance(first, gym.vector.VectorEnv):
         return first
     envs = [first] + [env_fn() for _ in range(num_envs - 1)]
-    return SyncVectorEnv([lambda e=e: e for e in envs], autoreset_mode=AutoresetMode.SAME_STEP)
+    vec = SyncVectorEnv([lambda e=e: e for e in envs], autoreset_mode=AutoresetMode.SAME_STEP)
+    vec.reports_game_score = atari
+    return vec

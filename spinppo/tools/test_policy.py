@@ -15,6 +15,10 @@ state the policy acted in. Without a display, MUJOCO_GL is set to ``egl`` (unles
 MuJoCo is loaded, so MuJoCo renders headless; ``--render`` opens a window and needs a display. A GIF
 written by Pillow merges identical consecutive frames into one longer frame; an MP4 keeps every frame.
 
+Atari runs (config kind "atari") replay whole games with the real score: the evaluation variant of the
+game (no life-loss episode ends, no reward clipping), so each episode's return is the game's score. Their
+videos show the full colour screen at 15 frames a second (real time: one step is 4 of 60 frames).
+
 Unity runs (config kind "unity") are replayed through the Unity adapter: every agent of the build is a
 sub-environment, episodes are counted as the agents finish them, and ``--render`` starts the player with
 graphics. ``--len`` and ``--video`` are for gymnasium environments only.
@@ -180,10 +184,12 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
     ac.eval()
     ac.requires_grad_(False)
     scalar = ac.act_shape == ()  # Discrete: one int; MultiDiscrete and Box: an array per observation
+    # One observation has the rank of the policy's observation space (1 for vectors, 3 for stacked frames).
+    obs_rank = len(ctor["observation"]["shape"])
 
     def get_action(obs: Any) -> Any:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
-        single = x.ndim == 1
+        single = x.ndim == obs_rank
         action = ac.act(x.unsqueeze(0) if single else x, deterministic=deterministic).numpy()
         if not single:
             return action
@@ -198,7 +204,7 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
 def read_env_spec(run_dir: str) -> dict[str, Any]:
     """The environment a run trained on, from its config.json's ``env_fn``, checked.
 
-    Returns ``{"kind": "gym" or "unity", "env": gymnasium id or build path, "env_kwargs": dict}``. A
+    Returns ``{"kind": "gym", "atari" or "unity", "env": gymnasium id or build path, "env_kwargs": dict}``. A
     config.json that is missing, unreadable, or whose ``env_fn`` is not that (a hand-edited or damaged
     file) is a UserError naming the file and the key.
     """
@@ -211,18 +217,19 @@ def make_run_env(
     base_port: int = 5005,
     seed: int = 0,
 ) -> Any:
-    """The run's environment from ``spec`` (``read_env_spec``'s answer): a gymnasium Env, or a VectorEnv
-    of agents for a Unity build (``render_mode="human"`` starts the player with graphics; ``base_port``
-    and ``seed`` go to its launch). Failures to make it are UserErrors."""
+    """The run's environment from ``spec`` (``read_env_spec``'s answer): a gymnasium Env (an Atari game's
+    evaluation variant: whole games, real rewards), or a VectorEnv of agents for a Unity build
+    (``render_mode="human"`` starts the player with graphics; ``base_port`` and ``seed`` go to its launch).
+    Failures to make it are UserErrors."""
     kind, target, env_kwargs = spec["kind"], spec["env"], spec["env_kwargs"]
-    if kind == "gym":
+    if kind in ("gym", "atari"):
         import gymnasium as gym
 
         from spinppo.envs.registry import make_env
 
         headless_gl()
         try:
-            return make_env(target, env_kwargs, render_mode=render_mode)
+            return make_env(target, env_kwargs, render_mode=render_mode, kind=kind, training=False)
         except gym.error.Error as e:
             raise UserError(f"cannot make the run's environment {target!r} ({first_line(e)})") from None
         except Exception as e:
@@ -265,7 +272,7 @@ def make_run_env(
             raise UserError(f"replaying a Unity run needs mlagents-envs ({first_line(e)})") from None
         except Exception as e:  # the player failed to start or to connect
             raise UserError(f"cannot start the Unity build {target} ({first_line(e)})") from None
-    raise ValueError(f"env_fn kind {kind!r}: read_env_spec lets only 'gym' and 'unity' through")
+    raise ValueError(f"env_fn kind {kind!r}: read_env_spec lets only 'gym', 'atari' and 'unity' through")
 
 
 def check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
@@ -372,10 +379,11 @@ def load_onnx_policy_and_env(
         raise
     # The Unity form gives [batch, branches]; one branch is a Discrete space, which takes one number.
     one_branch = policy.form == "unity" and act_space.shape == ()
+    obs_rank = len(obs_space.shape or (0,))  # one observation's rank (3 for an Atari game's frames)
 
     def get_action(obs: Any) -> Any:
         x = np.asarray(obs, dtype=np.float32)
-        single = x.ndim == 1
+        single = x.ndim == obs_rank
         action = policy.act(x[None] if single else x, deterministic)
         if one_branch:
             action = action[:, 0]
