@@ -249,9 +249,7 @@ class Checkpointer:
             worker.obs = state["obs"]
             worker.ep_ret, worker.ep_len = state["ep_ret"], state["ep_len"]
         else:  # an environment we cannot snapshot (Unity): start fresh episodes
-            worker.obs = np.asarray(
-                worker.env.reset(seed=reset_seed + 1 + shared["epoch"])[0], dtype=np.float32
-            )
+            worker.obs = worker.layout.batch(worker.env.reset(seed=reset_seed + 1 + shared["epoch"])[0])
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         return int(shared["epoch"]), float(shared["elapsed"])

@@ -31,6 +31,7 @@ import torch
 
 from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs, initial_model_file, initialize_policy
 from spinppo.core.buffer import GAEBuffer
+from spinppo.core.encoders import ObsLayout
 from spinppo.core.evaluation import Evaluator
 from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler
@@ -201,7 +202,7 @@ class OnPolicyRun:
             self.logger.log(f"Initialised from {init_file}")
         sync_params(self.ac)
         self.buf = GAEBuffer(
-            obs_space.shape[0],
+            ObsLayout.from_space(obs_space),  # vectors as float32, images in their own dtype (uint8)
             self.ac.act_shape,
             self.num_envs,
             self.rollout_steps,
@@ -292,7 +293,8 @@ class OnPolicyRun:
 
     def collect(self) -> dict[str, torch.Tensor]:
         """Step the environments with the current policy for one rollout; return the batch (``obs``,
-        ``act``, ``ret``, ``adv``, ``logp``, ``val``, flat tensors) with GAE-lambda advantages,
+        ``act``, ``ret``, ``adv``, ``logp``, ``val``, flat tensors; ``obs`` of an image or Dict space as
+        ``GAEBuffer.get`` gives it) with GAE-lambda advantages,
         normalised over all ranks when ``norm_adv``. Episode returns go to the logger."""
         self.worker.collect(self.buf, self.logger)
         batch = self.buf.get(normalize_adv=self.norm_adv)
@@ -309,7 +311,9 @@ class OnPolicyRun:
         sync_params(self.ac)
         self._check_finite(stats)
         self.logger.store(**stats)
-        self.ac.obs_rms.update(self.buf.obs.reshape(-1, self.buf.obs.shape[-1]))
+        layout = self.buf.layout
+        if layout.vector_dim:  # only vectors have running statistics (the same layout on every rank)
+            self.ac.obs_rms.update(layout.vectors(self.buf.obs))
         if self.reward_scaler is not None:
             self.reward_scaler.sync()
 

@@ -65,7 +65,7 @@ def ppo(
     Args:
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
-        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder.
         seed: random seed; rank r uses seed + 10000 r for its environments and sampling.
         steps_per_epoch: environment steps per epoch over all ranks and environments (the batch).
         epochs: number of epochs (rollout + update) to run.

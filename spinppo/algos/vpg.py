@@ -48,7 +48,7 @@ def vpg(
     Args:
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
-        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder.
         seed: random seed; rank r uses seed + 10000 r.
         steps_per_epoch: environment steps per epoch over all ranks and environments.
         epochs: number of epochs (rollout + update) to run.
@@ -101,6 +101,7 @@ def vpg(
         keep_checkpoints=keep_checkpoints,
     ) as run:
         ac = run.ac
+        # An image network's encoder, shared by both heads, is the policy's: the value steps fit only v.
         v_params = list(ac.v.parameters())
         pi_params = [p for name, p in ac.named_parameters() if not name.startswith("v.")]
         pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr, fused=True)

@@ -34,6 +34,12 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
     "shared_trunk": ("shared_trunk", False, "one trunk for policy and value instead of two"),
     "log_std_init": ("log_std_init", -0.5, "initial log standard deviation of the Gaussian policy"),
     "norm_obs": ("norm_obs", True, "normalise observations with running statistics merged over ranks"),
+    "encoder": (
+        "encoder",
+        "nature_cnn",
+        "image encoder: nature_cnn, simple or resnet (ML-Agents' vis_encode_type); "
+        "vector observations ignore it",
+    ),
 }
 # Flags that are not algorithm keywords.
 RUN_FLAGS: dict[str, tuple[Any, str]] = {

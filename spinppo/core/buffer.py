@@ -12,9 +12,12 @@ Gymnasium's two ways an episode ends are kept apart:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from spinppo.core.encoders import ObsLayout
 from spinppo.utils.mpi_tools import mpi_statistics_scalar
 
 
@@ -23,11 +26,15 @@ class GAEBuffer:
 
     Call ``store`` once per step with per-environment arrays, ``finish(last_val)`` after the last step,
     then ``get()`` for the flat training batch. Advantages are normalised over all ranks.
+
+    ``obs_dim`` is the length of vector observations, or an ``ObsLayout`` (``ObsLayout.from_space``) for
+    images and Dicts: images are stored in their own dtype (uint8 pixels stay uint8, a quarter of float32),
+    a Dict as a dict of arrays by key (``self.obs``, and the batch's ``obs``).
     """
 
     def __init__(
         self,
-        obs_dim: int,
+        obs_dim: int | ObsLayout,
         act_shape: tuple[int, ...],
         num_envs: int,
         steps: int,
@@ -36,7 +43,8 @@ class GAEBuffer:
         discrete: bool = False,
         time_horizon: int = 0,
     ) -> None:
-        self.obs = np.zeros((steps, num_envs, obs_dim), dtype=np.float32)
+        self.layout = obs_dim if isinstance(obs_dim, ObsLayout) else ObsLayout.vector(obs_dim)
+        self.obs: Any = self.layout.zeros((steps, num_envs))
         self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
         self.rew = np.zeros((steps, num_envs), dtype=np.float32)
         self.val = np.zeros((steps, num_envs), dtype=np.float32)
@@ -51,7 +59,7 @@ class GAEBuffer:
 
     def store(
         self,
-        obs: np.ndarray,
+        obs: Any,
         act: np.ndarray,
         rew: np.ndarray,
         val: np.ndarray,
@@ -67,7 +75,10 @@ class GAEBuffer:
         """
         t = self.ptr
         assert t < self.steps, "buffer full: call finish() and get() before storing more"
-        self.obs[t] = obs
+        if self.layout.flat:
+            self.obs[t] = obs
+        else:
+            self.layout.assign(self.obs, t, obs)
         self.act[t] = act
         self.val[t] = val
         self.logp[t] = logp
@@ -107,8 +118,11 @@ class GAEBuffer:
             length[cuts[t] | self.done[t]] = 0
         return cuts
 
-    def get(self, normalize_adv: bool = True) -> dict[str, torch.Tensor]:
+    def get(self, normalize_adv: bool = True) -> dict[str, Any]:
         """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.
+
+        ``obs`` is [n, obs_dim] for vectors, [n, *shape] in the stored dtype for an image, a dict of those
+        for a Dict space (tensors that share the buffer's memory).
 
         Advantage normalisation uses the mean and standard deviation over all ranks (a collective).
         """
@@ -120,7 +134,11 @@ class GAEBuffer:
             adv = (adv - mean) / (std + 1e-8)
         n = self.steps * self.num_envs
         return {
-            "obs": torch.from_numpy(self.obs.reshape(n, -1)),
+            "obs": (
+                torch.from_numpy(self.obs.reshape(n, -1))
+                if self.layout.flat
+                else self.layout.to_torch(self.layout.rows(self.obs, n))
+            ),
             "act": torch.from_numpy(self.act.reshape(n, *self.act.shape[2:])),
             "ret": torch.from_numpy(self.ret.reshape(n)),
             "adv": torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),

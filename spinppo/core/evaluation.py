@@ -9,6 +9,7 @@ from the same states, which makes evaluations of different epochs comparable.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from spinppo.core.encoders import ObsLayout
 from spinppo.core.networks import MLPActorCritic
 from spinppo.envs.spaces import action_for_env
 from spinppo.utils.errors import UserError
@@ -30,6 +32,9 @@ class Evaluator:
     r + R, r + 2R, ... on its own copies of ``env_fn()``, all at once with one batched policy call per step.
     Episode i is reset with seed ``seed + i``. ``evaluate()`` is a collective and returns every rank's
     episodes, merged in episode order.
+
+    An ``env_fn`` with a ``training`` keyword (EnvFactory) is called with ``training=False``: the game as
+    it is scored (an Atari game without episodic life or reward clipping), not as it is trained on.
     """
 
     def __init__(self, env_fn: Callable[[], Any], ac: MLPActorCritic, episodes: int, seed: int) -> None:
@@ -37,8 +42,12 @@ class Evaluator:
         self.episode_ids = list(range(proc_id(), episodes, num_procs()))
         self.seed = seed
         self.envs: list[gym.Env] = []
+        try:
+            takes_training = "training" in inspect.signature(env_fn).parameters
+        except (TypeError, ValueError):  # a callable without a signature (some builtins)
+            takes_training = False
         for _ in self.episode_ids:
-            env = env_fn()
+            env = env_fn(training=False) if takes_training else env_fn()
             if isinstance(env, gym.vector.VectorEnv):
                 env.close()
                 raise UserError(
@@ -47,6 +56,7 @@ class Evaluator:
                 )
             self.envs.append(env)
         self.to_env_action = action_for_env(self.envs[0].action_space) if self.envs else None
+        self.layout = ObsLayout.from_space(self.envs[0].observation_space) if self.envs else None
 
     @torch.no_grad()
     def _play_mine(self) -> list[tuple[int, float, int]]:
@@ -54,22 +64,18 @@ class Evaluator:
         n = len(self.envs)
         if n == 0:
             return []
-        obs = np.stack(
-            [
-                np.asarray(env.reset(seed=self.seed + i)[0], np.float32)
-                for env, i in zip(self.envs, self.episode_ids)
-            ]
-        )
+        layout = self.layout
+        obs = layout.stack([env.reset(seed=self.seed + i)[0] for env, i in zip(self.envs, self.episode_ids)])
         returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
         running = np.ones(n, dtype=bool)
         while running.any():
             idx = np.flatnonzero(running)
-            actions = self.ac.act(torch.as_tensor(obs[idx]), deterministic=True).numpy()
+            actions = self.ac.act(layout.to_torch(layout.take(obs, idx)), deterministic=True).numpy()
             for k, i in enumerate(idx):
                 o, r, terminated, truncated, _ = self.envs[i].step(self.to_env_action(actions[k : k + 1])[0])
                 returns[i] += float(r)
                 lengths[i] += 1
-                obs[i] = o
+                layout.assign(obs, i, o)
                 if terminated or truncated or lengths[i] >= MAX_EPISODE_STEPS:
                     running[i] = False
         return [(i, float(returns[k]), int(lengths[k])) for k, i in enumerate(self.episode_ids)]

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
 
 class MinibatchTable:
-    """A batch's named fields as one table: ``MinibatchTable(obs=..., adv=...)``; fields are [n] or [n, k]."""
+    """A batch's named fields as one table: ``MinibatchTable(obs=..., adv=...)``; fields are [n] or [n, k].
 
-    def __init__(self, **fields: torch.Tensor) -> None:
+    A uint8 field (images) or a dict of tensors (a Dict observation) stays out of the table, in its own
+    dtype, and is gathered on its own: pixels as float32 would take four times the memory.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.apart = {name: f for name, f in fields.items() if isinstance(f, dict) or f.dtype == torch.uint8}
+        fields = {name: f for name, f in fields.items() if name not in self.apart}
         n = next(iter(fields.values())).shape[0]
         columns = [f.reshape(n, -1).float() for f in fields.values()]
         self.n = n
@@ -34,13 +41,19 @@ class MinibatchTable:
         """
         perm = torch.randperm(self.n)
         for start in range(0, self.n - size + 1, size):
-            parts = self.table.index_select(0, perm[start : start + size]).split(self.widths, 1)
-            yield SimpleNamespace(
-                **{
-                    name: part.reshape(size, *shape)
-                    for name, part, shape in zip(self.names, parts, self.shapes, strict=True)
-                }
-            )
+            rows = perm[start : start + size]
+            parts = self.table.index_select(0, rows).split(self.widths, 1)
+            fields = {
+                name: part.reshape(size, *shape)
+                for name, part, shape in zip(self.names, parts, self.shapes, strict=True)
+            }
+            for name, f in self.apart.items():
+                fields[name] = (
+                    {k: t.index_select(0, rows) for k, t in f.items()}
+                    if isinstance(f, dict)
+                    else f.index_select(0, rows)
+                )
+            yield SimpleNamespace(**fields)
 
 
 class StatSums:

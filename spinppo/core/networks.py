@@ -1,4 +1,5 @@
-"""Actor-critic networks: MLP trunks with a Gaussian (Box actions) or Categorical (Discrete) policy head.
+"""Actor-critic networks: MLP trunks with a Gaussian (Box actions) or Categorical (Discrete) policy head,
+behind a convolutional encoder for image (and Dict) observations (``core.encoders``).
 
 ``step()`` samples actions for a batch of observations with plain tensor arithmetic rather than building
 ``torch.distributions`` objects, which cost as much as a MuJoCo step when made per observation.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spinppo.core.encoders import ENCODERS, ObservationEncoder, ObsLayout, space_from_spec, space_spec
 from spinppo.core.normalize import RunningMeanStd
 from spinppo.utils.errors import UserError
 
@@ -29,19 +31,6 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
 }
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def space_spec(space: gym.Space) -> dict[str, Any]:
-    """A plain-values description of an observation or action space (saved in checkpoints)."""
-    if isinstance(space, gym.spaces.Discrete):
-        return {"kind": "discrete", "n": int(space.n)}
-    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
-        return {"kind": "multidiscrete", "nvec": [int(n) for n in space.nvec]}
-    if isinstance(space, gym.spaces.Box):
-        return {"kind": "box", "shape": [int(s) for s in space.shape]}
-    raise UserError(
-        f"spinppo supports Box, Discrete and MultiDiscrete spaces, not {type(space).__name__} ({space})"
-    )
 
 
 def mlp(
@@ -65,9 +54,14 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def check_ac_kwargs(hidden_sizes: Any = (64, 64), activation: Any = "tanh", **_: Any) -> None:
-    """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``): the one
-    check, used by the network itself and, for every variant of a grid, before anything trains."""
+def check_ac_kwargs(
+    hidden_sizes: Any = (64, 64), activation: Any = "tanh", encoder: Any = "nature_cnn", **_: Any
+) -> None:
+    """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``,
+    ``--encoder``): the one check, used by the network itself and, for every variant of a grid, before
+    anything trains."""
+    if encoder not in ENCODERS:
+        raise UserError(f"--encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
     if activation not in ACTIVATIONS:
         raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     sizes = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else [hidden_sizes]
@@ -81,7 +75,7 @@ def check_ac_kwargs(hidden_sizes: Any = (64, 64), activation: Any = "tanh", **_:
 
 
 class MLPActorCritic(nn.Module):
-    """Policy ``pi`` and value function ``v`` for flat observations.
+    """Policy ``pi`` and value function ``v`` for vector, image and Dict observations.
 
     Pass the environment's single observation and action spaces. Box actions get a Gaussian policy with a
     state-independent log standard deviation; Discrete actions a Categorical one, MultiDiscrete actions
@@ -89,6 +83,14 @@ class MLPActorCritic(nn.Module):
     policy and value heads on one trunk (ML-Agents' default is separate trunks, as here).
     Observations are normalised inside the module by ``obs_rms`` (running statistics the algorithm
     updates between epochs, saved with the weights), so a saved policy takes raw observations.
+
+    Image observations (a 3-D Box, uint8 or float; see ``core.encoders`` for the layout rule) go through
+    the convolutional ``encoder`` (nature_cnn, simple or resnet: ML-Agents' vis_encode_type), then the
+    MLP trunk and heads as above; policy and value share the encoder (as CleanRL's and SB3's image
+    policies do). A gymnasium Dict puts each image part through its own encoder and its vector parts,
+    normalised together by ``obs_rms``, beside them. Such networks take a tensor or a dict of tensors by
+    key wherever a method takes ``obs``; ``layout`` (an ``ObsLayout``) says how to batch them. Vector
+    networks have no encoder and are built exactly as before it existed (the same weights for a seed).
     """
 
     def __init__(
@@ -101,16 +103,12 @@ class MLPActorCritic(nn.Module):
         shared_trunk: bool = False,
         log_std_init: float = -0.5,
         norm_obs: bool = True,
+        encoder: str = "nature_cnn",
     ) -> None:
         super().__init__()
-        check_ac_kwargs(hidden_sizes, activation)
+        check_ac_kwargs(hidden_sizes, activation, encoder)
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
-        if obs_spec["kind"] != "box" or len(obs_spec["shape"]) != 1:
-            what = "image observations are" if obs_spec["kind"] == "box" else "this observation space is"
-            raise UserError(
-                f"MLPActorCritic needs flat vector observations, not {observation_space}: "
-                f"{what} not supported yet"
-            )
+        self.layout = ObsLayout.from_spec(obs_spec)  # a UserError for observations it cannot take
         hidden = [int(h) for h in hidden_sizes]
         # Everything needed to rebuild this module from a checkpoint, in plain values.
         self.ctor_spec = {
@@ -124,7 +122,14 @@ class MLPActorCritic(nn.Module):
             "log_std_init": float(log_std_init),
             "norm_obs": bool(norm_obs),
         }
-        obs_dim = obs_spec["shape"][0]
+        if self.layout.flat:
+            # No encoder: vector networks keep their old ctor_spec (checkpoints, the numpy rollout path).
+            self.encoder = None
+            obs_dim = self.layout.vector_dim
+        else:
+            self.ctor_spec["encoder"] = encoder
+            self.encoder = ObservationEncoder(self.layout, encoder)
+            obs_dim = self.encoder.out_dim  # what the MLP after the encoder takes
         self.discrete = act_spec["kind"] in ("discrete", "multidiscrete")
         # Branches of a (Multi)Discrete action: one Categorical each over a slice of the logits.
         self.branches = act_spec.get("nvec", [act_spec.get("n", 0)])
@@ -134,7 +139,7 @@ class MLPActorCritic(nn.Module):
             act_dim = sum(self.branches)
             self.act_shape = () if act_spec["kind"] == "discrete" else (len(self.branches),)
         self.norm_obs = norm_obs
-        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.obs_rms = RunningMeanStd((self.layout.vector_dim,))  # the vector parts only
         self.shared_trunk = shared_trunk
         if shared_trunk and hidden:
             self.trunk = mlp([obs_dim, *hidden], activation, layer_norm, output_gain=math.sqrt(2))
@@ -153,11 +158,20 @@ class MLPActorCritic(nn.Module):
     # ----------------------------------------------------------------------------------------- helpers
 
     def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        """Raw observations as the networks see them (standardised by ``obs_rms`` when ``norm_obs``)."""
-        return self.obs_rms.normalize(obs) if self.norm_obs else obs
+        """Raw observations as the networks see them (standardised by ``obs_rms`` when ``norm_obs``).
+
+        Only vector parts are normalised: images come back as they are (uint8 stays uint8, so that an
+        update can normalise a whole batch once without making a float copy of its pixels).
+        """
+        if not self.norm_obs:
+            return obs
+        if self.encoder is None:
+            return self.obs_rms.normalize(obs)
+        return self.layout.normalize_vectors(obs, self.obs_rms.normalize)
 
     def _features(self, obs: torch.Tensor, obs_normalized: bool = False) -> torch.Tensor:
-        return self.trunk(obs if obs_normalized else self.normalize_obs(obs))
+        x = obs if obs_normalized else self.normalize_obs(obs)
+        return self.trunk(x if self.encoder is None else self.encoder(x))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) for a batch of raw observations, shape [B]."""
@@ -224,17 +238,18 @@ class MLPActorCritic(nn.Module):
             act = act.reshape(act.shape[0], -1)
             z = (act - out) * torch.exp(-self.log_std)
             logp = -(0.5 * z.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
-            entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(obs.shape[0])
+            entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(out.shape[0])
         return logp, entropy, value
 
 
 def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:
-    """Rebuild an actor-critic from the ``ctor_spec`` saved in a checkpoint."""
+    """Rebuild an actor-critic from the ``ctor_spec`` saved in a checkpoint (one saved before encoders
+    existed has no ``encoder`` key: it is a vector network, which has none)."""
     spec = dict(ctor_spec)
     if spec.pop("class", "MLPActorCritic") != "MLPActorCritic":
         raise ValueError(f"unknown actor-critic class in checkpoint: {ctor_spec.get('class')}")
     obs, act = spec.pop("observation"), spec.pop("action")
-    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=tuple(obs["shape"]), dtype=np.float32)
+    obs_space = space_from_spec(obs)
     if act["kind"] == "discrete":
         act_space: gym.Space = gym.spaces.Discrete(act["n"])
     elif act["kind"] == "multidiscrete":
@@ -271,6 +286,8 @@ _NUMPY_SPEC = {
 # The methods of MLPActorCritic that RolloutPolicy's numpy path reproduces: a subclass overriding any of
 # them runs in torch.
 _NUMPY_METHODS = ("step", "value", "_features", "normalize_obs")
+# Image and Dict networks never run in numpy: their "observation" spec fails the check above (and they
+# have an "encoder" key it does not know), so they take the torch path, one batched call per step.
 
 
 def _runs_in_numpy(ac: MLPActorCritic) -> bool:
@@ -282,6 +299,7 @@ def _runs_in_numpy(ac: MLPActorCritic) -> bool:
     return (
         all(getattr(type(ac), name) is getattr(MLPActorCritic, name) for name in _NUMPY_METHODS)
         and type(ac.trunk) is nn.Identity
+        and getattr(ac, "encoder", None) is None
         and [type(m) for m in ac.pi] == [type(m) for m in ac.v] == [*layers, nn.Linear]
         and all(p.dtype == torch.float32 for p in ac.parameters())
     )
@@ -340,13 +358,20 @@ class RolloutPolicy:
         x = x @ weight + bias
         return x[:, : self.out_dim], x[:, self.out_dim]
 
+    def _torch_obs(self, obs: Any) -> Any:
+        """Observations for the torch path: float32 vectors as before; images (uint8) and Dicts as stored."""
+        layout = getattr(self.ac, "layout", None)
+        if layout is None or layout.flat:
+            return torch.from_numpy(np.asarray(obs, dtype=np.float32))
+        return layout.to_torch(obs)
+
     def step(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(action, value, logp)`` for a batch of raw observations, as ``ac.step`` gives them, in numpy."""
-        obs = np.asarray(obs, dtype=np.float32)
         if not self.in_numpy:
             with torch.no_grad():  # a subclass's own step may not turn gradients off
-                action, value, logp = self.ac.step(torch.from_numpy(obs))
+                action, value, logp = self.ac.step(self._torch_obs(obs))
             return action.numpy(), value.numpy(), logp.numpy()
+        obs = np.asarray(obs, dtype=np.float32)
         out, value = self._outputs(obs)
         if not self.ac.discrete:
             noise = np.random.standard_normal(out.shape).astype(np.float32)
@@ -370,5 +395,5 @@ class RolloutPolicy:
         """V(s) for a batch of raw observations, shape [B], in numpy."""
         if not self.in_numpy:
             with torch.no_grad():
-                return self.ac.value(torch.from_numpy(np.asarray(obs, dtype=np.float32))).numpy()
+                return self.ac.value(self._torch_obs(obs)).numpy()
         return self._outputs(np.asarray(obs, dtype=np.float32))[1]

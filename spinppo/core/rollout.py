@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from spinppo.core.buffer import GAEBuffer
+from spinppo.core.encoders import ObsLayout
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler
 from spinppo.envs.spaces import action_for_env
@@ -19,6 +20,14 @@ class RolloutWorker:
     Episode returns and lengths (of the environment's own rewards, before any scaling) go to the logger
     as ``EpRet`` and ``EpLen`` when episodes end. Actions are stored as sampled and clipped to the action
     bounds only when sent to the environment.
+
+    A vector environment whose ``reports_game_score`` is True (Atari: it trains on clipped rewards and
+    ends an episode at every lost life) reports each real game's score itself, as ``info["game_return"]``
+    and ``info["game_length"]`` (with gymnasium's ``info["_game_return"]`` mask) at the step the game
+    ends: those are logged as EpRet/EpLen, and nothing at the episode ends it trains on.
+
+    Observations are kept as ``ObsLayout`` stores them: float32 vectors, images in their own dtype (uint8),
+    a dict of arrays for a Dict space.
     """
 
     def __init__(
@@ -31,8 +40,10 @@ class RolloutWorker:
     ) -> None:
         self.env, self.ac, self.reward_scaler = env, ac, reward_scaler
         self.reward_scale = reward_scale  # ML-Agents' extrinsic strength: what is learned, not what is logged
+        self.layout = ObsLayout.from_space(env.single_observation_space)
+        self.game_score = bool(getattr(env, "reports_game_score", False))
         obs, _ = env.reset(seed=seed)
-        self.obs = np.asarray(obs, dtype=np.float32)
+        self.obs = self.layout.batch(obs)
         self.num_envs = env.num_envs
         self.ep_ret = np.zeros(self.num_envs)
         self.ep_len = np.zeros(self.num_envs, dtype=np.int64)
@@ -43,7 +54,7 @@ class RolloutWorker:
     def restart_episodes(self, obs: np.ndarray) -> None:
         """Continue from ``obs``, the first observations of new episodes in every environment (after the
         environment was reset between rollouts): the episodes in progress are abandoned, not logged."""
-        self.obs = np.asarray(obs, dtype=np.float32)
+        self.obs = self.layout.batch(obs)
         self.ep_ret[:] = 0.0
         self.ep_len[:] = 0
         if self.reward_scaler is not None:
@@ -73,7 +84,7 @@ class RolloutWorker:
                 # The value of where a truncated episode stopped: its return continues past the cut.
                 idx = np.flatnonzero(truncated & ~terminated)
                 if len(idx):
-                    final_obs = np.stack([info["final_obs"][i] for i in idx]).astype(np.float32)
+                    final_obs = self.layout.stack([info["final_obs"][i] for i in idx])
                     final_val = np.zeros(self.num_envs, dtype=np.float32)
                     final_val[idx] = policy.value(final_obs)
             if self.reward_scale != 1.0:
@@ -81,12 +92,18 @@ class RolloutWorker:
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
             buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val)
-            if done.any():
+            if self.game_score:  # the environment's own scores, at the ends of real games only
+                ended = info.get("_game_return")
+                if ended is not None and np.any(ended):
+                    for i in np.flatnonzero(ended):
+                        logger.store(EpRet=info["game_return"][i], EpLen=info["game_length"][i])
+            elif done.any():
                 for i in np.flatnonzero(done):
                     logger.store(EpRet=self.ep_ret[i], EpLen=self.ep_len[i])
+            if done.any():
                 self.ep_ret[done] = 0.0
                 self.ep_len[done] = 0
-            obs = np.asarray(next_obs, dtype=np.float32)
+            obs = self.layout.batch(next_obs)
             self.inference_time += time.perf_counter() - t2 + t1 - t0
         self.obs = obs
         buf.finish(policy.value(obs))
