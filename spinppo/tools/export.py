@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from spinppo.tools.onnx_policy import OnnxPolicy, gym_model, metadata_for, unity_model
+from spinppo.tools.onnx_policy import OnnxPolicy, check_network, gym_model, metadata_for, unity_model
 from spinppo.tools.test_policy import (
     check_spaces,
     find_checkpoint,
@@ -62,8 +62,9 @@ def export_onnx(run_dir: str, out: str, itr: int | str | None = "last") -> str:
         )
     run, file = run_dir_and_file(run_dir)
     checkpoint = file or find_checkpoint(run, itr)
-    spec = read_env_spec(run)
     ac, _ = load_policy(checkpoint, deterministic=True)
+    check_network(ac)  # first: an image policy is refused in one line, whatever its environment
+    spec = read_env_spec(run)
     metadata = metadata_for(spec["kind"], spec, ac.ctor_spec, osp.abspath(checkpoint))
     if spec["kind"] == "unity":
         shapes = read_run_config(run).get("observation_shapes")

@@ -81,7 +81,7 @@ class _Graph:
 # ------------------------------------------------------------------------------------------- the network
 
 
-def _check_network(ac: Any) -> None:
+def check_network(ac: Any) -> None:
     """A UserError unless ``ac`` is a network this exporter can write: spinppo's MLPActorCritic with flat
     observations and float32 weights (it walks the modules themselves, so a foreign layer fails there)."""
     import torch
@@ -91,6 +91,8 @@ def _check_network(ac: Any) -> None:
     spec = getattr(ac, "ctor_spec", {})
     if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
         raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
+    if "encoder" in spec or getattr(ac, "encoder", None) is not None:  # images, or a Dict with them
+        raise UserError("export of image policies is not supported yet (flat vector observations only)")
     if spec["observation"]["kind"] != "box" or len(spec["observation"]["shape"]) != 1:
         raise UserError(f"cannot export a policy of {spec['observation']} observations: flat vectors only")
     if any(p.dtype != torch.float32 for p in ac.parameters()):
@@ -243,7 +245,7 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
     was trained that way, this one was not). Returns an ``onnx.ModelProto``; a UserError for a network or
     shapes it cannot write.
     """
-    _check_network(ac)
+    check_network(ac)
     onnx = _onnx()
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     shapes = [[int(n) for n in shape] for shape in observation_shapes]
@@ -317,7 +319,7 @@ def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None
 
     from spinppo.core.networks import space_spec
 
-    _check_network(ac)
+    check_network(ac)
     onnx = _onnx()
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     if space_spec(action_space) != ac.ctor_spec["action"]:
