@@ -1,0 +1,148 @@
+"""Image encoders and observation layouts: shapes, errors, uint8 storage, and the vector path unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from spinppo.core.buffer import GAEBuffer
+from spinppo.core.encoders import ENCODERS, ImageEncoder, ObsLayout
+from spinppo.core.minibatches import MinibatchTable
+from spinppo.core.networks import MLPActorCritic, build_actor_critic
+from spinppo.utils.errors import UserError
+from tests.conftest import child_env
+
+DISCRETE = gym.spaces.Discrete(3)
+
+
+def image_space(shape, dtype=np.uint8) -> gym.spaces.Box:
+    return gym.spaces.Box(0, 255 if dtype == np.uint8 else 1, shape, dtype)
+
+
+@pytest.mark.parametrize(
+    ("name", "least", "features"), [("nature_cnn", 36, 512), ("simple", 20, 256), ("resnet", 15, 256)]
+)
+def test_each_encoder_takes_its_smallest_image(name, least, features):
+    assert ENCODERS[name][0] == least
+    for shape in [(least, least, 3), (4, least, least)]:  # channels-last and channels-first
+        enc = ImageEncoder(shape, name, uint8=True)
+        images = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+        out = enc(images)
+        assert out.shape == (5, features) and out.dtype == torch.float32
+        assert enc.out_dim == features
+    with pytest.raises(UserError) as e:
+        ImageEncoder((least - 1, least + 10, 3), name, uint8=True)
+    message = str(e.value)
+    assert "\n" not in message and f"({least - 1}, {least + 10}, 3)" in message
+    fits = [n for n, (m, _) in ENCODERS.items() if m <= least - 1]
+    assert f"encoders that fit: {', '.join(fits) or 'none'}" in message
+
+
+def test_layout_rule_and_scaling():
+    """(4, 84, 84) is channels-first, (84, 84, 3) channels-last; uint8 pixels are scaled by 1/255, float
+    ones are not: the same picture as uint8 and as float/255 gives the same features."""
+    from spinppo.core.encoders import image_chw
+
+    assert image_chw((4, 84, 84)) == ((4, 84, 84), True)
+    assert image_chw((84, 84, 3)) == ((3, 84, 84), False)
+    torch.manual_seed(0)
+    as_uint8 = ImageEncoder((20, 20, 3), "simple", uint8=True)
+    torch.manual_seed(0)
+    as_float = ImageEncoder((20, 20, 3), "simple", uint8=False)
+    pixels = torch.randint(0, 256, (2, 20, 20, 3), dtype=torch.uint8)
+    torch.testing.assert_close(as_uint8(pixels), as_float(pixels.float() / 255))
+    # channels-last input is the channels-first picture transposed
+    torch.manual_seed(0)
+    chw = ImageEncoder((3, 20, 20), "simple", uint8=True)
+    torch.testing.assert_close(chw(pixels.permute(0, 3, 1, 2)), as_uint8(pixels))
+
+
+def test_bad_images_are_one_line_errors():
+    with pytest.raises(UserError) as e:  # too small for the default encoder
+        MLPActorCritic(image_space((24, 24, 3)), DISCRETE)
+    assert "\n" not in str(e.value)
+    assert "(24, 24, 3)" in str(e.value) and "nature_cnn" in str(e.value)
+    assert "encoders that fit: simple, resnet" in str(e.value)
+    for shape in [(84, 84), (2, 84, 84, 3)]:  # wrong number of dimensions
+        with pytest.raises(UserError) as e:
+            MLPActorCritic(image_space(shape), DISCRETE)
+        assert "\n" not in str(e.value) and str(shape) in str(e.value) and "3 dimensions" in str(e.value)
+    with pytest.raises(UserError, match="--encoder must be one of nature_cnn, simple, resnet, not 'bogus'"):
+        MLPActorCritic(image_space((36, 36, 3)), DISCRETE, encoder="bogus")
+    with pytest.raises(UserError, match="must be a Box .a vector or an image., not discrete"):
+        MLPActorCritic(gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), DISCRETE)
+
+
+def test_encoder_typo_on_the_command_line_is_exit_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--encoder", "bogus"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--encoder must be one of nature_cnn, simple, resnet" in lines[0], proc.stderr
+
+
+def test_rollout_buffer_keeps_pixels_as_uint8():
+    """4096 steps of (4, 84, 84) frames: 115 MB as uint8 (462 MB had they been float32)."""
+    layout = ObsLayout.from_space(image_space((4, 84, 84)))
+    buf = GAEBuffer(layout, (), num_envs=1, steps=4096, discrete=True)
+    assert buf.obs.dtype == np.uint8
+    assert buf.obs.nbytes == 4096 * 4 * 84 * 84
+
+
+def test_buffer_and_minibatches_keep_dict_observations_apart():
+    space = gym.spaces.Dict({"cam": image_space((3, 20, 20)), "pos": gym.spaces.Box(-1, 1, (5,))})
+    layout = ObsLayout.from_space(space)
+    buf = GAEBuffer(layout, (), num_envs=2, steps=4, discrete=True)
+    for t in range(4):
+        obs = {"cam": np.full((2, 3, 20, 20), t, np.uint8), "pos": np.full((2, 5), t, np.float32)}
+        buf.store(
+            obs, np.zeros(2), np.ones(2), np.zeros(2), np.zeros(2), np.zeros(2, bool), np.zeros(2, bool)
+        )
+    buf.finish(np.zeros(2))
+    assert layout.vectors(buf.obs).shape == (8, 5)
+    batch = buf.get(normalize_adv=False)
+    assert batch["obs"]["cam"].dtype == torch.uint8 and batch["obs"]["cam"].shape == (8, 3, 20, 20)
+    table = MinibatchTable(obs=batch["obs"], adv=batch["adv"], act=batch["act"])
+    (mb,) = list(table.shuffled(8))
+    assert mb.obs["cam"].dtype == torch.uint8
+    # rows stay together: each row's image value equals its vector value
+    assert torch.equal(mb.obs["cam"][:, 0, 0, 0].float(), mb.obs["pos"][:, 0])
+
+
+def test_vector_networks_are_unchanged():
+    """No encoder for vectors: the old ctor_spec (old checkpoints rebuild), the numpy rollout path, the
+    same weights for a seed as an image-free build."""
+    space = gym.spaces.Box(-1, 1, (6,))
+    torch.manual_seed(0)
+    ac = MLPActorCritic(space, DISCRETE, encoder="resnet")  # ignored for vectors
+    assert "encoder" not in ac.ctor_spec and ac.encoder is None
+    assert ac.rollout_policy().in_numpy
+    torch.manual_seed(0)
+    again = build_actor_critic(ac.ctor_spec)
+    for (name, a), (_, b) in zip(ac.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_image_network_runs_in_torch_with_one_batched_call():
+    ac = MLPActorCritic(image_space((20, 20, 1)), DISCRETE, hidden_sizes=(16,), encoder="simple")
+    policy = ac.rollout_policy()
+    assert not policy.in_numpy
+    obs = np.random.randint(0, 256, (7, 20, 20, 1)).astype(np.uint8)
+    action, value, logp = policy.step(obs)
+    assert action.shape == (7,) and value.shape == (7,) and logp.shape == (7,)
+    logp2, _, value2 = ac.evaluate(torch.as_tensor(obs), torch.as_tensor(action))
+    np.testing.assert_allclose(logp2.detach().numpy(), logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value2.detach().numpy(), value, rtol=1e-5, atol=1e-6)
+    rebuilt = build_actor_critic(ac.ctor_spec)
+    rebuilt.load_state_dict(ac.state_dict())
+    assert torch.equal(rebuilt.act(torch.as_tensor(obs), True), ac.act(torch.as_tensor(obs), True))
