@@ -185,7 +185,7 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
     ac.requires_grad_(False)
     scalar = ac.act_shape == ()  # Discrete: one int; MultiDiscrete and Box: an array per observation
     # One observation has the rank of the policy's observation space (1 for vectors, 3 for stacked frames).
-    obs_rank = len(ctor["observation"]["shape"])
+    obs_rank = len(ctor["observation"].get("shape") or ())
 
     def get_action(obs: Any) -> Any:
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
