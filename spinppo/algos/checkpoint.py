@@ -96,7 +96,7 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
     differ = sorted(
         key for key in set(theirs) | set(ours) if key != "log_std_init" and theirs.get(key) != ours.get(key)
     )
-    if differ and set(differ) <= {"activation", "layer_norm", "shared_trunk", "norm_obs"}:
+    if differ and set(differ) <= {"activation", "layer_norm", "shared_trunk", "norm_obs", "encoder"}:
         shown = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in differ)
         raise UserError(
             f"--initialize_from {file}: the saved network has {shown}: give the same options to start from it"
