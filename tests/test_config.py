@@ -134,6 +134,7 @@ def test_ml_agents_walker_yaml_means_ml_agents_ppo(capsys):
         norm_adv=True,
         target_kl=None,
         ent_mean_over_dims=True,
+        encoder="simple",
         behavior="Walker",
     )
     assert {k: c[k] for k in expected} == expected
@@ -288,7 +289,7 @@ def _with(path: str, value) -> dict:
             "unknown key behaviors.B.hyperparameters.learning_rat",
         ),
         ("behaviors.B.network_settings.memory", {"memory_size": 128}, "network_settings.memory"),
-        ("behaviors.B.network_settings.vis_encode_type", "resnet", "vis_encode_type 'resnet'"),
+        ("behaviors.B.network_settings.vis_encode_type", "match3", "vis_encode_type 'match3'"),
         (
             "behaviors.B.hyperparameters.num_epoch",
             "three",

@@ -301,11 +301,12 @@ def _trainer(
         raise UserError(
             f"{where}: {net_path}.memory: recurrent policies are not supported yet; remove memory"
         )
-    if n["vis_encode_type"] != "simple":
+    if n["vis_encode_type"] not in ("simple", "nature_cnn", "resnet"):
         raise UserError(
-            f"{where}: {net_path}.vis_encode_type {n['vis_encode_type']!r} is not supported yet (spinppo "
-            "takes vector observations only); use simple or remove the key"
+            f"{where}: {net_path}.vis_encode_type {n['vis_encode_type']!r} is not supported (spinppo has "
+            "simple, nature_cnn and resnet)"
         )
+    values["encoder"] = n["vis_encode_type"]  # vector observations ignore it
     if n["goal_conditioning_type"] not in ("hyper", "none"):
         raise UserError(f"{where}: {net_path}.goal_conditioning_type must be hyper or none")
     if n["goal_conditioning_type"] == "hyper" and "goal_conditioning_type" in net:
