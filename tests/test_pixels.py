@@ -155,6 +155,13 @@ def test_dict_observations_train_checkpoint_and_resume(tmp_path):
     obs = {k: torch.as_tensor(np.stack([s[k] for s in steps])) for k in ("image", "vector")}
     assert obs["image"].dtype == torch.uint8
     torch.testing.assert_close(rebuilt.evaluate(obs, torch.zeros(8))[0], ac.evaluate(obs, torch.zeros(8))[0])
+    # test_policy's loader takes one Dict observation or a batch of them.
+    from spinppo.tools.test_policy import load_policy
+
+    _, get_action = load_policy(str(out), deterministic=True)
+    want = ac.act(obs, deterministic=True).numpy()
+    assert [get_action(s) for s in steps] == want.tolist()
+    assert get_action({k: v.numpy() for k, v in obs.items()}).tolist() == want.tolist()
     train(
         str(out),
         with_vector=True,

@@ -431,5 +431,8 @@ def test_damaged_config_json_is_one_line_naming_file_and_key(runs, tmp_path, tex
 
 
 def test_itr_that_is_not_a_number(runs):
+    msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "newest"))
+    assert "--itr takes an iteration number, 'last' or 'best', not 'newest'" in msg
+    # 'best' is a name, of the policy --eval_freq keeps: a run without evaluation has none.
     msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "best"))
-    assert "--itr takes an iteration number or 'last', not 'best'" in msg
+    assert "no pyt_save/model_best.pt" in msg and "--eval_freq" in msg

@@ -79,7 +79,7 @@ def check_common_flags(
         check_ac_kwargs(**(config.get("ac_kwargs") or {}))
     # A gymnasium environment is made num_envs times (a Unity build or a Python env_fn may bring its own
     # count: OnPolicyRun checks that once the environment exists).
-    if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) == "gym":
+    if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) in ("gym", "atari"):
         rollout_length(config["steps_per_epoch"], config["num_envs"])
     if config.get("eval_freq", 0) < 0 or config.get("eval_episodes", 1) < 1:
         raise UserError(

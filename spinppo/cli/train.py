@@ -156,7 +156,7 @@ def write_pictures(dirs: list[str]) -> None:
         curve, video = os.path.join(d, "curve.png"), os.path.join(d, "replay.mp4")
         plot.main([d, "--out", curve])
         made = [f"learning curve: {curve}"]
-        if test_policy.read_env_spec(d)["kind"] == "gym":
+        if test_policy.read_env_spec(d)["kind"] in ("gym", "atari"):
             test_policy.main([d, "--deterministic", "--episodes", "1", "--video", video])
             made.append(f"replay video: {video}")
         print("\n" + "\n".join(made), flush=True)

@@ -47,7 +47,8 @@ def _is_ale(env: gym.Env) -> bool:
 
 def _saved(value: Any) -> bool:
     """Whether a wrapper's attribute is state this module saves: plain values, numpy scalars and arrays,
-    and lists, tuples and deques of arrays (frame buffers). Everything else (spaces, the wrapped env) is made anew."""
+    and lists, tuples and deques of arrays (frame buffers). Everything else (spaces, the wrapped env) is
+    made anew."""
     if isinstance(value, (_PLAIN, np.ndarray, np.generic)):  # np.generic: numpy scalars (an action)
         return True
     if isinstance(value, (list, tuple, deque)):

@@ -184,13 +184,23 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
     ac.eval()
     ac.requires_grad_(False)
     scalar = ac.act_shape == ()  # Discrete: one int; MultiDiscrete and Box: an array per observation
-    # One observation has the rank of the policy's observation space (1 for vectors, 3 for stacked frames).
-    obs_rank = len(ctor["observation"].get("shape") or ())
+    # One observation has the rank of the policy's observation space (1 for vectors, 3 for stacked frames);
+    # a Dict observation is one when its parts have their spaces' ranks.
+    spec = ctor["observation"]
+    parts = spec["spaces"] if spec["kind"] == "dict" else {None: spec}
+    obs_rank = {key: len(part.get("shape") or ()) for key, part in parts.items()}
 
     def get_action(obs: Any) -> Any:
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
-        single = x.ndim == obs_rank
-        action = ac.act(x.unsqueeze(0) if single else x, deterministic=deterministic).numpy()
+        if spec["kind"] == "dict":
+            x: Any = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in obs.items()}
+            key = next(iter(obs_rank))
+            single = x[key].ndim == obs_rank[key]
+            batch = {k: v.unsqueeze(0) for k, v in x.items()} if single else x
+        else:
+            x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+            single = x.ndim == obs_rank[None]
+            batch = x.unsqueeze(0) if single else x
+        action = ac.act(batch, deterministic=deterministic).numpy()
         if not single:
             return action
         return int(action[0]) if scalar else action[0]
@@ -284,12 +294,19 @@ def check_spaces(env: Any, ctor: dict[str, Any], where: str) -> None:
     vector = isinstance(env, gym.vector.VectorEnv)
     obs_space = env.single_observation_space if vector else env.observation_space
     act_space = env.single_action_space if vector else env.action_space
-    want = ctor["observation"]["shape"]
-    if list(obs_space.shape or ()) != list(want):
-        raise UserError(
-            f"the environment's observations have shape {obs_space.shape}, the policy in {where} "
-            f"expects {tuple(want)}: was the environment changed?"
-        )
+    if ctor["observation"]["kind"] == "dict":
+        if space_spec(obs_space) != ctor["observation"]:
+            raise UserError(
+                f"the environment's observations {obs_space} are not the ones the policy in {where} was "
+                "trained on: was the environment changed?"
+            )
+    else:
+        want = ctor["observation"]["shape"]
+        if list(obs_space.shape or ()) != list(want):
+            raise UserError(
+                f"the environment's observations have shape {obs_space.shape}, the policy in {where} "
+                f"expects {tuple(want)}: was the environment changed?"
+            )
     # space_spec is how the actor-critic recorded its own action space (Box, Discrete, MultiDiscrete).
     if space_spec(act_space) != ctor["action"]:
         raise UserError(f"the environment's action space {act_space} does not fit the policy in {where}")
