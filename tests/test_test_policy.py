@@ -436,3 +436,30 @@ def test_itr_that_is_not_a_number(runs):
     # 'best' is a name, of the policy --eval_freq keeps: a run without evaluation has none.
     msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "best"))
     assert "no pyt_save/model_best.pt" in msg and "--eval_freq" in msg
+
+
+def test_videos_follow_the_walker():
+    """Gymnasium's renderer resets its free camera at every frame, so a walker leaves the video after a few
+    metres; replay's frames follow the body the environment's camera config names."""
+    import gymnasium as gym
+    import mujoco
+
+    from spinppo.tools.test_policy import _render_frame
+
+    env = gym.make("Walker2d-v5", render_mode="rgb_array", width=64, height=64)
+    env.reset(seed=0)
+    first = _render_frame(env)
+    sim = env.unwrapped
+    sim.data.qpos[0] = 5.0  # five metres on
+    mujoco.mj_forward(sim.model, sim.data)
+    moved = _render_frame(env)
+    viewer = sim.mujoco_renderer._get_viewer("rgb_array")
+    assert viewer.cam.type == mujoco.mjtCamera.mjCAMERA_TRACKING
+    assert abs(viewer.cam.lookat[0] - sim.data.subtree_com[2][0]) < 1e-6
+
+    # The walker (brown and pink: red well above green; the floor and sky are not) is in both pictures.
+    def walker_pixels(frame: np.ndarray) -> int:
+        return int((frame[..., 0].astype(int) - frame[..., 1] > 40).sum())
+
+    assert walker_pixels(first) > 5 and walker_pixels(moved) > 5
+    env.close()

@@ -421,10 +421,30 @@ class Episode(NamedTuple):
     length: int
 
 
+def _follow_the_body(env: Any) -> None:
+    """Make a MuJoCo environment's offscreen camera follow the body its default camera config names.
+
+    Gymnasium's v5 environments name a body to track (Walker2d: the torso), but its renderer sets the free
+    camera again at every frame (camera_id -1), so a walker walks out of the video after a few metres.
+    """
+    renderer = getattr(getattr(env, "unwrapped", env), "mujoco_renderer", None)
+    if renderer is None or renderer.camera_id not in (None, -1):
+        return  # not MuJoCo, or the user chose a camera
+    import mujoco
+
+    viewer = renderer._get_viewer("rgb_array")
+    if viewer.cam.trackbodyid > 0:  # a body (0 is the world: InvertedPendulum's stays a fixed view)
+        renderer.camera_id = None  # keep our camera type: the renderer resets it only for an id
+        viewer.cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+
+
 def _render_frame(env: Any) -> np.ndarray:
     import gymnasium as gym
 
     try:
+        if not getattr(env, "_spinppo_follows", False):
+            _follow_the_body(env)
+            env._spinppo_follows = True
         frame = env.render()
     except gym.error.DependencyNotInstalled as e:
         raise UserError(f"cannot render this environment ({first_line(e)})") from None
