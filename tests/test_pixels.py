@@ -1,5 +1,5 @@
 """Image and Dict observations end to end: PPO learns a task whose answer is only in the pixels, a control
-run without the pixels' information stays at chance, uint8 storage, checkpoints, replay and export.
+run without the pixels' information stays at chance, uint8 storage, checkpoints, replay and ONNX export.
 
 The task (``SideEnv``): a dark 20x20 image (the ``simple`` encoder's smallest) with a bright square on the
 left or the right half, drawn anew every step; action 0 (left) or 1 (right) earns +1 when it matches the
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pytest
 import torch
 
 from spinppo.core.buffer import GAEBuffer
@@ -115,11 +114,13 @@ def test_ppo_learns_from_pixels_and_not_from_noise(tmp_path):
     assert config["ac_kwargs"]["encoder"] == "simple"
 
 
-def test_image_policy_replays_and_is_not_exported(tmp_path):
-    """A saved image policy gives the same actions after load_policy; export refuses it in one line."""
-    from spinppo.tools.export import export_onnx
+def test_image_policy_replays_and_is_exported(tmp_path):
+    """A saved image policy gives the same actions after load_policy and from its ONNX graph (generic form,
+    uint8 HWC images in as stored)."""
+    import onnxruntime as ort
+
+    from spinppo.tools.onnx_policy import gym_model
     from spinppo.tools.test_policy import load_policy
-    from spinppo.utils.errors import UserError
 
     ac = train(str(tmp_path / "run"), epochs=2, save_freq=1)
     env = SideEnv()
@@ -130,9 +131,8 @@ def test_image_policy_replays_and_is_not_exported(tmp_path):
     assert loaded.ctor_spec["encoder"] == "simple"
     assert loaded.ctor_spec["observation"] == {"kind": "box", "shape": [SIZE, SIZE, 1], "dtype": "uint8"}
     np.testing.assert_array_equal(get_action(batch), mine)  # test_policy hands it float32: still /255
-    with pytest.raises(UserError, match="export of image policies is not supported yet") as e:
-        export_onnx(str(tmp_path / "run"), str(tmp_path / "p.onnx"))
-    assert "\n" not in str(e.value)
+    session = ort.InferenceSession(gym_model(loaded, env.action_space).SerializeToString())
+    np.testing.assert_array_equal(session.run(["deterministic_actions"], {"obs": batch})[0], mine)
 
 
 def test_dict_observations_train_checkpoint_and_resume(tmp_path):

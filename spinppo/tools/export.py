@@ -10,7 +10,9 @@ lists them, ``action_masks`` for discrete actions; outputs ``version_number``, `
 ``continuous_actions`` ... ``deterministic_discrete_actions``; opset 9), so the file goes into a Unity
 project's Behavior Parameters as a trained model. Any other run gets the generic form: input ``obs``,
 outputs ``actions`` and ``deterministic_actions``, already clipped and shifted as spinppo sends them to
-the environment. Both take raw observations (normalisation is inside the graph). docs/export.md lists
+the environment. Both take raw observations (normalisation is inside the graph); an image policy
+(one image observation: nature_cnn, simple or resnet) is written in the generic form only, its ``obs``
+the images as the environment gives them (uint8 or float32, CHW or HWC). docs/export.md lists
 every name, shape and dtype and the ML-Agents source they follow.
 
 The file carries the run's environment in its metadata, so ``python -m spinppo.run test_policy OUT.onnx``
@@ -63,7 +65,7 @@ def export_onnx(run_dir: str, out: str, itr: int | str | None = "last") -> str:
     run, file = run_dir_and_file(run_dir)
     checkpoint = file or find_checkpoint(run, itr)
     ac, _ = load_policy(checkpoint, deterministic=True)
-    check_network(ac)  # first: an image policy is refused in one line, whatever its environment
+    check_network(ac)  # first: a network it cannot write is refused in one line, whatever its env
     spec = read_env_spec(run)
     metadata = metadata_for(spec["kind"], spec, ac.ctor_spec, osp.abspath(checkpoint))
     if spec["kind"] == "unity":
@@ -101,18 +103,30 @@ def export_onnx(run_dir: str, out: str, itr: int | str | None = "last") -> str:
 
 def _verify(data: bytes, ac: Any, act_space: Any) -> None:
     """Run the graph with onnxruntime on observations around the normalisation statistics and compare its
-    deterministic actions with the torch policy's: a wrong graph fails here, not in the user's game."""
+    deterministic actions with the torch policy's (random pixels for an image policy): a wrong graph fails
+    here, not in the user's game."""
+    obs_spec = ac.ctor_spec["observation"]
+    rng = np.random.default_rng(0)
+    if len(obs_spec["shape"]) == 3:  # one image, as the environment gives it: random pixels
+        if obs_spec.get("dtype") == "uint8":
+            obs = rng.integers(0, 256, (64, *obs_spec["shape"]), dtype=np.uint8)
+        else:
+            obs = rng.random((64, *obs_spec["shape"]), dtype=np.float32)
+        return _compare(data, ac, act_space, obs)
+    obs_dim = obs_spec["shape"][0]
+    mean = ac.obs_rms.mean.numpy() if ac.norm_obs else np.zeros(obs_dim)
+    std = np.sqrt(ac.obs_rms.var.numpy()) if ac.norm_obs else np.ones(obs_dim)
+    obs = (mean + std * rng.normal(size=(64, obs_dim)) * 2).astype(np.float32)
+    _compare(data, ac, act_space, obs)
+
+
+def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
     import tempfile
 
     import torch
 
     from spinppo.envs.spaces import action_for_env
 
-    obs_dim = ac.ctor_spec["observation"]["shape"][0]
-    rng = np.random.default_rng(0)
-    mean = ac.obs_rms.mean.numpy() if ac.norm_obs else np.zeros(obs_dim)
-    std = np.sqrt(ac.obs_rms.var.numpy()) if ac.norm_obs else np.ones(obs_dim)
-    obs = (mean + std * rng.normal(size=(64, obs_dim)) * 2).astype(np.float32)
     with torch.no_grad():
         want = ac.act(torch.as_tensor(obs), deterministic=True).numpy()
     with tempfile.NamedTemporaryFile(suffix=".onnx") as f:

@@ -8,9 +8,11 @@ Two forms (docs/export.md lists every name, shape and dtype):
   outputs ``version_number`` (3), ``memory_size`` (0), then ``continuous_actions``,
   ``continuous_action_output_shape``, ``deterministic_continuous_actions`` or ``discrete_actions``,
   ``discrete_action_output_shape``, ``deterministic_discrete_actions``.
-- **Generic** (``gym_model``): input ``obs`` (raw observations), outputs ``actions`` (sampled) and
-  ``deterministic_actions``, both exactly what spinppo's replay sends the environment (Box actions clipped
-  to the space's bounds, Discrete actions shifted by the space's ``start``).
+- **Generic** (``gym_model``): input ``obs`` (raw observations; one image goes in as the environment
+  stores it, uint8 or float32, CHW or HWC, through its encoder's Conv/MaxPool/Add layers), outputs
+  ``actions`` (sampled) and ``deterministic_actions``, both exactly what spinppo's replay sends the
+  environment (Box actions clipped to the space's bounds, Discrete actions shifted by the space's
+  ``start``).
 
 Both hold observation normalisation (``obs_rms``: standardise, clip to +-10) inside the graph, so they
 take the environment's raw observations. The graph is written node by node with ``onnx.helper`` rather
@@ -83,7 +85,8 @@ class _Graph:
 
 def check_network(ac: Any) -> None:
     """A UserError unless ``ac`` is a network this exporter can write: spinppo's MLPActorCritic with flat
-    observations and float32 weights (it walks the modules themselves, so a foreign layer fails there)."""
+    observations or one image observation, and float32 weights (it walks the modules themselves, so a
+    foreign layer fails there)."""
     import torch
 
     from spinppo.core.networks import MLPActorCritic
@@ -91,12 +94,17 @@ def check_network(ac: Any) -> None:
     spec = getattr(ac, "ctor_spec", {})
     if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
         raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
-    if "encoder" in spec or getattr(ac, "encoder", None) is not None:  # images, or a Dict with them
-        raise UserError("export of image policies is not supported yet (flat vector observations only)")
-    if spec["observation"]["kind"] != "box" or len(spec["observation"]["shape"]) != 1:
-        raise UserError(f"cannot export a policy of {spec['observation']} observations: flat vectors only")
+    obs = spec["observation"]
+    if obs["kind"] == "dict":
+        raise UserError("export of Dict observations is not supported yet (one vector or one image only)")
+    if obs["kind"] != "box" or len(obs["shape"]) not in (1, 3):
+        raise UserError(f"cannot export a policy of {obs} observations: flat vectors or one image only")
     if any(p.dtype != torch.float32 for p in ac.parameters()):
         raise UserError("cannot export a policy whose weights are not float32")
+
+
+def _is_image(ac: Any) -> bool:
+    return len(ac.ctor_spec["observation"]["shape"]) == 3
 
 
 def _linear(g: _Graph, layer: Any, x: str, rows: slice = slice(None)) -> str:
@@ -151,6 +159,8 @@ def _activation(g: _Graph, module: Any, x: str) -> str | None:
 def _sequential(g: _Graph, modules: list[Any], x: str) -> str:
     from torch import nn
 
+    from spinppo.core.encoders import _Residual
+
     for module in modules:
         if isinstance(module, nn.Identity):
             continue
@@ -158,12 +168,74 @@ def _sequential(g: _Graph, modules: list[Any], x: str) -> str:
             x = _linear(g, module, x)
         elif type(module) is nn.LayerNorm:
             x = _layer_norm(g, module, x)
+        elif type(module) is nn.Conv2d:
+            x = _conv(g, module, x)
+        elif type(module) is nn.MaxPool2d:
+            x = _max_pool(g, module, x)
+        elif type(module) is _Residual:  # x + conv1(relu(conv0(relu(x))))
+            y = _conv(g, module.conv0, g.op("Relu", [x]))
+            y = _conv(g, module.conv1, g.op("Relu", [y]))
+            x = g.op("Add", [x, y], "residual")
+        elif type(module) is nn.Flatten:
+            if (module.start_dim, module.end_dim) != (1, -1):
+                raise UserError(f"cannot export Flatten({module.start_dim}, {module.end_dim}): (1, -1) only")
+            x = g.op("Flatten", [x], axis=1)  # [N, C, H, W] -> [N, C*H*W] in torch's (row-major) order
         else:
             y = _activation(g, module, x)
             if y is None:
                 raise UserError(f"cannot export a network with a {type(module).__name__} layer")
             x = y
     return x
+
+
+def _pair(value: Any) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
+
+
+def _conv(g: _Graph, conv: Any, x: str) -> str:
+    """torch's Conv2d (zero padding, NCHW) as ONNX Conv with its weights, strides, pads and dilations."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise UserError(f"cannot export Conv2d(padding={conv.padding!r}, padding_mode={conv.padding_mode!r})")
+    pads = _pair(conv.padding)
+    inputs = [x, g.const("conv_weight", conv.weight.detach().numpy())]
+    if conv.bias is not None:
+        inputs.append(g.const("conv_bias", conv.bias.detach().numpy()))
+    return g.op(
+        "Conv",
+        inputs,
+        "conv",
+        kernel_shape=_pair(conv.kernel_size),
+        strides=_pair(conv.stride),
+        pads=pads + pads,  # [top, left, bottom, right]
+        dilations=_pair(conv.dilation),
+        group=int(conv.groups),
+    )
+
+
+def _max_pool(g: _Graph, pool: Any, x: str) -> str:
+    """torch's MaxPool2d as ONNX MaxPool (opset 9 rounds output sizes down: ceil_mode=False only)."""
+    if pool.ceil_mode or _pair(pool.dilation) != [1, 1] or pool.return_indices:
+        raise UserError("cannot export MaxPool2d with ceil_mode, dilation or indices (opset 9 has none)")
+    pads = _pair(pool.padding)
+    stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    return g.op(
+        "MaxPool", [x], "maxpool", kernel_shape=_pair(pool.kernel_size), strides=stride, pads=pads + pads
+    )
+
+
+def _image_features(g: _Graph, encoder: Any, x: str) -> str:
+    """``ImageEncoder.forward``: to CHW (Transpose), to float (Cast), 1/255 for uint8, the convolutions,
+    Flatten, the dense layer and its activation."""
+    from spinppo.core.encoders import ImageEncoder
+
+    if type(encoder) is not ImageEncoder:
+        raise UserError(f"cannot export an image encoder {type(encoder).__name__}")
+    if not encoder.channels_first:
+        x = g.op("Transpose", [x], "to_chw", perm=[0, 3, 1, 2])
+    x = g.op("Cast", [x], "as_float", to=_onnx().TensorProto.FLOAT)
+    if encoder.scale is not None:
+        x = g.op("Mul", [x, g.const("pixel_scale", [encoder.scale])], "scaled_pixels")
+    return _sequential(g, [*encoder.convs, *encoder.dense], x)
 
 
 def _normalized(g: _Graph, ac: Any, x: str) -> str:
@@ -183,13 +255,18 @@ def _normalized(g: _Graph, ac: Any, x: str) -> str:
 
 
 def _policy_head(g: _Graph, ac: Any, x: str) -> list[str]:
-    """The policy head's outputs for raw observations ``x``: [mean] (Box) or one logits tensor per branch,
-    each from its own slice of the last layer's rows (ML-Agents gives each branch its own layer too)."""
+    """The policy head's outputs for raw observations ``x`` (vectors, or one image as stored): [mean] (Box)
+    or one logits tensor per branch, each from its own slice of the last layer's rows (ML-Agents gives each
+    branch its own layer too)."""
     from torch import nn
 
-    feat = _sequential(
-        g, list(ac.trunk) if isinstance(ac.trunk, nn.Sequential) else [], _normalized(g, ac, x)
-    )
+    if ac.encoder is not None:  # one image: no vector parts, so obs_rms normalises nothing
+        if len(ac.encoder.images) != 1 or ac.layout.is_dict:
+            raise UserError("export of Dict observations is not supported yet (one vector or one image only)")
+        x = _image_features(g, ac.encoder.images[0], x)
+    else:
+        x = _normalized(g, ac, x)
+    feat = _sequential(g, list(ac.trunk) if isinstance(ac.trunk, nn.Sequential) else [], x)
     layers = list(ac.pi)
     if not layers or type(layers[-1]) is not nn.Linear:
         raise UserError("cannot export a policy head that does not end in a Linear layer")
@@ -246,6 +323,10 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
     shapes it cannot write.
     """
     check_network(ac)
+    if _is_image(ac):
+        raise UserError(
+            "the Unity form of an image policy cannot be written: Unity runs take vector sensors only"
+        )
     onnx = _onnx()
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     shapes = [[int(n) for n in shape] for shape in observation_shapes]
@@ -309,7 +390,8 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
 
 
 def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None) -> Any:
-    """The policy ``ac`` with input ``obs`` (raw observations, float32 [batch, obs_dim]) and outputs
+    """The policy ``ac`` with input ``obs`` (raw observations: float32 [batch, obs_dim], or one image
+    [batch, *shape] in the environment's layout and dtype, uint8 or float32) and outputs
     ``actions`` (sampled) and ``deterministic_actions`` (mean or most likely action), each exactly what
     spinppo's replay sends the environment with ``action_space``: Box actions clipped to its bounds
     (float32 [batch, *shape]), Discrete and MultiDiscrete actions shifted by its ``start`` (int64 [batch]
@@ -324,9 +406,11 @@ def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     if space_spec(action_space) != ac.ctor_spec["action"]:
         raise UserError(f"the action space {action_space} does not fit the policy's {ac.ctor_spec['action']}")
-    obs_dim = ac.ctor_spec["observation"]["shape"][0]
+    obs = ac.ctor_spec["observation"]
+    # Images go in as stored: uint8 (or float32), in the environment's layout (CHW or HWC).
+    obs_type = onnx.TensorProto.UINT8 if obs.get("dtype") == "uint8" else float32
     g = _Graph()
-    inputs = [onnx.helper.make_tensor_value_info("obs", float32, ["batch", obs_dim])]
+    inputs = [onnx.helper.make_tensor_value_info("obs", obs_type, ["batch", *obs["shape"]])]
     heads = _policy_head(g, ac, "obs")
     if isinstance(action_space, gym.spaces.Box):
         shape = [int(n) for n in action_space.shape]
@@ -425,16 +509,29 @@ class OnnxPolicy:
         self.obs_sizes = []
         for name in self.obs_names:
             shape = inputs[name].shape
-            if len(shape) != 2 or not isinstance(shape[1], int):
-                raise UserError(f"{path}: input {name} has shape {shape}, not [batch, n]: vector inputs only")
-            self.obs_sizes.append(shape[1])
+            fixed = all(isinstance(n, int) for n in shape[1:])
+            image = self.form == "gym" and len(shape) == 4 and fixed
+            if not image and (len(shape) != 2 or not fixed):
+                raise UserError(
+                    f"{path}: input {name} has shape {shape}, not [batch, n] (or [batch, *image] for obs)"
+                )
+            self.obs_sizes.append(math.prod(shape[1:]))
+        # An image input: its shape, and its element type (uint8 images go in as stored)
+        first = inputs[self.obs_names[0]]
+        self.image_shape = list(first.shape[1:]) if len(first.shape) == 4 else None
+        self.obs_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
         self.mask_size = None
         if "action_masks" in inputs:
             self.mask_size = inputs["action_masks"].shape[1]
         self.env_spec = json.loads(self.metadata[META_ENV]) if META_ENV in self.metadata else None
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)]), all actions allowed."""
+        """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)], or images [batch,
+        *image_shape] of any dtype holding their stored values), all actions allowed."""
+        if self.image_shape is not None:
+            return self.session.run(
+                [self.outputs[deterministic]], {"obs": np.asarray(obs).astype(self.obs_dtype)}
+            )[0]
         obs = np.asarray(obs, dtype=np.float32)
         feeds = dict(zip(self.obs_names, np.split(obs, np.cumsum(self.obs_sizes)[:-1], axis=1)))
         if self.mask_size is not None:
