@@ -208,6 +208,15 @@ def _known(section: Mapping[str, Any], defaults: Mapping[str, Any], where: str, 
             )
 
 
+def _with_defaults(section: Any, defaults: Mapping[str, Any], where: str, path: str) -> dict[str, Any]:
+    """A trainer section (None: empty) checked for unknown keys, over ML-Agents' ``defaults``."""
+    section = section or {}
+    if not isinstance(section, dict):
+        raise UserError(f"{where}: {path} must be a mapping")
+    _known(section, defaults, where, path)
+    return {**defaults, **section}
+
+
 def _number(value: Any, where: str, path: str, kind: type = float, minimum: float | None = None) -> Any:
     """``value`` as an int or float, else a UserError naming the key. Text that is a number (PyYAML reads
     ``3e-4`` as a string) counts, as ML-Agents' converters take it."""
@@ -258,12 +267,8 @@ def _trainer(
         if s[key] is not None:
             raise UserError(f"{where}: {path}.{key}: {what} is not supported by spinppo; remove the section")
 
-    hyper = s["hyperparameters"] or {}
-    if not isinstance(hyper, dict):
-        raise UserError(f"{where}: {path}.hyperparameters must be a mapping")
-    _known(hyper, HYPER_DEFAULTS, where, f"{path}.hyperparameters")
-    h = {**HYPER_DEFAULTS, **hyper}
     hp = f"{path}.hyperparameters"
+    h = _with_defaults(s["hyperparameters"], HYPER_DEFAULTS, where, hp)
     buffer_size = _number(h["buffer_size"], where, f"{hp}.buffer_size", int, 1)
     batch_size = _number(h["batch_size"], where, f"{hp}.batch_size", int, 1)
     lr_linear = _schedule(h["learning_rate_schedule"], where, f"{hp}.learning_rate_schedule")
@@ -287,12 +292,9 @@ def _trainer(
     values["update_epochs"] = _number(h["num_epoch"], where, f"{hp}.num_epoch", int, 1)
     values["shared_trunk"] = _bool(h["shared_critic"], where, f"{hp}.shared_critic")
 
-    net = s["network_settings"] or {}
-    if not isinstance(net, dict):
-        raise UserError(f"{where}: {path}.network_settings must be a mapping")
-    _known(net, NETWORK_DEFAULTS, where, f"{path}.network_settings")
-    n = {**NETWORK_DEFAULTS, **net}
     net_path = f"{path}.network_settings"
+    net = s["network_settings"] or {}
+    n = _with_defaults(net, NETWORK_DEFAULTS, where, net_path)
     values["norm_obs"] = _bool(n["normalize"], where, f"{net_path}.normalize")
     units = _number(n["hidden_units"], where, f"{net_path}.hidden_units", int, 1)
     layers = _number(n["num_layers"], where, f"{net_path}.num_layers", int, 1)
@@ -335,11 +337,7 @@ def _trainer(
         raise UserError(
             f"{where}: {path}.reward_signals has no extrinsic: spinppo learns the extrinsic reward"
         )
-    ext = signals["extrinsic"] or {}
-    if not isinstance(ext, dict):
-        raise UserError(f"{where}: {path}.reward_signals.extrinsic must be a mapping")
-    _known(ext, SIGNAL_DEFAULTS, where, f"{path}.reward_signals.extrinsic")
-    e = {**SIGNAL_DEFAULTS, **ext}
+    e = _with_defaults(signals["extrinsic"], SIGNAL_DEFAULTS, where, f"{path}.reward_signals.extrinsic")
     values["gamma"] = _number(e["gamma"], where, f"{path}.reward_signals.extrinsic.gamma")
     values["reward_scale"] = _number(e["strength"], where, f"{path}.reward_signals.extrinsic.strength")
 
