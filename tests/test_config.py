@@ -288,7 +288,6 @@ def _with(path: str, value) -> dict:
             0.1,
             "unknown key behaviors.B.hyperparameters.learning_rat",
         ),
-        ("behaviors.B.network_settings.memory", {"memory_size": 128}, "network_settings.memory"),
         ("behaviors.B.network_settings.vis_encode_type", "match3", "vis_encode_type 'match3'"),
         (
             "behaviors.B.hyperparameters.num_epoch",
@@ -320,6 +319,86 @@ def test_what_spinppo_does_not_do_is_a_one_line_error_naming_key_and_file(
 def test_an_ml_agents_config_is_for_ppo(tmp_path, capsys):
     f = write(tmp_path / "ml.yaml", _with("behaviors.B.max_steps", 1000))
     assert "configures PPO: run python -m spinppo.run ppo" in error_of(capsys, "a2c", "--config", f)
+
+
+def test_ml_agents_memory_is_memory_size_and_sequence_length(tmp_path, capsys):
+    """network_settings.memory: recurrent policies, with ML-Agents' MemorySettings defaults (memory_size
+    128, sequence_length 64) for the keys a section leaves out; null or absent: no memory."""
+
+    def resolved(memory, *argv: str) -> tuple[int, int]:
+        f = write(tmp_path / "ml.yaml", _with("behaviors.B.network_settings.memory", memory))
+        c = printed(capsys, "--config", f, "--env", "CartPole", *argv)
+        return c["memory_size"], c["sequence_length"]
+
+    assert resolved({"memory_size": 32, "sequence_length": 16}) == (32, 16)
+    assert resolved({"memory_size": 32}) == (32, 64)
+    assert resolved({"sequence_length": 16}) == (128, 16)
+    assert resolved({}) == (128, 64)
+    assert resolved({"memory_size": "256"}) == (256, 64)  # text that is a number counts, as elsewhere
+    assert resolved(None)[0] == 0
+    assert resolved({"memory_size": 32}, "--memory_size", "0")[0] == 0  # the command line still overrides
+    # default_settings' memory merges with the behavior's; --print_config's file means the same.
+    doc = _with("behaviors.B.network_settings.memory", {"sequence_length": 8})
+    doc["default_settings"] = {"network_settings": {"memory": {"memory_size": 16}}}
+    f = write(tmp_path / "merged.yaml", doc)
+    c = printed(capsys, "--config", f, "--env", "CartPole")
+    assert (c["memory_size"], c["sequence_length"]) == (16, 8)
+    assert printed(capsys, "--config", write(tmp_path / "printed.yaml", c)) == c
+
+
+@pytest.mark.parametrize(
+    "memory, message",
+    [
+        ({"memory_size": 33}, "memory.memory_size must be greater than 0 and divisible by 2"),
+        ({"memory_size": 0}, "memory.memory_size must be greater than 0 and divisible by 2"),
+        ({"memory_size": -8}, "memory.memory_size must be greater than 0 and divisible by 2"),
+        ({"memory_size": "big"}, "memory.memory_size must be a whole number, not 'big'"),
+        ({"memory_size": 12.5}, "memory.memory_size must be a whole number, not 12.5"),
+        ({"sequence_length": 0}, "memory.sequence_length must be a whole number of at least 1, not 0"),
+        ({"sequence_length": "long"}, "memory.sequence_length must be a whole number of at least 1"),
+        # ML-Agents' TrainerSettings check (batch_size: its default 1024).
+        (
+            {"sequence_length": 2048},
+            "memory.sequence_length 2048 must be at most behaviors.B.hyperparameters",
+        ),
+        ({"memory_units": 16}, "unknown key behaviors.B.network_settings.memory.memory_units"),
+        (128, "network_settings.memory must be a mapping"),
+        (False, "network_settings.memory must be a mapping"),
+    ],
+)
+def test_bad_ml_agents_memory_is_a_one_line_error_naming_key_and_file(tmp_path, capsys, memory, message):
+    f = write(tmp_path / "ml.yaml", _with("behaviors.B.network_settings.memory", memory))
+    err = error_of(capsys, "ppo", "--config", f, "--env", "CartPole")
+    assert message in err and f in err, err
+
+
+def test_an_ml_agents_config_with_memory_trains_a_recurrent_policy(tmp_path):
+    import torch
+
+    doc = {
+        "behaviors": {
+            "B": {
+                "trainer_type": "ppo",
+                "hyperparameters": {"buffer_size": 256, "batch_size": 64, "num_epoch": 2},
+                "network_settings": {
+                    "hidden_units": 16,
+                    "num_layers": 1,
+                    "memory": {"memory_size": 16, "sequence_length": 8},
+                },
+                "max_steps": 512,  # 2 epochs of 256 steps
+                "time_horizon": 32,
+            }
+        },
+        "checkpoint_settings": {"run_id": "mem", "results_dir": str(tmp_path)},
+    }
+    f = write(tmp_path / "ml.yaml", doc)
+    assert main(["ppo", "--config", f, "--env", "CartPole", "--tensorboard", "false"]) == 0
+    run_dir = tmp_path / "mem" / "mem_s0"
+    assert len(rows_without_timing(run_dir)) == 1 + 2
+    ac_kwargs = json.loads((run_dir / "config.json").read_text())["ac_kwargs"]
+    assert (ac_kwargs["memory_size"], ac_kwargs["sequence_length"]) == (16, 8)
+    payload = torch.load(run_dir / "pyt_save" / "model.pt", map_location="cpu", weights_only=True)
+    assert (payload["ctor"]["memory_size"], payload["ctor"]["sequence_length"]) == (16, 8)
 
 
 # ------------------------------------------------------------------------------- curricula, end to end

@@ -4,8 +4,13 @@ The file is read as mlagents-learn (release 19/20, ``mlagents/trainers/settings.
 behavior's settings, over ``default_settings``, with ML-Agents' defaults for every trainer key the file
 leaves out. Each key becomes the spinppo flag that means the same (the table in docs/config.md, which
 also says where a meaning differs). What spinppo does not do (curiosity, GAIL, RND, self-play, behavioral
-cloning, SAC or POCA, memory, visual encoders other than the default) and any key ML-Agents does not know
+cloning, SAC or POCA, visual encoders other than the default) and any key ML-Agents does not know
 is a one-line error naming the key and the file: nothing is silently ignored.
+
+``network_settings.memory`` (ML-Agents' recurrent policies) becomes ``--memory_size`` and
+``--sequence_length``, with ML-Agents' defaults (memory_size 128, sequence_length 64 for a key the section
+leaves out) and its checks (memory_size greater than 0 and even, sequence_length at most batch_size);
+``memory`` null or absent is ``--memory_size 0``.
 
 ML-Agents' PPO, written in spinppo's flags (its ``ppo/optimizer_torch.py`` and ``ppo/trainer.py``):
 separate actor and critic networks with Swish activations (``--act silu``), a state-independent Gaussian
@@ -61,6 +66,8 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "goal_conditioning_type": "hyper",
     "deterministic": False,
 }
+# network_settings.memory: ML-Agents' NetworkSettings.MemorySettings (a section without a key gets these).
+MEMORY_DEFAULTS: dict[str, Any] = {"sequence_length": 64, "memory_size": 128}
 SIGNAL_DEFAULTS: dict[str, Any] = {"gamma": 0.99, "strength": 1.0, "network_settings": None}
 ENV_SETTINGS = {
     "env_path": None,
@@ -299,10 +306,26 @@ def _trainer(
     units = _number(n["hidden_units"], where, f"{net_path}.hidden_units", int, 1)
     layers = _number(n["num_layers"], where, f"{net_path}.num_layers", int, 1)
     values["hid"] = [units] * layers
+    values["memory_size"] = 0  # memory null or absent: no memory
     if n["memory"] is not None:
-        raise UserError(
-            f"{where}: {net_path}.memory: recurrent policies are not supported yet; remove memory"
-        )
+        mem = f"{net_path}.memory"
+        if not isinstance(n["memory"], dict):  # memory: false would otherwise read as {} (128 floats)
+            raise UserError(f"{where}: {mem} must be a mapping (memory_size, sequence_length) or null")
+        m = _with_defaults(n["memory"], MEMORY_DEFAULTS, where, mem)
+        memory_size = _number(m["memory_size"], where, f"{mem}.memory_size", int)
+        if memory_size <= 0 or memory_size % 2:  # ML-Agents' MemorySettings validator
+            raise UserError(
+                f"{where}: {mem}.memory_size must be greater than 0 and divisible by 2 (the LSTM's hidden "
+                f"and cell states, half each), not {memory_size}; for no memory remove memory"
+            )
+        sequence_length = _number(m["sequence_length"], where, f"{mem}.sequence_length", int, 1)
+        if sequence_length > batch_size:  # ML-Agents' TrainerSettings validator
+            raise UserError(
+                f"{where}: {mem}.sequence_length {sequence_length} must be at most {hp}.batch_size "
+                f"{batch_size}"
+            )
+        values["memory_size"] = memory_size
+        values["sequence_length"] = sequence_length
     if n["vis_encode_type"] not in ("simple", "nature_cnn", "resnet"):
         raise UserError(
             f"{where}: {net_path}.vis_encode_type {n['vis_encode_type']!r} is not supported (spinppo has "
