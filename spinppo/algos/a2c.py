@@ -54,7 +54,8 @@ def a2c(
     Args:
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
-        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder,
+            memory_size, sequence_length.
         seed: random seed; rank r uses seed + 10000 r.
         steps_per_epoch: environment steps per epoch over all ranks (a whole number of rollouts).
         epochs: number of epochs; each holds steps_per_epoch / (ranks x num_envs x n_steps) updates.
@@ -114,7 +115,9 @@ def a2c(
 
         def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
             """One gradient step on the n-step batch of every rank."""
-            logp, entropy, v = ac.evaluate(batch["obs"], batch["act"])
+            logp, entropy, v = ac.evaluate(
+                batch["obs"], batch["act"], memory=batch["memory"], starts=batch["starts"]
+            )
             loss_pi = -(logp * batch["adv"]).mean()
             loss_v = ((v - batch["ret"]) ** 2).mean()
             ent = entropy.mean()

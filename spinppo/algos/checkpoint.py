@@ -94,9 +94,13 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
     ours = json.loads(json.dumps(ac.ctor_spec))  # tuples as lists, as the file holds them
     # The same weights' shapes are not enough: another activation or normalisation is another function.
     differ = sorted(
-        key for key in set(theirs) | set(ours) if key != "log_std_init" and theirs.get(key) != ours.get(key)
+        key
+        for key in set(theirs) | set(ours)
+        # (the initial log std and the update's sequence length are not part of the function)
+        if key not in ("log_std_init", "sequence_length") and theirs.get(key) != ours.get(key)
     )
-    if differ and set(differ) <= {"activation", "layer_norm", "shared_trunk", "norm_obs", "encoder"}:
+    named = {"activation", "layer_norm", "shared_trunk", "norm_obs", "encoder", "memory_size"}
+    if differ and set(differ) <= named:
         shown = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in differ)
         raise UserError(
             f"--initialize_from {file}: the saved network has {shown}: give the same options to start from it"
@@ -150,6 +154,7 @@ class Checkpointer:
             "obs": worker.obs,
             "ep_ret": worker.ep_ret,
             "ep_len": worker.ep_len,
+            "memory": worker.memory,  # a recurrent policy's memory of the episodes in progress (or None)
             "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
         }
 
@@ -248,8 +253,12 @@ class Checkpointer:
             set_vector_env_state(worker.env, state["envs"])
             worker.obs = state["obs"]
             worker.ep_ret, worker.ep_len = state["ep_ret"], state["ep_len"]
+            if worker.memory is not None:
+                worker.memory = state["memory"]
         else:  # an environment we cannot snapshot (Unity): start fresh episodes
             worker.obs = worker.layout.batch(worker.env.reset(seed=reset_seed + 1 + shared["epoch"])[0])
+            if worker.memory is not None:
+                worker.memory[:] = 0.0  # new episodes, empty memories
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         return int(shared["epoch"]), float(shared["elapsed"])

@@ -125,6 +125,17 @@ def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int 
     return steps_per_epoch // unit
 
 
+def sequence_length_error(length: int, rollout: int, rollouts_per_epoch: int) -> str:
+    """The message for a --sequence_length that does not divide a rollout of ``rollout`` steps."""
+    fits = [d for d in range(1, rollout + 1) if rollout % d == 0 and d <= length][-1]
+    what = "A2C's --n_steps" if rollouts_per_epoch > 1 else "each environment's rollout"
+    return (
+        f"--sequence_length {length} must divide {what} of {rollout} steps (the update cuts each rollout "
+        f"into sequences): use --sequence_length {fits}, or change --steps_per_epoch or --num_envs"
+        + (" or --n_steps" if rollouts_per_epoch > 1 else "")
+    )
+
+
 class OnPolicyRun:
     """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger,
     checkpoints; and the shared steps of an epoch. Use it as a context manager: leaving closes the
@@ -178,6 +189,9 @@ class OnPolicyRun:
 
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+        memory_size = getattr(self.ac, "memory_size", 0)
+        if memory_size and per_env % self.ac.sequence_length:
+            raise UserError(sequence_length_error(self.ac.sequence_length, per_env, rollouts_per_epoch))
         # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
         # that does not fit is bad input.
         # Evaluation on environments of its own (made before the run directory: a Unity build cannot
@@ -210,6 +224,8 @@ class OnPolicyRun:
             lam,
             discrete=self.ac.discrete,
             time_horizon=time_horizon,
+            memory_size=memory_size,
+            sequence_length=getattr(self.ac, "sequence_length", 1),
         )
         self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
         self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)

@@ -65,7 +65,8 @@ def ppo(
     Args:
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
-        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder,
+            memory_size, sequence_length.
         seed: random seed; rank r uses seed + 10000 r for its environments and sampling.
         steps_per_epoch: environment steps per epoch over all ranks and environments (the batch).
         epochs: number of epochs (rollout + update) to run.
@@ -143,7 +144,9 @@ def ppo(
 
         def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
-            n = batch["adv"].shape[0]
+            # A row of the batch is one step, or with memory one sequence of sequence_length steps.
+            rows, per_row = batch["adv"].shape[0], getattr(ac, "sequence_length", 1)
+            minibatch_rows = max(1, local_minibatch // per_row)
             # Observation statistics are fixed during the update: normalise the batch once.
             table = MinibatchTable(
                 obs=ac.normalize_obs(batch["obs"]),
@@ -152,17 +155,21 @@ def ppo(
                 ret=batch["ret"],
                 logp_old=batch["logp"],
                 v_old=batch["val"],
+                memory=batch["memory"],  # recurrent policies: the memory before each sequence
+                starts=batch["starts"],  # and where episodes begin inside it
             )
             stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
-            passes = max(1, n // local_minibatch)  # minibatches per pass over the batch
+            passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
             stop_iter, kl = update_epochs, 0.0
             for i in range(update_epochs):
                 # Statistics of the last pass only (and of every pass when target_kl needs its KL): on
                 # every minibatch of every pass they would cost ~3% of the update.
                 track = target_kl is not None or i == update_epochs - 1
                 stats.zero()
-                for mb in table.shuffled(local_minibatch):
-                    logp, entropy, v = ac.evaluate(mb.obs, mb.act, obs_normalized=True)
+                for mb in table.shuffled(minibatch_rows):
+                    logp, entropy, v = ac.evaluate(
+                        mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts
+                    )
                     log_ratio = logp - mb.logp_old
                     ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
                     clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)

@@ -48,7 +48,8 @@ def vpg(
     Args:
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
-        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder.
+        ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder,
+            memory_size, sequence_length.
         seed: random seed; rank r uses seed + 10000 r.
         steps_per_epoch: environment steps per epoch over all ranks and environments.
         epochs: number of epochs (rollout + update) to run.
@@ -110,18 +111,22 @@ def vpg(
         def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
             """One policy-gradient step on the whole batch, then ``train_v_iters`` value steps."""
             obs, act, adv, ret = batch["obs"], batch["act"], batch["adv"], batch["ret"]
-            logp, entropy, _ = ac.evaluate(obs, act)
+            seq = {"memory": batch["memory"], "starts": batch["starts"]}  # None without memory
+            logp, entropy, _ = ac.evaluate(obs, act, **seq)
             loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
             pi_optimizer.zero_grad(set_to_none=False)
             loss_pi.backward()
             mpi_avg_grads(ac)  # every rank now holds the mean gradient
             pi_optimizer.step()
             with torch.no_grad():
-                kl = float((batch["logp"] - ac.evaluate(obs, act)[0]).mean())
-            # Value-function regression on the lambda-returns.
+                kl = float((batch["logp"] - ac.evaluate(obs, act, **seq)[0]).mean())
+            # Value-function regression on the lambda-returns. The value steps fit only v, so what v takes
+            # (normalised observations; an encoder's or LSTM's output) is computed once, not every step.
+            with torch.no_grad():
+                feat = ac.features(obs, **seq)
             loss_v_first = None
             for _ in range(train_v_iters):
-                loss_v = ((ac.value(obs) - ret) ** 2).mean()
+                loss_v = ((ac.v(feat).squeeze(-1) - ret) ** 2).mean()
                 vf_optimizer.zero_grad(set_to_none=False)
                 loss_v.backward()
                 mpi_avg_grads(ac)

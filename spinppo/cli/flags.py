@@ -40,6 +40,18 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
         "image encoder: nature_cnn, simple or resnet (ML-Agents' vis_encode_type); "
         "vector observations ignore it",
     ),
+    "memory_size": (
+        "memory_size",
+        0,
+        "recurrent policy: an LSTM whose memory (hidden and cell state) has this many floats, even, e.g. "
+        "128 (ML-Agents' memory_size); 0: no memory",
+    ),
+    "sequence_length": (
+        "sequence_length",
+        64,
+        "with --memory_size: steps per sequence the update backpropagates through (ML-Agents' name); "
+        "must divide each environment's rollout",
+    ),
 }
 # Flags that are not algorithm keywords.
 RUN_FLAGS: dict[str, tuple[Any, str]] = {

@@ -8,6 +8,9 @@ Gymnasium's two ways an episode ends are kept apart:
 - ML-Agents' time horizon (``time_horizon`` > 0): a trajectory is also cut, and bootstrapped with
   V(next observation), once it is that many steps long (counted from its episode's start, its last cut or
   the rollout's start): the lambda-return stops there, as it does in ML-Agents' trainer.
+
+A recurrent policy's buffer (``memory_size`` > 0) also keeps each environment's memory at every
+sequence start (every ``sequence_length`` steps of the rollout) and hands the batch out as sequences.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class GAEBuffer:
     ``obs_dim`` is the length of vector observations, or an ``ObsLayout`` (``ObsLayout.from_space``) for
     images and Dicts: images are stored in their own dtype (uint8 pixels stay uint8, a quarter of float32),
     a Dict as a dict of arrays by key (``self.obs``, and the batch's ``obs``).
+
+    With ``memory_size`` > 0 (a recurrent policy) ``store`` takes the memory the policy was given at that
+    step, kept at the steps that start a sequence of ``sequence_length`` (which must divide ``steps``).
     """
 
     def __init__(
@@ -42,7 +48,11 @@ class GAEBuffer:
         lam: float = 0.95,
         discrete: bool = False,
         time_horizon: int = 0,
+        memory_size: int = 0,
+        sequence_length: int = 1,
     ) -> None:
+        if memory_size and steps % sequence_length:
+            raise ValueError(f"sequence_length {sequence_length} must divide the rollout's {steps} steps")
         self.layout = obs_dim if isinstance(obs_dim, ObsLayout) else ObsLayout.vector(obs_dim)
         self.obs: Any = self.layout.zeros((steps, num_envs))
         self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
@@ -55,6 +65,14 @@ class GAEBuffer:
         self.gamma, self.lam = gamma, lam
         self.time_horizon = time_horizon
         self.steps, self.num_envs = steps, num_envs
+        self.memory_size = memory_size
+        self.sequence_length = sequence_length if memory_size else 1
+        # The memory before each sequence's first step: [sequences per environment, envs, memory_size].
+        self.memory = (
+            np.zeros((steps // sequence_length, num_envs, memory_size), dtype=np.float32)
+            if memory_size
+            else None
+        )
         self.ptr = 0
 
     def store(
@@ -67,14 +85,20 @@ class GAEBuffer:
         terminated: np.ndarray,
         truncated: np.ndarray,
         final_val: np.ndarray | None = None,
+        memory: np.ndarray | None = None,
     ) -> None:
         """Record one step of every environment.
 
         ``final_val`` is V(final observation) for environments whose episode was truncated at this step
-        (other entries are ignored); it is required when any entry of ``truncated`` is set.
+        (other entries are ignored); it is required when any entry of ``truncated`` is set. ``memory``:
+        a recurrent policy's memory before this step, [envs, memory_size] (required then).
         """
         t = self.ptr
         assert t < self.steps, "buffer full: call finish() and get() before storing more"
+        if self.memory is not None and t % self.sequence_length == 0:
+            if memory is None:
+                raise ValueError("a recurrent policy's buffer needs the memory at every sequence start")
+            self.memory[t // self.sequence_length] = memory
         if self.layout.flat:
             self.obs[t] = obs
         else:
@@ -122,7 +146,11 @@ class GAEBuffer:
         """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.
 
         ``obs`` is [n, obs_dim] for vectors, [n, *shape] in the stored dtype for an image, a dict of those
-        for a Dict space (tensors that share the buffer's memory).
+        for a Dict space (tensors that share the buffer's memory). ``memory`` and ``starts`` are None.
+
+        A recurrent policy's batch is sequences instead: every field [S, L, ...] (S sequences of
+        L = ``sequence_length`` consecutive steps of one environment), ``memory`` [S, memory_size] (before
+        each sequence) and ``starts`` [S, L] (True where a step begins an episode).
 
         Advantage normalisation uses the mean and standard deviation over all ranks (a collective).
         """
@@ -132,8 +160,12 @@ class GAEBuffer:
         if normalize_adv:
             mean, std = mpi_statistics_scalar(adv)
             adv = (adv - mean) / (std + 1e-8)
+        if self.memory is not None:
+            return self._sequences(adv.reshape(self.steps, self.num_envs))
         n = self.steps * self.num_envs
         return {
+            "memory": None,
+            "starts": None,
             "obs": (
                 torch.from_numpy(self.obs.reshape(n, -1))
                 if self.layout.flat
@@ -144,4 +176,27 @@ class GAEBuffer:
             "adv": torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),
             "logp": torch.from_numpy(self.logp.reshape(n)),
             "val": torch.from_numpy(self.val.reshape(n)),
+        }
+
+    def _sequences(self, adv: np.ndarray) -> dict[str, Any]:
+        """The batch as S = envs x steps / L sequences of L steps, environment by environment."""
+        length = self.sequence_length
+        seqs = self.num_envs * (self.steps // length)
+
+        def seq(x: np.ndarray) -> torch.Tensor:  # [steps, envs, ...] -> [S, L, ...], each env's in order
+            x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+            return torch.from_numpy(x.reshape(seqs, length, *x.shape[2:]))
+
+        starts = np.zeros_like(self.done)
+        starts[1:] = self.done[:-1]  # a step after an episode's end begins the next episode
+        memory = np.swapaxes(self.memory, 0, 1).reshape(seqs, self.memory_size)
+        return {
+            "obs": seq(self.obs) if self.layout.flat else self.layout.map(lambda p, x: seq(x), self.obs),
+            "act": seq(self.act),
+            "ret": seq(self.ret),
+            "adv": seq(np.asarray(adv, dtype=np.float32)),
+            "logp": seq(self.logp),
+            "val": seq(self.val),
+            "memory": torch.from_numpy(np.ascontiguousarray(memory)),
+            "starts": seq(starts),
         }

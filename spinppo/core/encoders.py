@@ -307,11 +307,14 @@ class ObsLayout:
             return normalize(obs)
         if not self.vector_parts:
             return obs
-        n = self.batch_size(obs)
+        # Any leading axes: [N] for a batch, [sequences, steps] for a recurrent network's batch.
+        first = obs[self.parts[0].key]
+        lead = tuple(first.shape[: first.ndim - len(self.parts[0].shape)])
+        n = math.prod(lead)
         x = normalize(torch.cat([obs[p.key].reshape(n, p.size).float() for p in self.vector_parts], 1))
         out = dict(obs)
         for p, part in zip(self.vector_parts, x.split([q.size for q in self.vector_parts], 1), strict=True):
-            out[p.key] = part.reshape(n, *p.shape)
+            out[p.key] = part.reshape(*lead, *p.shape)
         return out
 
 

@@ -68,9 +68,16 @@ class Evaluator:
         obs = layout.stack([env.reset(seed=self.seed + i)[0] for env, i in zip(self.envs, self.episode_ids)])
         returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
         running = np.ones(n, dtype=bool)
+        # A recurrent policy's memory of each episode, empty at its start.
+        memory = self.ac.initial_memory(n) if getattr(self.ac, "memory_size", 0) else None
         while running.any():
             idx = np.flatnonzero(running)
-            actions = self.ac.act(layout.to_torch(layout.take(obs, idx)), deterministic=True).numpy()
+            batch = layout.to_torch(layout.take(obs, idx))
+            if memory is None:
+                actions = self.ac.act(batch, deterministic=True).numpy()
+            else:
+                actions, memory[idx] = self.ac.act(batch, deterministic=True, memory=memory[idx])
+                actions = actions.numpy()
             for k, i in enumerate(idx):
                 o, r, terminated, truncated, _ = self.envs[i].step(self.to_env_action(actions[k : k + 1])[0])
                 returns[i] += float(r)

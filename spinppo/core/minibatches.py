@@ -19,11 +19,19 @@ class MinibatchTable:
     """A batch's named fields as one table: ``MinibatchTable(obs=..., adv=...)``; fields are [n] or [n, k].
 
     A uint8 field (images) or a dict of tensors (a Dict observation) stays out of the table, in its own
-    dtype, and is gathered on its own: pixels as float32 would take four times the memory.
+    dtype, and is gathered on its own: pixels as float32 would take four times the memory. So does a
+    bool field (a recurrent batch's ``starts``). A field that is None (a feed-forward batch's ``memory``)
+    comes back None. A row may be one step or, in a recurrent batch, one sequence ([n, L, ...] fields).
     """
 
     def __init__(self, **fields: Any) -> None:
-        self.apart = {name: f for name, f in fields.items() if isinstance(f, dict) or f.dtype == torch.uint8}
+        self.none = [name for name, f in fields.items() if f is None]
+        fields = {name: f for name, f in fields.items() if f is not None}
+        self.apart = {
+            name: f
+            for name, f in fields.items()
+            if isinstance(f, dict) or f.dtype in (torch.uint8, torch.bool)
+        }
         fields = {name: f for name, f in fields.items() if name not in self.apart}
         n = next(iter(fields.values())).shape[0]
         columns = [f.reshape(n, -1).float() for f in fields.values()]
@@ -53,6 +61,7 @@ class MinibatchTable:
                     if isinstance(f, dict)
                     else f.index_select(0, rows)
                 )
+            fields.update(dict.fromkeys(self.none))
             yield SimpleNamespace(**fields)
 
 

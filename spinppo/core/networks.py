@@ -54,22 +54,41 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def _whole(x: Any, least: int) -> bool:
+    """Whether ``x`` is a whole number of any type (numpy's, 64.0) at least ``least``; not a bool."""
+    return (
+        isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and x == int(x) >= least
+    )
+
+
 def check_ac_kwargs(
-    hidden_sizes: Any = (64, 64), activation: Any = "tanh", encoder: Any = "nature_cnn", **_: Any
+    hidden_sizes: Any = (64, 64),
+    activation: Any = "tanh",
+    encoder: Any = "nature_cnn",
+    memory_size: Any = 0,
+    sequence_length: Any = 64,
+    **_: Any,
 ) -> None:
     """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``,
-    ``--encoder``): the one check, used by the network itself and, for every variant of a grid, before
-    anything trains."""
+    ``--encoder``, ``--memory_size``, ``--sequence_length``): the one check, used by the network itself
+    and, for every variant of a grid, before anything trains."""
+    if not _whole(memory_size, 0) or int(memory_size) % 2:
+        # ML-Agents' own rule: the memory is the LSTM's hidden and cell states side by side.
+        raise UserError(
+            f"--memory_size must be 0 (no memory) or an even number such as 128 (the LSTM's hidden and cell "
+            f"states, half each, as in ML-Agents), not {memory_size!r}"
+        )
+    if not _whole(sequence_length, 1):
+        raise UserError(
+            f"--sequence_length must be a positive number of steps such as 64, not {sequence_length!r}"
+        )
     if encoder not in ENCODERS:
         raise UserError(f"--encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
     if activation not in ACTIVATIONS:
         raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     sizes = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else [hidden_sizes]
     # Whole numbers of any type (numpy's, 64.0) pass, as int() takes them; bools and fractions do not.
-    if not all(
-        isinstance(h, numbers.Real) and not isinstance(h, bool) and math.isfinite(h) and h == int(h) >= 1
-        for h in sizes
-    ):
+    if not all(_whole(h, 1) for h in sizes):
         shown = " ".join(str(h) for h in sizes)
         raise UserError(f"--hid takes positive layer sizes such as '64 64', not {shown!r}")
 
@@ -91,6 +110,14 @@ class MLPActorCritic(nn.Module):
     normalised together by ``obs_rms``, beside them. Such networks take a tensor or a dict of tensors by
     key wherever a method takes ``obs``; ``layout`` (an ``ObsLayout``) says how to batch them. Vector
     networks have no encoder and are built exactly as before it existed (the same weights for a seed).
+
+    Memory (``memory_size`` > 0, ML-Agents' network_settings.memory): an LSTM after the encoder (or the
+    normalised vector observation), before the MLP trunk and heads; policy and value share it. Its state,
+    the *memory*, is the hidden and cell states side by side, ``memory_size`` floats per environment
+    (``memory_size / 2`` LSTM units, as in ML-Agents). Recurrent networks take the memory wherever a method
+    takes ``obs`` and return the next one (see ``step``, ``act``, ``value``, ``evaluate``); a zero memory
+    (``initial_memory``) starts an episode. ``sequence_length`` is how many steps an update backpropagates
+    through (the rollout is cut into sequences of that length).
     """
 
     def __init__(
@@ -104,9 +131,11 @@ class MLPActorCritic(nn.Module):
         log_std_init: float = -0.5,
         norm_obs: bool = True,
         encoder: str = "nature_cnn",
+        memory_size: int = 0,
+        sequence_length: int = 64,
     ) -> None:
         super().__init__()
-        check_ac_kwargs(hidden_sizes, activation, encoder)
+        check_ac_kwargs(hidden_sizes, activation, encoder, memory_size, sequence_length)
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         self.layout = ObsLayout.from_spec(obs_spec)  # a UserError for observations it cannot take
         hidden = [int(h) for h in hidden_sizes]
@@ -130,6 +159,20 @@ class MLPActorCritic(nn.Module):
             self.ctor_spec["encoder"] = encoder
             self.encoder = ObservationEncoder(self.layout, encoder)
             obs_dim = self.encoder.out_dim  # what the MLP after the encoder takes
+        self.memory_size = int(memory_size)
+        self.sequence_length = int(sequence_length) if memory_size else 1  # steps in one row of an update
+        self.lstm: nn.LSTM | None = None
+        if self.memory_size:
+            # Only recurrent networks have these keys: others keep the ctor_spec they had before memory.
+            self.ctor_spec["memory_size"] = self.memory_size
+            self.ctor_spec["sequence_length"] = self.sequence_length
+            self.lstm = nn.LSTM(obs_dim, self.memory_size // 2, batch_first=True)
+            for name, param in self.lstm.named_parameters():  # CleanRL's ppo_atari_lstm initialisation
+                if name.startswith("weight"):
+                    nn.init.orthogonal_(param, 1.0)
+                else:
+                    nn.init.zeros_(param)
+            obs_dim = self.memory_size // 2  # the MLP takes the LSTM's output
         self.discrete = act_spec["kind"] in ("discrete", "multidiscrete")
         # Branches of a (Multi)Discrete action: one Categorical each over a slice of the logits.
         self.branches = act_spec.get("nvec", [act_spec.get("n", 0)])
@@ -169,20 +212,59 @@ class MLPActorCritic(nn.Module):
             return self.obs_rms.normalize(obs)
         return self.layout.normalize_vectors(obs, self.obs_rms.normalize)
 
-    def _features(self, obs: torch.Tensor, obs_normalized: bool = False) -> torch.Tensor:
+    def _inputs(self, obs: Any, obs_normalized: bool = False) -> torch.Tensor:
+        """What the trunk (or the LSTM) takes: [N, features] from a batch of observations."""
         x = obs if obs_normalized else self.normalize_obs(obs)
-        return self.trunk(x if self.encoder is None else self.encoder(x))
+        return x if self.encoder is None else self.encoder(x)
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """V(s) for a batch of raw observations, shape [B]."""
-        return self.v(self._features(obs)).squeeze(-1)
+    def _features(self, obs: torch.Tensor, obs_normalized: bool = False) -> torch.Tensor:
+        return self.trunk(self._inputs(obs, obs_normalized))
 
-    @torch.no_grad()
-    def step(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients."""
-        feat = self._features(obs)
-        out = self.pi(feat)
-        value = self.v(feat).squeeze(-1)
+    # ------------------------------------------------------------------------------------------ memory
+
+    def initial_memory(self, n: int) -> torch.Tensor:
+        """The memory at an episode's start for ``n`` environments: zeros, [n, memory_size]."""
+        return torch.zeros(n, self.memory_size)
+
+    def _memory_step(self, obs: Any, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the LSTM for a batch: (trunk features [N, F], next memory [N, memory_size])."""
+        if memory is None:
+            raise ValueError("a recurrent network needs the memory: pass memory=ac.initial_memory(n)")
+        half = self.memory_size // 2
+        x = self._inputs(obs)
+        h, c = memory[:, :half].unsqueeze(0).contiguous(), memory[:, half:].unsqueeze(0).contiguous()
+        out, (h, c) = self.lstm(x.unsqueeze(1), (h, c))
+        return self.trunk(out[:, 0]), torch.cat([h[0], c[0]], dim=1)
+
+    def _sequence_features(
+        self, obs: Any, memory: torch.Tensor, starts: torch.Tensor, obs_normalized: bool
+    ) -> torch.Tensor:
+        """Trunk features [B * L, F] of B sequences of L steps (observations [B, L, ...]).
+
+        ``memory`` [B, memory_size] is each sequence's memory before its first step; ``starts`` [B, L]
+        marks steps that begin an episode: there the memory is zeroed, so that no step of an episode
+        depends on the episode before it (the first step's ``starts`` is ignored: its memory is given).
+        The LSTM runs over the stretches between such steps in one call each (not step by step).
+        """
+        b, steps = starts.shape
+        flat = self.layout.map(lambda p, x: x.reshape(b * steps, *x.shape[2:]), obs)
+        x = self._inputs(flat, obs_normalized).view(b, steps, -1)
+        half = self.memory_size // 2
+        h, c = memory[:, :half].unsqueeze(0).contiguous(), memory[:, half:].unsqueeze(0).contiguous()
+        restarts = (torch.nonzero(starts[:, 1:].any(0)).flatten() + 1).tolist()
+        outs = []
+        for a, z in zip([0, *restarts], [*restarts, steps], strict=True):
+            if a:
+                keep = (~starts[:, a]).to(h.dtype).view(1, b, 1)
+                h, c = h * keep, c * keep
+            out, (h, c) = self.lstm(x[:, a:z], (h, c))
+            outs.append(out)
+        return self.trunk(torch.cat(outs, dim=1).reshape(b * steps, half))
+
+    # ------------------------------------------------------------------------------------------- heads
+
+    def _sample(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, logp) sampled from the policy head's output."""
         if self.discrete:
             actions, logp = [], 0.0
             for logits in out.split(self.branches, dim=-1):
@@ -190,13 +272,74 @@ class MLPActorCritic(nn.Module):
                 a = torch.multinomial(logp_all.exp(), 1)
                 actions.append(a)
                 logp = logp + logp_all.gather(-1, a).squeeze(-1)
-            action = torch.cat(actions, dim=-1).view(-1, *self.act_shape)
+            return torch.cat(actions, dim=-1).view(-1, *self.act_shape), logp
+        noise = torch.randn_like(out)
+        action = out + noise * self.log_std.exp()
+        logp = -(0.5 * noise.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
+        return action.view(-1, *self.act_shape), logp
+
+    def _mode(self, out: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: the mean (Box) or each branch's most likely action (Discrete)."""
+        if self.discrete:
+            best = [logits.argmax(-1, keepdim=True) for logits in out.split(self.branches, dim=-1)]
+            return torch.cat(best, dim=-1).view(-1, *self.act_shape)
+        return out.view(-1, *self.act_shape)
+
+    def _logp_entropy(self, out: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability of ``act``, entropy) under the policy head's output ``out``."""
+        if self.discrete:
+            act = act.long().view(act.shape[0], -1)
+            logp, entropy = 0.0, 0.0
+            for i, logits in enumerate(out.split(self.branches, dim=-1)):
+                logp_all = torch.log_softmax(logits, dim=-1)
+                logp = logp + logp_all.gather(-1, act[:, i : i + 1]).squeeze(-1)
+                entropy = entropy - (logp_all.exp() * logp_all).sum(-1)
+            return logp, entropy
+        act = act.reshape(act.shape[0], -1)
+        z = (act - out) * torch.exp(-self.log_std)
+        logp = -(0.5 * z.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
+        return logp, (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(out.shape[0])
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def features(
+        self, obs: Any, memory: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the policy and value heads (``pi``, ``v``) take, for a batch of raw observations: [B, F],
+        or for a recurrent network's sequences (``memory`` and ``starts`` as in ``evaluate``) [B, L, F]."""
+        if not self.memory_size:
+            return self._features(obs)
+        if starts is None:
+            return self._memory_step(obs, memory)[0]
+        return self._sequence_features(obs, memory, starts, False).view(*starts.shape, -1)
+
+    def value(
+        self, obs: Any, memory: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """V(s) for a batch of raw observations, shape [B].
+
+        A recurrent network takes ``memory`` too: for one step of B environments (the value after this
+        step, without the next memory), or with ``starts`` for B sequences as in ``evaluate`` ([B, L]).
+        """
+        if not self.memory_size:
+            return self.v(self._features(obs)).squeeze(-1)
+        if starts is None:
+            return self.v(self._memory_step(obs, memory)[0]).squeeze(-1)
+        return self.v(self._sequence_features(obs, memory, starts, False)).view(starts.shape)
+
+    @torch.no_grad()
+    def step(self, obs: Any, memory: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients.
+
+        A recurrent network takes the batch's ``memory`` and returns ``(action, value, logp, memory)``.
+        """
+        if self.memory_size:
+            feat, memory = self._memory_step(obs, memory)
         else:
-            noise = torch.randn_like(out)
-            action = out + noise * self.log_std.exp()
-            logp = -(0.5 * noise.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
-            action = action.view(-1, *self.act_shape)
-        return action, value, logp
+            feat = self._features(obs)
+        action, logp = self._sample(self.pi(feat))
+        value = self.v(feat).squeeze(-1)
+        return (action, value, logp) if not self.memory_size else (action, value, logp, memory)
 
     def rollout_policy(self) -> RolloutPolicy:
         """A ``RolloutPolicy``: this policy's ``step`` and ``value`` in numpy, for the current weights.
@@ -206,39 +349,49 @@ class MLPActorCritic(nn.Module):
         return RolloutPolicy(self)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete)."""
+    def act(
+        self, obs: Any, deterministic: bool = False, memory: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete).
+
+        A recurrent network takes the batch's ``memory`` and returns ``(action, next memory)``.
+        """
+        if self.memory_size:
+            feat, memory = self._memory_step(obs, memory)
+            out = self.pi(feat)
+            return (self._mode(out) if deterministic else self._sample(out)[0]), memory
         if not deterministic:
             return self.step(obs)[0]
-        out = self.pi(self._features(obs))
-        if self.discrete:
-            best = [logits.argmax(-1, keepdim=True) for logits in out.split(self.branches, dim=-1)]
-            return torch.cat(best, dim=-1).view(-1, *self.act_shape)
-        return out.view(-1, *self.act_shape)
+        return self._mode(self.pi(self._features(obs)))
 
     def evaluate(
-        self, obs: torch.Tensor, act: torch.Tensor, obs_normalized: bool = False
+        self,
+        obs: Any,
+        act: torch.Tensor,
+        obs_normalized: bool = False,
+        memory: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients.
 
         ``obs_normalized``: ``obs`` already went through ``normalize_obs`` (an update normalises its batch
         once rather than every minibatch).
+
+        A recurrent network takes B sequences of L steps: ``obs`` and ``act`` [B, L, ...], ``memory``
+        [B, memory_size] (before each sequence's first step) and ``starts`` [B, L] (True where a step
+        begins an episode: the memory is zeroed there); the results are [B, L].
         """
-        feat = self._features(obs, obs_normalized)
-        out = self.pi(feat)
-        value = self.v(feat).squeeze(-1)
-        if self.discrete:
-            act = act.long().view(act.shape[0], -1)
-            logp, entropy = 0.0, 0.0
-            for i, logits in enumerate(out.split(self.branches, dim=-1)):
-                logp_all = torch.log_softmax(logits, dim=-1)
-                logp = logp + logp_all.gather(-1, act[:, i : i + 1]).squeeze(-1)
-                entropy = entropy - (logp_all.exp() * logp_all).sum(-1)
+        if self.memory_size:
+            if memory is None or starts is None:
+                raise ValueError("a recurrent network evaluates sequences: pass memory and starts")
+            feat = self._sequence_features(obs, memory, starts, obs_normalized)
+            act = act.reshape(feat.shape[0], *act.shape[2:])
         else:
-            act = act.reshape(act.shape[0], -1)
-            z = (act - out) * torch.exp(-self.log_std)
-            logp = -(0.5 * z.pow(2) + self.log_std + _LOG_SQRT_2PI).sum(-1)
-            entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum().expand(out.shape[0])
+            feat = self._features(obs, obs_normalized)
+        logp, entropy = self._logp_entropy(self.pi(feat), act)
+        value = self.v(feat).squeeze(-1)
+        if self.memory_size:
+            return logp.view(starts.shape), entropy.reshape(starts.shape), value.view(starts.shape)
         return logp, entropy, value
 
 
@@ -282,10 +435,12 @@ _NUMPY_SPEC = {
     "shared_trunk": lambda v: v is False,
     "log_std_init": lambda v: True,  # the initial value of log_std only; the rollout reads log_std
     "norm_obs": lambda v: v in (True, False),
+    "memory_size": lambda v: v > 0,  # a one-layer LSTM before the MLPs (checked below)
+    "sequence_length": lambda v: True,  # the update's, not the rollout's
 }
 # The methods of MLPActorCritic that RolloutPolicy's numpy path reproduces: a subclass overriding any of
 # them runs in torch.
-_NUMPY_METHODS = ("step", "value", "_features", "normalize_obs")
+_NUMPY_METHODS = ("step", "value", "_features", "_inputs", "_sample", "_memory_step", "normalize_obs")
 # Image and Dict networks never run in numpy: their "observation" spec fails the check above (and they
 # have an "encoder" key it does not know), so they take the torch path, one batched call per step.
 
@@ -302,6 +457,19 @@ def _runs_in_numpy(ac: MLPActorCritic) -> bool:
         and getattr(ac, "encoder", None) is None
         and [type(m) for m in ac.pi] == [type(m) for m in ac.v] == [*layers, nn.Linear]
         and all(p.dtype == torch.float32 for p in ac.parameters())
+        and (ac.lstm is None or _plain_lstm(ac.lstm))
+    )
+
+
+def _plain_lstm(lstm: nn.Module) -> bool:
+    """Whether ``lstm`` is the one-layer, one-direction LSTM with biases that RolloutPolicy computes."""
+    return (
+        type(lstm) is nn.LSTM
+        and lstm.num_layers == 1
+        and not lstm.bidirectional
+        and lstm.bias
+        and lstm.proj_size == 0
+        and lstm.batch_first
     )
 
 
@@ -344,19 +512,43 @@ class RolloutPolicy:
             if not ac.discrete:
                 self.std = ac.log_std.exp().numpy()
                 self.logp_const = float(-(ac.log_std.sum() + ac.log_std.numel() * _LOG_SQRT_2PI))
+            self.lstm = None
+            if ac.lstm is not None:  # gates = x W_ih^T + h W_hh^T + b, in torch's order i, f, g, o
+                lstm = ac.lstm
+                self.lstm = (
+                    lstm.weight_ih_l0.T.contiguous().numpy(),
+                    lstm.weight_hh_l0.T.contiguous().numpy(),
+                    (lstm.bias_ih_l0 + lstm.bias_hh_l0).numpy(),
+                    lstm.hidden_size,
+                )
         self.out_dim = pi[-1].out_features
 
-    def _outputs(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The policy head's output and V(s) for raw float32 observations."""
+    def _memory_step(self, x: np.ndarray, memory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One LSTM step in numpy: (output h [N, H], next memory [N, 2H]); sigmoid as 0.5 (1 + tanh(x/2))."""
+        w_ih, w_hh, bias, hidden = self.lstm
+        h, c = memory[:, :hidden], memory[:, hidden:]
+        gates = x @ w_ih + h @ w_hh + bias
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c = (0.5 + 0.5 * np.tanh(0.5 * f)) * c + (0.5 + 0.5 * np.tanh(0.5 * i)) * np.tanh(g)
+        h = (0.5 + 0.5 * np.tanh(0.5 * o)) * np.tanh(c)
+        return h, np.concatenate([h, c], axis=1)
+
+    def _outputs(
+        self, obs: np.ndarray, memory: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The policy head's output, V(s) and (a recurrent network) the next memory, for raw float32
+        observations."""
         x = obs
         if self.norm is not None:
             mean, inv_std, clip = self.norm
             x = np.clip((x - mean) * inv_std, -clip, clip)
+        if self.lstm is not None:
+            x, memory = self._memory_step(x, memory)
         for weight, bias in self.layers[:-1]:
             x = self.activation(x @ weight + bias)
         weight, bias = self.layers[-1]
         x = x @ weight + bias
-        return x[:, : self.out_dim], x[:, self.out_dim]
+        return x[:, : self.out_dim], x[:, self.out_dim], memory
 
     def _torch_obs(self, obs: Any) -> Any:
         """Observations for the torch path: float32 vectors as before; images (uint8) and Dicts as stored."""
@@ -365,19 +557,25 @@ class RolloutPolicy:
             return torch.from_numpy(np.asarray(obs, dtype=np.float32))
         return layout.to_torch(obs)
 
-    def step(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(action, value, logp)`` for a batch of raw observations, as ``ac.step`` gives them, in numpy."""
+    def step(self, obs: np.ndarray, memory: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """``(action, value, logp)`` for a batch of raw observations, as ``ac.step`` gives them, in numpy;
+        a recurrent network takes the batch's ``memory`` and returns ``(action, value, logp, memory)``."""
         if not self.in_numpy:
             with torch.no_grad():  # a subclass's own step may not turn gradients off
+                if memory is not None:
+                    return tuple(
+                        t.numpy() for t in self.ac.step(self._torch_obs(obs), torch.from_numpy(memory))
+                    )
                 action, value, logp = self.ac.step(self._torch_obs(obs))
             return action.numpy(), value.numpy(), logp.numpy()
         obs = np.asarray(obs, dtype=np.float32)
-        out, value = self._outputs(obs)
+        out, value, memory = self._outputs(obs, memory)
+        kept = () if memory is None else (memory,)
         if not self.ac.discrete:
             noise = np.random.standard_normal(out.shape).astype(np.float32)
             action = out + noise * self.std
             logp = np.einsum("ij,ij->i", noise, noise) * -0.5 + self.logp_const  # log N(action; out, std)
-            return action.reshape(-1, *self.ac.act_shape), value, logp.astype(np.float32)
+            return action.reshape(-1, *self.ac.act_shape), value, logp.astype(np.float32), *kept
         actions, logp = [], np.zeros(len(out), dtype=np.float32)
         rows = np.arange(len(out))
         for logits in np.split(out, np.cumsum(self.ac.branches)[:-1], axis=1):
@@ -389,11 +587,14 @@ class RolloutPolicy:
             a = np.minimum((cdf < u).sum(axis=1), logits.shape[1] - 1)
             actions.append(a)
             logp += logp_all[rows, a]
-        return np.stack(actions, axis=1).reshape(-1, *self.ac.act_shape), value, logp
+        return np.stack(actions, axis=1).reshape(-1, *self.ac.act_shape), value, logp, *kept
 
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        """V(s) for a batch of raw observations, shape [B], in numpy."""
+    def value(self, obs: np.ndarray, memory: np.ndarray | None = None) -> np.ndarray:
+        """V(s) for a batch of raw observations, shape [B], in numpy (a recurrent network: with its
+        ``memory``)."""
         if not self.in_numpy:
             with torch.no_grad():
+                if memory is not None:
+                    return self.ac.value(self._torch_obs(obs), torch.from_numpy(memory)).numpy()
                 return self.ac.value(self._torch_obs(obs)).numpy()
-        return self._outputs(np.asarray(obs, dtype=np.float32))[1]
+        return self._outputs(np.asarray(obs, dtype=np.float32), memory)[1]

@@ -28,6 +28,10 @@ class RolloutWorker:
 
     Observations are kept as ``ObsLayout`` stores them: float32 vectors, images in their own dtype (uint8),
     a dict of arrays for a Dict space.
+
+    A recurrent policy's memory (``self.memory``, [envs, memory_size]) is carried from step to step and
+    from rollout to rollout, zeroed where an episode ends (terminated or truncated: the next step begins
+    another episode), and stored in the buffer at every sequence start.
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class RolloutWorker:
         self.ep_ret = np.zeros(self.num_envs)
         self.ep_len = np.zeros(self.num_envs, dtype=np.int64)
         self.to_env_action = action_for_env(env.single_action_space)
+        memory_size = getattr(ac, "memory_size", 0)
+        self.memory = np.zeros((self.num_envs, memory_size), dtype=np.float32) if memory_size else None
         self.env_time = 0.0
         self.inference_time = 0.0
 
@@ -57,6 +63,8 @@ class RolloutWorker:
         self.obs = self.layout.batch(obs)
         self.ep_ret[:] = 0.0
         self.ep_len[:] = 0
+        if self.memory is not None:
+            self.memory[:] = 0.0
         if self.reward_scaler is not None:
             self.reward_scaler.returns[:] = 0.0
 
@@ -65,10 +73,14 @@ class RolloutWorker:
         env = self.env
         # The weights stay fixed for the whole rollout: the policy runs in numpy (RolloutPolicy).
         policy = self.ac.rollout_policy()
-        obs = self.obs
+        obs, memory = self.obs, self.memory
+        next_memory = None
         for _ in range(buf.steps):
             t0 = time.perf_counter()
-            act_np, val, logp = policy.step(obs)
+            if memory is None:
+                act_np, val, logp = policy.step(obs)
+            else:
+                act_np, val, logp, next_memory = policy.step(obs, memory)
             env_act = self.to_env_action(act_np)
             t1 = time.perf_counter()
             next_obs, rew, terminated, truncated, info = env.step(env_act)
@@ -86,12 +98,14 @@ class RolloutWorker:
                 if len(idx):
                     final_obs = self.layout.stack([info["final_obs"][i] for i in idx])
                     final_val = np.zeros(self.num_envs, dtype=np.float32)
-                    final_val[idx] = policy.value(final_obs)
+                    # (a recurrent policy: with the memory the episode had reached)
+                    last_memory = None if memory is None else next_memory[idx]
+                    final_val[idx] = policy.value(final_obs, last_memory)
             if self.reward_scale != 1.0:
                 rew = rew * self.reward_scale
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
-            buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val)
+            buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val, memory)
             if self.game_score:  # the environment's own scores, at the ends of real games only
                 ended = info.get("_game_return")
                 if ended is not None and np.any(ended):
@@ -103,8 +117,10 @@ class RolloutWorker:
             if done.any():
                 self.ep_ret[done] = 0.0
                 self.ep_len[done] = 0
-            obs = self.layout.batch(next_obs)
+                if memory is not None:
+                    next_memory[done] = 0.0  # a new episode starts with an empty memory
+            obs, memory = self.layout.batch(next_obs), next_memory
             self.inference_time += time.perf_counter() - t2 + t1 - t0
-        self.obs = obs
-        buf.finish(policy.value(obs))
+        self.obs, self.memory = obs, memory
+        buf.finish(policy.value(obs, memory))
         logger.store(VVals=buf.val.reshape(-1))

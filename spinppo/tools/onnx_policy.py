@@ -94,6 +94,11 @@ def check_network(ac: Any) -> None:
     spec = getattr(ac, "ctor_spec", {})
     if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
         raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
+    if spec.get("memory_size"):
+        raise UserError(
+            "export of recurrent policies (--memory_size) is not supported yet: replay the run directory "
+            "with test_policy, which carries the memory"
+        )
     obs = spec["observation"]
     if obs["kind"] == "dict":
         raise UserError("export of Dict observations is not supported yet (one vector or one image only)")

@@ -161,6 +161,10 @@ def load_policy(
     an int64 array of one entry per branch for a MultiDiscrete one, a float32 array for a Box one
     (unclipped; ``run_policy`` clips to the bounds). Given a batch (2-D), it returns the batch's actions.
     ``deterministic`` takes the mean action (Box) or each branch's most likely one (Discrete).
+
+    A recurrent policy's ``get_action`` carries its memory from call to call (one per observation of a
+    batch); ``get_action.episodes_ended(mask)`` empties the memories of the episodes that ended (all of
+    them when ``mask`` is None), which ``run_policy`` calls.
     """
     run_dir, file = run_dir_and_file(path)
     return _load_policy(file or find_checkpoint(run_dir, itr), deterministic)
@@ -200,11 +204,28 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
             x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
             single = x.ndim == obs_rank[None]
             batch = x.unsqueeze(0) if single else x
-        action = ac.act(batch, deterministic=deterministic).numpy()
+        if ac.memory_size:
+            n = batch[next(iter(batch))].shape[0] if isinstance(batch, dict) else batch.shape[0]
+            if memory[0] is None or memory[0].shape[0] != n:
+                memory[0] = ac.initial_memory(n)
+            action, memory[0] = ac.act(batch, deterministic=deterministic, memory=memory[0])
+            action = action.numpy()
+        else:
+            action = ac.act(batch, deterministic=deterministic).numpy()
         if not single:
             return action
         return int(action[0]) if scalar else action[0]
 
+    memory: list[Any] = [None]  # a recurrent policy's memory, one row per observation of the batch
+
+    def episodes_ended(mask: Any = None) -> None:
+        if memory[0] is not None:
+            if mask is None:
+                memory[0] = None
+            else:
+                memory[0][torch.as_tensor(np.asarray(mask, dtype=bool))] = 0.0
+
+    get_action.episodes_ended = episodes_ended  # type: ignore[attr-defined]
     return ac, get_action
 
 
@@ -517,8 +538,16 @@ def _unchanged(action: Any) -> Any:
     return action
 
 
+def _episodes_ended(get_action: Any, mask: Any = None) -> None:
+    """Tell a recurrent policy's ``get_action`` (``load_policy``) that episodes ended: its memory empties."""
+    ended = getattr(get_action, "episodes_ended", None)
+    if ended is not None:
+        ended(mask)
+
+
 def _run_single(env, get_action, to_env, max_ep_len, num_episodes, seed, frames, verbose) -> list[Episode]:
     episodes: list[Episode] = []
+    _episodes_ended(get_action)
     obs, _ = env.reset(seed=seed)
     ep_ret, ep_len = 0.0, 0
     while len(episodes) < num_episodes:
@@ -532,6 +561,7 @@ def _run_single(env, get_action, to_env, max_ep_len, num_episodes, seed, frames,
             _report(len(episodes) - 1, episodes[-1], verbose)
             if len(episodes) < num_episodes:
                 obs, _ = env.reset()
+            _episodes_ended(get_action)
             ep_ret, ep_len = 0.0, 0
     return episodes
 
@@ -545,13 +575,16 @@ def _run_vector(env, get_action, to_env, max_ep_len, num_episodes, seed, frames,
         raise UserError("--video is not supported for vector environments such as Unity builds")
     episodes: list[Episode] = []
     obs, _ = env.reset(seed=seed)
+    _episodes_ended(get_action)
     ep_ret = np.zeros(env.num_envs)
     ep_len = np.zeros(env.num_envs, dtype=np.int64)
     while len(episodes) < num_episodes:
         obs, rew, terminated, truncated, _ = env.step(to_env(get_action(obs)))
         ep_ret += np.asarray(rew, dtype=np.float64)
         ep_len += 1
-        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+        done = np.logical_or(terminated, truncated)
+        _episodes_ended(get_action, done)  # each agent slot keeps its own memory until its episode ends
+        for i in np.flatnonzero(done):
             if len(episodes) < num_episodes:
                 episodes.append(Episode(float(ep_ret[i]), int(ep_len[i])))
                 _report(len(episodes) - 1, episodes[-1], verbose)
