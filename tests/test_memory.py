@@ -363,3 +363,32 @@ def test_a2c_sequence_length_must_fit_n_steps_export_and_initialize_from_refuse_
         cwd=REPO,
     )
     assert proc.returncode == 2 and "memory_size 16 (this run: None)" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("with_vector", [False, True])
+def test_an_lstm_after_an_image_encoder_trains_and_its_sequences_match_its_steps(tmp_path, with_vector):
+    """Pixels meet memory: an image (or Dict: image + vector) policy with an LSTM after the encoder trains
+    for two epochs, and evaluate over its stored sequences gives the values its rollout steps gave."""
+    from tests.test_pixels import SideEnv, train
+
+    ac = train(
+        str(tmp_path / "run"),
+        with_vector=with_vector,
+        epochs=2,
+        ac_kwargs={"hidden_sizes": (16,), "encoder": "simple", "memory_size": 8, "sequence_length": 5},
+    )
+    assert ac.memory_size == 8
+    env = gym.vector.SyncVectorEnv([lambda: SideEnv(with_vector=with_vector)] * 2)
+    obs, _ = env.reset(seed=0)
+    layout = ac.layout
+    memory = ac.initial_memory(2)
+    steps, values = [], []
+    for _ in range(5):
+        steps.append(layout.batch(obs))
+        _, value, _, memory = ac.step(layout.to_torch(layout.batch(obs)), memory)
+        values.append(value)
+        obs = env.step(np.array([0, 1]))[0]
+    env.close()
+    stacked = layout.map(lambda p, *xs: torch.from_numpy(np.stack(xs, axis=1)), *steps)  # [envs, steps, ...]
+    value = ac.value(stacked, ac.initial_memory(2), torch.zeros(2, 5, dtype=torch.bool))
+    torch.testing.assert_close(value, torch.stack(values, dim=1), atol=1e-5, rtol=1e-5)

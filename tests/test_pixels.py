@@ -76,10 +76,11 @@ def train(out: str, noise: bool = False, with_vector: bool = False, epochs: int 
     from spinppo.algos.ppo import ppo
 
     env_kwargs = kw.pop("env_kwargs", {})
+    ac_kwargs = kw.pop("ac_kwargs", {"hidden_sizes": (32,), "encoder": "simple"})
     kw.setdefault("logger_kwargs", {"output_dir": out, "tensorboard": False})
     return ppo(
         lambda: SideEnv(noise=noise, with_vector=with_vector, **env_kwargs),
-        ac_kwargs={"hidden_sizes": (32,), "encoder": "simple"},
+        ac_kwargs=ac_kwargs,
         steps_per_epoch=320,
         num_envs=4,
         epochs=epochs,
