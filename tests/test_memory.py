@@ -91,6 +91,28 @@ def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tm
     assert replay.returncode == 0, replay.stderr
     mean = float(replay.stdout.split("EpRet mean")[1].split()[0])
     assert mean >= 0.9, replay.stdout
+    # Exported to ONNX (memory_in -> memory_out), the file replays as well: its memory is carried too.
+    onnx_file = tmp_path / "lstm.onnx"
+    export = subprocess.run(
+        [*PY, "export", str(lstm), "--onnx", str(onnx_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=REPO,
+    )
+    assert export.returncode == 0, export.stderr
+    assert "memory_in ['batch', 32]" in export.stdout and "memory_out ['batch', 32]" in export.stdout
+    replay = subprocess.run(
+        [*PY, "test_policy", str(onnx_file), "--episodes", "20", "--deterministic"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=REPO,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert float(replay.stdout.split("EpRet mean")[1].split()[0]) >= 0.9, replay.stdout
 
 
 def train_and_compare(out: str, algo: str, epochs: int) -> None:
@@ -310,7 +332,7 @@ def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
     assert not list(tmp_path.iterdir())  # refused before any run directory was made
 
 
-def test_a2c_sequence_length_must_fit_n_steps_export_and_initialize_from_refuse_memory(tmp_path):
+def test_a2c_sequence_length_must_fit_n_steps_and_initialize_from_refuses_another_memory(tmp_path):
     proc = subprocess.run(
         [*PY, "a2c", "--env", "tests.memory_env:Cue-v0", "--memory_size", "16", "--data_dir", str(tmp_path)],
         capture_output=True,
@@ -336,15 +358,6 @@ def test_a2c_sequence_length_must_fit_n_steps_export_and_initialize_from_refuse_
         "x",
     ]
     subprocess.run(run, check=True, capture_output=True, timeout=120, env=child_env(), cwd=REPO)
-    proc = subprocess.run(
-        [*PY, "export", str(tmp_path / "x" / "x_s0"), "--onnx", str(tmp_path / "p.onnx")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=REPO,
-    )
-    assert proc.returncode == 2 and "recurrent policies" in proc.stderr and len(proc.stderr.splitlines()) == 1
     # A feed-forward run cannot start from a recurrent policy: the one line names the option.
     proc = subprocess.run(
         [
@@ -392,3 +405,50 @@ def test_an_lstm_after_an_image_encoder_trains_and_its_sequences_match_its_steps
     stacked = layout.map(lambda p, *xs: torch.from_numpy(np.stack(xs, axis=1)), *steps)  # [envs, steps, ...]
     value = ac.value(stacked, ac.initial_memory(2), torch.zeros(2, 5, dtype=torch.bool))
     torch.testing.assert_close(value, torch.stack(values, dim=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "act_space", [gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3), gym.spaces.MultiDiscrete([2, 3])]
+)
+def test_recurrent_policies_export_to_onnx_in_both_forms(act_space):
+    """The Unity form takes ML-Agents' recurrent_in [batch, 1, M] and gives recurrent_out last with
+    memory_size M; the generic form memory_in -> memory_out [batch, M]. Over several steps, with the memory
+    carried, onnxruntime gives the torch policy's deterministic actions and memories."""
+    import onnxruntime as ort
+
+    from spinppo.tools.onnx_policy import gym_model, unity_model
+
+    torch.manual_seed(3)
+    ac = MLPActorCritic(OBS, act_space, hidden_sizes=(16,), memory_size=8, sequence_length=4)
+    ac.obs_rms.update(np.random.default_rng(0).normal(1.0, 2.0, (40, 3)))
+    unity = ort.InferenceSession(unity_model(ac, [[1], [2]]).SerializeToString())
+    names = [o.name for o in unity.get_outputs()]
+    assert names[0:2] == ["version_number", "memory_size"] and names[-1] == "recurrent_out"
+    assert [i.name for i in unity.get_inputs()][-1] == "recurrent_in"
+    assert unity.get_inputs()[-1].shape == ["batch", 1, 8]
+    generic = ort.InferenceSession(gym_model(ac, act_space).SerializeToString())
+    rng = np.random.default_rng(1)
+    mine = ac.initial_memory(5)
+    unity_memory, generic_memory = np.zeros((5, 1, 8), np.float32), np.zeros((5, 8), np.float32)
+    kind = "continuous" if isinstance(act_space, gym.spaces.Box) else "discrete"
+    for _ in range(4):
+        obs = rng.normal(1.0, 2.0, (5, 3)).astype(np.float32)
+        want, mine = ac.act(torch.from_numpy(obs), deterministic=True, memory=mine)
+        feeds = {"obs_0": obs[:, :1], "obs_1": obs[:, 1:], "recurrent_in": unity_memory}
+        if kind == "discrete":
+            feeds["action_masks"] = np.ones((5, int(np.sum(ac.branches))), np.float32)
+        out = dict(zip(names, unity.run(names, feeds), strict=True))
+        assert out["memory_size"].tolist() == [8.0]
+        unity_memory = out["recurrent_out"]
+        got_unity = out[f"deterministic_{kind}_actions"]
+        got, generic_memory = generic.run(
+            ["deterministic_actions", "memory_out"], {"obs": obs, "memory_in": generic_memory}
+        )
+        np.testing.assert_allclose(unity_memory[:, 0], mine.numpy(), atol=1e-5)
+        np.testing.assert_allclose(generic_memory, mine.numpy(), atol=1e-5)
+        if kind == "continuous":
+            np.testing.assert_allclose(got_unity, np.clip(want.numpy(), -1, 1), atol=1e-5)
+            np.testing.assert_allclose(got, np.clip(want.numpy(), -1, 1), atol=1e-5)
+        else:
+            assert got_unity.tolist() == want.numpy().reshape(5, -1).tolist()
+            assert got.tolist() == want.numpy().tolist()

@@ -121,24 +121,44 @@ def _verify(data: bytes, ac: Any, act_space: Any) -> None:
 
 
 def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
+    """The graph's deterministic actions against the torch policy's; a recurrent policy's over a few steps
+    (the observations shuffled each step), its memories carried on both sides and compared too."""
     import tempfile
 
     import torch
 
     from spinppo.envs.spaces import action_for_env
 
-    with torch.no_grad():
-        want = ac.act(torch.as_tensor(obs), deterministic=True).numpy()
     with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
         f.write(data)
         f.flush()
-        got = OnnxPolicy(f.name).act(obs, deterministic=True)
-    if act_space is None:  # the Unity form: clipped to [-1, 1], one column per branch
-        want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(len(obs), -1)
-    else:
-        want = action_for_env(act_space)(want)
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
-        raise RuntimeError("the exported graph's actions differ from the torch policy's: please report this")
+        policy = OnnxPolicy(f.name)
+        steps = 4 if ac.memory_size else 1
+        memory = np.zeros((len(obs), ac.memory_size), np.float32)
+        theirs = ac.initial_memory(len(obs)) if ac.memory_size else None
+        for step in range(steps):
+            x = obs if step == 0 else obs[np.random.default_rng(step).permutation(len(obs))]
+            with torch.no_grad():
+                if theirs is None:
+                    want = ac.act(torch.as_tensor(x), deterministic=True).numpy()
+                else:
+                    want, theirs = ac.act(torch.as_tensor(x), deterministic=True, memory=theirs)
+                    want = want.numpy()
+            got = policy.act(x, deterministic=True, memory=memory) if ac.memory_size else policy.act(x, True)
+            if ac.memory_size:
+                got, memory = got
+                if not np.allclose(memory, theirs.numpy(), rtol=1e-4, atol=1e-4):
+                    raise RuntimeError(
+                        "the exported graph's memory differs from the torch policy's: please report"
+                    )
+            if act_space is None:  # the Unity form: clipped to [-1, 1], one column per branch
+                want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(len(x), -1)
+            else:
+                want = action_for_env(act_space)(want)
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+                raise RuntimeError(
+                    "the exported graph's actions differ from the torch policy's: please report this"
+                )
 
 
 def describe(path: str) -> str:

@@ -7,12 +7,13 @@ Two forms (docs/export.md lists every name, shape and dtype):
   ``obs_0``, ``obs_1``, ... (one per sensor) and ``action_masks`` (discrete actions: 1 allowed, 0 masked);
   outputs ``version_number`` (3), ``memory_size`` (0), then ``continuous_actions``,
   ``continuous_action_output_shape``, ``deterministic_continuous_actions`` or ``discrete_actions``,
-  ``discrete_action_output_shape``, ``deterministic_discrete_actions``.
+  ``discrete_action_output_shape``, ``deterministic_discrete_actions``; a recurrent policy (memory) also
+  takes ``recurrent_in`` [batch, 1, memory_size] and gives ``recurrent_out`` last, as ML-Agents' does.
 - **Generic** (``gym_model``): input ``obs`` (raw observations; one image goes in as the environment
   stores it, uint8 or float32, CHW or HWC, through its encoder's Conv/MaxPool/Add layers), outputs
   ``actions`` (sampled) and ``deterministic_actions``, both exactly what spinppo's replay sends the
   environment (Box actions clipped to the space's bounds, Discrete actions shifted by the space's
-  ``start``).
+  ``start``); a recurrent policy also takes ``memory_in`` and gives ``memory_out`` ([batch, memory_size]).
 
 Both hold observation normalisation (``obs_rms``: standardise, clip to +-10) inside the graph, so they
 take the environment's raw observations. The graph is written node by node with ``onnx.helper`` rather
@@ -94,11 +95,8 @@ def check_network(ac: Any) -> None:
     spec = getattr(ac, "ctor_spec", {})
     if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
         raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
-    if spec.get("memory_size"):
-        raise UserError(
-            "export of recurrent policies (--memory_size) is not supported yet: replay the run directory "
-            "with test_policy, which carries the memory"
-        )
+    if ac.lstm is not None and not _plain_lstm(ac.lstm):
+        raise UserError("cannot export an LSTM other than one layer, one direction, with biases")
     obs = spec["observation"]
     if obs["kind"] == "dict":
         raise UserError("export of Dict observations is not supported yet (one vector or one image only)")
@@ -106,6 +104,36 @@ def check_network(ac: Any) -> None:
         raise UserError(f"cannot export a policy of {obs} observations: flat vectors or one image only")
     if any(p.dtype != torch.float32 for p in ac.parameters()):
         raise UserError("cannot export a policy whose weights are not float32")
+
+
+def _plain_lstm(lstm: Any) -> bool:
+    from spinppo.core.networks import _plain_lstm
+
+    return _plain_lstm(lstm)
+
+
+def _lstm(g: _Graph, lstm: Any, x: str, h0: str, c0: str) -> tuple[str, str, str]:
+    """One step of ``lstm`` (torch's nn.LSTM) as ONNX's LSTM operator: input ``x`` [batch, F], states
+    ``h0``, ``c0`` [1, batch, H]; returns (output [batch, H], h [1, batch, H], c [1, batch, H]).
+
+    ONNX orders the gates i, o, f, c where torch orders them i, f, g(=c), o; the weights are reordered."""
+    hidden = lstm.hidden_size
+    order = [0, 3, 1, 2]  # torch's i, f, g, o blocks taken as ONNX's i, o, f, c
+
+    def gates(t: Any) -> np.ndarray:
+        blocks = t.detach().numpy().reshape(4, hidden, *t.shape[1:])
+        return blocks[order].reshape(4 * hidden, *t.shape[1:])
+
+    w = g.const("lstm_w", gates(lstm.weight_ih_l0)[None])
+    r = g.const("lstm_r", gates(lstm.weight_hh_l0)[None])
+    b = g.const("lstm_b", np.concatenate([gates(lstm.bias_ih_l0), gates(lstm.bias_hh_l0)])[None])
+    seq = g.op("Unsqueeze", [x], "lstm_input", axes=[0])  # [1 step, batch, F]
+    h, c = g._name("lstm_h"), g._name("lstm_c")
+    y = g._name("lstm_y")
+    g.nodes.append(
+        g.onnx.helper.make_node("LSTM", [seq, w, r, b, "", h0, c0], [y, h, c], name=y, hidden_size=hidden)
+    )
+    return g.op("Squeeze", [h], "lstm_output", axes=[0]), h, c
 
 
 def _is_image(ac: Any) -> bool:
@@ -259,10 +287,13 @@ def _normalized(g: _Graph, ac: Any, x: str) -> str:
     return g.op("Clip", [x], "obs_normalized", min=-float(rms.clip), max=float(rms.clip))
 
 
-def _policy_head(g: _Graph, ac: Any, x: str) -> list[str]:
+def _policy_head(
+    g: _Graph, ac: Any, x: str, memory: tuple[str, str] | None = None
+) -> tuple[list[str], tuple[str, str] | None]:
     """The policy head's outputs for raw observations ``x`` (vectors, or one image as stored): [mean] (Box)
     or one logits tensor per branch, each from its own slice of the last layer's rows (ML-Agents gives each
-    branch its own layer too)."""
+    branch its own layer too). A recurrent network takes ``memory`` (its h and c, [1, batch, H] each) and
+    also returns the next (h, c); others return None there."""
     from torch import nn
 
     if ac.encoder is not None:  # one image: no vector parts, so obs_rms normalises nothing
@@ -271,15 +302,29 @@ def _policy_head(g: _Graph, ac: Any, x: str) -> list[str]:
         x = _image_features(g, ac.encoder.images[0], x)
     else:
         x = _normalized(g, ac, x)
+    next_memory = None
+    if ac.lstm is not None:
+        x, h, c = _lstm(g, ac.lstm, x, *memory)
+        next_memory = (h, c)
     feat = _sequential(g, list(ac.trunk) if isinstance(ac.trunk, nn.Sequential) else [], x)
     layers = list(ac.pi)
     if not layers or type(layers[-1]) is not nn.Linear:
         raise UserError("cannot export a policy head that does not end in a Linear layer")
     hidden = _sequential(g, layers[:-1], feat)
     if not ac.discrete:
-        return [_linear(g, layers[-1], hidden)]
+        return [_linear(g, layers[-1], hidden)], next_memory
     bounds = np.cumsum([0, *ac.branches])
-    return [_linear(g, layers[-1], hidden, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [_linear(g, layers[-1], hidden, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])], next_memory
+
+
+def _memory_halves(g: _Graph, memory: str, axis: int, hidden: int) -> tuple[str, str]:
+    """h and c from a memory input (h and c side by side on ``axis``), each [1, batch, H]."""
+    h = g.op("Slice", [memory], "memory_h", axes=[axis], starts=[0], ends=[hidden])
+    c = g.op("Slice", [memory], "memory_c", axes=[axis], starts=[hidden], ends=[2 * hidden])
+    if axis == 1:  # [batch, H] -> [1, batch, H]
+        return g.op("Unsqueeze", [h], "h0", axes=[0]), g.op("Unsqueeze", [c], "c0", axes=[0])
+    # [batch, 1, H] (ML-Agents' recurrent_in) -> [1, batch, H], as its LSTM transposes when exporting
+    return g.op("Transpose", [h], "h0", perm=[1, 0, 2]), g.op("Transpose", [c], "c0", perm=[1, 0, 2])
 
 
 def _gaussian(g: _Graph, ac: Any, mean: str) -> str:
@@ -348,9 +393,13 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
     ]
     names = [i.name for i in inputs]
     x = names[0] if len(names) == 1 else g.op("Concat", names, "observation", axis=1)
-    heads = _policy_head(g, ac, x)
+    memory_size = int(ac.memory_size)
+    memory = None
+    if memory_size:  # ML-Agents' recurrent_in: [batch, 1 (the sequence), memory_size]
+        memory = _memory_halves(g, "recurrent_in", 2, memory_size // 2)
+    heads, next_memory = _policy_head(g, ac, x, memory)
     g.constant_output("version_number", np.array([MLAGENTS_API_VERSION]))
-    g.constant_output("memory_size", np.array([0]))
+    g.constant_output("memory_size", np.array([memory_size]))
     outputs = [
         onnx.helper.make_tensor_value_info("version_number", float32, [1]),
         onnx.helper.make_tensor_value_info("memory_size", float32, [1]),
@@ -391,6 +440,13 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
                 "deterministic_discrete_actions", int64, ["batch", len(branches)]
             ),
         ]
+    if memory_size:  # after action_masks and the outputs above, as ML-Agents orders them
+        inputs.append(onnx.helper.make_tensor_value_info("recurrent_in", float32, ["batch", 1, memory_size]))
+        both = g.op("Concat", list(next_memory), "memory_hc", axis=2)  # [1, batch, memory_size]
+        g.op("Transpose", [both], output="recurrent_out", perm=[1, 0, 2])
+        outputs.append(
+            onnx.helper.make_tensor_value_info("recurrent_out", float32, ["batch", 1, memory_size])
+        )
     return _model(g, inputs, outputs, metadata or {}, "spinppo_unity_policy")
 
 
@@ -416,7 +472,12 @@ def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None
     obs_type = onnx.TensorProto.UINT8 if obs.get("dtype") == "uint8" else float32
     g = _Graph()
     inputs = [onnx.helper.make_tensor_value_info("obs", obs_type, ["batch", *obs["shape"]])]
-    heads = _policy_head(g, ac, "obs")
+    memory_size = int(ac.memory_size)
+    memory = None
+    if memory_size:  # spinppo's memory: [batch, memory_size], h and c side by side
+        inputs.append(onnx.helper.make_tensor_value_info("memory_in", float32, ["batch", memory_size]))
+        memory = _memory_halves(g, "memory_in", 1, memory_size // 2)
+    heads, next_memory = _policy_head(g, ac, "obs", memory)
     if isinstance(action_space, gym.spaces.Box):
         shape = [int(n) for n in action_space.shape]
 
@@ -452,6 +513,10 @@ def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None
         onnx.helper.make_tensor_value_info("actions", dtype, out_shape),
         onnx.helper.make_tensor_value_info("deterministic_actions", dtype, out_shape),
     ]
+    if memory_size:
+        both = g.op("Concat", list(next_memory), "memory_hc", axis=2)  # [1, batch, memory_size]
+        g.op("Squeeze", [both], output="memory_out", axes=[0])
+        outputs.append(onnx.helper.make_tensor_value_info("memory_out", float32, ["batch", memory_size]))
     return _model(g, inputs, outputs, metadata or {}, "spinppo_policy")
 
 
@@ -477,8 +542,9 @@ class OnnxPolicy:
     ``path`` is an .onnx file. ``form`` is "unity" (inputs obs_0, obs_1, ...) or "gym" (input obs);
     ``obs_sizes`` the width of each observation input; ``env_spec`` the environment the file names in its
     metadata (``{"kind", "env", "env_kwargs", "name"}``) or None. ``act(obs, deterministic)`` takes a batch
-    of concatenated raw observations and returns the batch's actions as the graph gives them. Bad input
-    is a UserError.
+    of concatenated raw observations and returns the batch's actions as the graph gives them. A recurrent
+    policy (``memory_size`` > 0: an input ``recurrent_in`` or ``memory_in``) takes ``memory``
+    [batch, memory_size] too and returns ``(actions, next memory)``. Bad input is a UserError.
     """
 
     def __init__(self, path: str) -> None:
@@ -525,20 +591,36 @@ class OnnxPolicy:
         first = inputs[self.obs_names[0]]
         self.image_shape = list(first.shape[1:]) if len(first.shape) == 4 else None
         self.obs_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
+        # A recurrent policy's memory: (input, output, whether the graph has ML-Agents' sequence axis).
+        self.memory_size, self.memory_io = 0, None
+        for name, out, seq in (("recurrent_in", "recurrent_out", True), ("memory_in", "memory_out", False)):
+            if name in inputs:
+                if out not in outputs or not isinstance(inputs[name].shape[-1], int):
+                    raise UserError(f"{path}: input {name} without output {out} (or of no fixed size)")
+                self.memory_size, self.memory_io = int(inputs[name].shape[-1]), (name, out, seq)
         self.mask_size = None
         if "action_masks" in inputs:
             self.mask_size = inputs["action_masks"].shape[1]
         self.env_spec = json.loads(self.metadata[META_ENV]) if META_ENV in self.metadata else None
 
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+    def act(
+        self, obs: np.ndarray, deterministic: bool = False, memory: np.ndarray | None = None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)], or images [batch,
-        *image_shape] of any dtype holding their stored values), all actions allowed."""
+        *image_shape] of any dtype holding their stored values), all actions allowed; a recurrent policy:
+        ``(actions, next memory)`` from ``memory`` [batch, memory_size] (zeros start an episode)."""
         if self.image_shape is not None:
-            return self.session.run(
-                [self.outputs[deterministic]], {"obs": np.asarray(obs).astype(self.obs_dtype)}
-            )[0]
-        obs = np.asarray(obs, dtype=np.float32)
-        feeds = dict(zip(self.obs_names, np.split(obs, np.cumsum(self.obs_sizes)[:-1], axis=1)))
+            feeds = {"obs": np.asarray(obs).astype(self.obs_dtype)}
+        else:
+            obs = np.asarray(obs, dtype=np.float32)
+            feeds = dict(zip(self.obs_names, np.split(obs, np.cumsum(self.obs_sizes)[:-1], axis=1)))
+        n = len(obs)
         if self.mask_size is not None:
-            feeds["action_masks"] = np.ones((len(obs), self.mask_size), np.float32)
-        return self.session.run([self.outputs[deterministic]], feeds)[0]
+            feeds["action_masks"] = np.ones((n, self.mask_size), np.float32)
+        if not self.memory_size:
+            return self.session.run([self.outputs[deterministic]], feeds)[0]
+        name, out, seq = self.memory_io
+        memory = np.asarray(memory, dtype=np.float32).reshape(n, self.memory_size)
+        feeds[name] = memory[:, None] if seq else memory
+        action, next_memory = self.session.run([self.outputs[deterministic], out], feeds)
+        return action, next_memory.reshape(n, self.memory_size)

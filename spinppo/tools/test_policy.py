@@ -206,9 +206,10 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
             batch = x.unsqueeze(0) if single else x
         if ac.memory_size:
             n = batch[next(iter(batch))].shape[0] if isinstance(batch, dict) else batch.shape[0]
-            if memory[0] is None or memory[0].shape[0] != n:
-                memory[0] = ac.initial_memory(n)
-            action, memory[0] = ac.act(batch, deterministic=deterministic, memory=memory[0])
+            action, next_memory = ac.act(
+                batch, deterministic=deterministic, memory=torch.from_numpy(memory.rows(n))
+            )
+            memory.keep(next_memory.numpy())
             action = action.numpy()
         else:
             action = ac.act(batch, deterministic=deterministic).numpy()
@@ -216,17 +217,33 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
             return action
         return int(action[0]) if scalar else action[0]
 
-    memory: list[Any] = [None]  # a recurrent policy's memory, one row per observation of the batch
-
-    def episodes_ended(mask: Any = None) -> None:
-        if memory[0] is not None:
-            if mask is None:
-                memory[0] = None
-            else:
-                memory[0][torch.as_tensor(np.asarray(mask, dtype=bool))] = 0.0
-
-    get_action.episodes_ended = episodes_ended  # type: ignore[attr-defined]
+    memory = _Memories(ac.memory_size)
+    get_action.episodes_ended = memory.episodes_ended  # type: ignore[attr-defined]
     return ac, get_action
+
+
+class _Memories:
+    """A recurrent policy's memories across ``get_action`` calls: one row per observation of the batch,
+    zeros for episodes that have just begun."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.memory = size, None
+
+    def rows(self, n: int) -> np.ndarray:
+        if self.memory is None or len(self.memory) != n:
+            self.memory = np.zeros((n, self.size), np.float32)
+        return self.memory
+
+    def keep(self, memory: np.ndarray) -> None:
+        self.memory = np.array(memory, dtype=np.float32)
+
+    def episodes_ended(self, mask: Any = None) -> None:
+        """Empty the memories of the episodes that ended (``mask``; all of them when None)."""
+        if self.memory is not None:
+            if mask is None:
+                self.memory = None
+            else:
+                self.memory[np.asarray(mask, dtype=bool)] = 0.0
 
 
 # -------------------------------------------------------------------------------------------- environment
@@ -419,16 +436,24 @@ def load_onnx_policy_and_env(
     one_branch = policy.form == "unity" and act_space.shape == ()
     obs_rank = len(obs_space.shape or (0,))  # one observation's rank (3 for an Atari game's frames)
 
+    memory = _Memories(policy.memory_size)
+
     def get_action(obs: Any) -> Any:
         x = np.asarray(obs, dtype=np.float32)
         single = x.ndim == obs_rank
-        action = policy.act(x[None] if single else x, deterministic)
+        batch = x[None] if single else x
+        if policy.memory_size:
+            action, next_memory = policy.act(batch, deterministic, memory=memory.rows(len(batch)))
+            memory.keep(next_memory)
+        else:
+            action = policy.act(batch, deterministic)
         if one_branch:
             action = action[:, 0]
         if not single:
             return action
         return int(action[0]) if action[0].ndim == 0 else action[0]
 
+    get_action.episodes_ended = memory.episodes_ended  # type: ignore[attr-defined]
     return made, get_action
 
 
