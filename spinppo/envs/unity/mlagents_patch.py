@@ -15,6 +15,12 @@ ones. The protocol, the gRPC server and every check stay mlagents_envs' own. Wha
   the exchange that carries the close message before the player has it (see the override).
 - ``UnityEnvironment._get_communicator``: to make the communicator above.
 - ``UnityEnvironment._close``: harmless at exit when the environment never got a communicator.
+- At interpreter exit the player's pending exchange is answered with a close message (status 400),
+  through ``threading._register_atexit`` (what concurrent.futures itself uses; it runs before threads are
+  joined): a process that exits without closing its environment (an error raised after the environment
+  was made, before anything owned it) would otherwise hang for ever, as the interpreter joins the gRPC
+  worker thread waiting for the next message before it runs mlagents_envs' atexit close. The player
+  quits as it does on ``close()``.
 
 The private names relied on (``unity_to_external``, ``parent_conn``, ``child_conn``, ``is_open``,
 ``server``, ``_get_communicator``, ``_close``, ``_communicator``, and the Connection methods the
@@ -25,6 +31,7 @@ imported only inside ``patched_unity_environment``: importing spinppo must not i
 from __future__ import annotations
 
 import queue
+import threading
 from typing import Any
 
 # Longest wait, when closing, for the gRPC call that carries the close message to reach the player.
@@ -83,6 +90,11 @@ def patched_unity_environment() -> type:
             to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
             self.unity_to_external.parent_conn = QueuePipeEnd(to_python, to_unity)
             self.unity_to_external.child_conn = QueuePipeEnd(to_unity, to_python)
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:  # see the module doc: the player gets a close if nobody closed it
+                close = UnityMessageProto()
+                close.header.status = 400  # what close() sends
+                register(to_unity.put, close)
 
         def close(self) -> None:
             # The stock close stops the gRPC server with no grace period, which can abort the Exchange

@@ -10,6 +10,11 @@ SAME_STEP autoreset mode, which is what spinppo's rollout expects:
   (Unity's max step reached; the rollout bootstraps it with V(final_obs)), and as observation the first
   one of the slot's next episode; the finished episode's last observation is in ``info["final_obs"]``
   (an object array, as gymnasium's) where ``info["_final_obs"]`` is True.
+- Observations (``SensorLayout``): a behavior with vector sensors only gives a flat float32 Box, the
+  sensors concatenated in Unity's order. One with a visual sensor (a 3-D observation, HxWxC floats in
+  [0, 1], PNG-compressed or not on the wire) gives a gymnasium ``Dict`` with one entry per sensor, keyed
+  ``obs_0``, ``obs_1``, ... in Unity's sensor order (the input names of ML-Agents' exported models):
+  images as uint8 ``Box(0, 255, (H, W, C))`` (round(255 x value)), vectors as float32 Boxes.
 
 Rules for what Unity does that gymnasium cannot express:
 
@@ -208,22 +213,11 @@ class UnityVectorEnv(VectorEnv):
             self._check_curriculum_behaviors(names)
         spec = self._env.behavior_specs[self.behavior]
 
-        for obs_spec in spec.observation_specs:
-            if len(obs_spec.shape) == 3:
-                raise UserError(
-                    f"behavior {self.behavior!r} has a visual observation {obs_spec.name!r} "
-                    f"{obs_spec.shape}: visual observations are not supported yet; use vector observations "
-                    "(remove the camera or render-texture sensors)"
-                )
-            if len(obs_spec.shape) != 1:
-                raise UserError(
-                    f"behavior {self.behavior!r} has a variable-length observation {obs_spec.name!r} "
-                    f"{obs_spec.shape}: not supported yet; use vector observations"
-                )
-        # One shape per sensor, in the order Unity lists them (their concatenation is the observation):
-        # an exported model takes them as separate inputs, as ML-Agents' does.
-        self.observation_shapes = [tuple(int(n) for n in s.shape) for s in spec.observation_specs]
-        self.obs_dim = int(sum(s.shape[0] for s in spec.observation_specs))
+        self.sensors = SensorLayout(self.behavior, spec.observation_specs)
+        # One shape per sensor, in the order Unity lists them (for vectors their concatenation is the
+        # observation): an exported model takes them as separate inputs, as ML-Agents' does.
+        self.observation_shapes = self.sensors.shapes
+        self.obs_dim = self.sensors.vector_dim  # the vector sensors' numbers (all of a flat observation)
 
         action_spec = spec.action_spec
         self.num_continuous = action_spec.continuous_size
@@ -243,7 +237,7 @@ class UnityVectorEnv(VectorEnv):
         self._make_slots(0)  # the number of slots is known once the first agents ask
         num_envs = self._gather_agents(None)
         self.num_envs = num_envs
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+        self.single_observation_space = self.sensors.space
         self.single_action_space = single_action
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -251,10 +245,10 @@ class UnityVectorEnv(VectorEnv):
         self._fresh_reset = True
         self._warned_extra = False
         logger.info(
-            "Unity behavior %r: %d agents, %d observations, action space %s",
+            "Unity behavior %r: %d agents, observations %s, action space %s",
             self.behavior,
             num_envs,
-            self.obs_dim,
+            self.sensors.describe(),
             single_action,
         )
 
@@ -276,7 +270,7 @@ class UnityVectorEnv(VectorEnv):
     def _make_slots(self, num_envs: int) -> None:
         """``num_envs`` free slots, with the per-slot observation and action buffers."""
         self._slots = AgentSlots(num_envs)
-        self._obs = np.zeros((num_envs, self.obs_dim), np.float32)  # each slot's latest observation
+        self._obs = self.sensors.zeros(num_envs)  # each slot's latest observation
         self._act_cont = np.zeros((num_envs, self.num_continuous), np.float32)  # each slot's action
         self._act_disc = np.zeros((num_envs, len(self.branches)), np.int32)
 
@@ -296,14 +290,14 @@ class UnityVectorEnv(VectorEnv):
                 num_envs = len(dec)
                 self._make_slots(num_envs)
             if num_envs is not None and len(dec) > 0:
-                obs = concat_observations(dec.obs)
+                obs = self.sensors.convert(dec.obs)
                 for k, aid in enumerate(dec.agent_id):
                     slot = self._slots.slot_of(int(aid))
                     if slot is None:
                         slot = self._slots.take_free_slot(int(aid))
                         if slot is None:
                             continue  # more agents than slots: ignored until one is free
-                    self._obs[slot] = obs[k]
+                    self.sensors.put(self._obs, slot, obs, k)
                 if self._slots.all_taken():
                     return num_envs
             if exchange < self.patience:
@@ -317,17 +311,18 @@ class UnityVectorEnv(VectorEnv):
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    ) -> tuple[Any, dict[str, Any]]:
         """Reset Unity (not on the first call, which returns the launch's first observation).
 
-        Returns ``(obs[num_envs, obs_dim] float32, {})``; Unity was seeded at launch, so ``seed`` only
+        Returns ``(obs, {})``: ``obs`` is ``[num_envs, obs_dim]`` float32, or with visual sensors a dict of
+        ``[num_envs, *shape]`` arrays (``observation_space``); Unity was seeded at launch, so ``seed`` only
         seeds this object's ``np_random``.
         """
         super().reset(seed=seed, options=options)
         if not self._fresh_reset:
             self._reset_unity()
         self._fresh_reset = False
-        return self._obs.copy(), {}
+        return self.sensors.copy(self._obs), {}
 
     def _reset_unity(self) -> None:
         """Reset the player, sending the current lessons' values with the reset as mlagents-learn does, and
@@ -339,7 +334,7 @@ class UnityVectorEnv(VectorEnv):
         self._call(self._env.reset)
         self._call(self._gather_agents, self.num_envs)
 
-    def apply_lessons(self, reset: bool) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def apply_lessons(self, reset: bool) -> tuple[Any, dict[str, Any]] | None:
         """Send the current lessons' values (``parameter_manager.current_samplers()``, every parameter's,
         as mlagents-learn does when a lesson changes) to the player; call it when
         ``parameter_manager.update`` returned ``changed`` True, with ``reset`` its second value.
@@ -351,21 +346,21 @@ class UnityVectorEnv(VectorEnv):
         ``reset`` True (a completed lesson's ``require_reset``): the values go with a Unity reset now, as
         mlagents-learn's ``_reset_env``. Every slot's episode in progress is abandoned without a final step
         (no terminal entry, not a finished episode: count neither its return nor its length) and every slot
-        gets a new agent, as after ``reset()``. Returns ``(obs, {})`` as ``reset()`` does: ``obs`` is
-        ``[num_envs, obs_dim]`` float32, the first observation of each slot's new episode, which replaces the
-        rollout's current observation. Call it between rollouts (after the epoch's last step), when the
-        buffer has already bootstrapped the episodes it cut.
+        gets a new agent, as after ``reset()``. Returns ``(obs, {})`` as ``reset()`` does: ``obs`` is the
+        first observation of each slot's new episode, which replaces the rollout's current observation.
+        Call it between rollouts (after the epoch's last step), when the buffer has already bootstrapped
+        the episodes it cut.
         """
         if self.parameter_manager is None:
             raise ValueError("apply_lessons: this environment has no environment_parameters")
         if reset:
             self._fresh_reset = False
             self._reset_unity()
-            return self._obs.copy(), {}
+            return self.sensors.copy(self._obs), {}
         queue_environment_parameters(self._parameters_channel, self.parameter_manager.current_samplers())
         return None
 
-    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One decision of every agent: ``(obs, reward, terminated, truncated, info)`` as the module doc says.
 
         ``actions`` is one action per slot (``action_space``); continuous actions are clipped to [-1, 1].
@@ -387,7 +382,7 @@ class UnityVectorEnv(VectorEnv):
             dec, term = self._env.get_steps(self.behavior)
             seen = np.zeros(n, bool)
             if len(term) > 0:
-                term_obs = concat_observations(term.obs)
+                term_obs = self.sensors.convert(term.obs)
                 for k, aid in enumerate(term.agent_id):
                     slot = self._slots.release(int(aid))
                     if slot is None:
@@ -398,12 +393,12 @@ class UnityVectorEnv(VectorEnv):
                         ready[slot] = False
                         continue
                     reward[slot] += term.reward[k]
-                    final_obs[slot] = term_obs[k]
+                    final_obs[slot] = self.sensors.single(term_obs, k)
                     truncated[slot] = bool(term.interrupted[k])
                     terminated[slot] = not truncated[slot]
                     ended[slot] = True
             if len(dec) > 0:
-                dec_obs = concat_observations(dec.obs)
+                dec_obs = self.sensors.convert(dec.obs)
                 for k, aid in enumerate(dec.agent_id):
                     aid = int(aid)
                     slot = self._slots.slot_of(aid)
@@ -418,7 +413,7 @@ class UnityVectorEnv(VectorEnv):
                             ready[slot] = True
                     if ended[slot]:
                         ready[slot] = True
-                    self._obs[slot] = dec_obs[k]
+                    self.sensors.put(self._obs, slot, dec_obs, k)
                     seen[slot] = True
             silent = np.where(seen, 0, silent + 1)
             if np.all(ready):
@@ -429,7 +424,7 @@ class UnityVectorEnv(VectorEnv):
         done = terminated | truncated
         if done.any():
             info = {"final_obs": final_obs, "_final_obs": done, "final_info": {}, "_final_info": done.copy()}
-        return self._obs.copy(), reward, terminated, truncated, info
+        return self.sensors.copy(self._obs), reward, terminated, truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:
         """Stop the Unity player (it gets ``timeout_wait`` seconds to quit, then it is killed)."""
@@ -501,7 +496,7 @@ class UnityVectorEnv(VectorEnv):
             )
         logger.warning("Unity agent %d vanished without ending its episode: truncating slot %d", aid, slot)
         self._slots.release(aid)
-        final_obs[slot] = self._obs[slot].copy()
+        final_obs[slot] = self.sensors.single(self._obs, slot)
         truncated[slot] = True
         ended[slot] = True
         silent[slot] = 0
@@ -534,6 +529,97 @@ def choose_behavior(names: list[str], wanted: str | None, file_name: str) -> str
 
 def _matching(names: list[str], wanted: str) -> list[str]:
     return [n for n in names if n == wanted or behavior_base_name(n) == wanted]
+
+
+class SensorLayout:
+    """How a behavior's sensors become the vector environment's observations (the module doc's rule).
+
+    ``space`` is the single observation space; ``shapes`` one shape per sensor, in Unity's order. Agents'
+    observations as mlagents_envs gives them (one array per sensor, agents first) go through ``convert``
+    (a [agents, obs_dim] float32 array for vector sensors only, else a dict of arrays by key); ``put``,
+    ``single`` and ``copy`` move them between those and the slots' store (``zeros``), which has the same
+    form. A visual observation with fewer rows than channels is a UserError (spinppo would read it as
+    CxHxW), so is one of another rank (a variable-length observation).
+    """
+
+    def __init__(self, behavior: str, observation_specs: Any) -> None:
+        self.shapes = [tuple(int(n) for n in s.shape) for s in observation_specs]
+        self.names = [str(s.name) for s in observation_specs]
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            if len(shape) == 3 and shape[0] < shape[2]:
+                raise UserError(
+                    f"behavior {behavior!r} has a visual observation {name!r} {shape} (HxWxC) with fewer "
+                    "rows than channels, which spinppo would read as CxHxW: make the image taller"
+                )
+            if len(shape) not in (1, 3):
+                raise UserError(
+                    f"behavior {behavior!r} has a variable-length observation {name!r} "
+                    f"{shape}: not supported yet; use vector or visual observations"
+                )
+        self.vector_dim = int(sum(s[0] for s in self.shapes if len(s) == 1))
+        self.is_dict = any(len(s) == 3 for s in self.shapes)
+        if not self.is_dict:
+            self.space: gym.Space = gym.spaces.Box(-np.inf, np.inf, (self.vector_dim,), np.float32)
+            return
+        # Zero-padded indices, so that sorting the keys (gymnasium's Dict and batch_space do) keeps Unity's
+        # order: obs_0 ... obs_9, or obs_00 ... obs_11 for 12 sensors.
+        width = len(str(len(self.shapes) - 1))
+        self.keys = [f"obs_{i:0{width}d}" for i in range(len(self.shapes))]
+        self.images = [len(s) == 3 for s in self.shapes]
+        self.space = gym.spaces.Dict(
+            {
+                key: gym.spaces.Box(0, 255, shape, np.uint8)
+                if image
+                else gym.spaces.Box(-np.inf, np.inf, shape, np.float32)
+                for key, shape, image in zip(self.keys, self.shapes, self.images, strict=True)
+            }
+        )
+        assert list(self.space.spaces) == self.keys
+
+    def describe(self) -> str:
+        """The sensors for a log line: ``Camera (84, 84, 3), Body (12,)``."""
+        return ", ".join(f"{n or '?'} {s}" for n, s in zip(self.names, self.shapes, strict=True))
+
+    def zeros(self, n: int) -> Any:
+        """The store of ``n`` slots' observations."""
+        if not self.is_dict:
+            return np.zeros((n, self.vector_dim), np.float32)
+        return {k: np.zeros((n, *s.shape), s.dtype) for k, s in self.space.spaces.items()}
+
+    def convert(self, obs_list: list[np.ndarray]) -> Any:
+        """mlagents_envs' observations of some agents in this layout's form (images to uint8)."""
+        if not self.is_dict:
+            return concat_observations(obs_list)
+        return {
+            key: to_uint8(obs) if image else np.asarray(obs, np.float32).reshape(len(obs), -1)
+            for key, image, obs in zip(self.keys, self.images, obs_list, strict=True)
+        }
+
+    def put(self, store: Any, slot: int, obs: Any, k: int) -> None:
+        """Make agent ``k`` of ``obs`` (``convert``'s) the observation of ``slot`` in ``store``."""
+        if not self.is_dict:
+            store[slot] = obs[k]
+            return
+        for key in self.keys:
+            store[key][slot] = obs[key][k]
+
+    def single(self, obs: Any, k: int) -> Any:
+        """A copy of row ``k`` of ``obs`` (a store or ``convert``'s): one observation, as final_obs holds."""
+        if not self.is_dict:
+            return obs[k].copy()
+        return {key: obs[key][k].copy() for key in self.keys}
+
+    def copy(self, store: Any) -> Any:
+        """A copy of every slot's observation: what ``reset`` and ``step`` return."""
+        if not self.is_dict:
+            return store.copy()
+        return {key: store[key].copy() for key in self.keys}
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """mlagents_envs' float pixels in [0, 1] (a PNG's k/255, or Unity's floats) as uint8 round(255 x value):
+    exact for PNG-compressed observations."""
+    return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def concat_observations(obs_list: list[np.ndarray]) -> np.ndarray:
