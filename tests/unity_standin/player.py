@@ -30,6 +30,13 @@ model's or CartPole's. Everything received, and each episode's values (``episode
 L parameters {JSON}``), is written to the log file, which is how tests see what arrived. The samplers draw
 from Python's ``random.Random(seed)``, not C#'s ``System.Random``: same distributions, other numbers.
 
+Visual observations (``visual``): a camera sensor after the vector ones, HxWxC floats in [0, 1] sent as
+float data or, with ``png``, PNG-compressed as Unity's CameraSensor sends them by default (RGB; one channel
+goes as equal R, G and B, which mlagents_envs averages back). What it shows depends on the task: "side"
+draws the square whose side the agent must name (the only place that says it), "script" fills channel c
+with the agent's c-th observation (lineage, id, episode step) / 255 (mod 256) so that tests can tell whose
+image a slot shows, the other tasks show a flat 0.5.
+
 Configuration (JSON, ``--standin-config FILE`` or the STANDIN_CONFIG variable) — see DEFAULTS.
 """
 
@@ -64,7 +71,11 @@ from mlagents_envs.communicator_objects.unity_rl_initialization_output_pb2 impor
 from mlagents_envs.side_channel.incoming_message import IncomingMessage
 
 DEFAULTS: dict[str, Any] = {
-    "task": "pendulum",  # pendulum | hopper | walker | cartpole | script (deterministic, for tests)
+    # pendulum | hopper | walker | cartpole | script (deterministic, for tests) | side (a bright square
+    # on the left or right of the camera's image, drawn anew every physics step; discrete action 0 left,
+    # 1 right earns 1 when it names the side shown at the decision, else 0; episodes of 10 steps end
+    # terminated; the vector observation is only [episode step / 10]: the side is in the image alone)
+    "task": "pendulum",
     "agents": 4,  # agents of the main behavior after each reset
     "behavior_name": "StandIn",
     "decision_period": 5,  # academy steps between decisions (DecisionRequester.DecisionPeriod)
@@ -73,7 +84,9 @@ DEFAULTS: dict[str, Any] = {
     "act_pad": 0,  # extra continuous actions, ignored, e.g. to mimic Walker's 39
     "branches": [2],  # cartpole: discrete branch sizes; the first drives the cart, the rest are ignored
     "hybrid": False,  # add a discrete branch (continuous tasks) or a continuous action (cartpole)
-    "visual": False,  # add an 8x8x3 camera observation
+    # add a camera observation: true (8x8x3) or {"height": H, "width": W, "channels": C, "png": bool}
+    # (defaults 8, 8, 3, false; png takes 1 or 3 channels)
+    "visual": False,
     "second_behavior": False,  # a second behavior with one agent: true (named "Spectator") or its name
     "communication_version": "1.5.0",
     "package_version": "2.2.1-exp.1",
@@ -178,10 +191,51 @@ class ScriptBody:
         pass
 
 
+class SideBody:
+    """Task "side": name the side (0 left, 1 right) of the square in the image; see DEFAULTS."""
+
+    obs_dim = 1
+    num_continuous = 0
+    branches = [2]
+    length = 10
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+        self.side, self.row, self.t = 0, 0.0, 0
+
+    def _draw(self) -> None:
+        self.side, self.row = int(self.rng.integers(2)), float(self.rng.random())
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.t = 0
+        self._draw()
+        return np.array([0.0], np.float32)
+
+    def step(self, cont: np.ndarray, disc: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        reward = float(int(disc[0]) == self.side)
+        self.t += 1
+        self._draw()
+        return np.array([self.t / self.length], np.float32), reward, self.t >= self.length
+
+    def image(self, h: int, w: int, c: int) -> np.ndarray:
+        """A dark HxWxC image with a bright square of side min(h, w) // 3 in the half to name."""
+        img = np.zeros((h, w, c), np.float32)
+        size = max(1, min(h, w) // 3)
+        top = int(self.row * (h - size + 1))
+        left = 1 if self.side == 0 else w - size - 1
+        img[top : top + size, max(left, 0) : max(left, 0) + size] = 1.0
+        return img
+
+    def set_gravity(self, g: float) -> None:
+        pass
+
+
 class Agent:
     """A Unity Agent: a lineage (one GameObject) whose episodes each carry a new id."""
 
-    def __init__(self, behavior: str, lineage: int, body: Body | ScriptBody, period: int) -> None:
+    def __init__(self, behavior: str, lineage: int, body: Body | ScriptBody | SideBody, period: int) -> None:
         self.behavior, self.lineage, self.body, self.period = behavior, lineage, body, period
         self.reward_scale = 1.0  # read from the environment parameters at each episode's start
         self.id = -1
@@ -217,17 +271,22 @@ class Academy:
         )
         self.agents: dict[str, list[Agent]] = {n: [] for n in self.names}
         self.pending: dict[str, list[Agent]] = {n: [] for n in self.names}  # asked for a decision
-        self.bodies: dict[tuple[str, int], Body | ScriptBody] = {}
+        self.bodies: dict[tuple[str, int], Body | ScriptBody | SideBody] = {}
         self.sent_brains: set[str] = set()
         self.step_count = 0
         self.just_reset = False
         self.lineages = 0
 
-    def _body(self, name: str, lineage: int) -> Body | ScriptBody:
+    def _body(self, name: str, lineage: int) -> Body | ScriptBody | SideBody:
         key = (name, lineage)
         if key not in self.bodies:  # bodies persist across resets, like a scene's GameObjects
             task = self.cfg["task"]
-            self.bodies[key] = ScriptBody(self.cfg) if task == "script" else Body(task, self.cfg)
+            if task == "script":
+                self.bodies[key] = ScriptBody(self.cfg)
+            elif task == "side":
+                self.bodies[key] = SideBody()
+            else:
+                self.bodies[key] = Body(task, self.cfg)
         return self.bodies[key]
 
     def _new_agent(self, name: str, lineage: int) -> Agent:
@@ -375,8 +434,35 @@ class Academy:
         if self.cfg["obs_pad"]:
             sensors.append(("Padding", [self.cfg["obs_pad"]], np.zeros(self.cfg["obs_pad"], np.float32)))
         if self.cfg["visual"]:
-            sensors.append(("Camera", [8, 8, 3], np.full(192, 0.5, np.float32)))
+            sensors.append(self._camera(agent))
         return sensors
+
+    def _camera(self, agent: Agent) -> tuple[str, list[int], Any]:
+        """The camera sensor: (name, [H, W, C], floats in HWC order or PNG bytes); see the module doc."""
+        visual = self.cfg["visual"] if isinstance(self.cfg["visual"], dict) else {}
+        h, w, c = visual.get("height", 8), visual.get("width", 8), visual.get("channels", 3)
+        if isinstance(agent.body, SideBody):
+            img = agent.body.image(h, w, c)
+        elif self.cfg["task"] == "script":
+            img = np.zeros((h, w, c), np.float32)
+            for ch in range(min(c, 3)):
+                img[..., ch] = (int(agent.obs[ch]) % 256) / 255.0
+        else:
+            img = np.full((h, w, c), 0.5, np.float32)
+        if not visual.get("png"):
+            return ("Camera", [h, w, c], img.reshape(-1))
+        from io import BytesIO
+
+        from PIL import Image
+
+        pixels = np.rint(img * 255).astype(np.uint8)
+        if c == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        elif c != 3:
+            raise SystemExit(f"standin: png takes 1 or 3 channels, not {c}")
+        out = BytesIO()
+        Image.fromarray(pixels, "RGB").save(out, format="PNG")
+        return ("Camera", [h, w, c], out.getvalue())
 
     def _brain(self, name: str) -> BrainParametersProto:
         body = self.agents[name][0].body
@@ -427,14 +513,19 @@ def encode_agent_info(
     agent_id: int,
     sensors: list[tuple[str, list[int], Any]],
 ) -> bytes:
-    """An AgentInfoProto: reward=7 (float), done=8, max_step_reached=9, id=10, observations=13."""
+    """An AgentInfoProto: reward=7 (float), done=8, max_step_reached=9, id=10, observations=13. A sensor's
+    values are floats, or bytes: a PNG-compressed image."""
     parts = [_varint(7 << 3 | 5) + struct.pack("<f", reward), _varint(8 << 3) + _varint(int(done))]
     parts.append(_varint(9 << 3) + _varint(int(max_step_reached)))
     parts.append(_varint(10 << 3) + _varint(agent_id))
     for name, shape, values in sensors:
-        # ObservationProto: shape=1 (packed int32), float_data=4 (FloatData: data=1, packed float), name=8
-        floats = np.asarray(values, dtype="<f4").tobytes()
-        obs = _field(1, b"".join(_varint(d) for d in shape)) + _field(4, _field(1, floats))
+        # ObservationProto: shape=1 (packed int32), compression_type=2 (1: PNG), compressed_data=3,
+        # float_data=4 (FloatData: data=1, packed float), name=8
+        obs = _field(1, b"".join(_varint(d) for d in shape))
+        if isinstance(values, bytes):
+            obs += _varint(2 << 3) + _varint(1) + _field(3, values)
+        else:
+            obs += _field(4, _field(1, np.asarray(values, dtype="<f4").tobytes()))
         parts.append(_field(13, obs + _field(8, name.encode())))
     return b"".join(parts)
 
