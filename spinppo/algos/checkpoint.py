@@ -138,6 +138,7 @@ class Checkpointer:
         # A Unity run's curriculum (envs.unity.params.EnvironmentParameterManager), identical on all ranks.
         self.parameter_manager: Any = None
         self.keeps_best = False  # evaluation on: pyt_save/model_best.pt is the best policy by EvalEpRet
+        self.run_state: dict[str, Any] = {}  # the run's counters, saved and restored as they are
         self.best_eval = float("-inf")
 
     @property
@@ -177,6 +178,7 @@ class Checkpointer:
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
                 "best_eval": self.best_eval,
+                "run_state": self.run_state,  # the run's own counters (TotalEnvInteracts)
                 # Pickled per-rank states (random generators, environments): read back only on resume.
                 "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
             }
@@ -241,6 +243,7 @@ class Checkpointer:
                 f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
             ) from None
         self.best_eval = float(shared.get("best_eval", float("-inf")))
+        self.run_state = dict(shared.get("run_state") or {})
         if self.parameter_manager is not None and shared.get("lessons") is not None:
             # Before the environments reset below: a Unity reset sends the current lessons' values.
             self.parameter_manager.load_state_dict(shared["lessons"])

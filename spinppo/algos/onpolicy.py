@@ -41,8 +41,10 @@ from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
 from spinppo.utils.mpi_tools import (
+    Preemption,
     allgather,
     mpi_max,
+    mpi_sum,
     mpi_time,
     num_procs,
     oversubscription_warning,
@@ -95,6 +97,12 @@ def check_common_flags(
         raise UserError(
             "--eval_freq needs a gymnasium environment (a Unity build cannot be copied for evaluation): "
             "replay the run with test_policy instead"
+        )
+    preempt = config.get("preempt")
+    if preempt is not None and not 0 < preempt <= 1:
+        raise UserError(
+            f"--preempt must be a fraction of the ranks in (0, 1], such as 0.6 (DD-PPO's), or None (off), "
+            f"not {preempt}"
         )
     if config.get("time_horizon", 0) < 0:
         raise UserError(f"--time_horizon must be 0 (off) or a number of steps, not {config['time_horizon']}")
@@ -165,6 +173,7 @@ class OnPolicyRun:
         eval_freq: int = 0,
         eval_episodes: int = 10,
         stop_at_return: float | None = None,
+        preempt: float | None = None,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
         algo: str = "ppo",
@@ -233,6 +242,16 @@ class OnPolicyRun:
             self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
         )
         self.checkpointer.keeps_best = self.evaluator is not None
+        # DD-PPO's preemption: a rollout ends once --preempt of the ranks have collected their share, after
+        # at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence boundary.
+        self.preemption = Preemption(preempt) if preempt is not None and num_procs() > 1 else None
+        steps_per_row = getattr(self.ac, "sequence_length", 1)
+        self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
+        self.steps_per_row = steps_per_row
+        self.epoch_steps = 0  # environment steps this rank collected in this epoch
+        # With preemption an epoch collects fewer steps than steps_per_epoch: the true count, kept in
+        # checkpoints, is TotalEnvInteracts.
+        self.checkpointer.run_state = {"total_steps": 0}
         # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
         self.lessons = getattr(self.env, "parameter_manager", None)
         if self.lessons is not None and not self.lessons.has_curriculum():
@@ -288,6 +307,7 @@ class OnPolicyRun:
             self.logger.restore_progress(last, step=(last + 1) * self.steps_per_epoch)
             self.logger.log(f"Resumed from the checkpoint of epoch {last}")
             first_epoch = last + 1
+            self.checkpointer.run_state.setdefault("total_steps", first_epoch * self.steps_per_epoch)
             if epochs > first_epoch:
                 self.logger.update_config(epochs=epochs)
             else:
@@ -304,15 +324,31 @@ class OnPolicyRun:
             self.epoch_start = time.perf_counter()
             self.env_t0, self.inf_t0 = self.worker.env_time, self.worker.inference_time
             self.mpi_t0, self.update_time = mpi_time(), 0.0
-            self.epoch = epoch
+            self.epoch, self.epoch_steps = epoch, 0
             yield epoch
 
     def collect(self) -> dict[str, torch.Tensor]:
         """Step the environments with the current policy for one rollout; return the batch (``obs``,
         ``act``, ``ret``, ``adv``, ``logp``, ``val``, flat tensors; ``obs`` of an image or Dict space as
         ``GAEBuffer.get`` gives it) with GAE-lambda advantages,
-        normalised over all ranks when ``norm_adv``. Episode returns go to the logger."""
-        self.worker.collect(self.buf, self.logger)
+        normalised over all ranks when ``norm_adv``. Episode returns go to the logger.
+
+        With ``--preempt`` the rollout may end early on this rank (DD-PPO): the batch is then shorter,
+        and every rank's update still takes the same number of gradient steps (``full_rows``)."""
+        preemption = self.preemption
+        if preemption is None:
+            self.worker.collect(self.buf, self.logger)
+        else:
+            preemption.begin()
+
+            def stop(steps: int) -> bool:
+                return (
+                    steps >= self.min_steps and steps % self.steps_per_row == 0 and preemption.should_stop()
+                )
+
+            self.worker.collect(self.buf, self.logger, stop)
+            preemption.end(complete=self.buf.filled == self.buf.steps)
+        self.epoch_steps += self.buf.filled * self.num_envs
         batch = self.buf.get(normalize_adv=self.norm_adv)
         self._update_start = time.perf_counter()
         return batch
@@ -329,7 +365,9 @@ class OnPolicyRun:
         self.logger.store(**stats)
         layout = self.buf.layout
         if layout.vector_dim:  # only vectors have running statistics (the same layout on every rank)
-            self.ac.obs_rms.update(layout.vectors(self.buf.obs))
+            filled = self.buf.filled  # (fewer than the buffer's steps after a preemption)
+            obs = self.buf.obs[:filled] if layout.flat else layout.take(self.buf.obs, slice(0, filled))
+            self.ac.obs_rms.update(layout.vectors(obs))
         if self.reward_scaler is not None:
             self.reward_scaler.sync()
 
@@ -346,7 +384,15 @@ class OnPolicyRun:
         logger.log_tabular("EpRet", with_min_and_max=True)
         logger.log_tabular("EpLen", average_only=True)
         logger.log_tabular("VVals", with_min_and_max=True)
-        logger.log_tabular("TotalEnvInteracts", (epoch + 1) * self.steps_per_epoch)
+        state, collected = self.checkpointer.run_state, self.steps_per_epoch
+        if self.preemption is None:
+            state["total_steps"] = (epoch + 1) * self.steps_per_epoch
+            logger.log_tabular("TotalEnvInteracts", state["total_steps"])
+        else:  # the steps the ranks really collected, and the share of the epoch's they did not
+            collected = int(mpi_sum(self.epoch_steps))
+            state["total_steps"] += collected
+            logger.log_tabular("TotalEnvInteracts", state["total_steps"])
+            logger.log_tabular("Preempted", 1.0 - collected / self.steps_per_epoch)
         if self.evaluator is not None:
             self._evaluate(epoch)
         for key in log_keys:
@@ -355,7 +401,7 @@ class OnPolicyRun:
             for name, lesson in self.lessons.lesson_numbers().items():
                 if len(self.lessons.settings[name]["curriculum"]) > 1:
                     logger.log_tabular(f"Lesson/{name}", lesson)
-        logger.log_tabular("StepsPerSec", self.steps_per_epoch / epoch_time)
+        logger.log_tabular("StepsPerSec", collected / epoch_time)
         logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
         logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
         logger.log_tabular("UpdateTime", self.update_time)

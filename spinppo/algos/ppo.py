@@ -56,6 +56,7 @@ def ppo(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     stop_at_return: float | None = None,
+    preempt: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -104,6 +105,9 @@ def ppo(
             pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
         eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
+        preempt: DD-PPO's preemption: once this fraction of the ranks (e.g. 0.6) has collected its share
+            of an epoch, the others stop collecting (after at least a quarter of theirs) and the update
+            uses what was collected. None: off, and a run is reproducible from its seed; with it, not.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -127,6 +131,7 @@ def ppo(
         eval_freq=eval_freq,
         eval_episodes=eval_episodes,
         stop_at_return=stop_at_return,
+        preempt=preempt,
         logger_kwargs=logger_kwargs,
         config=config,
         algo="ppo",
@@ -144,9 +149,11 @@ def ppo(
 
         def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
-            # A row of the batch is one step, or with memory one sequence of sequence_length steps.
-            rows, per_row = batch["adv"].shape[0], getattr(ac, "sequence_length", 1)
+            # A row of the batch is one step, or with memory one sequence of sequence_length steps. Every
+            # rank takes as many gradient steps as a whole rollout makes (a preempted one: smaller ones).
+            per_row = getattr(ac, "sequence_length", 1)
             minibatch_rows = max(1, local_minibatch // per_row)
+            rows = run.rollout_steps * run.num_envs // per_row
             # Observation statistics are fixed during the update: normalise the batch once.
             table = MinibatchTable(
                 obs=ac.normalize_obs(batch["obs"]),
@@ -166,7 +173,7 @@ def ppo(
                 # every minibatch of every pass they would cost ~3% of the update.
                 track = target_kl is not None or i == update_epochs - 1
                 stats.zero()
-                for mb in table.shuffled(minibatch_rows):
+                for mb in table.shuffled(minibatch_rows, passes):
                     logp, entropy, v = ac.evaluate(
                         mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts
                     )

@@ -74,6 +74,7 @@ class GAEBuffer:
             else None
         )
         self.ptr = 0
+        self.filled = 0  # steps in the batch at the last finish()
 
     def store(
         self,
@@ -117,26 +118,31 @@ class GAEBuffer:
         self.ptr += 1
 
     def finish(self, last_val: np.ndarray) -> None:
-        """Compute GAE advantages and lambda-returns; ``last_val`` is V(next observation) per environment."""
-        assert self.ptr == self.steps, f"buffer holds {self.ptr} of {self.steps} steps"
+        """Compute GAE advantages and lambda-returns; ``last_val`` is V(next observation) per environment.
+
+        Normally after all ``steps`` steps; a rollout cut short (DD-PPO's preemption) may finish after
+        fewer: the batch then holds the ``filled`` steps stored, every trajectory bootstrapped where it
+        stopped, as at the end of a full rollout."""
+        assert 0 < self.ptr <= self.steps, f"buffer holds {self.ptr} of {self.steps} steps"
+        self.filled = self.ptr
         next_val = np.asarray(last_val, dtype=np.float32)
         gae = np.zeros(self.num_envs, dtype=np.float32)
         discount = self.gamma * self.lam
         # Where the lambda-return stops after step t: an episode end, and with a time horizon a cut.
         stop = self.done if not self.time_horizon else self.done | self._horizon_cuts()
-        for t in reversed(range(self.steps)):
+        for t in reversed(range(self.filled)):
             not_done = 1.0 - self.done[t]
             delta = self.rew[t] + self.gamma * next_val * not_done - self.val[t]
             gae = delta + discount * (1.0 - stop[t]) * gae
             self.adv[t] = gae
             next_val = self.val[t]
-        self.ret[:] = self.adv + self.val
+        self.ret[: self.filled] = self.adv[: self.filled] + self.val[: self.filled]
 
     def _horizon_cuts(self) -> np.ndarray:
         """[steps, envs] True after the step that makes a trajectory ``time_horizon`` steps long."""
         cuts = np.zeros_like(self.done)
         length = np.zeros(self.num_envs, dtype=np.int64)
-        for t in range(self.steps):
+        for t in range(self.filled):
             length += 1
             cuts[t] = (length >= self.time_horizon) & ~self.done[t]
             length[cuts[t] | self.done[t]] = 0
@@ -154,42 +160,43 @@ class GAEBuffer:
 
         Advantage normalisation uses the mean and standard deviation over all ranks (a collective).
         """
-        assert self.ptr == self.steps
+        assert self.ptr == self.filled, "call finish() before get()"
         self.ptr = 0
-        adv = self.adv.reshape(-1)
+        steps = self.filled
+        adv = self.adv[:steps].reshape(-1)
         if normalize_adv:
             mean, std = mpi_statistics_scalar(adv)
             adv = (adv - mean) / (std + 1e-8)
         if self.memory is not None:
-            return self._sequences(adv.reshape(self.steps, self.num_envs))
-        n = self.steps * self.num_envs
+            return self._sequences(adv.reshape(steps, self.num_envs))
+        n = steps * self.num_envs
         return {
             "memory": None,
             "starts": None,
             "obs": (
-                torch.from_numpy(self.obs.reshape(n, -1))
+                torch.from_numpy(self.obs[:steps].reshape(n, -1))
                 if self.layout.flat
-                else self.layout.to_torch(self.layout.rows(self.obs, n))
+                else self.layout.to_torch(self.layout.rows(self.layout.take(self.obs, slice(0, steps)), n))
             ),
-            "act": torch.from_numpy(self.act.reshape(n, *self.act.shape[2:])),
-            "ret": torch.from_numpy(self.ret.reshape(n)),
+            "act": torch.from_numpy(self.act[:steps].reshape(n, *self.act.shape[2:])),
+            "ret": torch.from_numpy(self.ret[:steps].reshape(n)),
             "adv": torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),
-            "logp": torch.from_numpy(self.logp.reshape(n)),
-            "val": torch.from_numpy(self.val.reshape(n)),
+            "logp": torch.from_numpy(self.logp[:steps].reshape(n)),
+            "val": torch.from_numpy(self.val[:steps].reshape(n)),
         }
 
     def _sequences(self, adv: np.ndarray) -> dict[str, Any]:
         """The batch as S = envs x steps / L sequences of L steps, environment by environment."""
-        length = self.sequence_length
-        seqs = self.num_envs * (self.steps // length)
+        length, steps = self.sequence_length, self.filled
+        seqs = self.num_envs * (steps // length)
 
         def seq(x: np.ndarray) -> torch.Tensor:  # [steps, envs, ...] -> [S, L, ...], each env's in order
-            x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+            x = np.ascontiguousarray(np.swapaxes(x[:steps], 0, 1))
             return torch.from_numpy(x.reshape(seqs, length, *x.shape[2:]))
 
-        starts = np.zeros_like(self.done)
-        starts[1:] = self.done[:-1]  # a step after an episode's end begins the next episode
-        memory = np.swapaxes(self.memory, 0, 1).reshape(seqs, self.memory_size)
+        starts = np.zeros_like(self.done[:steps])
+        starts[1:] = self.done[: steps - 1]  # a step after an episode's end begins the next episode
+        memory = np.swapaxes(self.memory[: steps // length], 0, 1).reshape(seqs, self.memory_size)
         return {
             "obs": seq(self.obs) if self.layout.flat else self.layout.map(lambda p, x: seq(x), self.obs),
             "act": seq(self.act),

@@ -42,14 +42,23 @@ class MinibatchTable:
         self.shapes = [tuple(f.shape[1:]) for f in fields.values()]
         self.table = torch.cat(columns, dim=1)
 
-    def shuffled(self, size: int) -> Iterator[SimpleNamespace]:
+    def shuffled(self, size: int, count: int | None = None) -> Iterator[SimpleNamespace]:
         """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``), with named fields.
 
-        Rows left over when ``size`` does not divide the batch are not used in this pass.
+        Rows left over when ``size`` does not divide the batch are not used in this pass. ``count``: the
+        number of minibatches wanted (every rank must take as many gradient steps); a batch too short for
+        ``count`` minibatches of ``size`` (a preempted rollout) is split into ``count`` nearly equal ones.
         """
         perm = torch.randperm(self.n)
-        for start in range(0, self.n - size + 1, size):
-            rows = perm[start : start + size]
+        count = self.n // size if count is None else count
+        if self.n >= count * size:
+            bounds = [(start, start + size) for start in range(0, count * size, size)]
+        else:
+            edges = [self.n * i // count for i in range(count + 1)]
+            bounds = list(zip(edges[:-1], edges[1:]))
+        for start, stop in bounds:
+            size = stop - start
+            rows = perm[start:stop]
             parts = self.table.index_select(0, rows).split(self.widths, 1)
             fields = {
                 name: part.reshape(size, *shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -68,14 +69,17 @@ class RolloutWorker:
         if self.reward_scaler is not None:
             self.reward_scaler.returns[:] = 0.0
 
-    def collect(self, buf: GAEBuffer, logger) -> None:
-        """Run ``buf.steps`` steps of every environment into ``buf`` and finish it (GAE)."""
+    def collect(self, buf: GAEBuffer, logger, stop: Callable[[int], bool] | None = None) -> None:
+        """Run ``buf.steps`` steps of every environment into ``buf`` and finish it (GAE).
+
+        ``stop(steps_so_far)``, asked after every step, may end the rollout early (DD-PPO's preemption):
+        the buffer is finished with the steps it holds and the episodes in progress go on next time."""
         env = self.env
         # The weights stay fixed for the whole rollout: the policy runs in numpy (RolloutPolicy).
         policy = self.ac.rollout_policy()
         obs, memory = self.obs, self.memory
         next_memory = None
-        for _ in range(buf.steps):
+        while buf.ptr < buf.steps:
             t0 = time.perf_counter()
             if memory is None:
                 act_np, val, logp = policy.step(obs)
@@ -121,6 +125,8 @@ class RolloutWorker:
                     next_memory[done] = 0.0  # a new episode starts with an empty memory
             obs, memory = self.layout.batch(next_obs), next_memory
             self.inference_time += time.perf_counter() - t2 + t1 - t0
+            if stop is not None and buf.ptr < buf.steps and stop(buf.ptr):
+                break
         self.obs, self.memory = obs, memory
         buf.finish(policy.value(obs, memory))
         logger.store(VVals=buf.val.reshape(-1))

@@ -5,6 +5,7 @@ Every function works unchanged in a plain ``python`` process (a world of one ran
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -218,6 +219,55 @@ def mpi_statistics_scalar(x, with_min_and_max: bool = False):
     if with_min_and_max:
         return float(mean), std, float(-out[2]), float(out[3])
     return float(mean), std
+
+
+class Preemption:
+    """DD-PPO's preemption (Wijmans et al. 2020), over MPI messages: every rank collects its rollout until
+    ``fraction`` of the ranks have collected their whole share; then the ranks still collecting stop early
+    (``should_stop``), so that one slow rank does not hold up every other.
+
+    One round per rollout: ``begin()``, then ``should_stop()`` between steps (it only probes for messages,
+    never waits), then ``end(complete)`` when this rank stops. Each rank sends every other rank one
+    message a round, when it stops (whether it completed its share); ``end`` waits for the messages it
+    has not seen, so a round's messages are all consumed in that round (and rounds alternate tags on a
+    communicator of their own, so nothing else is mistaken for them). The time ``end`` waits counts as
+    MPI time.
+    """
+
+    def __init__(self, fraction: float) -> None:
+        self.comm = MPI.COMM_WORLD.Dup()
+        self.others = num_procs() - 1
+        self.needed = math.ceil(fraction * num_procs() - 1e-9)  # ranks that must have completed
+        self.round = 0
+
+    def begin(self) -> None:
+        """Start a round (a rollout)."""
+        self.round += 1
+        self.tag = self.round % 2
+        self.heard, self.completed = 0, 0
+        self.sent: list[MPI.Request] = []
+
+    def should_stop(self) -> bool:
+        """Whether enough other ranks have completed their share for this rank to stop now."""
+        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=self.tag):
+            self._receive()
+        return self.completed >= self.needed
+
+    def _receive(self) -> None:
+        self.completed += bool(self.comm.recv(source=MPI.ANY_SOURCE, tag=self.tag))
+        self.heard += 1
+
+    def end(self, complete: bool) -> None:
+        """This rank stopped (``complete``: with its whole share); tell the others, hear them all."""
+        t0 = time.perf_counter()
+        rank = proc_id()
+        self.sent = [
+            self.comm.isend(complete, dest=r, tag=self.tag) for r in range(self.others + 1) if r != rank
+        ]
+        while self.heard < self.others:
+            self._receive()
+        MPI.Request.waitall(self.sent)
+        COMM.seconds += time.perf_counter() - t0
 
 
 def oversubscription_warning() -> str | None:
