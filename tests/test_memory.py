@@ -452,3 +452,29 @@ def test_recurrent_policies_export_to_onnx_in_both_forms(act_space):
         else:
             assert got_unity.tolist() == want.numpy().reshape(5, -1).tolist()
             assert got.tolist() == want.numpy().tolist()
+
+
+def test_a_run_refused_after_its_environments_exist_closes_them(tmp_path):
+    """Bad input found once the environments exist (here a --sequence_length that does not divide the
+    rollout) closes them before the error reaches the user: a Unity player would otherwise keep running."""
+    import tests.memory_env  # noqa: F401  (registers Cue-v0)
+    from spinppo.algos.ppo import ppo
+    from spinppo.utils.errors import UserError
+
+    closed = []
+
+    class Recording(gym.Wrapper):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    with pytest.raises(UserError, match="--sequence_length 100 must divide"):
+        ppo(
+            lambda: Recording(gym.make("Cue-v0")),
+            ac_kwargs={"memory_size": 8, "sequence_length": 100},
+            steps_per_epoch=1024,
+            num_envs=4,
+            logger_kwargs={"output_dir": str(tmp_path / "run")},
+        )
+    assert len(closed) == 4
+    assert not (tmp_path / "run").exists()

@@ -189,88 +189,101 @@ class OnPolicyRun:
         random.seed(self.seed)
 
         self.env = make_vector_env(env_fn, num_envs, self.seed)
-        self.num_envs = self.env.num_envs
-        per_env = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
-        self.steps_per_epoch = steps_per_epoch
-        self.rollouts_per_epoch = rollouts_per_epoch
-        self.norm_adv = norm_adv
-        self.rollout_steps = per_env  # steps per environment in one rollout
+        # Whatever fails from here on (bad input found once the environment exists, a policy that does
+        # not fit) must not leave the environments running: a Unity player would keep the process alive.
+        try:
+            self.num_envs = self.env.num_envs
+            per_env = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
+            self.steps_per_epoch = steps_per_epoch
+            self.rollouts_per_epoch = rollouts_per_epoch
+            self.norm_adv = norm_adv
+            self.rollout_steps = per_env  # steps per environment in one rollout
 
-        obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
-        self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
-        memory_size = getattr(self.ac, "memory_size", 0)
-        if memory_size and per_env % self.ac.sequence_length:
-            raise UserError(sequence_length_error(self.ac.sequence_length, per_env, rollouts_per_epoch))
-        # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
-        # that does not fit is bad input.
-        # Evaluation on environments of its own (made before the run directory: a Unity build cannot
-        # be copied, which is bad input). Seeds far from the training ones; the same every evaluation.
-        self.evaluator = Evaluator(env_fn, self.ac, eval_episodes, seed + 1_000_000) if eval_freq else None
-        self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
-        self.reached_return = False  # --stop_at_return met: the epochs end after this one
-        init_file = None
-        if initialize_from and not self.resume:
-            init_file = initialize_policy(self.ac, initialize_from)
-        # Only now, with the input checked, make the run directory.
-        self.logger = EpochLogger(**(logger_kwargs or {}))
-        # A resumed run keeps the config.json it was made with (epochs() records a new --epochs there once
-        # the checkpoint has loaded): a resume that is refused must leave the run as it was.
-        if config is not None and not self.resume:
-            kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
-            saved = {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
-            if hasattr(self.env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
-                saved["observation_shapes"] = [list(shape) for shape in self.env.observation_shapes]
-            self.logger.save_config(saved)
-        if init_file:
-            self.logger.log(f"Initialised from {init_file}")
-        sync_params(self.ac)
-        self.buf = GAEBuffer(
-            ObsLayout.from_space(obs_space),  # vectors as float32, images in their own dtype (uint8)
-            self.ac.act_shape,
-            self.num_envs,
-            self.rollout_steps,
-            gamma,
-            lam,
-            discrete=self.ac.discrete,
-            time_horizon=time_horizon,
-            memory_size=memory_size,
-            sequence_length=getattr(self.ac, "sequence_length", 1),
-        )
-        self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
-        self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)
-        self.checkpointer = Checkpointer(
-            self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
-        )
-        self.checkpointer.keeps_best = self.evaluator is not None
-        # DD-PPO's preemption: a rollout ends once --preempt of the ranks have collected their share, after
-        # at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence boundary.
-        self.preemption = Preemption(preempt) if preempt is not None and num_procs() > 1 else None
-        steps_per_row = getattr(self.ac, "sequence_length", 1)
-        self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
-        self.steps_per_row = steps_per_row
-        self.epoch_steps = 0  # environment steps this rank collected in this epoch
-        # With preemption an epoch collects fewer steps than steps_per_epoch: the true count, kept in
-        # checkpoints, is TotalEnvInteracts.
-        self.checkpointer.run_state = {"total_steps": 0}
-        # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
-        self.lessons = getattr(self.env, "parameter_manager", None)
-        if self.lessons is not None and not self.lessons.has_curriculum():
-            self.lessons = None
-        self.checkpointer.parameter_manager = self.lessons
-        self._old_handlers: dict[int, Any] = {}
-        self._stop_signals: list[int] = []
-        if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
-            ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
-            self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
-            crowded = oversubscription_warning()
-            if crowded and proc_id() == 0 and crowded not in _warned:  # once a process, not once a run
-                _warned.add(crowded)
-                print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
-        n_params = sum(p.numel() for p in self.ac.parameters())
-        self.logger.log(
-            f"{num_procs()} rank(s) x {self.num_envs} env(s), {self.rollout_steps} steps each per rollout; "
-            f"actor-critic with {n_params} parameters"
-        )
+            obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
+            self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+            memory_size = getattr(self.ac, "memory_size", 0)
+            if memory_size and per_env % self.ac.sequence_length:
+                raise UserError(sequence_length_error(self.ac.sequence_length, per_env, rollouts_per_epoch))
+            # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
+            # that does not fit is bad input.
+            # Evaluation on environments of its own (made before the run directory: a Unity build cannot
+            # be copied, which is bad input). Seeds far from the training ones; the same every evaluation.
+            self.evaluator = (
+                Evaluator(env_fn, self.ac, eval_episodes, seed + 1_000_000) if eval_freq else None
+            )
+            self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
+            self.reached_return = False  # --stop_at_return met: the epochs end after this one
+            init_file = None
+            if initialize_from and not self.resume:
+                init_file = initialize_policy(self.ac, initialize_from)
+            # Only now, with the input checked, make the run directory.
+            self.logger = EpochLogger(**(logger_kwargs or {}))
+            # A resumed run keeps the config.json it was made with (epochs() records a new --epochs there once
+            # the checkpoint has loaded): a resume that is refused must leave the run as it was.
+            if config is not None and not self.resume:
+                kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
+                saved = {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
+                if hasattr(self.env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
+                    saved["observation_shapes"] = [list(shape) for shape in self.env.observation_shapes]
+                self.logger.save_config(saved)
+            if init_file:
+                self.logger.log(f"Initialised from {init_file}")
+            sync_params(self.ac)
+            self.buf = GAEBuffer(
+                ObsLayout.from_space(obs_space),  # vectors as float32, images in their own dtype (uint8)
+                self.ac.act_shape,
+                self.num_envs,
+                self.rollout_steps,
+                gamma,
+                lam,
+                discrete=self.ac.discrete,
+                time_horizon=time_horizon,
+                memory_size=memory_size,
+                sequence_length=getattr(self.ac, "sequence_length", 1),
+            )
+            self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
+            self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)
+            self.checkpointer = Checkpointer(
+                self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
+            )
+            self.checkpointer.keeps_best = self.evaluator is not None
+            # DD-PPO's preemption: a rollout ends once --preempt of the ranks have collected their share,
+            # after at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence
+            # boundary.
+            self.preemption = Preemption(preempt) if preempt is not None and num_procs() > 1 else None
+            steps_per_row = getattr(self.ac, "sequence_length", 1)
+            self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
+            self.steps_per_row = steps_per_row
+            self.epoch_steps = 0  # environment steps this rank collected in this epoch
+            # With preemption an epoch collects fewer steps than steps_per_epoch: the true count, kept in
+            # checkpoints, is TotalEnvInteracts.
+            self.checkpointer.run_state = {"total_steps": 0}
+            # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
+            self.lessons = getattr(self.env, "parameter_manager", None)
+            if self.lessons is not None and not self.lessons.has_curriculum():
+                self.lessons = None
+            self.checkpointer.parameter_manager = self.lessons
+            self._old_handlers: dict[int, Any] = {}
+            self._stop_signals: list[int] = []
+            if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
+                ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
+                self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
+                crowded = oversubscription_warning()
+                if crowded and proc_id() == 0 and crowded not in _warned:  # once a process, not once a run
+                    _warned.add(crowded)
+                    print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
+            n_params = sum(p.numel() for p in self.ac.parameters())
+            self.logger.log(
+                f"{num_procs()} rank(s) x {self.num_envs} env(s), {self.rollout_steps} steps each per "
+                f"rollout; actor-critic with {n_params} parameters"
+            )
+        except BaseException:
+            if getattr(self, "evaluator", None) is not None:
+                self.evaluator.close()
+            self.env.close()
+            if getattr(self, "logger", None) is not None:
+                self.logger.close()
+            raise
 
     @property
     def output_dir(self) -> str:
