@@ -146,3 +146,26 @@ def test_image_network_runs_in_torch_with_one_batched_call():
     rebuilt = build_actor_critic(ac.ctor_spec)
     rebuilt.load_state_dict(ac.state_dict())
     assert torch.equal(rebuilt.act(torch.as_tensor(obs), True), ac.act(torch.as_tensor(obs), True))
+
+
+def test_a_rebuilt_dict_space_keeps_the_order_of_its_parts():
+    """A Dict whose keys are not in sorted order (an OrderedDict space) is rebuilt from its spec in the same
+    order, so a loaded policy feeds each part to the encoder or weights it was trained with."""
+    from collections import OrderedDict
+
+    import gymnasium as gym
+    import numpy as np
+
+    from spinppo.core.encoders import ObsLayout, space_from_spec, space_spec
+
+    space = gym.spaces.Dict(
+        OrderedDict(
+            b=gym.spaces.Box(-1, 1, (2,), np.float32), a=gym.spaces.Box(0, 255, (20, 20, 1), np.uint8)
+        )
+    )
+    assert list(space.spaces) == ["b", "a"]
+    rebuilt = space_from_spec(space_spec(space))
+    assert list(rebuilt.spaces) == ["b", "a"]
+    assert [p.key for p in ObsLayout.from_space(rebuilt).parts] == [
+        p.key for p in ObsLayout.from_space(space).parts
+    ]

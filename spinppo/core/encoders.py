@@ -29,6 +29,7 @@ Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +70,8 @@ def space_spec(space: gym.Space) -> dict[str, Any]:
 
 def space_from_spec(spec: dict[str, Any]) -> gym.Space:
     """An observation space equivalent to the one ``space_spec`` described (for rebuilding a network)."""
-    if spec["kind"] == "dict":
-        return gym.spaces.Dict({k: space_from_spec(s) for k, s in spec["spaces"].items()})
+    if spec["kind"] == "dict":  # in the spec's order (a plain dict would be sorted by gymnasium)
+        return gym.spaces.Dict(OrderedDict((k, space_from_spec(s)) for k, s in spec["spaces"].items()))
     if spec.get("dtype") == "uint8":
         return gym.spaces.Box(0, 255, shape=tuple(spec["shape"]), dtype=np.uint8)
     return gym.spaces.Box(-np.inf, np.inf, shape=tuple(spec["shape"]), dtype=np.float32)
