@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,8 @@ import torch
 
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.networks import MLPActorCritic
-from tests.conftest import MPIRUN, REPO, child_env, mpirun, rows_without_timing
+from tests.conftest import MPIRUN, mpirun, rows_without_timing, run
+from tests.test_failures import start, wait_rows
 
 PY = [sys.executable, "-m", "spinppo.run"]
 CUE = [
@@ -80,36 +80,19 @@ def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tm
     assert column(none, "EvalEpRet")[-1] <= 0.5
     config = json.loads((lstm / "config.json").read_text())
     assert config["ac_kwargs"]["memory_size"] == 32 and config["ac_kwargs"]["sequence_length"] == 8
-    replay = subprocess.run(
-        [*PY, "test_policy", str(lstm), "--episodes", "20", "--deterministic"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        cwd=REPO,
+    replay = run(
+        [*PY, "test_policy", str(lstm), "--episodes", "20", "--deterministic"], timeout=120, check=False
     )
     assert replay.returncode == 0, replay.stderr
     mean = float(replay.stdout.split("EpRet mean")[1].split()[0])
     assert mean >= 0.9, replay.stdout
     # Exported to ONNX (memory_in -> memory_out), the file replays as well: its memory is carried too.
     onnx_file = tmp_path / "lstm.onnx"
-    export = subprocess.run(
-        [*PY, "export", str(lstm), "--onnx", str(onnx_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        cwd=REPO,
-    )
+    export = run([*PY, "export", str(lstm), "--onnx", str(onnx_file)], timeout=120, check=False)
     assert export.returncode == 0, export.stderr
     assert "memory_in ['batch', 32]" in export.stdout and "memory_out ['batch', 32]" in export.stdout
-    replay = subprocess.run(
-        [*PY, "test_policy", str(onnx_file), "--episodes", "20", "--deterministic"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        cwd=REPO,
+    replay = run(
+        [*PY, "test_policy", str(onnx_file), "--episodes", "20", "--deterministic"], timeout=120, check=False
     )
     assert replay.returncode == 0, replay.stderr
     assert float(replay.stdout.split("EpRet mean")[1].split()[0]) >= 0.9, replay.stdout
@@ -170,45 +153,14 @@ def test_exact_resume_with_memory_after_sigkill(tmp_path):
     # Episodes of 5 steps in rollouts of 128: every epoch ends with episodes in progress in every environment.
     cue = [*CUE, "--env_kwargs", "delay=4"]
     job = [*PY, "ppo", *cue, "--memory_size", "16", "--epochs", "5", "--save_freq", "1", "--exp_name", "r"]
-    subprocess.run(
-        [MPIRUN, "-np", "2", *job, "--data_dir", str(tmp_path / "whole")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=child_env(),
-        cwd=REPO,
-    )
+    run([MPIRUN, "-np", "2", *job, "--data_dir", str(tmp_path / "whole")], timeout=300)
     broken = tmp_path / "broken" / "r" / "r_s0"
-    proc = subprocess.Popen(
-        [MPIRUN, "-np", "2", *job, "--data_dir", str(tmp_path / "broken")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_env(),
-        cwd=REPO,
-        start_new_session=True,
-    )
-    try:
-        for _ in range(600):
-            progress = broken / "progress.txt"
-            if progress.exists() and len(progress.read_text().splitlines()) >= 3:  # header + 2 epochs
-                break
-            if proc.poll() is not None:
-                break
-            import time
-
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    proc = start([MPIRUN, "-np", "2", *job, "--data_dir", str(tmp_path / "broken")])
+    wait_rows(broken / "progress.txt", 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks, with no chance to clean up
+    proc.communicate()
     assert len(rows_without_timing(broken)) < 6, "the run finished before it could be killed"
-    subprocess.run(
-        [*PY, "ppo", "--resume", str(broken)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env=child_env(),
-        cwd=REPO,
-    )
+    run([*PY, "ppo", "--resume", str(broken)], timeout=300)
     assert rows_without_timing(broken) == rows_without_timing(tmp_path / "whole" / "r" / "r_s0")
     ckpt = torch.load(sorted((broken / "checkpoints").glob("ckpt-*.pt"))[-1], weights_only=True)
     assert ckpt["epoch"] == 4
@@ -318,14 +270,7 @@ def test_the_buffer_hands_out_sequences_with_their_memories_and_episode_starts()
     ],
 )
 def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
-    proc = subprocess.run(
-        [*PY, "ppo", *CUE, *flags, "--data_dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=REPO,
-    )
+    proc = run([*PY, "ppo", *CUE, *flags, "--data_dir", str(tmp_path)], timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -333,33 +278,31 @@ def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
 
 
 def test_a2c_sequence_length_must_fit_n_steps_and_initialize_from_refuses_another_memory(tmp_path):
-    proc = subprocess.run(
+    proc = run(
         [*PY, "a2c", "--env", "tests.memory_env:Cue-v0", "--memory_size", "16", "--data_dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
         timeout=60,
-        env=child_env(),
-        cwd=REPO,
+        check=False,
     )
     assert proc.returncode == 2
     assert "--sequence_length 64 must divide A2C's --n_steps of 5 steps" in proc.stderr
     assert "use --sequence_length 5" in proc.stderr
-    run = [
-        *PY,
-        "ppo",
-        *CUE,
-        "--memory_size",
-        "16",
-        "--epochs",
-        "1",
-        "--data_dir",
-        str(tmp_path),
-        "--exp_name",
-        "x",
-    ]
-    subprocess.run(run, check=True, capture_output=True, timeout=120, env=child_env(), cwd=REPO)
+    run(
+        [
+            *PY,
+            "ppo",
+            *CUE,
+            "--memory_size",
+            "16",
+            "--epochs",
+            "1",
+            "--data_dir",
+            str(tmp_path),
+            "--exp_name",
+            "x",
+        ]
+    )
     # A feed-forward run cannot start from a recurrent policy: the one line names the option.
-    proc = subprocess.run(
+    proc = run(
         [
             *PY,
             "ppo",
@@ -369,11 +312,8 @@ def test_a2c_sequence_length_must_fit_n_steps_and_initialize_from_refuses_anothe
             "--data_dir",
             str(tmp_path / "y"),
         ],
-        capture_output=True,
-        text=True,
         timeout=60,
-        env=child_env(),
-        cwd=REPO,
+        check=False,
     )
     assert proc.returncode == 2 and "memory_size 16 (this run: None)" in proc.stderr, proc.stderr
 

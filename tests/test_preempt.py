@@ -16,7 +16,7 @@ import torch
 
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.minibatches import MinibatchTable
-from tests.conftest import MPIRUN, REPO, child_env
+from tests.conftest import MPIRUN, run
 
 PY = [sys.executable, "-m", "spinppo.run"]
 SLOW = ["--env", "tests.slow_env:SlowCartPole-v0", "--env_kwargs", "slow_rank=1", "delay=0.003"]
@@ -30,16 +30,7 @@ def table(run_dir) -> dict[str, list[float]]:
 
 
 def mpi(n: int, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [MPIRUN, "-np", str(n), *PY, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=child_env(),
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
+    return run([MPIRUN, "-np", str(n), *PY, *args], timeout=timeout)
 
 
 def test_preemption_cuts_the_stragglers_rollout_and_the_epoch_time(tmp_path):
@@ -100,13 +91,10 @@ def test_a_resumed_preempted_run_keeps_counting_the_steps_it_collected(tmp_path)
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
 def test_a_bad_preempt_is_a_one_line_error(tmp_path, value):
-    proc = subprocess.run(
+    proc = run(
         [*PY, "ppo", "--env", "CartPole", "--preempt", value, "--data_dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
         timeout=60,
-        env=child_env(),
-        cwd=REPO,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
