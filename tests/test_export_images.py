@@ -1,7 +1,7 @@
 """ONNX export of image policies (generic form): tiny networks with random weights for each encoder, run
 with onnxruntime on random pixels, act as the torch policy does; export_onnx from a run directory and
-test_policy on the .onnx file replay as the run directory does; Dict observations and the Unity form
-are refused in one line.
+test_policy on the .onnx file replay as the run directory does; Dict observations (image and vector) in
+both forms.
 
 Registers ``tests.test_export_images:Pixels-v0`` (a uint8 HWC image game) for the replay test.
 """
@@ -149,14 +149,64 @@ def test_export_and_replay_of_an_image_policy(tmp_path, capsys):
     assert "EpRet" in capsys.readouterr().out
 
 
-def test_dict_and_unity_form_are_refused_in_one_line():
-    image = gym.spaces.Box(0, 255, (20, 20, 1), np.uint8)
-    vector = gym.spaces.Box(-1, 1, (2,), np.float32)
-    ac = tiny(gym.spaces.Dict({"image": image, "vector": vector}), gym.spaces.Discrete(2), "simple")
-    with pytest.raises(UserError, match="export of Dict observations is not supported yet") as e:
-        gym_model(ac, gym.spaces.Discrete(2))
-    assert "\n" not in str(e.value)
+@pytest.mark.parametrize("memory_size", [0, 8])
+def test_dict_observations_export_in_both_forms_and_act_as_torch(memory_size):
+    """A Dict of a uint8 HWC camera and a vector (what a Unity behavior with a camera gives): the generic
+    form takes obs.<key> inputs as stored; the Unity form takes ML-Agents' obs_0 (float NCHW in [0, 1], as
+    Unity feeds a visual sensor) and obs_1; both give the torch policy's actions (memory carried over 3
+    steps for a recurrent one). A policy on one image Box has no Unity form (Unity runs give Dicts)."""
+    image = gym.spaces.Box(0, 255, (20, 20, 3), np.uint8)
+    vector = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    space = gym.spaces.Dict({"obs_0": image, "obs_1": vector})
+    ac = MLPActorCritic(
+        space, gym.spaces.Discrete(3), hidden_sizes=(16,), encoder="simple", memory_size=memory_size
+    )
+    ac.obs_rms.update(np.random.default_rng(0).normal(1.0, 3.0, (50, 4)))
+    generic = ort.InferenceSession(gym_model(ac, gym.spaces.Discrete(3)).SerializeToString())
+    assert [(i.name, i.shape, i.type) for i in generic.get_inputs()][:2] == [
+        ("obs.obs_0", ["batch", 20, 20, 3], "tensor(uint8)"),
+        ("obs.obs_1", ["batch", 4], "tensor(float)"),
+    ]
+    unity = ort.InferenceSession(unity_model(ac, [[20, 20, 3], [4]]).SerializeToString())
+    assert [(i.name, i.shape) for i in unity.get_inputs()][:2] == [
+        ("obs_0", ["batch", 3, 20, 20]),
+        ("obs_1", ["batch", 4]),
+    ]
+    rng = np.random.default_rng(1)
+    mine = ac.initial_memory(16) if memory_size else None
+    memories = {
+        "generic": np.zeros((16, memory_size), np.float32),
+        "unity": np.zeros((16, 1, memory_size), np.float32),
+    }
+    for _ in range(3 if memory_size else 1):
+        pixels = rng.integers(0, 256, (16, 20, 20, 3), dtype=np.uint8)
+        vectors = rng.normal(1.0, 3.0, (16, 4)).astype(np.float32)
+        batch = {"obs_0": torch.from_numpy(pixels), "obs_1": torch.from_numpy(vectors)}
+        if memory_size:
+            want, mine = ac.act(batch, deterministic=True, memory=mine)
+        else:
+            want = ac.act(batch, deterministic=True)
+        feeds = {
+            "generic": {"obs.obs_0": pixels, "obs.obs_1": vectors},
+            "unity": {
+                "obs_0": pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255,
+                "obs_1": vectors,
+                "action_masks": np.ones((16, 3), np.float32),
+            },
+        }
+        for form, session, out in (
+            ("generic", generic, "deterministic_actions"),
+            ("unity", unity, "deterministic_discrete_actions"),
+        ):
+            outputs = [out]
+            if memory_size:
+                feeds[form]["memory_in" if form == "generic" else "recurrent_in"] = memories[form]
+                outputs.append("memory_out" if form == "generic" else "recurrent_out")
+            got = session.run(outputs, feeds[form])
+            if memory_size:
+                memories[form] = got[1]
+            assert got[0].reshape(16).tolist() == want.numpy().tolist(), form
     ac = tiny(image, gym.spaces.Discrete(2), "simple")
-    with pytest.raises(UserError, match="Unity form of an image policy") as e:
-        unity_model(ac, [[400]])
+    with pytest.raises(UserError, match="Unity form of a policy on one image Box") as e:
+        unity_model(ac, [[20, 20, 3]])
     assert "\n" not in str(e.value)

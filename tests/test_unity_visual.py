@@ -151,7 +151,7 @@ def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     the image, the vector is the episode step): PPO with --encoder simple on two ranks, 10 epochs of 320
     steps. EpRet counts right answers out of 10, chance 5: the last epoch reaches 8 (seeds 0-3 measured
     at 9.3-9.5). Both ranks end identical, test_policy replays the saved policy on the build and scores as
-    well, and export --onnx refuses it in one line (Dict observations are not exported yet)."""
+    well, and so does its export to ONNX in ML-Agents' form."""
     exe = write_build(
         tmp_path,
         task="side",
@@ -181,14 +181,27 @@ def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     assert len(episodes) == 16 and {int(e[2]) for e in episodes} == {10}, replay.stdout
     assert np.mean([float(e[1]) for e in episodes]) >= 8.0, replay.stdout
 
-    export = run(
-        [sys.executable, "-m", "spinppo.run", "export", str(run_dir), "--onnx", str(tmp_path / "p.onnx")],
-        check=False,
+    # Exported in ML-Agents' form (the camera as Unity feeds it, NCHW floats, beside the vector sensor), the
+    # file replays on the build as well.
+    onnx_file = tmp_path / "p.onnx"
+    export = run([sys.executable, "-m", "spinppo.run", "export", str(run_dir), "--onnx", str(onnx_file)])
+    assert re.search(r"input  obs_\d \['batch', 1, 20, 20\] tensor\(float\)", export.stdout), export.stdout
+    replay = run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "test_policy",
+            str(onnx_file),
+            "-n",
+            "16",
+            "--base_port",
+            str(free_ports()),
+        ],
         timeout=60,
     )
-    assert export.returncode == 2, export.stderr
-    assert export.stderr.strip().count("\n") == 0 and "Dict observations" in export.stderr, export.stderr
-    assert not (tmp_path / "p.onnx").exists()
+    episodes = re.findall(r"Episode (\d+) \t EpRet (\S+) \t EpLen (\d+)", replay.stdout)
+    assert len(episodes) == 16 and np.mean([float(e[1]) for e in episodes]) >= 8.0, replay.stdout
 
 
 def test_an_image_too_small_for_the_encoder_is_a_one_line_error(tmp_path):

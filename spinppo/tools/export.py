@@ -103,21 +103,29 @@ def export_onnx(run_dir: str, out: str, itr: int | str | None = "last") -> str:
 
 def _verify(data: bytes, ac: Any, act_space: Any) -> None:
     """Run the graph with onnxruntime on observations around the normalisation statistics and compare its
-    deterministic actions with the torch policy's (random pixels for an image policy): a wrong graph fails
-    here, not in the user's game."""
-    obs_spec = ac.ctor_spec["observation"]
+    deterministic actions with the torch policy's (random pixels for images): a wrong graph fails here,
+    not in the user's game."""
+    layout = ac.layout
     rng = np.random.default_rng(0)
-    if len(obs_spec["shape"]) == 3:  # one image, as the environment gives it: random pixels
-        if obs_spec.get("dtype") == "uint8":
-            obs = rng.integers(0, 256, (64, *obs_spec["shape"]), dtype=np.uint8)
+    n = 64
+    vectors = None
+    if layout.vector_dim:  # all vector parts side by side, around obs_rms's statistics
+        dim = layout.vector_dim
+        mean = ac.obs_rms.mean.numpy() if ac.norm_obs else np.zeros(dim)
+        std = np.sqrt(ac.obs_rms.var.numpy()) if ac.norm_obs else np.ones(dim)
+        vectors = (mean + std * rng.normal(size=(n, dim)) * 2).astype(np.float32)
+    if layout.flat:
+        return _compare(data, ac, act_space, vectors)
+    parts, start = {}, 0
+    for p in layout.parts:
+        if p.image and p.dtype == np.uint8:
+            parts[p.key] = rng.integers(0, 256, (n, *p.shape), dtype=np.uint8)
+        elif p.image:
+            parts[p.key] = rng.random((n, *p.shape), dtype=np.float32)
         else:
-            obs = rng.random((64, *obs_spec["shape"]), dtype=np.float32)
-        return _compare(data, ac, act_space, obs)
-    obs_dim = obs_spec["shape"][0]
-    mean = ac.obs_rms.mean.numpy() if ac.norm_obs else np.zeros(obs_dim)
-    std = np.sqrt(ac.obs_rms.var.numpy()) if ac.norm_obs else np.ones(obs_dim)
-    obs = (mean + std * rng.normal(size=(64, obs_dim)) * 2).astype(np.float32)
-    _compare(data, ac, act_space, obs)
+            parts[p.key] = vectors[:, start : start + p.size].reshape(n, *p.shape)
+            start += p.size
+    _compare(data, ac, act_space, parts if layout.is_dict else parts[None])
 
 
 def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
@@ -134,15 +142,17 @@ def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
         f.flush()
         policy = OnnxPolicy(f.name)
         steps = 4 if ac.memory_size else 1
-        memory = np.zeros((len(obs), ac.memory_size), np.float32)
-        theirs = ac.initial_memory(len(obs)) if ac.memory_size else None
+        memory = np.zeros((ac.layout.batch_size(obs), ac.memory_size), np.float32)
+        theirs = ac.initial_memory(ac.layout.batch_size(obs)) if ac.memory_size else None
+        layout = ac.layout
+        count = layout.batch_size(obs)
         for step in range(steps):
-            x = obs if step == 0 else obs[np.random.default_rng(step).permutation(len(obs))]
+            x = obs if step == 0 else layout.take(obs, np.random.default_rng(step).permutation(count))
             with torch.no_grad():
                 if theirs is None:
-                    want = ac.act(torch.as_tensor(x), deterministic=True).numpy()
+                    want = ac.act(layout.to_torch(x), deterministic=True).numpy()
                 else:
-                    want, theirs = ac.act(torch.as_tensor(x), deterministic=True, memory=theirs)
+                    want, theirs = ac.act(layout.to_torch(x), deterministic=True, memory=theirs)
                     want = want.numpy()
             got = policy.act(x, deterministic=True, memory=memory) if ac.memory_size else policy.act(x, True)
             if ac.memory_size:
@@ -152,7 +162,7 @@ def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
                         "the exported graph's memory differs from the torch policy's: please report"
                     )
             if act_space is None:  # the Unity form: clipped to [-1, 1], one column per branch
-                want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(len(x), -1)
+                want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(count, -1)
             else:
                 want = action_for_env(act_space)(want)
             if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):

@@ -98,10 +98,11 @@ def check_network(ac: Any) -> None:
     if ac.lstm is not None and not _plain_lstm(ac.lstm):
         raise UserError("cannot export an LSTM other than one layer, one direction, with biases")
     obs = spec["observation"]
-    if obs["kind"] == "dict":
-        raise UserError("export of Dict observations is not supported yet (one vector or one image only)")
-    if obs["kind"] != "box" or len(obs["shape"]) not in (1, 3):
-        raise UserError(f"cannot export a policy of {obs} observations: flat vectors or one image only")
+    parts = list(obs["spaces"].values()) if obs["kind"] == "dict" else [obs]
+    if any(p.get("kind") != "box" or len(p["shape"]) not in (1, 3) for p in parts):
+        raise UserError(
+            f"cannot export a policy of {obs} observations: vectors and images (or a Dict of them) only"
+        )
     if any(p.dtype != torch.float32 for p in ac.parameters()):
         raise UserError("cannot export a policy whose weights are not float32")
 
@@ -256,19 +257,52 @@ def _max_pool(g: _Graph, pool: Any, x: str) -> str:
     )
 
 
-def _image_features(g: _Graph, encoder: Any, x: str) -> str:
+def _image_features(g: _Graph, encoder: Any, x: str, unity: bool = False) -> str:
     """``ImageEncoder.forward``: to CHW (Transpose), to float (Cast), 1/255 for uint8, the convolutions,
-    Flatten, the dense layer and its activation."""
+    Flatten, the dense layer and its activation.
+
+    ``unity``: ``x`` is what Unity's inference feeds a visual sensor, float32 NCHW in [0, 1], which is
+    already the 1/255-scaled CHW image the encoder computes from the uint8 HWC pixels spinppo's Unity
+    adapter stores (round(255 v)): no Transpose, Cast or scaling (the rounding is not redone: within
+    1/510 a pixel)."""
     from spinppo.core.encoders import ImageEncoder
 
     if type(encoder) is not ImageEncoder:
         raise UserError(f"cannot export an image encoder {type(encoder).__name__}")
-    if not encoder.channels_first:
-        x = g.op("Transpose", [x], "to_chw", perm=[0, 3, 1, 2])
-    x = g.op("Cast", [x], "as_float", to=_onnx().TensorProto.FLOAT)
-    if encoder.scale is not None:
-        x = g.op("Mul", [x, g.const("pixel_scale", [encoder.scale])], "scaled_pixels")
+    if not unity:
+        if not encoder.channels_first:
+            x = g.op("Transpose", [x], "to_chw", perm=[0, 3, 1, 2])
+        x = g.op("Cast", [x], "as_float", to=_onnx().TensorProto.FLOAT)
+        if encoder.scale is not None:
+            x = g.op("Mul", [x, g.const("pixel_scale", [encoder.scale])], "scaled_pixels")
     return _sequential(g, [*encoder.convs, *encoder.dense], x)
+
+
+def _observation_features(g: _Graph, ac: Any, names: list[str], unity: bool = False) -> str:
+    """What the LSTM or the trunk takes (``ObservationEncoder`` after ``normalize_obs``), from one input
+    per part of the observation (``names``, in ``ac.layout.parts``' order): vectors flattened, normalised
+    together by ``obs_rms`` and split back; each image through its own encoder; all concatenated in the
+    parts' order. ``unity``: images come as Unity feeds them (``_image_features``)."""
+    if ac.encoder is None:  # one flat vector
+        return _normalized(g, ac, names[0])
+    parts = ac.layout.parts
+    vectors = [(p, g.op("Flatten", [name], "vector", axis=1)) for p, name in zip(parts, names) if not p.image]
+    normalized: dict[Any, str] = {}
+    if vectors:
+        x = vectors[0][1] if len(vectors) == 1 else g.op("Concat", [v for _, v in vectors], "vectors", axis=1)
+        x = _normalized(g, ac, x)
+        start = 0
+        for p, _ in vectors:
+            normalized[p.key] = g.op(
+                "Slice", [x], "vector_part", axes=[1], starts=[start], ends=[start + p.size]
+            )
+            start += p.size
+    images = iter(ac.encoder.images)
+    features = [
+        _image_features(g, next(images), name, unity) if p.image else normalized[p.key]
+        for p, name in zip(parts, names)
+    ]
+    return features[0] if len(features) == 1 else g.op("Concat", features, "features", axis=1)
 
 
 def _normalized(g: _Graph, ac: Any, x: str) -> str:
@@ -290,18 +324,12 @@ def _normalized(g: _Graph, ac: Any, x: str) -> str:
 def _policy_head(
     g: _Graph, ac: Any, x: str, memory: tuple[str, str] | None = None
 ) -> tuple[list[str], tuple[str, str] | None]:
-    """The policy head's outputs for raw observations ``x`` (vectors, or one image as stored): [mean] (Box)
-    or one logits tensor per branch, each from its own slice of the last layer's rows (ML-Agents gives each
-    branch its own layer too). A recurrent network takes ``memory`` (its h and c, [1, batch, H] each) and
-    also returns the next (h, c); others return None there."""
+    """The policy head's outputs for ``x``, what ``_observation_features`` made of the raw observations:
+    [mean] (Box) or one logits tensor per branch, each from its own slice of the last layer's rows
+    (ML-Agents gives each branch its own layer too). A recurrent network takes ``memory`` (its h and c,
+    [1, batch, H] each) and also returns the next (h, c); others return None there."""
     from torch import nn
 
-    if ac.encoder is not None:  # one image: no vector parts, so obs_rms normalises nothing
-        if len(ac.encoder.images) != 1 or ac.layout.is_dict:
-            raise UserError("export of Dict observations is not supported yet (one vector or one image only)")
-        x = _image_features(g, ac.encoder.images[0], x)
-    else:
-        x = _normalized(g, ac, x)
     next_memory = None
     if ac.lstm is not None:
         x, h, c = _lstm(g, ac.lstm, x, *memory)
@@ -373,26 +401,45 @@ def unity_model(ac: Any, observation_shapes: list[list[int]], metadata: dict[str
     shapes it cannot write.
     """
     check_network(ac)
-    if _is_image(ac):
-        raise UserError(
-            "the Unity form of an image policy cannot be written: Unity runs take vector sensors only"
-        )
     onnx = _onnx()
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     shapes = [[int(n) for n in shape] for shape in observation_shapes]
-    obs_dim = ac.ctor_spec["observation"]["shape"][0]
-    if not shapes or any(len(s) != 1 or s[0] < 1 for s in shapes) or sum(s[0] for s in shapes) != obs_dim:
-        raise UserError(
-            f"the run's observation_shapes {shapes} are not vector sensors adding up to the policy's "
-            f"{obs_dim} observations"
-        )
-    act = ac.ctor_spec["action"]
+    obs = ac.ctor_spec["observation"]
     g = _Graph()
-    inputs = [
-        onnx.helper.make_tensor_value_info(f"obs_{i}", float32, ["batch", *s]) for i, s in enumerate(shapes)
-    ]
-    names = [i.name for i in inputs]
-    x = names[0] if len(names) == 1 else g.op("Concat", names, "observation", axis=1)
+    if obs["kind"] == "dict":  # visual sensors: one Dict part per sensor, in Unity's order
+        parts = ac.layout.parts
+        if [list(p.shape) for p in parts] != shapes:
+            raise UserError(
+                f"the run's observation_shapes {shapes} are not the policy's sensors "
+                f"{[list(p.shape) for p in parts]}"
+            )
+        # Unity feeds a visual sensor as float32 NCHW (ML-Agents' _get_onnx_shape), a vector as [batch, n].
+        inputs = [
+            onnx.helper.make_tensor_value_info(
+                f"obs_{i}", float32, ["batch", s[2], s[0], s[1]] if len(s) == 3 else ["batch", *s]
+            )
+            for i, s in enumerate(shapes)
+        ]
+        x = _observation_features(g, ac, [i.name for i in inputs], unity=True)
+    else:
+        if _is_image(ac):
+            raise UserError(
+                "the Unity form of a policy on one image Box cannot be written: spinppo's Unity runs give "
+                "visual sensors as a Dict"
+            )
+        obs_dim = obs["shape"][0]
+        if not shapes or any(len(s) != 1 or s[0] < 1 for s in shapes) or sum(s[0] for s in shapes) != obs_dim:
+            raise UserError(
+                f"the run's observation_shapes {shapes} are not vector sensors adding up to the policy's "
+                f"{obs_dim} observations"
+            )
+        inputs = [
+            onnx.helper.make_tensor_value_info(f"obs_{i}", float32, ["batch", *s])
+            for i, s in enumerate(shapes)
+        ]
+        names = [i.name for i in inputs]
+        x = _normalized(g, ac, names[0] if len(names) == 1 else g.op("Concat", names, "observation", axis=1))
+    act = ac.ctor_spec["action"]
     memory_size = int(ac.memory_size)
     memory = None
     if memory_size:  # ML-Agents' recurrent_in: [batch, 1 (the sequence), memory_size]
@@ -467,17 +514,24 @@ def gym_model(ac: Any, action_space: Any, metadata: dict[str, str] | None = None
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     if space_spec(action_space) != ac.ctor_spec["action"]:
         raise UserError(f"the action space {action_space} does not fit the policy's {ac.ctor_spec['action']}")
-    obs = ac.ctor_spec["observation"]
-    # Images go in as stored: uint8 (or float32), in the environment's layout (CHW or HWC).
-    obs_type = onnx.TensorProto.UINT8 if obs.get("dtype") == "uint8" else float32
     g = _Graph()
-    inputs = [onnx.helper.make_tensor_value_info("obs", obs_type, ["batch", *obs["shape"]])]
+    # Images go in as stored: uint8 (or float32), in the environment's layout (CHW or HWC). A Dict: one
+    # input per key, "obs.<key>", in the layout's order.
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            "obs" if p.key is None else f"obs.{p.key}",
+            onnx.TensorProto.UINT8 if p.dtype == np.uint8 else float32,
+            ["batch", *p.shape],
+        )
+        for p in ac.layout.parts
+    ]
+    x = _observation_features(g, ac, [i.name for i in inputs])
     memory_size = int(ac.memory_size)
     memory = None
     if memory_size:  # spinppo's memory: [batch, memory_size], h and c side by side
         inputs.append(onnx.helper.make_tensor_value_info("memory_in", float32, ["batch", memory_size]))
         memory = _memory_halves(g, "memory_in", 1, memory_size // 2)
-    heads, next_memory = _policy_head(g, ac, "obs", memory)
+    heads, next_memory = _policy_head(g, ac, x, memory)
     if isinstance(action_space, gym.spaces.Box):
         shape = [int(n) for n in action_space.shape]
 
@@ -572,25 +626,35 @@ class OnnxPolicy:
         elif "obs" in inputs and {"actions", "deterministic_actions"} <= outputs:
             self.form, self.obs_names = "gym", ["obs"]
             self.outputs = ("actions", "deterministic_actions")
+        elif any(n.startswith("obs.") for n in inputs) and {"actions", "deterministic_actions"} <= outputs:
+            # A Dict observation: one input per key, in the policy's order.
+            self.form, self.obs_names = (
+                "gym",
+                [i.name for i in self.session.get_inputs() if i.name[:4] == "obs."],
+            )
+            self.outputs = ("actions", "deterministic_actions")
         else:
             raise UserError(
                 f"{path} is neither form spinppo runs: inputs {sorted(inputs)}, outputs {sorted(outputs)} "
                 "(expected obs_0, ... as ML-Agents writes, or obs with actions and deterministic_actions)"
             )
-        self.obs_sizes = []
+        self.obs_sizes, self.ranks = [], []
         for name in self.obs_names:
             shape = inputs[name].shape
             fixed = all(isinstance(n, int) for n in shape[1:])
-            image = self.form == "gym" and len(shape) == 4 and fixed
-            if not image and (len(shape) != 2 or not fixed):
-                raise UserError(
-                    f"{path}: input {name} has shape {shape}, not [batch, n] (or [batch, *image] for obs)"
-                )
+            if len(shape) not in (2, 4) or not fixed:
+                raise UserError(f"{path}: input {name} has shape {shape}, not [batch, n] or [batch, *image]")
             self.obs_sizes.append(math.prod(shape[1:]))
-        # An image input: its shape, and its element type (uint8 images go in as stored)
+            self.ranks.append(len(shape) - 1)  # one observation's rank as the environment gives it
+        # Unity's visual sensors are NCHW float32 in [0, 1]; the environment gives HxWxC (uint8 in spinppo).
+        self.nchw = {n for n in self.obs_names if self.form == "unity" and len(inputs[n].shape) == 4}
+        self.dtypes = [np.uint8 if inputs[n].type == "tensor(uint8)" else np.float32 for n in self.obs_names]
+        # One image Box (generic form): its shape, and its element type (uint8 images go in as stored)
         first = inputs[self.obs_names[0]]
-        self.image_shape = list(first.shape[1:]) if len(first.shape) == 4 else None
-        self.obs_dtype = np.uint8 if first.type == "tensor(uint8)" else np.float32
+        self.image_shape = (
+            list(first.shape[1:]) if self.obs_names == ["obs"] and len(first.shape) == 4 else None
+        )
+        self.obs_dtype = self.dtypes[0]
         # A recurrent policy's memory: (input, output, whether the graph has ML-Agents' sequence axis).
         self.memory_size, self.memory_io = 0, None
         for name, out, seq in (("recurrent_in", "recurrent_out", True), ("memory_in", "memory_out", False)):
@@ -604,17 +668,35 @@ class OnnxPolicy:
         self.env_spec = json.loads(self.metadata[META_ENV]) if META_ENV in self.metadata else None
 
     def act(
-        self, obs: np.ndarray, deterministic: bool = False, memory: np.ndarray | None = None
+        self, obs: Any, deterministic: bool = False, memory: np.ndarray | None = None
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)], or images [batch,
-        *image_shape] of any dtype holding their stored values), all actions allowed; a recurrent policy:
-        ``(actions, next memory)`` from ``memory`` [batch, memory_size] (zeros start an episode)."""
-        if self.image_shape is not None:
+        """Actions for a batch of raw observations (float32 [batch, sum(obs_sizes)], images [batch,
+        *image_shape] of any dtype holding their stored values, or a dict of batches: a Dict observation,
+        fed by key to ``obs.<key>`` inputs, or a Unity behavior's sensors in order, images HxWxC converted
+        to Unity's NCHW in [0, 1]), all actions allowed; a recurrent policy: ``(actions, next memory)``
+        from ``memory`` [batch, memory_size] (zeros start an episode)."""
+        if isinstance(obs, dict):
+            if self.form == "gym":
+                values = [obs[name[4:]] for name in self.obs_names]
+            else:  # a Unity behavior's sensors: the Dict's keys are in Unity's order
+                values = list(obs.values())
+            feeds = {}
+            for name, value, dtype in zip(self.obs_names, values, self.dtypes, strict=True):
+                value = np.asarray(value)
+                if name in self.nchw:
+                    scale = 1 / 255 if value.dtype == np.uint8 else 1.0
+                    value = np.ascontiguousarray(value.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(
+                        scale
+                    )
+                feeds[name] = value.astype(dtype).reshape(len(value), *value.shape[1:])
+            n = len(values[0])
+        elif self.image_shape is not None:
             feeds = {"obs": np.asarray(obs).astype(self.obs_dtype)}
+            n = len(feeds["obs"])
         else:
             obs = np.asarray(obs, dtype=np.float32)
             feeds = dict(zip(self.obs_names, np.split(obs, np.cumsum(self.obs_sizes)[:-1], axis=1)))
-        n = len(obs)
+            n = len(obs)
         if self.mask_size is not None:
             feeds["action_masks"] = np.ones((n, self.mask_size), np.float32)
         if not self.memory_size:

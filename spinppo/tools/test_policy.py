@@ -424,6 +424,12 @@ def load_onnx_policy_and_env(
         act_space = made.single_action_space if vector else made.action_space
         if META_CTOR in policy.metadata:
             check_spaces(made, json.loads(policy.metadata[META_CTOR]), path)
+        elif isinstance(obs_space, gym.spaces.Dict):  # sensors in order, each its input's size
+            sizes = [int(np.prod(space.shape)) for space in obs_space.spaces.values()]
+            if sizes != policy.obs_sizes:
+                raise UserError(
+                    f"the environment's sensors have {sizes} numbers each, {path} takes {policy.obs_sizes}"
+                )
         elif list(obs_space.shape or ()) != [sum(policy.obs_sizes)]:
             raise UserError(
                 f"the environment's observations have shape {obs_space.shape}, {path} takes "
@@ -439,11 +445,17 @@ def load_onnx_policy_and_env(
     memory = _Memories(policy.memory_size)
 
     def get_action(obs: Any) -> Any:
-        x = np.asarray(obs, dtype=np.float32)
-        single = x.ndim == obs_rank
-        batch = x[None] if single else x
+        if isinstance(obs, dict):  # a Dict observation (a Unity behavior with cameras): by key, as given
+            x: Any = {k: np.asarray(v) for k, v in obs.items()}
+            single = next(iter(x.values())).ndim == policy.ranks[0]
+            batch = {k: v[None] for k, v in x.items()} if single else x
+        else:
+            x = np.asarray(obs, dtype=np.float32)
+            single = x.ndim == obs_rank
+            batch = x[None] if single else x
         if policy.memory_size:
-            action, next_memory = policy.act(batch, deterministic, memory=memory.rows(len(batch)))
+            n = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+            action, next_memory = policy.act(batch, deterministic, memory=memory.rows(n))
             memory.keep(next_memory)
         else:
             action = policy.act(batch, deterministic)
