@@ -72,6 +72,13 @@ def test_print_config_round_trips_in_yaml_and_json(tmp_path, capsys):
     assert printed(capsys, "--config", str(tmp_path / "printed.json")) == first
 
 
+def test_none_turns_an_optional_number_off_but_is_a_name_for_a_text_flag(capsys):
+    """--target_kl none is None; --exp_name none is the experiment "none" (it was silently the default
+    name); the exact None, as --print_config writes it, still means None for a text flag."""
+    c = printed(capsys, *SHORT, "--target_kl", "none", "--exp_name", "none", "--initialize_from", "None")
+    assert c["target_kl"] is None and c["exp_name"] == "none" and c["initialize_from"] is None
+
+
 def test_a_runs_config_json_repeats_the_run(tmp_path):
     ppo = [sys.executable, "-m", "spinppo.run", "ppo"]
     run([*ppo, *SHORT, "--seed", "5", "--hid", "16", "--data_dir", str(tmp_path / "a"), "--exp_name", "x"])

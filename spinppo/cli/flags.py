@@ -167,7 +167,9 @@ def parse_values(flag: str, tokens: list[str], default: Any, annotation: str = "
     out = []
     for tok in tokens:
         try:
-            if optional and tok.lower() == "none":
+            # None turns an optional number off (--target_kl none); a text flag takes "none" as text
+            # (--exp_name none), and only the exact None (what --print_config writes) as None.
+            if optional and (tok == "None" if kind is str else tok.lower() == "none"):
                 out.append(None)
             else:
                 out.append(_parse_scalar(tok, kind))
