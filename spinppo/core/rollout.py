@@ -129,4 +129,4 @@ class RolloutWorker:
                 break
         self.obs, self.memory = obs, memory
         buf.finish(policy.value(obs, memory))
-        logger.store(VVals=buf.val.reshape(-1))
+        logger.store(VVals=buf.val[: buf.filled].reshape(-1))  # (a preempted rollout: the steps it has)
