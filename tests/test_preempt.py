@@ -89,6 +89,34 @@ def test_a_resumed_preempted_run_keeps_counting_the_steps_it_collected(tmp_path)
     assert t["TotalEnvInteracts"][-1] < 4 * 2048
 
 
+def test_preemption_with_memory_and_tiny_minibatches_and_a_fraction_that_never_preempts(tmp_path):
+    """A recurrent PPO whose minibatches are one sequence each: a preempted rank holds fewer sequences than
+    the update's minibatch count, and still takes as many gradient steps as the others (rows taken again;
+    an empty minibatch crashed it). And --preempt 0.6 with 2 ranks waits for both: a one-line warning, and
+    nothing is preempted."""
+    memory = [
+        "--memory_size",
+        "16",
+        "--sequence_length",
+        "8",
+        "--minibatch_size",
+        "16",
+        "--update_epochs",
+        "1",
+    ]
+    common = [*SLOW, "--steps_per_epoch", "2048", "--epochs", "2", "--data_dir", str(tmp_path)]
+    mpi(2, ["ppo", *common, *memory, "--preempt", "0.5", "--exp_name", "lstm"])
+    cut = table(tmp_path / "lstm" / "lstm_s0")
+    assert all(p > 0 for p in cut["Preempted"]), cut["Preempted"]
+    proc = mpi(2, ["ppo", *common, "--preempt", "0.6", "--exp_name", "all"])
+    warnings = [line for line in proc.stderr.splitlines() if "--preempt" in line]
+    assert warnings == [
+        "spinppo: warning: --preempt 0.6 with 2 ranks waits for all of them and never preempts; give at "
+        "most 0.5"
+    ]
+    assert table(tmp_path / "all" / "all_s0")["Preempted"] == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
 def test_a_bad_preempt_is_a_one_line_error(tmp_path, value):
     proc = run(
@@ -131,6 +159,9 @@ def test_minibatches_of_a_short_batch_are_as_many_as_a_full_ones():
     assert sizes == [2, 3, 2, 3]
     rows = torch.cat([mb.x for mb in short.shuffled(8, count=4)])
     assert sorted(rows.tolist()) == list(range(10))
+    tiny = MinibatchTable(x=torch.arange(3.0))  # fewer rows than minibatches: one row each, in turn
+    chunks = [mb.x.tolist() for mb in tiny.shuffled(8, count=5)]
+    assert [len(c) for c in chunks] == [1] * 5 and sorted(sum(chunks[:3], [])) == [0.0, 1.0, 2.0]
     full = MinibatchTable(x=torch.arange(34.0))
     assert [len(mb.x) for mb in full.shuffled(8, count=4)] == [8, 8, 8, 8]
     assert [len(mb.x) for mb in full.shuffled(8)] == [8, 8, 8, 8]

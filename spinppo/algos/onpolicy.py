@@ -251,6 +251,14 @@ class OnPolicyRun:
             # after at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence
             # boundary.
             self.preemption = Preemption(preempt) if preempt is not None and num_procs() > 1 else None
+            if self.preemption is not None and self.preemption.needed >= num_procs() and proc_id() == 0:
+                # ceil(fraction x ranks) ranks must complete: all of them, so no rank is ever cut short.
+                print(
+                    f"spinppo: warning: --preempt {preempt:g} with {num_procs()} ranks waits for all of "
+                    f"them and never preempts; give at most {(num_procs() - 1) / num_procs():.2g}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             steps_per_row = getattr(self.ac, "sequence_length", 1)
             self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
             self.steps_per_row = steps_per_row

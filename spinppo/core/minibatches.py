@@ -47,18 +47,21 @@ class MinibatchTable:
 
         Rows left over when ``size`` does not divide the batch are not used in this pass. ``count``: the
         number of minibatches wanted (every rank must take as many gradient steps); a batch too short for
-        ``count`` minibatches of ``size`` (a preempted rollout) is split into ``count`` nearly equal ones.
+        ``count`` minibatches of ``size`` (a preempted rollout) is split into ``count`` nearly equal ones,
+        and one shorter than ``count`` rows gives one row to each, rows taken again in turn (never an empty
+        minibatch).
         """
         perm = torch.randperm(self.n)
         count = self.n // size if count is None else count
         if self.n >= count * size:
-            bounds = [(start, start + size) for start in range(0, count * size, size)]
-        else:
+            chunks = [perm[start : start + size] for start in range(0, count * size, size)]
+        elif self.n >= count:
             edges = [self.n * i // count for i in range(count + 1)]
-            bounds = list(zip(edges[:-1], edges[1:]))
-        for start, stop in bounds:
-            size = stop - start
-            rows = perm[start:stop]
+            chunks = [perm[a:b] for a, b in zip(edges[:-1], edges[1:])]
+        else:
+            chunks = [perm[i % self.n : i % self.n + 1] for i in range(count)]
+        for rows in chunks:
+            size = len(rows)
             parts = self.table.index_select(0, rows).split(self.widths, 1)
             fields = {
                 name: part.reshape(size, *shape)
