@@ -73,6 +73,17 @@ class QueuePipeEnd:
         pass  # queues hold no operating-system resource
 
 
+# The queues to players whose environment has not been closed, and whether the one exit hook that tells
+# them to quit is registered (once per process, not once per environment).
+_UNCLOSED: set[Any] = set()
+_UNCLOSED_HOOK: list[bool] = []
+
+
+def _close_unclosed(message: Any) -> None:
+    for to_unity in list(_UNCLOSED):
+        to_unity.put(message)
+
+
 def patched_unity_environment() -> type:
     """mlagents_envs' ``UnityEnvironment`` class with the overrides the module doc lists.
 
@@ -90,17 +101,22 @@ def patched_unity_environment() -> type:
             to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
             self.unity_to_external.parent_conn = QueuePipeEnd(to_python, to_unity)
             self.unity_to_external.child_conn = QueuePipeEnd(to_unity, to_python)
-            register = getattr(threading, "_register_atexit", None)
-            if register is not None:  # see the module doc: the player gets a close if nobody closed it
-                close = UnityMessageProto()
-                close.header.status = 400  # what close() sends
-                register(to_unity.put, close)
+            self._to_unity = to_unity
+            _UNCLOSED.add(to_unity)  # see the module doc: the player gets a close if nobody closed it
+            if not _UNCLOSED_HOOK:
+                register = getattr(threading, "_register_atexit", None)
+                if register is not None:
+                    close = UnityMessageProto()
+                    close.header.status = 400  # what close() sends
+                    register(_close_unclosed, close)
+                _UNCLOSED_HOOK.append(True)
 
         def close(self) -> None:
             # The stock close stops the gRPC server with no grace period, which can abort the Exchange
             # that carries the close message (status 400) before the player has it: the player then sees
             # the connection drop instead of being told to quit. The grace lets that last reply go out;
             # the server stops as soon as no call is running.
+            _UNCLOSED.discard(getattr(self, "_to_unity", None))
             if self.is_open:
                 message = UnityMessageProto()
                 message.header.status = 400
