@@ -457,11 +457,11 @@ def _runs_in_numpy(ac: MLPActorCritic) -> bool:
         and getattr(ac, "encoder", None) is None
         and [type(m) for m in ac.pi] == [type(m) for m in ac.v] == [*layers, nn.Linear]
         and all(p.dtype == torch.float32 for p in ac.parameters())
-        and (ac.lstm is None or _plain_lstm(ac.lstm))
+        and (ac.lstm is None or plain_lstm(ac.lstm))
     )
 
 
-def _plain_lstm(lstm: nn.Module) -> bool:
+def plain_lstm(lstm: nn.Module) -> bool:
     """Whether ``lstm`` is the one-layer, one-direction LSTM with biases that RolloutPolicy computes."""
     return (
         type(lstm) is nn.LSTM

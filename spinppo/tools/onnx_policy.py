@@ -85,17 +85,17 @@ class _Graph:
 
 
 def check_network(ac: Any) -> None:
-    """A UserError unless ``ac`` is a network this exporter can write: spinppo's MLPActorCritic with flat
-    observations or one image observation, and float32 weights (it walks the modules themselves, so a
-    foreign layer fails there)."""
+    """A UserError unless ``ac`` is a network this exporter can write: spinppo's MLPActorCritic on vectors,
+    images or a Dict of them, a plain LSTM if any, and float32 weights (it walks the modules themselves,
+    so a foreign layer fails there)."""
     import torch
 
-    from spinppo.core.networks import MLPActorCritic
+    from spinppo.core.networks import MLPActorCritic, plain_lstm
 
     spec = getattr(ac, "ctor_spec", {})
     if type(ac) is not MLPActorCritic or spec.get("class") != "MLPActorCritic":
         raise UserError(f"cannot export a {type(ac).__name__}: the ONNX exporter writes MLPActorCritic")
-    if ac.lstm is not None and not _plain_lstm(ac.lstm):
+    if ac.lstm is not None and not plain_lstm(ac.lstm):
         raise UserError("cannot export an LSTM other than one layer, one direction, with biases")
     obs = spec["observation"]
     parts = list(obs["spaces"].values()) if obs["kind"] == "dict" else [obs]
@@ -105,12 +105,6 @@ def check_network(ac: Any) -> None:
         )
     if any(p.dtype != torch.float32 for p in ac.parameters()):
         raise UserError("cannot export a policy whose weights are not float32")
-
-
-def _plain_lstm(lstm: Any) -> bool:
-    from spinppo.core.networks import _plain_lstm
-
-    return _plain_lstm(lstm)
 
 
 def _lstm(g: _Graph, lstm: Any, x: str, h0: str, c0: str) -> tuple[str, str, str]:
