@@ -29,6 +29,7 @@ commands:
   ppo           train with Proximal Policy Optimization
   vpg           train with Vanilla Policy Gradient
   a2c           train with Advantage Actor-Critic
+  a3c           train with Asynchronous Advantage Actor-Critic (2 or more MPI ranks)
   plot          plot runs' progress.txt files
   test_policy   replay a saved policy (a run directory or an exported .onnx file)
   export        write a run's policy as an ONNX file (ML-Agents' form for Unity runs)

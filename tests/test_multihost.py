@@ -245,3 +245,16 @@ def test_resume_across_hosts_without_a_shared_disk(cluster, layout):
     progress = layout.host_data("h1") / "resumed" / "resumed_s0" / "progress.txt"
     assert [row.split("\t")[0] for row in progress.read_text().splitlines()[1:]] == ["0", "1", "2"]
     assert_only_first_host_wrote(layout)
+
+
+def test_a3c_across_hosts(cluster, layout):
+    # Gradients and parameters travel by point-to-point messages over TCP, with no collective between
+    # the start and the end: rank 1 (on h2) must still get its gradients applied, and rank 0 alone writes.
+    args = ["-m", "spinppo.run", "a3c", "--env", "CartPole-v1", "--steps_per_epoch", "2000", "--epochs", "3"]
+    args += ["--data_dir", str(layout.data), "--exp_name", "async"]
+    out = mpi_run(cluster, layout, ["h1", "h2"], 2, args, timeout=120)
+    progress = layout.host_data("h1") / "async" / "async_s0" / "progress.txt"
+    assert len(progress.read_text().splitlines()) == 1 + 3, out.stdout + out.stderr
+    applied = dict(a.split("=") for a in out.stdout.split("Gradients applied, by rank: ")[1].split()[:2])
+    assert int(applied["0"]) > 0 and int(applied["1"]) > 0, applied
+    assert_only_first_host_wrote(layout)

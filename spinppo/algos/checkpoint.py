@@ -16,6 +16,7 @@ import os.path as osp
 import pickle
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,7 @@ class Checkpointer:
         self.keeps_best = False  # evaluation on: pyt_save/model_best.pt is the best policy by EvalEpRet
         self.run_state: dict[str, Any] = {}  # the run's counters, saved and restored as they are
         self.best_eval = float("-inf")
+        self.alone = False  # A3C's rank 0: it saves without the other ranks (no collectives)
 
     @property
     def run_dir(self) -> str:
@@ -162,43 +164,53 @@ class Checkpointer:
     def save(self, epoch: int, elapsed: float) -> None:
         """Write ``checkpoints/ckpt-<epoch>.pt`` (every rank's state, gathered to rank 0) and the model.
 
-        A collective: every rank calls it. A failed write is a UserError on every rank.
+        A collective: every rank calls it. A failed write is a UserError on every rank. With ``alone``
+        (A3C's rank 0) only this rank calls it and the checkpoint holds no per-rank states.
         """
-        states = COMM.gather(pickle.dumps(self._rank_state()), root=0)
+        states = [] if self.alone else COMM.gather(pickle.dumps(self._rank_state()), root=0)
+        self._on_rank0(lambda: self._write(epoch, elapsed, states), f"save the checkpoint of epoch {epoch}")
+
+    def _on_rank0(self, write: Callable[[], None], what: str) -> None:
+        if not self.alone:
+            self.logger.on_rank0(write, what)
+            return
+        try:
+            write()
+        except OSError as e:
+            raise UserError(
+                f"could not {what} in {self.run_dir} ({e.strerror or e}); the previous files are intact: "
+                "free some disk space, then resume the run"
+            ) from None
+
+    def _write(self, epoch: int, elapsed: float, states: list[bytes]) -> None:
         out = self.run_dir
-
-        def write() -> None:
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "elapsed": elapsed,
-                "num_procs": num_procs(),
-                "ctor": self.ac.ctor_spec,
-                "model": self.ac.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
-                "best_eval": self.best_eval,
-                "run_state": self.run_state,  # the run's own counters (TotalEnvInteracts)
-                # Pickled per-rank states (random generators, environments): read back only on resume.
-                "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
-            }
-            atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
-            # A curriculum's lessons go with the policy: test_policy replays it in the lessons it reached.
-            extra = (
-                None
-                if self.parameter_manager is None
-                else {"lessons": self.parameter_manager.lesson_numbers()}
-            )
-            save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"), extra)
-            save_model(self.ac, osp.join(out, "pyt_save", "model.pt"), extra)
-            for old in checkpoint_epochs(out)[: -self.keep]:
-                os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
-                if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
-                    os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
-            # A run killed while writing left a half-written temporary file; this run holds the lock.
-            remove_stale_temp_files(out)
-
-        self.logger.on_rank0(write, f"save the checkpoint of epoch {epoch}")
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "elapsed": elapsed,
+            "num_procs": num_procs(),
+            "ctor": self.ac.ctor_spec,
+            "model": self.ac.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
+            "best_eval": self.best_eval,
+            "run_state": self.run_state,  # the run's own counters (TotalEnvInteracts)
+            # Pickled per-rank states (random generators, environments): read back only on resume.
+            "ranks": [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in states],
+        }
+        atomic_torch_save(payload, osp.join(out, "checkpoints", f"ckpt-{epoch:06d}.pt"))
+        # A curriculum's lessons go with the policy: test_policy replays it in the lessons it reached.
+        extra = (
+            None if self.parameter_manager is None else {"lessons": self.parameter_manager.lesson_numbers()}
+        )
+        save_model(self.ac, osp.join(out, "pyt_save", f"model{epoch}.pt"), extra)
+        save_model(self.ac, osp.join(out, "pyt_save", "model.pt"), extra)
+        for old in checkpoint_epochs(out)[: -self.keep]:
+            os.unlink(osp.join(out, "checkpoints", f"ckpt-{old:06d}.pt"))
+            if osp.exists(osp.join(out, "pyt_save", f"model{old}.pt")):
+                os.unlink(osp.join(out, "pyt_save", f"model{old}.pt"))
+        # A run killed while writing left a half-written temporary file; this run holds the lock.
+        remove_stale_temp_files(out)
 
     def save_best(self, epoch: int, eval_return: float) -> None:
         """Keep the policy as ``pyt_save/model_best.pt``: its evaluation return beat every earlier one.
@@ -206,15 +218,14 @@ class Checkpointer:
         self.best_eval = eval_return
         path = osp.join(self.run_dir, "pyt_save", "model_best.pt")
         extra = {"epoch": epoch, "eval_return": eval_return}
-        self.logger.on_rank0(
-            lambda: save_model(self.ac, path, extra), f"save the best policy of epoch {epoch}"
-        )
+        self._on_rank0(lambda: save_model(self.ac, path, extra), f"save the best policy of epoch {epoch}")
 
     def load(self, reset_seed: int) -> tuple[int, float]:
         """Restore every part from the run's latest checkpoint; return (its epoch, elapsed seconds).
 
         A collective. Environments that cannot be snapshotted (Unity) start new episodes, reset with
-        ``reset_seed + 1 + epoch``.
+        ``reset_seed + 1 + epoch``; so do all of a checkpoint without per-rank states (A3C's), whose random
+        generators are seeded with ``reset_seed + 1 + epoch`` too.
         """
         payload, error = None, None
         if proc_id() == 0:
@@ -233,7 +244,9 @@ class Checkpointer:
             raise UserError(error)
         # Rank 0 read the file; every rank gets the shared parts and its own state from it.
         shared = broadcast(None if payload is None else {k: v for k, v in payload.items() if k != "ranks"})
-        mine = COMM.scatter(None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]])
+        per_rank = broadcast(None if payload is None else bool(payload["ranks"]))
+        if per_rank:
+            mine = COMM.scatter(None if payload is None else [bytes(t.numpy()) for t in payload["ranks"]])
         try:
             self.ac.load_state_dict(shared["model"])
             for name, opt in self.optimizers.items():
@@ -247,6 +260,9 @@ class Checkpointer:
         if self.parameter_manager is not None and shared.get("lessons") is not None:
             # Before the environments reset below: a Unity reset sends the current lessons' values.
             self.parameter_manager.load_state_dict(shared["lessons"])
+        if not per_rank:
+            self._fresh_start(reset_seed + 1 + int(shared["epoch"]))
+            return int(shared["epoch"]), float(shared["elapsed"])
         state = pickle.loads(mine)
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
@@ -265,3 +281,11 @@ class Checkpointer:
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         return int(shared["epoch"]), float(shared["elapsed"])
+
+    def _fresh_start(self, seed: int) -> None:
+        """New episodes and generators seeded with ``seed`` (no per-rank state was saved)."""
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        worker = self.worker
+        worker.restart_episodes(worker.env.reset(seed=seed)[0])

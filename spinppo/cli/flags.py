@@ -22,7 +22,7 @@ from typing import Any
 from spinppo.utils.errors import OneLineParser, UserError
 from spinppo.utils.mpi_tools import available_cores, num_procs, under_mpi_launcher
 
-ALGOS = ("ppo", "vpg", "a2c")
+ALGOS = ("ppo", "vpg", "a2c", "a3c")
 # Keywords of an algorithm that are not flags: the command line builds them.
 NOT_FLAGS = ("env_fn", "actor_critic", "ac_kwargs", "logger_kwargs")
 
@@ -151,7 +151,7 @@ def _parse_scalar(text: str, kind: Any) -> Any:
 def _kind(default: Any, annotation: str) -> Any:
     if isinstance(default, bool) or annotation == "bool":
         return bool
-    if isinstance(default, int) or annotation == "int":
+    if isinstance(default, int) or "int" in {part.strip() for part in annotation.split("|")}:
         return int
     if isinstance(default, float) or "float" in annotation:
         return float

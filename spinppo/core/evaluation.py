@@ -37,9 +37,12 @@ class Evaluator:
     it is scored (an Atari game without episodic life or reward clipping), not as it is trained on.
     """
 
-    def __init__(self, env_fn: Callable[[], Any], ac: MLPActorCritic, episodes: int, seed: int) -> None:
+    def __init__(
+        self, env_fn: Callable[[], Any], ac: MLPActorCritic, episodes: int, seed: int, alone: bool = False
+    ) -> None:
         self.ac = ac
-        self.episode_ids = list(range(proc_id(), episodes, num_procs()))
+        self.alone = alone  # this rank plays every episode, without collectives (A3C's rank 0)
+        self.episode_ids = list(range(episodes)) if alone else list(range(proc_id(), episodes, num_procs()))
         self.seed = seed
         self.envs: list[gym.Env] = []
         try:
@@ -95,7 +98,7 @@ class Evaluator:
             mine = self._play_mine()
         finally:
             self.ac.train(was_training)
-        played = sorted(e for rank in allgather(mine) for e in rank)
+        played = sorted(mine if self.alone else [e for rank in allgather(mine) for e in rank])
         return [r for _, r, _ in played], [n for _, _, n in played]
 
     def close(self) -> None:

@@ -44,12 +44,23 @@ class RunningMeanStd(nn.Module):
         mean, inv_std = self._scale()
         return torch.clamp((x - mean) * inv_std, -self.clip, self.clip)
 
-    def update(self, batch: np.ndarray | torch.Tensor) -> None:
-        """Fold in ``batch`` (leading axis: samples) from every rank. One Allreduce."""
+    def moments(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``batch``'s count, sum and sum of squares, packed in one float64 array (for ``add_moments``)."""
         x = np.asarray(batch, dtype=np.float64).reshape(-1, *self.mean.shape)
-        packed = np.concatenate([[x.shape[0]], x.sum(0).ravel(), (x**2).sum(0).ravel()])
-        total = np.empty_like(packed)
-        COMM.Allreduce(packed, total, op=MPI.SUM)
+        return np.concatenate([[x.shape[0]], x.sum(0).ravel(), (x**2).sum(0).ravel()])
+
+    def update(self, batch: np.ndarray | torch.Tensor, across_ranks: bool = True) -> None:
+        """Fold in ``batch`` (leading axis: samples) from every rank: one Allreduce. With
+        ``across_ranks=False`` only this rank's batch, and no collective (A3C's ranks)."""
+        packed = self.moments(batch)
+        total = packed
+        if across_ranks:
+            total = np.empty_like(packed)
+            COMM.Allreduce(packed, total, op=MPI.SUM)
+        self.add_moments(total)
+
+    def add_moments(self, total: np.ndarray) -> None:
+        """Fold in moments packed by ``moments`` (or summed over several such arrays)."""
         n = total[0]
         if n == 0:
             return
@@ -94,11 +105,12 @@ class RewardScaler:
         self.returns[dones] = 0.0
         return np.clip(rewards / self._std, -self.clip, self.clip)
 
-    def sync(self) -> None:
-        """Merge this epoch's returns from all ranks into the statistics (a collective)."""
+    def sync(self, across_ranks: bool = True) -> None:
+        """Merge this epoch's returns from all ranks into the statistics (a collective); with
+        ``across_ranks=False`` this rank's only (no collective)."""
         seen = np.concatenate(self._seen) if self._seen else np.zeros(0)
         self._seen.clear()
-        self.rms.update(seen)
+        self.rms.update(seen, across_ranks)
         self._std = float(np.sqrt(self.rms.var.item() + self.epsilon))
 
     def state_dict(self) -> dict:

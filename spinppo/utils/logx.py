@@ -464,6 +464,9 @@ class EpochLogger(Logger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.epoch_dict: dict[str, list] = {}
+        # False: the statistics of this rank's values only, without collectives (A3C's rank 0 holds every
+        # rank's values, sent to it by message).
+        self.across_ranks = True
 
     def store(self, **kwargs: Any) -> None:
         """Add values to this epoch's lists, one list per keyword."""
@@ -490,4 +493,9 @@ class EpochLogger(Logger):
         """(mean, std[, min, max]) over ranks of the values stored under ``key`` (nan where none were)."""
         values = self.epoch_dict.get(key, [])
         flat = np.concatenate([np.ravel(v) for v in values]) if values else np.zeros(0)
+        if not self.across_ranks:
+            if flat.size == 0:
+                return (float("nan"),) * (4 if with_min_and_max else 2)
+            stats = (float(flat.mean()), float(flat.std()), float(flat.min()), float(flat.max()))
+            return stats if with_min_and_max else stats[:2]
         return mpi_statistics_scalar(flat, with_min_and_max=with_min_and_max)

@@ -1,0 +1,425 @@
+"""Asynchronous updates over MPI (A3C's): no rank ever waits for another rank's environments.
+
+Rank 0 is the *parameter rank*: it holds the shared parameters with their optimizer (A3C's "shared
+RMSProp") and observation statistics, the step count, the log and the checkpoints. It also steps
+environments like every other rank, and between two of its own steps it takes in the gradients that have
+arrived::
+
+    every rank   collect a rollout with its copy of the parameters (version v) -> gradient g
+                 send (g, v, the rollout's statistics) to rank 0; load the parameters rank 0 sent back
+                 for its previous gradient (waiting only if that answer has not come yet)
+    rank 0       for each gradient: apply it (one optimizer step, version + 1) unless it was computed on
+                 parameters more than max_staleness versions old (then drop it, and count it); send the
+                 current parameters back; log a row whenever the ranks' steps complete an epoch
+
+A rank has at most one gradient in flight, so its parameters lag rank 0's by that one answer and the
+updates that arrive meanwhile. Rank 0 answers between its own environment steps: a rank waits only if
+one of rank 0's steps (or its own update) takes longer than a whole rollout of its own.
+
+Messages go over a communicator of their own (``MPI_Comm_dup``); waits poll with a short sleep instead of
+MPI's busy-polling, so a waiting rank leaves its core to the others. At the end (the last epoch, a
+signal, ``--stop_at_return``, or a non-finite update) rank 0 answers every rank's next gradient with
+"stop"; then all ranks meet once and leave with rank 0's parameters, bit for bit.
+
+What a resume restores: the shared parameters, optimizer and observation statistics, the step and
+version counts and the best evaluation, from the last epoch's checkpoint. The environments start new
+episodes, each rank's generators are reseeded, and the order in which gradients arrive is not
+reproducible, so a resumed (or repeated) run does not reproduce an uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from spinppo.algos.onpolicy import OnPolicyRun, _clock
+from spinppo.core.evaluation import Evaluator
+from spinppo.utils.errors import TrainingDiverged, TrainingStopped
+from spinppo.utils.mpi_pytorch import sync_params
+from spinppo.utils.mpi_tools import TimedComm, broadcast, num_procs, proc_id
+
+GRADIENT, PARAMETERS = 1, 2  # message tags
+POLL = 0.0005  # seconds between two looks for a message while waiting
+
+
+def state_vectors(module: torch.nn.Module) -> list[np.ndarray]:
+    """The module's parameters and buffers as one flat array per dtype (in first-seen order)."""
+    tensors = [p.data for p in module.parameters()] + list(module.buffers())
+    return [
+        torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).numpy()
+        for dtype in dict.fromkeys(t.dtype for t in tensors)
+    ]
+
+
+def load_state_vectors(module: torch.nn.Module, vectors: list[np.ndarray]) -> None:
+    """Set the module's parameters and buffers from what ``state_vectors`` gave (bit for bit)."""
+    tensors = [p.data for p in module.parameters()] + list(module.buffers())
+    dtypes = list(dict.fromkeys(t.dtype for t in tensors))
+    for dtype, flat in zip(dtypes, vectors, strict=True):
+        group = [t for t in tensors if t.dtype == dtype]
+        values = torch.from_numpy(flat).split([t.numel() for t in group])
+        for t, value in zip(group, values, strict=True):
+            t.copy_(value.view_as(t))
+
+
+def flat_gradient(module: torch.nn.Module) -> np.ndarray:
+    """Every parameter's gradient in one float32 array (zeros where a parameter has none)."""
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in module.parameters()]
+    ).numpy()
+
+
+class AsyncTraining:
+    """A3C's training loop around an ``OnPolicyRun`` (which built the environments, actor-critic, buffer,
+    logger and checkpointer the same way as for the synchronous algorithms).
+
+    ``gradient(batch)`` computes the loss of one rollout's batch on ``run.ac`` and calls ``backward()``;
+    it returns the statistics to log (``LossPi``...). ``make_optimizer(params)`` builds the shared
+    optimizer (on rank 0 only). Flags are assumed checked.
+    """
+
+    def __init__(
+        self,
+        run: OnPolicyRun,
+        make_optimizer: Callable[[Any], torch.optim.Optimizer],
+        max_grad_norm: float,
+        max_staleness: int,
+        norm_adv: bool,
+        env_fn: Callable[[], Any] | None = None,
+        eval_freq: int = 0,
+        eval_episodes: int = 10,
+        stop_at_return: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.run, self.ac = run, run.ac
+        self.comm = TimedComm(MPI.COMM_WORLD.Dup())  # a collective: every rank builds one
+        self.max_grad_norm, self.max_staleness, self.norm_adv = max_grad_norm, max_staleness, norm_adv
+        self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
+        self.rank0 = proc_id() == 0
+        self.version = 0  # of the parameters this rank holds (rank 0: of the shared ones)
+        self.wait_time = 0.0  # seconds this rank waited for rank 0's answers (not yet reported)
+        checkpointer = run.checkpointer
+        if self.rank0:
+            self.shared = copy.deepcopy(run.ac)
+            self.optimizer = make_optimizer(self.shared.parameters())
+            self.shared_params = list(self.shared.parameters())
+            # Rank 0 saves the shared parts, alone; its log holds every rank's values (sent to it).
+            checkpointer.ac, checkpointer.optimizers = self.shared, {"optimizer": self.optimizer}
+            checkpointer.alone = True
+            run.logger.across_ranks = False
+            self.evaluator = (
+                Evaluator(env_fn, self.shared, eval_episodes, seed + 1_000_000, alone=True)
+                if eval_freq
+                else None
+            )
+            checkpointer.keeps_best = self.evaluator is not None
+            self.applied_by_rank = np.zeros(num_procs(), dtype=np.int64)
+            self.stop_reason: str | None = None  # "done", "signal", "return" or "diverged"
+            self.message = ""  # a divergence's
+            self.stopped = 0  # ranks told to stop
+            self.replies: list[MPI.Request] = []
+            self._signal = 0  # the first stop signal any rank reported
+        else:
+            checkpointer.optimizers = {}
+
+    # --------------------------------------------------------------------------------- every rank
+
+    def train(
+        self, gradient: Callable[[dict[str, Any]], dict[str, float]], epochs: int, save_freq: int
+    ) -> None:
+        """Run until rank 0 has logged ``epochs`` epochs (or stops early); leave with rank 0's parameters
+        on every rank. Raises TrainingStopped after a signal and TrainingDiverged after a non-finite
+        update, on every rank."""
+        run = self.run
+        self.epochs_total, self.save_freq = epochs, save_freq
+        self._start(epochs)
+        run._install_signal_handlers()
+        pending = False  # a gradient sent, its answer not yet taken
+        sent: MPI.Request | None = None
+        while not (self.rank0 and self.stop_reason):
+            report = self._rollout_and_gradient(gradient)
+            if self.rank0:
+                if self.stop_reason is None:
+                    self._take(report, source=0)
+                self._load(state_vectors(self.shared), self.version)
+                continue
+            answer = self._wait_answer() if pending else None
+            if answer is not None and answer["stop"]:
+                break
+            if sent is not None:
+                sent.wait()  # done already: rank 0 has answered it
+            sent = self.comm.isend(report, dest=0, tag=GRADIENT)  # (pickled now: report may change)
+            pending = True
+            if answer is not None:
+                self._load(answer["state"], answer["version"])
+        if sent is not None:
+            sent.wait()
+        if self.rank0:
+            self._finish()
+        self._leave()
+
+    def _start(self, epochs: int) -> None:
+        """Resume (a collective) and make every rank's parameters rank 0's."""
+        run = self.run
+        state = run.checkpointer.run_state
+        state.update(total_steps=0, version=0)
+        self.first_epoch, elapsed = 0, 0.0
+        if run.resume:
+            last, elapsed = run.checkpointer.load(reset_seed=run.seed)
+            state = run.checkpointer.run_state
+            run.logger.restore_progress(last, step=state["total_steps"])
+            run.logger.log(f"Resumed from the checkpoint of epoch {last}")
+            self.first_epoch = last + 1
+            if epochs > self.first_epoch:
+                run.logger.update_config(epochs=epochs)
+            else:
+                run.logger.log(
+                    f"Nothing to train: the run has done {self.first_epoch} epochs; pass --epochs N with N > "
+                    f"{self.first_epoch} to train further"
+                )
+        self.version = int(state["version"])
+        if self.rank0:
+            run.checkpointer.run_state = state
+            self.ac.load_state_dict(self.shared.state_dict())
+        sync_params(self.ac)
+        self.start_time, self.session_start = time.time() - elapsed, time.time()
+        self.epoch = self.first_epoch
+        if self.rank0:
+            if self.first_epoch >= epochs:
+                self.stop_reason = "done"
+            self._begin_epoch()
+            run.logger.log(
+                f"A3C: rank 0 holds the shared parameters; gradients more than {self.max_staleness} "
+                "versions old are dropped"
+            )
+
+    def _rollout_and_gradient(self, gradient: Callable[[dict[str, Any]], dict[str, float]]) -> dict[str, Any]:
+        """One rollout with this rank's parameters and its gradient, as the message for rank 0."""
+        run, worker, buf = self.run, self.run.worker, self.run.buf
+        version = self.version
+        stop = self._serve_between_steps if self.rank0 else None
+        worker.collect(buf, run.logger, stop)
+        t0 = time.perf_counter()
+        layout, filled = buf.layout, buf.filled
+        moments = None
+        if layout.vector_dim:
+            obs = buf.obs[:filled] if layout.flat else layout.take(buf.obs, slice(0, filled))
+            moments = self.ac.obs_rms.moments(layout.vectors(obs))
+        if run.reward_scaler is not None:
+            run.reward_scaler.sync(across_ranks=False)  # each rank scales by its own returns' spread
+        batch = buf.get(normalize_adv=False)
+        if self.norm_adv:  # over this rollout only: no rank waits for another's
+            adv = batch["adv"]
+            batch["adv"] = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
+        self.ac.zero_grad(set_to_none=False)
+        stats = gradient(batch)
+        report = {
+            "version": version,
+            "grad": flat_gradient(self.ac),
+            "steps": filled * run.num_envs,
+            "stats": stats,
+            "moments": moments,
+            "signal": run._stop_signals[0] if run._stop_signals else 0,
+            "wait": self.wait_time,
+            "update_time": time.perf_counter() - t0,
+        }
+        self.wait_time = 0.0
+        if not self.rank0:  # rank 0's log has its own episodes already; the others send theirs
+            logged = run.logger.epoch_dict
+            report["logged"] = {k: logged.pop(k, []) for k in ("EpRet", "EpLen", "VVals")}
+        return report
+
+    def _wait_answer(self) -> dict[str, Any]:
+        """Rank 0's answer to this rank's last gradient, waiting (without spinning) until it is here."""
+        t0 = time.perf_counter()
+        while not self.comm.iprobe(source=0, tag=PARAMETERS):
+            time.sleep(POLL)
+        answer = self.comm.recv(source=0, tag=PARAMETERS)
+        self.wait_time += time.perf_counter() - t0
+        return answer
+
+    def _load(self, vectors: list[np.ndarray], version: int) -> None:
+        load_state_vectors(self.ac, vectors)
+        self.version = version
+
+    def _leave(self) -> None:
+        """All ranks: take rank 0's parameters (one collective), then stop as rank 0 says."""
+        verdict = broadcast(
+            (self.stop_reason, self.message, self.epoch - 1, self._signal) if self.rank0 else None
+        )
+        sync_params(self.ac)  # rank 0's copy holds the shared parameters: one copy everywhere
+        reason, message, epoch, signum = verdict
+        if reason == "diverged":
+            raise TrainingDiverged(message)
+        if reason == "signal":
+            raise TrainingStopped(
+                f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint saved. Resume "
+                f"with: python -m spinppo.run {self.run.algo} --resume {self.run.output_dir}",
+                signum=signum,
+            )
+
+    # --------------------------------------------------------------------------------- rank 0
+
+    def _serve_between_steps(self, steps: int) -> bool:
+        """Between two of rank 0's own steps: take in the gradients that have arrived. True (end this
+        rollout) once the run is stopping."""
+        self._serve()
+        return self.stop_reason is not None
+
+    def _serve(self) -> None:
+        status = MPI.Status()
+        while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=GRADIENT, status=status):
+            source = status.Get_source()
+            report = self.comm.recv(source=source, tag=GRADIENT)
+            if self.stop_reason is None:
+                self._take(report, source)
+            if self.stop_reason is None:
+                answer = {"stop": False, "version": self.version, "state": state_vectors(self.shared)}
+            else:
+                answer = {"stop": True}
+                self.stopped += 1
+            self.replies.append(self.comm.isend(answer, dest=source, tag=PARAMETERS))
+        if len(self.replies) > 64:
+            self.replies = [r for r in self.replies if not r.Test()]
+
+    def _take(self, report: dict[str, Any], source: int) -> None:
+        """One rank's rollout: its statistics into the log, its gradient into the shared parameters
+        (unless too stale), and an epoch's row when the steps complete one."""
+        t0 = time.perf_counter()
+        run, logger = self.run, self.run.logger
+        if report["signal"] and not self._signal:
+            self._signal = report["signal"]
+        for key, values in report.get("logged", {}).items():
+            logger.epoch_dict.setdefault(key, []).extend(values)
+        if report["moments"] is not None:
+            self.shared.obs_rms.add_moments(report["moments"])
+        staleness = self.version - report["version"]
+        stats = report["stats"]
+        if staleness > self.max_staleness:
+            self.dropped += 1
+        elif not all(np.isfinite(v) for v in stats.values()) or not np.isfinite(report["grad"]).all():
+            self._diverge(f"non-finite loss or gradient from rank {source}")
+        else:
+            grad = torch.from_numpy(report["grad"])
+            offset = 0
+            for p in self.shared_params:
+                p.grad = grad[offset : offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.shared_params, self.max_grad_norm)
+            self.optimizer.step()
+            self.version += 1
+            self.applied_by_rank[source] += 1
+            logger.store(Staleness=staleness, **stats)
+            bad = [n for n, p in self.shared.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                self._diverge(f"non-finite {', '.join(bad[:4])} after a gradient of rank {source}")
+        self.worker_wait += report["wait"]
+        self.update_time += report["update_time"] if source == 0 else 0.0
+        self.update_time += time.perf_counter() - t0
+        self.epoch_steps += report["steps"]
+        run.checkpointer.run_state["total_steps"] += report["steps"]
+        run.checkpointer.run_state["version"] = self.version
+        if self.stop_reason is None and run.checkpointer.run_state["total_steps"] >= self.epoch_end:
+            self._end_epoch()
+
+    def _diverge(self, what: str) -> None:
+        kept = "the last good checkpoint is kept" if self.epoch > 0 else "no checkpoint had been saved yet"
+        self.message = (
+            f"{what} in epoch {self.epoch}: training stopped; {kept} (try a smaller --lr, and check that "
+            "the environment's observations and rewards are finite)"
+        )
+        self.stop_reason = "diverged"
+
+    def _begin_epoch(self) -> None:
+        run = self.run
+        self.epoch_start = time.perf_counter()
+        self.epoch_end = (self.epoch + 1) * run.steps_per_epoch
+        self.env_t0, self.inf_t0 = run.worker.env_time, run.worker.inference_time
+        self.mpi_t0 = self.comm.seconds
+        self.epoch_steps, self.update_time, self.worker_wait, self.dropped = 0, 0.0, 0.0, 0
+
+    def _end_epoch(self) -> None:
+        """Rank 0: the epoch's row (every rank's episodes), evaluation, the checkpoint when due, and
+        whether to stop."""
+        run, logger, worker, epoch = self.run, self.run.logger, self.run.worker, self.epoch
+        epoch_time = time.perf_counter() - self.epoch_start
+        if run._stop_signals and not self._signal:
+            self._signal = run._stop_signals[0]
+        logger.log_tabular("Epoch", epoch)
+        logger.log_tabular("EpRet", with_min_and_max=True)
+        logger.log_tabular("EpLen", average_only=True)
+        logger.log_tabular("VVals", with_min_and_max=True)
+        logger.log_tabular("TotalEnvInteracts", run.checkpointer.run_state["total_steps"])
+        reached = False
+        if self.evaluator is not None:
+            due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
+            ret = length = float("nan")
+            if due:
+                returns, lengths = self.evaluator.evaluate()
+                ret, length = float(np.mean(returns)), float(np.mean(lengths))
+                if ret > run.checkpointer.best_eval:
+                    run.checkpointer.save_best(epoch, ret)
+                reached = self.stop_at_return is not None and ret >= self.stop_at_return
+            logger.log_tabular("EvalEpRet", ret)
+            logger.log_tabular("EvalEpLen", length)
+        for key in ("LossPi", "LossV", "Entropy", "Staleness"):
+            logger.log_tabular(key, average_only=True)
+        logger.log_tabular("Dropped", self.dropped)
+        logger.log_tabular("WaitTime", self.worker_wait / max(1, num_procs() - 1))
+        logger.log_tabular("StepsPerSec", self.epoch_steps / epoch_time)
+        logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
+        logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
+        logger.log_tabular("UpdateTime", self.update_time)
+        logger.log_tabular("MPITime", self.comm.seconds - self.mpi_t0)
+        logger.log_tabular("Time", time.time() - self.start_time)
+        logger.dump_tabular(step=run.checkpointer.run_state["total_steps"])
+
+        last = epoch == self.epochs_total - 1
+        if self._signal or reached or last or (epoch + 1) % self.save_freq == 0:
+            run.checkpointer.save(epoch, time.time() - self.start_time)
+        elapsed = time.time() - self.start_time
+        per_epoch = (time.time() - self.session_start) / (epoch + 1 - self.first_epoch)
+        left = 0.0 if reached else per_epoch * (self.epochs_total - epoch - 1)
+        print(
+            f"Epoch {epoch + 1} of {self.epochs_total}: {_clock(elapsed)} elapsed, about {_clock(left)} left",
+            flush=True,
+        )
+        if reached:
+            print(
+                f"Evaluation return reached --stop_at_return {self.stop_at_return:g} after epoch {epoch}: "
+                "stopped with a checkpoint",
+                flush=True,
+            )
+        self.epoch += 1
+        if self._signal:
+            self.stop_reason = "signal"
+        elif reached:
+            self.stop_reason = "return"
+        elif last:
+            self.stop_reason = "done"
+        self._begin_epoch()
+
+    def _finish(self) -> None:
+        """Rank 0, stopping: answer "stop" to every other rank's next gradient (those are not applied),
+        then report how many gradients each rank contributed."""
+        while self.stopped < num_procs() - 1:
+            self._serve()
+            time.sleep(POLL)
+        MPI.Request.waitall(self.replies)
+        self.replies = []
+        counts = " ".join(f"{r}={n}" for r, n in enumerate(self.applied_by_rank))
+        self.run.logger.log(f"Gradients applied, by rank: {counts}")
+        self.ac.load_state_dict(self.shared.state_dict())
+
+    def close(self) -> None:
+        """Close the evaluation environments (rank 0's)."""
+        if self.rank0 and self.evaluator is not None:
+            self.evaluator.close()
