@@ -113,6 +113,7 @@ def test_gradients_older_than_max_staleness_are_dropped_and_counted(tmp_path):
 
 def test_resume_continues_from_the_saved_parameters_and_counts(tmp_path):
     job = ["a3c", "--env", "CartPole", "--steps_per_epoch", "2000", "--save_freq", "1", "--exp_name", "r"]
+    job += ["--max_staleness", "12"]  # (an int | None flag read back from config.json)
     mpi(2, [*job, "--epochs", "3", "--data_dir", str(tmp_path)])
     run_dir = tmp_path / "r" / "r_s0"
     saved = torch.load(run_dir / "checkpoints" / "ckpt-000002.pt", weights_only=True)
@@ -186,3 +187,15 @@ def test_bad_a3c_input_is_a_one_line_error(tmp_path, ranks, flags, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.iterdir())  # no run directory made
+
+
+def test_a_curriculum_is_refused_before_anything_is_built():
+    from types import SimpleNamespace
+
+    from spinppo.algos.a3c import check_flags
+    from spinppo.utils.errors import UserError
+
+    lessons = [{"name": "easy", "value": 1.0}, {"name": "hard", "value": 2.0}]
+    env_fn = SimpleNamespace(environment_parameters={"wall": {"curriculum": lessons}})
+    with pytest.raises(UserError, match="a curriculum .* needs a synchronous algorithm"):
+        check_flags({"env_fn": env_fn})

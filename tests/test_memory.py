@@ -105,6 +105,7 @@ def train_and_compare(out: str, algo: str, epochs: int) -> None:
 
     import tests.memory_env  # noqa: F401  (registers Cue-v0)
     from spinppo.algos.a2c import a2c
+    from spinppo.algos.a3c import a3c
     from spinppo.algos.ppo import ppo
     from spinppo.algos.vpg import vpg
     from spinppo.utils.mpi_tools import proc_id
@@ -116,8 +117,8 @@ def train_and_compare(out: str, algo: str, epochs: int) -> None:
         "epochs": epochs,
         "logger_kwargs": {"output_dir": out, "tensorboard": False},
     }
-    if algo == "a2c":
-        fn, kwargs["n_steps"] = a2c, 8
+    if algo in ("a2c", "a3c"):
+        fn, kwargs["n_steps"] = {"a2c": a2c, "a3c": a3c}[algo], 8
     elif algo == "vpg":
         fn, kwargs["pi_lr"] = vpg, 0.01
     else:
@@ -128,11 +129,12 @@ def train_and_compare(out: str, algo: str, epochs: int) -> None:
         json.dump({"digest": digest}, f)
 
 
-@pytest.mark.parametrize(("algo", "epochs"), [("a2c", 14), ("vpg", 20)])
-def test_a2c_and_vpg_learn_with_memory_and_ranks_stay_identical(tmp_path, algo, epochs):
+@pytest.mark.parametrize(("algo", "epochs"), [("a2c", 14), ("vpg", 20), ("a3c", 14)])
+def test_a2c_vpg_and_a3c_learn_with_memory_and_ranks_end_identical(tmp_path, algo, epochs):
     """A2C (n_steps 8 = one sequence per rollout) and VPG (pi_lr 0.01) with an LSTM learn the cue task too
     (trials in one process, memory 32, seed 0: A2C passed 0.9 at epoch 5 and VPG at epoch 14, counting from
-    0); both ranks end with the same parameters, bit for bit."""
+    0); both ranks end with the same parameters, bit for bit. A3C as A2C, asynchronously (its rank 0 cuts
+    its last rollout anywhere when another rank's gradient ends the run: not a whole sequence)."""
     out = str(tmp_path)
     mpirun(
         2,
@@ -284,7 +286,7 @@ def test_a2c_sequence_length_must_fit_n_steps_and_initialize_from_refuses_anothe
         check=False,
     )
     assert proc.returncode == 2
-    assert "--sequence_length 64 must divide A2C's --n_steps of 5 steps" in proc.stderr
+    assert "--sequence_length 64 must divide --n_steps of 5 steps" in proc.stderr
     assert "use --sequence_length 5" in proc.stderr
     run(
         [

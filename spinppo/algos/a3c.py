@@ -83,8 +83,8 @@ def a3c(
             of random weights (ML-Agents' initialize_from); the network must have the same shape.
         eval_freq: every this many epochs (and at the last) rank 0 plays eval_episodes deterministic
             episodes with the shared parameters on separate copies of the environment (the other ranks
-            go on training): EvalEpRet, EvalEpLen, and the best policy kept as pyt_save/model_best.pt.
-            0 turns evaluation off.
+            wait for it after their rollout in hand): EvalEpRet, EvalEpLen, and the best policy kept as
+            pyt_save/model_best.pt. 0 turns evaluation off.
         eval_episodes: evaluation episodes (seeded alike at every evaluation).
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
@@ -117,11 +117,6 @@ def a3c(
     ) as run:
         ac = run.ac
         run.steps_per_epoch = steps_per_epoch  # a row whenever the ranks' steps add up to this
-        if run.lessons is not None:
-            raise UserError(
-                "a curriculum (environment parameters with lessons) needs a synchronous algorithm: train "
-                "with a2c or ppo"
-            )
 
         def gradient(batch: dict[str, torch.Tensor]) -> dict[str, float]:
             """The loss of one rollout of this rank, backpropagated into ac's gradients."""
@@ -159,6 +154,12 @@ def a3c(
 def check_flags(config: dict[str, Any]) -> None:
     """A UserError for the first bad flag of ``a3c(**config)``: at least 2 ranks, the shared checks, A3C's
     own."""
+    parameters = getattr(config.get("env_fn"), "environment_parameters", None) or {}
+    if any(len(p.get("curriculum", ())) > 1 for p in parameters.values() if isinstance(p, dict)):
+        raise UserError(
+            "a curriculum (environment parameters with lessons) needs a synchronous algorithm: train with "
+            "a2c or ppo"
+        )
     if num_procs() < 2:
         raise UserError(
             "a3c needs at least 2 MPI ranks (rank 0 holds the shared parameters; with one rank A3C is A2C): "

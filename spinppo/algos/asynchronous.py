@@ -23,8 +23,12 @@ signal, ``--stop_at_return``, or a non-finite update) rank 0 answers every rank'
 
 What a resume restores: the shared parameters, optimizer and observation statistics, the step and
 version counts and the best evaluation, from the last epoch's checkpoint. The environments start new
-episodes, each rank's generators are reseeded, and the order in which gradients arrive is not
-reproducible, so a resumed (or repeated) run does not reproduce an uninterrupted one step for step.
+episodes, each rank's generators are reseeded, each rank's reward scaler (``--norm_reward``; rank-local
+in A3C) starts afresh, and the order in which gradients arrive is not reproducible, so a resumed (or
+repeated) run does not reproduce an uninterrupted one step for step.
+
+While rank 0 evaluates or writes a checkpoint it takes no gradients: the other ranks finish the rollout
+in hand, send its gradient, and wait for the answer.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from spinppo.algos.checkpoint import checkpoint_epochs
 from spinppo.algos.onpolicy import OnPolicyRun, _clock
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
@@ -146,7 +151,7 @@ class AsyncTraining:
         while not (self.rank0 and self.stop_reason):
             report = self._rollout_and_gradient(gradient)
             if self.rank0:
-                if self.stop_reason is None:
+                if report is not None:
                     self._take(report, source=0)
                 self._load(state_vectors(self.shared), self.version)
                 continue
@@ -200,12 +205,19 @@ class AsyncTraining:
                 "versions old are dropped"
             )
 
-    def _rollout_and_gradient(self, gradient: Callable[[dict[str, Any]], dict[str, float]]) -> dict[str, Any]:
-        """One rollout with this rank's parameters and its gradient, as the message for rank 0."""
+    def _rollout_and_gradient(
+        self, gradient: Callable[[dict[str, Any]], dict[str, float]]
+    ) -> dict[str, Any] | None:
+        """One rollout with this rank's parameters and its gradient, as the message for rank 0 (None on
+        rank 0 when the run began to stop during the rollout: its steps are not used)."""
         run, worker, buf = self.run, self.run.worker, self.run.buf
         version = self.version
         stop = self._serve_between_steps if self.rank0 else None
         worker.collect(buf, run.logger, stop)
+        if self.rank0 and self.stop_reason is not None:
+            # Cut anywhere (a recurrent batch needs whole sequences): dropped, like the others' last ones.
+            buf.ptr = 0
+            return None
         t0 = time.perf_counter()
         layout, filled = buf.layout, buf.filled
         moments = None
@@ -331,7 +343,11 @@ class AsyncTraining:
             self._end_epoch()
 
     def _diverge(self, what: str) -> None:
-        kept = "the last good checkpoint is kept" if self.epoch > 0 else "no checkpoint had been saved yet"
+        kept = (
+            f"the last good checkpoint in {self.run.output_dir}/checkpoints is kept"
+            if checkpoint_epochs(self.run.output_dir)
+            else "no checkpoint had been saved yet"
+        )
         self.message = (
             f"{what} in epoch {self.epoch}: training stopped; {kept} (try a smaller --lr, and check that "
             "the environment's observations and rewards are finite)"
@@ -420,6 +436,8 @@ class AsyncTraining:
         self.ac.load_state_dict(self.shared.state_dict())
 
     def close(self) -> None:
-        """Close the evaluation environments (rank 0's)."""
+        """Close the evaluation environments (rank 0's) and free the communicator (a grid's next run
+        makes its own)."""
         if self.rank0 and self.evaluator is not None:
             self.evaluator.close()
+        self.comm.Free()

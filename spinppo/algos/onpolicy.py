@@ -133,14 +133,15 @@ def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int 
     return steps_per_epoch // unit
 
 
-def sequence_length_error(length: int, rollout: int, rollouts_per_epoch: int) -> str:
-    """The message for a --sequence_length that does not divide a rollout of ``rollout`` steps."""
+def sequence_length_error(length: int, rollout: int, n_steps: bool) -> str:
+    """The message for a --sequence_length that does not divide a rollout of ``rollout`` steps (``n_steps``:
+    the rollout is A2C's or A3C's --n_steps)."""
     fits = [d for d in range(1, rollout + 1) if rollout % d == 0 and d <= length][-1]
-    what = "A2C's --n_steps" if rollouts_per_epoch > 1 else "each environment's rollout"
+    what = "--n_steps" if n_steps else "each environment's rollout"
+    change = "--n_steps" if n_steps else "--steps_per_epoch or --num_envs"
     return (
         f"--sequence_length {length} must divide {what} of {rollout} steps (the update cuts each rollout "
-        f"into sequences): use --sequence_length {fits}, or change --steps_per_epoch or --num_envs"
-        + (" or --n_steps" if rollouts_per_epoch > 1 else "")
+        f"into sequences): use --sequence_length {fits}, or change {change}"
     )
 
 
@@ -203,7 +204,8 @@ class OnPolicyRun:
             self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
             memory_size = getattr(self.ac, "memory_size", 0)
             if memory_size and per_env % self.ac.sequence_length:
-                raise UserError(sequence_length_error(self.ac.sequence_length, per_env, rollouts_per_epoch))
+                n_steps = algo in ("a2c", "a3c")
+                raise UserError(sequence_length_error(self.ac.sequence_length, per_env, n_steps))
             # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
             # that does not fit is bad input.
             # Evaluation on environments of its own (made before the run directory: a Unity build cannot

@@ -115,7 +115,7 @@ def _checked(name: str, value: Any, default: Any, annotation: str, where: str) -
         return value
     if isinstance(default, bool) or annotation == "bool":
         ok = isinstance(value, bool)
-    elif isinstance(default, int) or annotation == "int":
+    elif isinstance(default, int) or "int" in {part.strip() for part in annotation.split("|")}:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float) or "float" in annotation:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
