@@ -6,20 +6,24 @@ environments like every other rank, and between two of its own steps it takes in
 arrived::
 
     every rank   collect a rollout with its copy of the parameters (version v) -> gradient g
-                 send (g, v, the rollout's statistics) to rank 0; load the parameters rank 0 sent back
-                 for its previous gradient (waiting only if that answer has not come yet)
+                 send (g, v, the rollout's statistics) to rank 0; load the newest parameters rank 0
+                 has sent back (waiting only while two of its gradients are unanswered)
     rank 0       for each gradient: apply it (one optimizer step, version + 1) unless it was computed on
                  parameters more than max_staleness versions old (then drop it, and count it); send the
                  current parameters back; log a row whenever the ranks' steps complete an epoch
 
-A rank has at most one gradient in flight, so its parameters lag rank 0's by that one answer and the
-updates that arrive meanwhile. Rank 0 answers between its own environment steps: a rank waits only if
-one of rank 0's steps (or its own update) takes longer than a whole rollout of its own.
+A rank has at most two gradients in flight (``IN_FLIGHT``): it takes whatever answers have arrived after
+each rollout, and waits only when two are still unanswered, i.e. when rank 0 has not come round to its
+gradient within two of the rank's own rollouts (rank 0 answers between its own environment steps, and
+while it computes or applies its own gradient it answers no one). Its parameters lag rank 0's by the
+updates applied since the answer it last took.
 
 Messages go over a communicator of their own (``MPI_Comm_dup``); waits poll with a short sleep instead of
 MPI's busy-polling, so a waiting rank leaves its core to the others. At the end (the last epoch, a
-signal, ``--stop_at_return``, or a non-finite update) rank 0 answers every rank's next gradient with
-"stop"; then all ranks meet once and leave with rank 0's parameters, bit for bit.
+signal, ``--stop_at_return``, or a non-finite update) rank 0 answers every gradient still to come with
+"stop"; a rank that gets it takes the answers to its other gradients in flight and sends a last, empty
+message; once rank 0 has every rank's, all ranks meet once and leave with rank 0's parameters, bit for
+bit.
 
 What a resume restores: the shared parameters, optimizer and observation statistics, the step and
 version counts and the best evaluation, from the last epoch's checkpoint. The environments start new
@@ -52,6 +56,7 @@ from spinppo.utils.mpi_tools import TimedComm, broadcast, num_procs, proc_id
 
 GRADIENT, PARAMETERS = 1, 2  # message tags
 POLL = 0.0005  # seconds between two looks for a message while waiting
+IN_FLIGHT = 2  # gradients a rank may have sent without an answer before it waits for one
 
 
 def state_vectors(module: torch.nn.Module) -> list[np.ndarray]:
@@ -128,7 +133,7 @@ class AsyncTraining:
             self.applied_by_rank = np.zeros(num_procs(), dtype=np.int64)
             self.stop_reason: str | None = None  # "done", "signal", "return" or "diverged"
             self.message = ""  # a divergence's
-            self.stopped = 0  # ranks told to stop
+            self.stopped = 0  # ranks that have sent their last message
             self.replies: list[MPI.Request] = []
             self._signal = 0  # the first stop signal any rank reported
         else:
@@ -146,8 +151,7 @@ class AsyncTraining:
         self.epochs_total, self.save_freq = epochs, save_freq
         self._start(epochs)
         run._install_signal_handlers()
-        pending = False  # a gradient sent, its answer not yet taken
-        sent: MPI.Request | None = None
+        sent: list[MPI.Request] = []  # this rank's gradients whose answers it has not taken yet
         while not (self.rank0 and self.stop_reason):
             report = self._rollout_and_gradient(gradient)
             if self.rank0:
@@ -155,17 +159,27 @@ class AsyncTraining:
                     self._take(report, source=0)
                 self._load(state_vectors(self.shared), self.version)
                 continue
-            answer = self._wait_answer() if pending else None
-            if answer is not None and answer["stop"]:
+            # Take the answers that are here; wait only while IN_FLIGHT gradients are unanswered.
+            newest, stop = None, False
+            while sent and (len(sent) >= IN_FLIGHT or self.comm.iprobe(source=0, tag=PARAMETERS)):
+                answer = self._wait_answer()
+                sent.pop(0).wait()  # (answered: received long ago)
+                if answer["stop"]:
+                    stop = True
+                    break
+                newest = answer
+            if stop:
                 break
-            if sent is not None:
-                sent.wait()  # done already: rank 0 has answered it
-            sent = self.comm.isend(report, dest=0, tag=GRADIENT)  # (pickled now: report may change)
-            pending = True
-            if answer is not None:
-                self._load(answer["state"], answer["version"])
-        if sent is not None:
-            sent.wait()
+            sent.append(self.comm.isend(report, dest=0, tag=GRADIENT))  # (pickled now)
+            if newest is not None:
+                self._load(newest["state"], newest["version"])
+        if not self.rank0:
+            # Rank 0 answers "stop" to whatever is still in flight; then a last message says this rank
+            # sends no more (messages between two ranks arrive in order).
+            for request in sent:
+                self._wait_answer()
+                request.wait()
+            self.comm.isend(None, dest=0, tag=GRADIENT).wait()
         if self.rank0:
             self._finish()
         self._leave()
@@ -290,13 +304,15 @@ class AsyncTraining:
         while self.comm.iprobe(source=MPI.ANY_SOURCE, tag=GRADIENT, status=status):
             source = status.Get_source()
             report = self.comm.recv(source=source, tag=GRADIENT)
+            if report is None:  # that rank has left the loop: it sends nothing more
+                self.stopped += 1
+                continue
             if self.stop_reason is None:
                 self._take(report, source)
             if self.stop_reason is None:
                 answer = {"stop": False, "version": self.version, "state": state_vectors(self.shared)}
             else:
                 answer = {"stop": True}
-                self.stopped += 1
             self.replies.append(self.comm.isend(answer, dest=source, tag=PARAMETERS))
         if len(self.replies) > 64:
             self.replies = [r for r in self.replies if not r.Test()]
@@ -424,8 +440,8 @@ class AsyncTraining:
         self._begin_epoch()
 
     def _finish(self) -> None:
-        """Rank 0, stopping: answer "stop" to every other rank's next gradient (those are not applied),
-        then report how many gradients each rank contributed."""
+        """Rank 0, stopping: answer "stop" to every other rank's gradients still to come (they are not
+        applied) until each has said it sends no more; then report how many gradients each contributed."""
         while self.stopped < num_procs() - 1:
             self._serve()
             time.sleep(POLL)
