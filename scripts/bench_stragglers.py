@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -76,6 +77,8 @@ def run_one(args: argparse.Namespace, env: str, variant: str, delay: float) -> d
     cmd += ["--epochs", str(epochs), "--steps_per_epoch", str(STEPS_PER_EPOCH), "--save_freq", "1000"]
     cmd += ["--tensorboard", "False", "--data_dir", args.data_dir, "--exp_name", name, "--overwrite"]
     progress = os.path.join(args.data_dir, name, f"{name}_s0", "progress.txt")
+    # The previous run's table would be read as this one's before --overwrite replaces it.
+    shutil.rmtree(os.path.join(args.data_dir, name), ignore_errors=True)
     log = open(os.path.join(args.data_dir, f"{name}.log"), "w")
     print(f"{time.strftime('%H:%M:%S')} {name}: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
