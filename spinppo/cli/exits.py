@@ -54,6 +54,9 @@ def report_crash() -> None:
     sys.stderr.write(f"spinppo: rank {rank} failed:\n{traceback.format_exc()}")
     sys.stderr.flush()
     if num_procs() > 1:
+        # The launcher forwards a rank's output through a pipe; an abort at once can end the job before
+        # it has read the traceback (seen on a loaded machine: the job ended with an empty stderr).
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(1)
 
 
