@@ -4,6 +4,7 @@ real mpirun. The straggler is ``tests.slow_env:SlowCartPole-v0`` (every step sle
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import MPIRUN, REPO, run
-from tests.test_failures import start, wait_rows
+from tests.test_failures import rank_pid, start, wait_rows
 
 PY = [sys.executable, "-m", "spinppo.run"]
 
@@ -56,14 +57,14 @@ def test_a3c_learns_cartpole_and_ends_with_one_copy_of_the_parameters(tmp_path, 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_a3c_learns_pendulum(tmp_path, ranks):
     """A continuous action space: Pendulum, from about -1200 (random) to a deterministic evaluation of -300
-    or better within 50 epochs of 4096 steps. Measured (2 ranks, busy machine, training return): -1180
-    for 15 epochs, then -700 at epoch 19, -240 at 29, -150 to -300 after."""
+    or better within 80 epochs of 4096 steps. Measured: 2 ranks -1180 (training return) for 15 epochs, -240
+    at 29; 3 ranks stopped after epochs 35, 41 and 39 (three runs on the idle machine)."""
     flags = ["--gamma", "0.95", "--lam", "0.95", "--n_steps", "16", "--log_std_init", "-1", "--act", "relu"]
     flags += ["--norm_reward", "True", "--norm_adv", "True", "--lr", "0.001", "--steps_per_epoch", "4096"]
-    flags += ["--eval_freq", "2", "--eval_episodes", "5", "--stop_at_return", "-300", "--epochs", "50"]
+    flags += ["--eval_freq", "2", "--eval_episodes", "5", "--stop_at_return", "-300", "--epochs", "80"]
     mpi(ranks, ["a3c", "--env", "Pendulum-v1", *flags, "--data_dir", str(tmp_path), "--exp_name", "p"])
     t = table(tmp_path / "p" / "p_s0")
-    assert t["EvalEpRet"][-1] >= -300 and len(t["Epoch"]) < 50, t["EvalEpRet"]
+    assert t["EvalEpRet"][-1] >= -300 and len(t["Epoch"]) < 80, t["EvalEpRet"]
 
 
 def step_rates(record) -> dict[int, float]:
@@ -101,14 +102,16 @@ def test_no_rank_waits_for_a_slow_one(tmp_path):
 
 def test_gradients_older_than_max_staleness_are_dropped_and_counted(tmp_path):
     """--max_staleness 0: only a gradient computed on the newest parameters counts; with three ranks
-    sending at once most are not. The default bound (4 x ranks) drops none of them here."""
+    sending at once most are not. A bound no gradient of this short run can pass (1000 versions) drops
+    none. (The default, 4 x ranks, drops a few when a rank of three on two cores waits for a core.)"""
     common = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "2400", "--data_dir", str(tmp_path)]
     mpi(3, ["a3c", *common, "--max_staleness", "0", "--exp_name", "strict"])
-    mpi(3, ["a3c", *common, "--exp_name", "default"])
-    strict, default = table(tmp_path / "strict" / "strict_s0"), table(tmp_path / "default" / "default_s0")
-    assert sum(strict["Dropped"]) > 5 and all(s == 0 for s in strict["Staleness"]), strict
-    assert sum(default["Dropped"]) == 0 and max(default["Staleness"]) > 0, default
-    assert default["TotalEnvInteracts"] == [2400, 4800]
+    mpi(3, ["a3c", *common, "--max_staleness", "1000", "--exp_name", "lenient"])
+    strict, lenient = table(tmp_path / "strict" / "strict_s0"), table(tmp_path / "lenient" / "lenient_s0")
+    assert sum(strict["Dropped"]) > 5, strict
+    assert all(s == 0 or math.isnan(s) for s in strict["Staleness"]), strict  # (NaN: none applied)
+    assert sum(lenient["Dropped"]) == 0 and max(lenient["Staleness"]) > 0, lenient
+    assert lenient["TotalEnvInteracts"] == [2400, 4800]
 
 
 def test_resume_continues_from_the_saved_parameters_and_counts(tmp_path):
@@ -130,18 +133,6 @@ def test_resume_continues_from_the_saved_parameters_and_counts(tmp_path):
     assert ckpt["run_state"]["version"] > saved["run_state"]["version"]
 
 
-def a3c_rank_pid(tmp_path, rank: int) -> int:
-    pids = subprocess.run(["pgrep", "-f", f"spinppo.run a3c.*{tmp_path}"], capture_output=True, text=True)
-    for p in map(int, pids.stdout.split()):
-        try:
-            with open(f"/proc/{p}/environ", "rb") as f:
-                if f"PMI_RANK={rank}\x00".encode() in f.read():
-                    return p
-        except FileNotFoundError:
-            continue
-    raise AssertionError(f"rank {rank} not found")
-
-
 def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_a_killed_rank_ends_the_job(tmp_path):
     job = [
         *PY,
@@ -158,7 +149,7 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_a_killed_rank_ends_
     run_dir = tmp_path / "t" / "t_s0"
     proc = start([MPIRUN, "-np", "3", *job, "--exp_name", "t", "--data_dir", str(tmp_path)])
     wait_rows(run_dir / "progress.txt", 2, proc)
-    os.kill(a3c_rank_pid(tmp_path, 2), signal.SIGTERM)  # a worker only: rank 0 hears of it by message
+    os.kill(rank_pid(tmp_path, 2, "a3c"), signal.SIGTERM)  # a worker only: rank 0 hears of it by message
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in out and "--resume" in out
@@ -167,7 +158,7 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint_and_a_killed_rank_ends_
 
     proc = start([MPIRUN, "-np", "2", *job, "--exp_name", "k", "--data_dir", str(tmp_path)])
     wait_rows(tmp_path / "k" / "k_s0" / "progress.txt", 1, proc)
-    os.kill(a3c_rank_pid(tmp_path, 1), signal.SIGKILL)
+    os.kill(rank_pid(tmp_path, 1, "a3c"), signal.SIGKILL)
     proc.communicate(timeout=30)  # never a hang: rank 0 waits for nobody, mpirun ends the job
     assert proc.returncode != 0
 

@@ -40,9 +40,9 @@ def wait_rows(path, n, proc, timeout=120):
     raise AssertionError(f"{path} never reached {n} rows")
 
 
-def rank_pid(tmp_path, rank):
-    """The PID of MPI rank ``rank`` of the job whose command line mentions ``tmp_path``."""
-    pids = subprocess.run(["pgrep", "-f", f"spinppo.run ppo.*{tmp_path}"], capture_output=True, text=True)
+def rank_pid(tmp_path, rank, algo="ppo"):
+    """The PID of MPI rank ``rank`` of the ``algo`` job whose command line mentions ``tmp_path``."""
+    pids = subprocess.run(["pgrep", "-f", f"spinppo.run {algo}.*{tmp_path}"], capture_output=True, text=True)
     for p in map(int, pids.stdout.split()):
         try:
             with open(f"/proc/{p}/environ", "rb") as f:

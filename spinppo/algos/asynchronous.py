@@ -48,7 +48,7 @@ import torch
 from mpi4py import MPI
 
 from spinppo.algos.checkpoint import checkpoint_epochs
-from spinppo.algos.onpolicy import OnPolicyRun, _clock
+from spinppo.algos.onpolicy import OnPolicyRun, _clock, evaluate_and_log
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
 from spinppo.utils.mpi_pytorch import sync_params
@@ -393,15 +393,9 @@ class AsyncTraining:
         reached = False
         if self.evaluator is not None:
             due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
-            ret = length = float("nan")
-            if due:
-                returns, lengths = self.evaluator.evaluate()
-                ret, length = float(np.mean(returns)), float(np.mean(lengths))
-                if ret > run.checkpointer.best_eval:
-                    run.checkpointer.save_best(epoch, ret)
-                reached = self.stop_at_return is not None and ret >= self.stop_at_return
-            logger.log_tabular("EvalEpRet", ret)
-            logger.log_tabular("EvalEpLen", length)
+            reached = evaluate_and_log(
+                self.evaluator, logger, run.checkpointer, epoch, due, self.stop_at_return
+            )
         for key in ("LossPi", "LossV", "Entropy", "Staleness"):
             logger.log_tabular(key, average_only=True)
         logger.log_tabular("Dropped", self.dropped)

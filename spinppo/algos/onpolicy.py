@@ -145,6 +145,28 @@ def sequence_length_error(length: int, rollout: int, n_steps: bool) -> str:
     )
 
 
+def evaluate_and_log(
+    evaluator: Evaluator,
+    logger: EpochLogger,
+    checkpointer: Checkpointer,
+    epoch: int,
+    due: bool,
+    stop_at_return: float | None,
+) -> bool:
+    """When ``due``: play the evaluation episodes, log their mean as ``EvalEpRet``/``EvalEpLen`` and keep
+    the policy as the best when it beats every earlier one; else log NaN. True when the return reached
+    ``stop_at_return``."""
+    ret = length = float("nan")
+    if due:
+        returns, lengths = evaluator.evaluate()
+        ret, length = float(np.mean(returns)), float(np.mean(lengths))
+        if ret > checkpointer.best_eval:
+            checkpointer.save_best(epoch, ret)
+    logger.log_tabular("EvalEpRet", ret)
+    logger.log_tabular("EvalEpLen", length)
+    return due and stop_at_return is not None and ret >= stop_at_return
+
+
 class OnPolicyRun:
     """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger,
     checkpoints; and the shared steps of an epoch. Use it as a context manager: leaving closes the
@@ -462,16 +484,8 @@ class OnPolicyRun:
         as ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it kept in
         ``pyt_save/model_best.pt``, and ``--stop_at_return`` checked (the same verdict on every rank)."""
         due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
-        ret = length = float("nan")
-        if due:
-            returns, lengths = self.evaluator.evaluate()
-            ret, length = float(np.mean(returns)), float(np.mean(lengths))
-            if ret > self.checkpointer.best_eval:
-                self.checkpointer.save_best(epoch, ret)
-            if self.stop_at_return is not None and ret >= self.stop_at_return:
-                self.reached_return = True
-        self.logger.log_tabular("EvalEpRet", ret)
-        self.logger.log_tabular("EvalEpLen", length)
+        if evaluate_and_log(self.evaluator, self.logger, self.checkpointer, epoch, due, self.stop_at_return):
+            self.reached_return = True
 
     def _advance_lessons(self, epoch: int) -> None:
         """ML-Agents' curriculum check, once an epoch: every rank feeds the same episode returns (all
