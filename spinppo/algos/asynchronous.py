@@ -51,32 +51,12 @@ from spinppo.algos.checkpoint import checkpoint_epochs
 from spinppo.algos.onpolicy import OnPolicyRun, _clock, evaluate_and_log
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
-from spinppo.utils.mpi_pytorch import sync_params
+from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
 from spinppo.utils.mpi_tools import TimedComm, broadcast, num_procs, proc_id
 
 GRADIENT, PARAMETERS = 1, 2  # message tags
 POLL = 0.0005  # seconds between two looks for a message while waiting
 IN_FLIGHT = 2  # gradients a rank may have sent without an answer before it waits for one
-
-
-def state_vectors(module: torch.nn.Module) -> list[np.ndarray]:
-    """The module's parameters and buffers as one flat array per dtype (in first-seen order)."""
-    tensors = [p.data for p in module.parameters()] + list(module.buffers())
-    return [
-        torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).numpy()
-        for dtype in dict.fromkeys(t.dtype for t in tensors)
-    ]
-
-
-def load_state_vectors(module: torch.nn.Module, vectors: list[np.ndarray]) -> None:
-    """Set the module's parameters and buffers from what ``state_vectors`` gave (bit for bit)."""
-    tensors = [p.data for p in module.parameters()] + list(module.buffers())
-    dtypes = list(dict.fromkeys(t.dtype for t in tensors))
-    for dtype, flat in zip(dtypes, vectors, strict=True):
-        group = [t for t in tensors if t.dtype == dtype]
-        values = torch.from_numpy(flat).split([t.numel() for t in group])
-        for t, value in zip(group, values, strict=True):
-            t.copy_(value.view_as(t))
 
 
 def flat_gradient(module: torch.nn.Module) -> np.ndarray:

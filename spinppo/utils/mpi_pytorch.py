@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from mpi4py import MPI
 
@@ -42,12 +43,30 @@ def sync_params(module: torch.nn.Module, root: int = 0) -> None:
     """Copy rank ``root``'s parameters and buffers to every rank, bitwise (one Bcast per dtype)."""
     if num_procs() == 1:
         return
+    vectors = state_vectors(module)
+    for flat in vectors:
+        COMM.Bcast(flat, root=root)
+    load_state_vectors(module, vectors)
+
+
+def state_vectors(module: torch.nn.Module) -> list[np.ndarray]:
+    """The module's parameters and buffers as one flat array per dtype, in first-seen order (the same on
+    every rank): what ``sync_params`` broadcasts and A3C's rank 0 sends."""
     tensors = [p.data for p in module.parameters()] + list(module.buffers())
-    for dtype in dict.fromkeys(t.dtype for t in tensors):  # first-seen order: the same on every rank
+    return [
+        torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).numpy()
+        for dtype in dict.fromkeys(t.dtype for t in tensors)
+    ]
+
+
+def load_state_vectors(module: torch.nn.Module, vectors: list[np.ndarray]) -> None:
+    """Set the module's parameters and buffers from what ``state_vectors`` gave (bit for bit)."""
+    tensors = [p.data for p in module.parameters()] + list(module.buffers())
+    dtypes = list(dict.fromkeys(t.dtype for t in tensors))
+    for dtype, flat in zip(dtypes, vectors, strict=True):
         group = [t for t in tensors if t.dtype == dtype]
-        flat = torch.cat([t.reshape(-1) for t in group])
-        COMM.Bcast(flat.numpy(), root=root)
-        for t, value in zip(group, flat.split([t.numel() for t in group]), strict=True):
+        values = torch.from_numpy(flat).split([t.numel() for t in group])
+        for t, value in zip(group, values, strict=True):
             t.copy_(value.view_as(t))
 
 
