@@ -48,7 +48,7 @@ import torch
 from mpi4py import MPI
 
 from spinppo.algos.checkpoint import checkpoint_epochs
-from spinppo.algos.onpolicy import OnPolicyRun, _clock, evaluate_and_log
+from spinppo.algos.onpolicy import OnPolicyRun, evaluate_and_log, print_progress
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
 from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
@@ -130,7 +130,7 @@ class AsyncTraining:
         run = self.run
         self.epochs_total, self.save_freq = epochs, save_freq
         self._start(epochs)
-        run._install_signal_handlers()
+        run.install_signal_handlers()
         sent: list[MPI.Request] = []  # this rank's gradients whose answers it has not taken yet
         while not (self.rank0 and self.stop_reason):
             report = self._rollout_and_gradient(gradient)
@@ -167,25 +167,13 @@ class AsyncTraining:
     def _start(self, epochs: int) -> None:
         """Resume (a collective) and make every rank's parameters rank 0's."""
         run = self.run
-        state = run.checkpointer.run_state
-        state.update(total_steps=0, version=0)
-        self.first_epoch, elapsed = 0, 0.0
-        if run.resume:
-            last, elapsed = run.checkpointer.load(reset_seed=run.seed)
-            state = run.checkpointer.run_state
-            run.logger.restore_progress(last, step=state["total_steps"])
-            run.logger.log(f"Resumed from the checkpoint of epoch {last}")
-            self.first_epoch = last + 1
-            if epochs > self.first_epoch:
-                run.logger.update_config(epochs=epochs)
-            else:
-                run.logger.log(
-                    f"Nothing to train: the run has done {self.first_epoch} epochs; pass --epochs N with N > "
-                    f"{self.first_epoch} to train further"
-                )
-        self.version = int(state["version"])
+        run.checkpointer.run_state.update(total_steps=0, version=0)
+        # An epoch's row is logged at its total step count, which the checkpoint holds.
+        self.first_epoch, elapsed = run.restore(
+            epochs, lambda last: int(run.checkpointer.run_state["total_steps"])
+        )
+        self.version = int(run.checkpointer.run_state["version"])
         if self.rank0:
-            run.checkpointer.run_state = state
             self.ac.load_state_dict(self.shared.state_dict())
         sync_params(self.ac)
         self.start_time, self.session_start = time.time() - elapsed, time.time()
@@ -232,7 +220,7 @@ class AsyncTraining:
             "steps": filled * run.num_envs,
             "stats": stats,
             "moments": moments,
-            "signal": run._stop_signals[0] if run._stop_signals else 0,
+            "signal": run.stop_signals[0] if run.stop_signals else 0,
             "wait": self.wait_time,
             "update_time": time.perf_counter() - t0,
         }
@@ -363,8 +351,8 @@ class AsyncTraining:
         whether to stop."""
         run, logger, worker, epoch = self.run, self.run.logger, self.run.worker, self.epoch
         epoch_time = time.perf_counter() - self.epoch_start
-        if run._stop_signals and not self._signal:
-            self._signal = run._stop_signals[0]
+        if run.stop_signals and not self._signal:
+            self._signal = run.stop_signals[0]
         logger.log_tabular("Epoch", epoch)
         logger.log_tabular("EpRet", with_min_and_max=True)
         logger.log_tabular("EpLen", average_only=True)
@@ -391,19 +379,14 @@ class AsyncTraining:
         last = epoch == self.epochs_total - 1
         if self._signal or reached or last or (epoch + 1) % self.save_freq == 0:
             run.checkpointer.save(epoch, time.time() - self.start_time)
-        elapsed = time.time() - self.start_time
-        per_epoch = (time.time() - self.session_start) / (epoch + 1 - self.first_epoch)
-        left = 0.0 if reached else per_epoch * (self.epochs_total - epoch - 1)
-        print(
-            f"Epoch {epoch + 1} of {self.epochs_total}: {_clock(elapsed)} elapsed, about {_clock(left)} left",
-            flush=True,
+        print_progress(
+            epoch,
+            self.epochs_total,
+            self.start_time,
+            self.session_start,
+            self.first_epoch,
+            self.stop_at_return if reached else None,
         )
-        if reached:
-            print(
-                f"Evaluation return reached --stop_at_return {self.stop_at_return:g} after epoch {epoch}: "
-                "stopped with a checkpoint",
-                flush=True,
-            )
         self.epoch += 1
         if self._signal:
             self.stop_reason = "signal"

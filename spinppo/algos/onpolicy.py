@@ -119,6 +119,31 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def print_progress(
+    epoch: int,
+    epochs_total: int,
+    start_time: float,
+    session_start: float,
+    first_epoch: int,
+    stop_at_return: float | None = None,
+) -> None:
+    """Rank 0's line after each epoch's row: "Epoch k of N: h:mm:ss elapsed, about h:mm:ss left" (left
+    estimated from this session's epochs), and why the run ends early when ``stop_at_return`` was reached."""
+    now = time.time()
+    per_epoch = (now - session_start) / (epoch + 1 - first_epoch)
+    left = 0.0 if stop_at_return is not None else per_epoch * (epochs_total - epoch - 1)
+    print(
+        f"Epoch {epoch + 1} of {epochs_total}: {_clock(now - start_time)} elapsed, about {_clock(left)} left",
+        flush=True,
+    )
+    if stop_at_return is not None:
+        print(
+            f"Evaluation return reached --stop_at_return {stop_at_return:g} after epoch {epoch}: "
+            "stopped with a checkpoint",
+            flush=True,
+        )
+
+
 def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
     """Steps of each environment in one rollout, when ``steps_per_epoch`` divides evenly among the ranks,
     their ``num_envs`` environments and the epoch's rollouts; else a UserError with a value that does."""
@@ -296,7 +321,7 @@ class OnPolicyRun:
                 self.lessons = None
             self.checkpointer.parameter_manager = self.lessons
             self._old_handlers: dict[int, Any] = {}
-            self._stop_signals: list[int] = []
+            self.stop_signals: list[int] = []
             if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
                 ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
                 self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
@@ -335,6 +360,25 @@ class OnPolicyRun:
 
     # ------------------------------------------------------------------------------- the epoch's steps
 
+    def restore(self, epochs: int, logged_step: Callable[[int], int]) -> tuple[int, float]:
+        """With ``--resume``: load the latest checkpoint (models, optimizers, generators, environments,
+        statistics, ``checkpointer.run_state``), cut progress.txt and TensorBoard back to its epoch
+        (``logged_step(epoch)`` is the step that epoch's row was logged at) and record the new ``epochs``.
+        Returns (the first epoch to run, the seconds the run had taken); (0, 0.0) without ``--resume``."""
+        if not self.resume:
+            return 0, 0.0
+        last, elapsed = self.checkpointer.load(reset_seed=self.seed)
+        self.logger.restore_progress(last, step=logged_step(last))
+        self.logger.log(f"Resumed from the checkpoint of epoch {last}")
+        if epochs > last + 1:
+            self.logger.update_config(epochs=epochs)
+        else:
+            self.logger.log(
+                f"Nothing to train: the run has done {last + 1} epochs; pass --epochs N with N > "
+                f"{last + 1} to train further"
+            )
+        return last + 1, elapsed
+
     def epochs(
         self, epochs: int, save_freq: int, optimizers: dict[str, torch.optim.Optimizer]
     ) -> Iterator[int]:
@@ -346,22 +390,10 @@ class OnPolicyRun:
         """
         self.epochs_total, self.save_freq = epochs, save_freq
         self.checkpointer.optimizers = optimizers
-        first_epoch, elapsed = 0, 0.0
-        if self.resume:
-            last, elapsed = self.checkpointer.load(reset_seed=self.seed)
-            self.logger.restore_progress(last, step=(last + 1) * self.steps_per_epoch)
-            self.logger.log(f"Resumed from the checkpoint of epoch {last}")
-            first_epoch = last + 1
-            self.checkpointer.run_state.setdefault("total_steps", first_epoch * self.steps_per_epoch)
-            if epochs > first_epoch:
-                self.logger.update_config(epochs=epochs)
-            else:
-                self.logger.log(
-                    f"Nothing to train: the run has done {first_epoch} epochs; pass --epochs N with N > "
-                    f"{first_epoch} to train further"
-                )
+        first_epoch, elapsed = self.restore(epochs, lambda last: (last + 1) * self.steps_per_epoch)
+        self.checkpointer.run_state.setdefault("total_steps", first_epoch * self.steps_per_epoch)
         self.start_time = time.time() - elapsed
-        self._install_signal_handlers()
+        self.install_signal_handlers()
         self.first_epoch, self.session_start = first_epoch, time.time()  # for the time-left estimate
         for epoch in range(first_epoch, epochs):
             if self.reached_return:
@@ -456,21 +488,14 @@ class OnPolicyRun:
 
         # A signal on any rank stops every rank here, at the same epoch, with a checkpoint. Every rank
         # learns the signal (the highest number when ranks got different ones).
-        stop_signum = int(mpi_max(self._stop_signals[0] if self._stop_signals else 0))
+        stop_signum = int(mpi_max(self.stop_signals[0] if self.stop_signals else 0))
         last = epoch == self.epochs_total - 1 or self.reached_return
         if stop_signum or (epoch + 1) % self.save_freq == 0 or last:
             self.checkpointer.save(epoch, time.time() - self.start_time)
         if proc_id() == 0:
-            elapsed = time.time() - self.start_time
-            per_epoch = (time.time() - self.session_start) / (epoch + 1 - self.first_epoch)
-            left = 0.0 if self.reached_return else per_epoch * (self.epochs_total - epoch - 1)
-            where = f"Epoch {epoch + 1} of {self.epochs_total}: {_clock(elapsed)} elapsed"
-            print(f"{where}, about {_clock(left)} left", flush=True)
-        if self.reached_return and proc_id() == 0:
-            print(
-                f"Evaluation return reached --stop_at_return {self.stop_at_return:g} after epoch {epoch}: "
-                "stopped with a checkpoint",
-                flush=True,
+            reached = self.stop_at_return if self.reached_return else None
+            print_progress(
+                epoch, self.epochs_total, self.start_time, self.session_start, self.first_epoch, reached
             )
         if stop_signum:
             raise TrainingStopped(
@@ -503,8 +528,10 @@ class OnPolicyRun:
 
     # ------------------------------------------------------------------------------- failure handling
 
-    def _install_signal_handlers(self) -> None:
-        received = self._stop_signals
+    def install_signal_handlers(self) -> None:
+        """From now on SIGINT and SIGTERM are recorded in ``stop_signals`` (the run stops at the end of
+        the epoch, with a checkpoint); a second Ctrl-C stops at once. ``close`` puts the old handlers back."""
+        received = self.stop_signals
 
         def handler(signum: int, frame: Any) -> None:
             if received and signum == signal.SIGINT:
