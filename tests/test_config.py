@@ -64,6 +64,22 @@ def test_a_file_sets_flags_and_grids_and_the_command_line_overrides_it(tmp_path,
     assert c["update_epochs"] == 10  # not in the file: the default
 
 
+def test_several_files_apply_in_order_and_a_bad_value_names_its_file(tmp_path, capsys):
+    """--config A --config B (or --config A B): B over A, the command line over both (a second --config
+    silently replaced the first)."""
+    shipped = str(REPO / "configs" / "mujoco" / "Hopper.yaml")
+    mine = write(tmp_path / "mine.yaml", {"lr": 3e-4, "seed": [1, 2]})
+    for argv in (["--config", shipped, "--config", mine], ["--config", shipped, mine]):
+        c = printed(capsys, *argv, "--seed", "7")
+        assert c["env"] == "Hopper" and c["epochs"] == 244  # from the shipped file
+        assert c["lr"] == 3e-4 and c["seed"] == 7  # mine over it, the command line over both
+    c = printed(capsys, "--config", mine, "--config", shipped)
+    assert c["lr"] == yaml.safe_load(Path(shipped).read_text())["lr"] and c["seed"] == 0
+    wrong = write(tmp_path / "wrong.yaml", {"gamma": "high"})
+    err = error_of(capsys, "ppo", "--config", shipped, "--config", wrong)
+    assert f"{wrong}: --gamma takes a number" in err
+
+
 def test_print_config_round_trips_in_yaml_and_json(tmp_path, capsys):
     first = printed(capsys, *SHORT, "--seed", "3", "7", "--hid", "8", "8", "--target_kl", "0.02")
     path = write(tmp_path / "printed.yaml", first)

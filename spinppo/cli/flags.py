@@ -59,7 +59,8 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "config": (
         None,
         "read flags from a YAML/JSON file: spinppo's (keys are these flags), a run's config.json, or an "
-        "ML-Agents trainer config; flags typed here override it",
+        "ML-Agents trainer config; several files apply in order, each over the ones before; flags typed "
+        "here override them",
     ),
     "print_config": (False, "print the complete resolved configuration as a --config file and exit"),
     "behavior": (None, "Unity: the behavior to train (and, in an ML-Agents config, whose settings to use)"),
@@ -241,6 +242,8 @@ def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]
             default=default,
             help=help_text,
             metavar="V",
+            # --config A --config B: both files (any other flag typed twice keeps its last value).
+            action="extend" if flag == "config" else None,
         )
     group = parser.add_argument_group(f"{algo} (keywords of spinppo.algos.{algo}.{algo})")
     for name, p in params.items():
@@ -294,6 +297,7 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
     options: dict[str, Any] = {"given": given, "notes": extras.get("notes", [])}
     options["environment_parameters"] = extras.get("environment_parameters")
+    options["environment_parameters_file"] = extras.get("environment_parameters_file")
     if "resume" not in given and "env" not in given:
         raise UserError("the following arguments are required: --env (see python -m spinppo.run ppo --help)")
     grid["env"] = given.get("env", [])
@@ -305,6 +309,8 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 options[flag] = default
             elif flag == "env_kwargs":
                 options[flag] = parse_env_kwargs(given[flag])
+            elif flag == "config":
+                options[flag] = list(given[flag])  # the files, in the order they apply
             elif flag == "cpu" and given[flag] == ["auto"]:
                 options[flag] = available_cores()
             else:
@@ -329,21 +335,30 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
 def _merge_config_file(
     algo: str, given: dict[str, list[str]], flags: set[str]
 ) -> tuple[dict[str, list[str]], dict[str, Any], dict[str, str]]:
-    """The command line's flags over those of its ``--config`` file: (merged flags as tokens, the file's
-    extras, flag -> file for each flag the file set)."""
+    """The command line's flags over those of its ``--config`` files (each file over the ones before it):
+    (merged flags as tokens, the files' extras, flag -> the file that set it)."""
     from spinppo.cli.config_file import read_config_file
 
-    if len(given["config"]) != 1:
-        raise UserError(f"--config takes one file, not {len(given['config'])}")
-    path = given["config"][0]
     behavior = given["behavior"][0] if given.get("behavior") else None
-    from_file_tokens, extras = read_config_file(algo, path, flags - {"config", "print_config"}, behavior)
-    # A run option the file leaves at None (as --print_config writes it) is not given.
-    from_file_tokens = {
-        flag: tokens
-        for flag, tokens in from_file_tokens.items()
-        if not (flag in RUN_FLAGS and RUN_FLAGS[flag][0] is None and tokens == ["None"])
-    }
+    # Several files apply in order, each over the ones before (a shipped config, then one's own changes).
+    from_file_tokens: dict[str, list[str]] = {}
+    from_file: dict[str, str] = {}
+    extras: dict[str, Any] = {"notes": []}
+    for path in given["config"]:
+        tokens, file_extras = read_config_file(algo, path, flags - {"config", "print_config"}, behavior)
+        # A run option the file leaves at None (as --print_config writes it) is not given.
+        tokens = {
+            flag: value
+            for flag, value in tokens.items()
+            if not (flag in RUN_FLAGS and RUN_FLAGS[flag][0] is None and value == ["None"])
+        }
+        from_file_tokens.update(tokens)
+        from_file.update(dict.fromkeys(tokens, path))
+        if "environment_parameters" in file_extras:  # named in the messages about them
+            extras["environment_parameters_file"] = path
+        notes = extras["notes"] + file_extras.get("notes", [])
+        extras.update(file_extras)
+        extras["notes"] = notes
     merged = {**from_file_tokens, **given}
     derived = extras.get("mlagents") or {}
     if "steps_per_epoch" in given and "max_steps" in derived:
@@ -365,7 +380,7 @@ def _merge_config_file(
         results_dir, run_id = derived["resume"]
         seed = merged.get("seed", ["0"])[0]
         merged["resume"] = [os.path.join(results_dir, run_id, f"{run_id}_s{seed}")]
-    return merged, extras, {flag: path for flag in from_file_tokens if flag not in given}
+    return merged, extras, {flag: path for flag, path in from_file.items() if flag not in given}
 
 
 def check_cpu_flag(options: dict[str, Any]) -> None:

@@ -116,7 +116,7 @@ def _unity_options(env: str, options: dict[str, Any]) -> dict[str, Any]:
     return dict(
         environment_parameters=options["environment_parameters"],
         behavior=behavior,
-        where=options["given"]["config"][0] if "config" in options["given"] else "environment_parameters",
+        where=options.get("environment_parameters_file") or "environment_parameters",
     )
 
 
