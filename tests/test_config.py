@@ -80,6 +80,23 @@ def test_several_files_apply_in_order_and_a_bad_value_names_its_file(tmp_path, c
     assert f"{wrong}: --gamma takes a number" in err
 
 
+def test_hid_empty_means_linear_heads_in_a_file_as_on_the_command_line(tmp_path, capsys):
+    """``hid: []`` (the shipped Atari configs: CleanRL's linear heads on the CNN's features) is one
+    architecture without hidden layers, as ``--hid []`` is; ``[[8], []]`` a grid of two."""
+    assert printed(capsys, *SHORT, "--hid", "[]")["hid"] == []
+    f = write(tmp_path / "linear.yaml", {"env": "CartPole", "hid": []})
+    assert printed(capsys, "--config", f)["hid"] == []
+    f = write(tmp_path / "grid.yaml", {"env": "CartPole", "hid": [[8], []]})
+    assert printed(capsys, "--config", f)["hid"] == [[8], []]
+    import gymnasium as gym
+
+    from spinppo.core.networks import MLPActorCritic
+
+    env = gym.make("CartPole-v1")
+    ac = MLPActorCritic(env.observation_space, env.action_space, hidden_sizes=[])
+    assert [type(m).__name__ for m in ac.pi] == ["Linear"] and ac.pi[0].in_features == 4
+
+
 def test_print_config_round_trips_in_yaml_and_json(tmp_path, capsys):
     first = printed(capsys, *SHORT, "--seed", "3", "7", "--hid", "8", "8", "--target_kl", "0.02")
     path = write(tmp_path / "printed.yaml", first)
@@ -615,9 +632,8 @@ def test_print_config_of_a_resume_reads_back(tmp_path, capsys):
 
 def test_spinppo_files_check_what_the_command_line_cannot_say(tmp_path, capsys):
     for doc, message in [
-        ({"env": "CartPole", "hid": []}, "hid [] has no layer"),
-        ({"env": "CartPole", "hid": [[8], []]}, "has no layer"),
         ({"env": "CartPole", "environment_parameters": 3}, "environment_parameters must be a mapping"),
+        ({"env": "CartPole", "hid": [[8], "x"]}, "hid is [8]"),  # a grid is lists only
     ]:
         f = write(tmp_path / "c.yaml", doc)
         assert message in error_of(capsys, "ppo", "--config", f)

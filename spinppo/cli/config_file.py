@@ -118,8 +118,8 @@ def tokens_for(flag: str, value: Any, where: str) -> list[str]:
             raise UserError(f"{where}: env_kwargs must be a mapping of keyword to value, not {value!r}")
         return [json.dumps(value)]
     if flag == "hid":
-        if value == [] or (isinstance(value, list) and any(v == [] for v in value)):
-            raise UserError(f"{where}: hid {value!r} has no layer: give layer sizes such as [64, 64]")
+        if value == []:  # no hidden layer: linear policy and value heads, as --hid [] says
+            return ["[]"]
         if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
             return ["[" + ",".join(_scalar(flag, x, where) for x in arch) + "]" for arch in value]
         values = value if isinstance(value, list) else [value]

@@ -1,0 +1,87 @@
+"""The cost of a convolutional PPO update step on this CPU, per sample, with the pixels in the two memory
+layouts oneDNN takes: NCHW (as the buffer stores Atari frames) and NHWC (channels-last, what
+``ImageEncoder`` converts them to).
+
+    python scripts/bench_cnn_update.py                      # nature_cnn, minibatch 128, 1 thread
+    python scripts/bench_cnn_update.py --encoder resnet --batch 256 --repeat 5
+
+Each measurement builds spinppo's actor-critic for 4x84x84 uint8 frames and 4 actions with linear heads
+(configs/atari/*.yaml), then times ``--steps`` Adam steps of a PPO-shaped loss (``evaluate``, backward,
+step) on one random minibatch; the layouts alternate ``--repeat`` times and the medians are printed, in
+milliseconds per sample (a forward and a backward pass), and the policy call of 4 environments
+(``step``) in milliseconds per call. One thread, as each MPI rank runs. NHWC is what training uses
+(``ImageEncoder.channels_last``); NCHW is the same network with that conversion turned off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from spinppo.core.encoders import ImageEncoder
+from spinppo.core.networks import MLPActorCritic
+
+
+def measure(channels_last: bool, encoder: str, batch: int, steps: int) -> tuple[float, float]:
+    """(update ms per sample, policy ms per call of 4 environments) with NCHW or NHWC pixels."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    ac = MLPActorCritic(space, gym.spaces.Discrete(4), hidden_sizes=[], encoder=encoder)
+    optimizer = torch.optim.Adam(ac.parameters(), lr=2.5e-4)
+    frames = torch.randint(0, 255, (batch, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.randint(0, 4, (batch,))
+    for module in ac.modules():
+        if isinstance(module, ImageEncoder):
+            module.channels_last = channels_last
+
+    def update() -> None:
+        logp, entropy, value = ac.evaluate(frames, actions)
+        loss = -logp.mean() + 0.5 * value.pow(2).mean() - 0.01 * entropy.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        update()
+    start = time.perf_counter()
+    for _ in range(steps):
+        update()
+    per_sample = (time.perf_counter() - start) / steps / batch * 1000
+    with torch.no_grad():
+        for _ in range(5):
+            ac.step(frames[:4])
+        start = time.perf_counter()
+        for _ in range(50):
+            ac.step(frames[:4])
+        per_call = (time.perf_counter() - start) / 50 * 1000
+    return per_sample, per_call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="nature_cnn", choices=["nature_cnn", "simple", "resnet"])
+    parser.add_argument("--batch", type=int, default=128, help="minibatch per rank (256 / 2 ranks)")
+    parser.add_argument("--steps", type=int, default=8, help="timed update steps per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="alternations of the two layouts")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results: dict[str, list[tuple[float, float]]] = {"NCHW": [], "NHWC": []}
+    for _ in range(args.repeat):
+        for name in results:
+            results[name].append(measure(name == "NHWC", args.encoder, args.batch, args.steps))
+    for name, runs in results.items():
+        update = statistics.median(r[0] for r in runs)
+        policy = statistics.median(r[1] for r in runs)
+        each = ", ".join(f"{r[0]:.2f}" for r in runs)
+        print(
+            f"{args.encoder} {name}: update {update:.2f} ms/sample ({each}), policy of 4 envs {policy:.2f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
