@@ -315,6 +315,16 @@ def test_cpu_flag_that_disagrees_with_the_launcher_is_refused(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("spinppo: error: --cpu 3 does not apply under mpirun") == 1
+    # A config file's cpu (the shipped ones say 2) gives way to the launcher's choice, with a note.
+    config = tmp_path / "three.yaml"
+    config.write_text("cpu: 3\nenv: CartPole\nepochs: 1\nsteps_per_epoch: 512\nminibatch_size: 128\n")
+    proc = mpirun(
+        2,
+        ["-m", "spinppo.run", "ppo", "--config", str(config), "--data_dir", str(tmp_path), "--exp_name", "f"],
+        timeout=120,
+    )
+    assert proc.stdout.count(f"spinppo: note: {config}: cpu: 3 does not apply under mpirun") == 1
+    assert json.loads((tmp_path / "f" / "f_s0" / "config.json").read_text())["num_procs"] == 2
 
 
 def test_a_grid_with_overwrite_checks_every_variant_before_the_first_trains(tmp_path):

@@ -616,6 +616,15 @@ def test_ml_agents_steps_keep_their_meaning_under_command_line_overrides(tmp_pat
     c = printed(capsys, "--config", f, "--env", "CartPole", "--seed", "5")
     assert c["resume"] == str(Path("~/results/r1/r1_s5").expanduser())
     assert c["lr"] == 3e-4 and c["seed"] == 5
+    # A spinppo file after the ML-Agents one counts as typed over it (several --config files).
+    mine = write(tmp_path / "mine.yaml", {"steps_per_epoch": 2048})
+    c = printed(capsys, "--config", walker, mine, "--env", "Walker")
+    assert (c["steps_per_epoch"], c["epochs"], c["save_freq"]) == (2048, 14649, 244)
+    fixed = write(tmp_path / "fixed.yaml", {"epochs": 5, "save_freq": 1, "resume": "None"})
+    c = printed(capsys, "--config", walker, fixed, "--env", "Walker", "--steps_per_epoch", "2048")
+    assert (c["epochs"], c["save_freq"]) == (5, 1)
+    again = write(tmp_path / "again.yaml", {"resume": str(tmp_path / "x")})
+    assert printed(capsys, "--config", f, again, "--env", "CartPole")["resume"] == str(tmp_path / "x")
     bad = write(tmp_path / "bad.yaml", _with("behaviors.B.max_steps", "abc"))
     assert "behaviors.B.max_steps must be a number of at least 1, not 'abc'" in error_of(
         capsys, "ppo", "--config", bad, "--env", "CartPole"

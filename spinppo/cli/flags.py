@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from spinppo.utils.errors import OneLineParser, UserError
-from spinppo.utils.mpi_tools import available_cores, num_procs, under_mpi_launcher
+from spinppo.utils.mpi_tools import available_cores, num_procs, proc_id, under_mpi_launcher
 
 ALGOS = ("ppo", "vpg", "a2c", "a3c")
 # Keywords of an algorithm that are not flags: the command line builds them.
@@ -295,7 +295,7 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 grid["ac:act"] = given[flag]
             else:
                 grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
-    options: dict[str, Any] = {"given": given, "notes": extras.get("notes", [])}
+    options: dict[str, Any] = {"given": given, "notes": extras.get("notes", []), "from_file": from_file}
     options["environment_parameters"] = extras.get("environment_parameters")
     options["environment_parameters_file"] = extras.get("environment_parameters_file")
     if "resume" not in given and "env" not in given:
@@ -339,12 +339,14 @@ def _merge_config_file(
     (merged flags as tokens, the files' extras, flag -> the file that set it)."""
     from spinppo.cli.config_file import read_config_file
 
-    behavior = given["behavior"][0] if given.get("behavior") else None
     # Several files apply in order, each over the ones before (a shipped config, then one's own changes).
     from_file_tokens: dict[str, list[str]] = {}
     from_file: dict[str, str] = {}
     extras: dict[str, Any] = {"notes": []}
+    over_mlagents: dict[str, list[str]] = {}  # flags set after the (last) ML-Agents file, by later files
     for path in given["config"]:
+        # The behavior whose ML-Agents settings to read: the command line's, else an earlier file's.
+        behavior = (given.get("behavior") or from_file_tokens.get("behavior") or [None])[0]
         tokens, file_extras = read_config_file(algo, path, flags - {"config", "print_config"}, behavior)
         # A run option the file leaves at None (as --print_config writes it) is not given.
         tokens = {
@@ -354,6 +356,7 @@ def _merge_config_file(
         }
         from_file_tokens.update(tokens)
         from_file.update(dict.fromkeys(tokens, path))
+        over_mlagents = {} if "mlagents" in file_extras else {**over_mlagents, **tokens}
         if "environment_parameters" in file_extras:  # named in the messages about them
             extras["environment_parameters_file"] = path
         notes = extras["notes"] + file_extras.get("notes", [])
@@ -361,21 +364,22 @@ def _merge_config_file(
         extras["notes"] = notes
     merged = {**from_file_tokens, **given}
     derived = extras.get("mlagents") or {}
-    if "steps_per_epoch" in given and "max_steps" in derived:
+    over = {**over_mlagents, **given}  # what the command line or a later file sets over the ML-Agents file
+    if "steps_per_epoch" in over and "max_steps" in derived:
         # ML-Agents counts max_steps and checkpoint_interval in steps: they keep their meaning when
-        # --steps_per_epoch (buffer_size) is typed over the file.
+        # --steps_per_epoch (buffer_size) is set over the file.
         import math
 
         try:
-            steps = int(given["steps_per_epoch"][0])
+            steps = int(over["steps_per_epoch"][0])
         except ValueError:
             steps = 0  # parse_values reports it
         if steps > 0:
-            if "epochs" not in given:
+            if "epochs" not in over:
                 merged["epochs"] = [str(max(1, math.ceil(derived["max_steps"] / steps)))]
-            if "save_freq" not in given:
+            if "save_freq" not in over:
                 merged["save_freq"] = [str(max(1, round(derived["checkpoint_interval"] / steps)))]
-    if "resume" in derived and "resume" not in given:
+    if "resume" in derived and "resume" not in over:
         # checkpoint_settings.resume: the run of run_id with this seed (the command line's, if typed).
         results_dir, run_id = derived["resume"]
         seed = merged.get("seed", ["0"])[0]
@@ -387,6 +391,16 @@ def check_cpu_flag(options: dict[str, Any]) -> None:
     """--cpu starts ranks on this host; under a user's launcher (mpirun, srun) the launcher decides."""
     cpu = options["cpu"]
     if under_mpi_launcher() and not os.environ.get("IN_MPI") and cpu > 1 and cpu != num_procs():
+        path = options.get("from_file", {}).get("cpu")
+        if path is not None:  # a shipped config's rank count: the user's launcher chose another
+            if proc_id() == 0:
+                print(
+                    f"spinppo: note: {path}: cpu: {cpu} does not apply under mpirun/mpiexec/srun, which "
+                    f"started {num_procs()} rank(s): running with those",
+                    flush=True,
+                )
+            options["cpu"] = 1
+            return
         raise UserError(
             f"--cpu {cpu} does not apply under mpirun/mpiexec/srun, which started {num_procs()} rank(s): "
             "drop --cpu and choose the number of ranks with the launcher"

@@ -173,8 +173,8 @@ class ImageEncoder(nn.Module):
 
     # Channels-last (NHWC) pixels make oneDNN's CPU convolutions faster: a PPO update step of the Nature
     # CNN took 1.06 instead of 1.49 ms a sample (docs/benchmarks.md, "Atari"; scripts/bench_cnn_update.py
-    # turns this off to compare). The conversion is made on the uint8 pixels, the cheap copy, and is none for HWC images,
-    # whose permuted view is NHWC already.
+    # turns this off to compare). The conversion is made on the uint8 pixels, the cheap copy, and is none
+    # for HWC images, whose permuted view is NHWC already.
     channels_last = True
 
     def __init__(self, shape: tuple[int, ...] | list[int], name: str, uint8: bool) -> None:
