@@ -347,7 +347,12 @@ def plot_suite(runs: list[Run], out: str) -> str | None:
     for i, env in enumerate(envs):
         dirs = [r.dir for r in runs if r.env == env and read_progress(r.dir)]
         ax = fig.add_subplot(rows, cols, i + 1)
-        plot_curves(ax, curves(load_runs(dirs), smooth=5), legend=True)
+        # One curve per algorithm: runs copied in from a settings search keep their own exp_name.
+        algo_of = {os.path.realpath(r.dir): r.algo.upper() for r in runs}
+        loaded = load_runs(dirs)
+        for run in loaded:
+            run.condition = algo_of.get(os.path.realpath(run.path), run.condition)
+        plot_curves(ax, curves(loaded, smooth=5), legend=True)
         ax.set_title(f"{env}-v5 ({len(dirs)} runs)")
         ax.set_ylabel("AverageEpRet")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
