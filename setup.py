@@ -7,6 +7,9 @@ install_requires = [
     "torch>=2.2,<3",
     "mpi4py>=4",
     "numpy>=2",
+    # Every rank limits numpy's BLAS and OpenMP pools at run time (setup_pytorch_for_mpi), whatever
+    # launched it: environment variables only work if set before numpy is imported.
+    "threadpoolctl>=3.1",
     # classic-control brings pygame, which renders CartPole and Pendulum for test_policy --video.
     "gymnasium[mujoco,classic-control]>=1.1",
     "matplotlib",

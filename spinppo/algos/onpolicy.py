@@ -192,6 +192,17 @@ def evaluate_and_log(
     return due and stop_at_return is not None and ret >= stop_at_return
 
 
+def threads_line(threads: list[int]) -> str:
+    """The start-of-run line that says how many threads each rank uses (``threads``: every rank's count,
+    in rank order, as ``setup_pytorch_for_mpi`` set them)."""
+    low, high = min(threads), max(threads)
+    count = f"{low}" if low == high else f"{low} to {high} (by host)"
+    return (
+        f"Threads per rank: {count} for numpy's BLAS, OpenMP and torch (each rank's share of its host's "
+        "cores, capped by OMP_NUM_THREADS)"
+    )
+
+
 class OnPolicyRun:
     """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger,
     checkpoints; and the shared steps of an epoch. Use it as a context manager: leaving closes the
@@ -227,7 +238,7 @@ class OnPolicyRun:
         algo: str = "ppo",
         keep_checkpoints: int = 5,
     ) -> None:
-        setup_pytorch_for_mpi()
+        threads = setup_pytorch_for_mpi()  # before the environments: their processes inherit the limit
         self.algo = algo
         self.resume = bool((logger_kwargs or {}).get("resume"))
         # Each rank explores differently; sync_params below makes the networks identical anyway.
@@ -322,6 +333,7 @@ class OnPolicyRun:
             self.checkpointer.parameter_manager = self.lessons
             self._old_handlers: dict[int, Any] = {}
             self.stop_signals: list[int] = []
+            self.logger.log(threads_line(allgather(threads)))
             if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
                 ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
                 self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))

@@ -602,6 +602,11 @@ class OnnxPolicy:
             raise UserError(f"running an .onnx policy needs onnxruntime ({first_line(e)})") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's warnings about unused initializers are no news
+        from spinppo.utils.mpi_tools import rank_threads
+
+        threads = rank_threads()
+        if threads is not None:  # inside a rank: its share of the cores, as its other pools
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # a missing, damaged or foreign file: onnxruntime raises its own types

@@ -15,28 +15,51 @@ operation per step instead of one per layer. Read its contract before using it.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from spinppo.utils.mpi_tools import COMM, available_cores, local_size, num_procs
+from spinppo.utils.mpi_tools import COMM, limit_thread_pools, num_procs, rank_thread_share
 
 
 def setup_pytorch_for_mpi() -> int:
-    """Share the host's cores among the ranks on it, at least one torch thread each.
+    """Limit every thread pool of this rank to its share of its host's cores, and return that count.
 
-    Without this, every rank's torch starts one thread per core and they clobber each other. An
-    OMP_NUM_THREADS set by the user (mpi_fork sets 1) caps the count: for the small networks of on-policy
-    RL, extra threads buy little and, on a busy machine, can make each call many times slower.
-    Returns the number of threads this rank will use.
+    Without this, every rank's numpy (OpenBLAS or MKL), OpenMP and torch start one thread per core, and
+    the ranks' threads fight over the cores: a rank of the 256-wide Walker2d network then spent 3.5 s an
+    epoch in the policy's matrix products where it needs 0.07 s (docs/benchmarks.md, "Threads per rank").
+    The share is ``rank_thread_share()`` (an ``OMP_NUM_THREADS`` set by the user caps it). It is applied
+    at run time, whoever launched the rank (``--cpu``, ``mpirun``, ``srun``), since environment variables
+    act only on libraries loaded after they are set:
+
+    - numpy's BLAS and any OpenMP runtime loaded (torch's libgomp among them), through threadpoolctl,
+      and ``OMP_NUM_THREADS`` and the BLAS variables for child processes and libraries loaded later
+      (``mpi_tools.limit_thread_pools``; onnxruntime sessions read ``mpi_tools.rank_threads()``);
+    - torch's intra-op pool (``torch.set_num_threads``) and inter-op pool (once per process, before any
+      inter-op work: later calls keep the first count).
     """
-    threads = max(1, available_cores() // local_size())
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    threads = rank_thread_share()
+    limit_thread_pools(threads)
     torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != threads:
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            pass  # inter-op work has started, or it was set before: torch allows it once a process
     return threads
+
+
+def thread_report() -> dict[str, int]:
+    """Threads each pool of this process may use now, as threadpoolctl sees them (``blas``, ``openmp``:
+    the most of any library of that kind) and as torch reports them (``torch``, ``torch_interop``)."""
+    from threadpoolctl import threadpool_info
+
+    report: dict[str, int] = {}
+    for lib in threadpool_info():
+        report[lib["user_api"]] = max(report.get(lib["user_api"], 0), int(lib["num_threads"]))
+    report["torch"] = torch.get_num_threads()
+    report["torch_interop"] = torch.get_num_interop_threads()
+    return report
 
 
 def sync_params(module: torch.nn.Module, root: int = 0) -> None:

@@ -31,6 +31,40 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Environment variables that size the thread pools of BLAS and OpenMP libraries a rank or its child
+# processes (environment workers, Unity players) may load after setup_pytorch_for_mpi.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+_rank_threads: int | None = None  # set by limit_thread_pools
+
+
+def rank_thread_share() -> int:
+    """This rank's share of the cores it may run on: the cores of its affinity mask divided among the
+    ranks on its host, at least one, capped by a user's ``OMP_NUM_THREADS``."""
+    threads = max(1, available_cores() // local_size())
+    user = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if user.isdigit() and int(user) > 0:
+        threads = min(threads, int(user))
+    return threads
+
+
+def limit_thread_pools(threads: int) -> None:
+    """Limit numpy's BLAS and every OpenMP runtime loaded in this process to ``threads`` (threadpoolctl,
+    in force for the rest of the process), and set ``THREAD_VARIABLES`` so that child processes and
+    libraries loaded later start with that many. ``rank_threads()`` returns it afterwards."""
+    global _rank_threads
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # stays in force: only its restore call would undo it
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+    _rank_threads = threads
+
+
+def rank_threads() -> int | None:
+    """The thread count ``limit_thread_pools`` gave this process, or None if it was never called."""
+    return _rank_threads
+
+
 class TimedComm:
     """``MPI.COMM_WORLD`` with a stopwatch: the time spent inside every call adds up in ``seconds``.
 
@@ -84,13 +118,14 @@ def mpi_fork(n: int) -> None:
     """Re-run the current command under ``mpirun -np n`` and exit with its status.
 
     Call it at the top of a script (``--cpu N`` does). Does nothing when ``n <= 1`` or when the process
-    already runs under MPI. Each rank gets one BLAS/OpenMP thread; ``setup_pytorch_for_mpi`` then shares
-    the cores among ranks.
+    already runs under MPI. The ranks size their thread pools themselves (``setup_pytorch_for_mpi``: a
+    rank's share of its host's cores), as they do under a launcher the user starts, so the environment
+    passes on as it is (a user's OMP_NUM_THREADS included).
     """
     if n <= 1 or os.environ.get("IN_MPI") or num_procs() > 1:
         return
     env = os.environ.copy()
-    env.update(IN_MPI="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.update(IN_MPI="1")
     mpirun = _find_mpirun()
     args = [mpirun, "-np", str(n)]
     version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
