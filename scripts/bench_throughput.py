@@ -3,6 +3,13 @@
     python scripts/bench_throughput.py                      # Walker, 1 and 2 ranks, 8 epochs each
     python scripts/bench_throughput.py --env Hopper --epochs 4 --ranks 2
     python scripts/bench_throughput.py --repeat 3           # medians of 3 alternating repetitions
+    python scripts/bench_throughput.py --launches --config configs/mujoco/Walker2d.yaml --repeat 3
+
+With ``--launches`` it compares the two ways of starting R ranks instead (R: the first of ``--ranks``
+above 1): the user's own ``mpirun -np R python -m spinppo.run ppo --config FILE`` and ``python -m
+spinppo.run ppo --config FILE --cpu R``, alternated, from an environment without OMP_NUM_THREADS and the
+BLAS variables (a user's plain shell): steps per second after the first epoch and InferenceTime per
+epoch, and the mpirun launch's steps/s as a share of --cpu's (goal >= 0.95).
 
 For each rank count R, in one script run:
 - raw: R ranks step the environment with random actions through the same vectorised environments as
@@ -60,8 +67,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--raw_steps", type=int, default=20000, help="raw steps per rank")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (rank counts alternate)")
+    parser.add_argument("--launches", action="store_true", help="mpirun -np R against --cpu R")
+    parser.add_argument("--config", help="with --launches: the config file both launches train")
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
+    if args.launches:
+        compare_launches(args.config, max(args.ranks), args.epochs, args.repeat, extra)
+        return
     from spinppo.algos.ppo import ppo
 
     num_envs = inspect.signature(ppo).parameters["num_envs"].default
@@ -100,6 +112,49 @@ def main() -> None:
             f"raw stepping alone scales {raw:.2f}x on this machine; per part: "
             + ", ".join(f"{name} {x:.2f}x" for name, x in parts.items())
         )
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def compare_launches(config: str | None, ranks: int, epochs: int, repeat: int, extra: list[str]) -> None:
+    """``mpirun -np ranks`` against ``--cpu ranks`` on one config, alternated ``repeat`` times."""
+    if not config:
+        sys.exit("--launches needs --config FILE")
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES and not k.startswith("PMI_")}
+    train = [sys.executable, "-m", "spinppo.run", "ppo", "--config", config, "--epochs", str(epochs)]
+    launches = {"mpirun": [mpirun, "-np", str(ranks), *train], "--cpu": [*train, "--cpu", str(ranks)]}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in launches}
+    for _ in range(repeat):
+        for name, cmd in launches.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                out = subprocess.run(
+                    [*cmd, "--data_dir", tmp, "--exp_name", "launch", *extra],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                ).stdout
+                threads = (
+                    out.split("Threads per rank: ")[1].split()[0] if "Threads per rank: " in out else "?"
+                )
+                rows = read_rows(os.path.join(tmp, "launch", "launch_s0"))
+            later = rows[1:]  # the first epoch pays for start-up
+            steps = later[-1]["TotalEnvInteracts"] - rows[0]["TotalEnvInteracts"]
+            seconds = later[-1]["Time"] - rows[0]["Time"]
+            inference = statistics.mean(r["InferenceTime"] for r in later)
+            results[name].append((steps / seconds, inference))
+            print(
+                f"  {name:7s} {steps / seconds:7.0f} steps/s, InferenceTime {inference:.3f} s/epoch, "
+                f"threads per rank {threads}",
+                flush=True,
+            )
+    median = {name: [statistics.median(x) for x in zip(*rs, strict=True)] for name, rs in results.items()}
+    for name, (speed, inference) in median.items():
+        print(f"launch {name} -np/--cpu {ranks}: {speed:.0f} steps/s, InferenceTime {inference:.3f} s/epoch")
+    share = statistics.median(m[0] / c[0] for m, c in zip(results["mpirun"], results["--cpu"], strict=True))
+    print(f"mpirun / --cpu steps/s: {share:.2f} (goal >= 0.95) [median of {repeat} alternated pairs]")
 
 
 def measure(env_name: str, ranks: int, epochs: int, raw_steps: int, extra: list[str]) -> dict[str, float]:
