@@ -13,13 +13,14 @@ Skipped where namespaces cannot be made (not root, no iproute2, no permission).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run
+from tests.conftest import NO_THREAD_VARIABLES, REPO, run
 from tests.multihost.hashing import state_hash
 from tests.multihost.netns import NetnsCluster, NetnsUnavailable, unavailable_reason
 
@@ -133,12 +134,17 @@ def test_namespaces_are_separate_hosts(cluster, layout, netmod):
 
 
 def test_shared_memory_split_follows_hosts(cluster, layout):
-    # Hydra's order: two ranks on h1, then one on h2.
-    out = mpi_run(cluster, layout, ["h1:2", "h2:1"], 3, [PROBE])
+    # Hydra's order: two ranks on h1, then one on h2. No thread variables, as in a user's shell.
+    out = mpi_run(cluster, layout, ["h1:2", "h2:1"], 3, [PROBE], **NO_THREAD_VARIABLES)
     ranks = json_lines("PROBE", out.stdout)
     assert [r["hostname"] for r in ranks] == ["h1", "h1", "h2"], out.stdout
     assert [(r["local_rank"], r["local_size"]) for r in ranks] == [(0, 2), (1, 2), (0, 1)]
     assert all(r["sum"] == 6.0 and r["big_ok"] for r in ranks)
+    # Each rank's pools hold its share of its own host's cores (the cluster gives each host its own).
+    cores = {h.name: len(h.cpus or os.sched_getaffinity(0)) for h in cluster.hosts}
+    shares = [max(1, cores["h1"] // 2), max(1, cores["h1"] // 2), cores["h2"]]
+    assert [r["threads"] for r in ranks] == shares, ranks
+    assert [(r["pools"]["blas"], r["pools"]["torch"]) for r in ranks] == [(n, n) for n in shares], ranks
 
 
 def test_ppo_trains_across_hosts_in_lockstep(cluster, layout):

@@ -2,7 +2,9 @@
 
     mpiexec ... python tests/multihost/probe.py [--marker FILE] [--allreduce_floats N --reps R]
 
-``--marker`` names a file whose text the rank reports (a per-host file shows which filesystem it sees);
+Each rank first sizes its thread pools as a training run does (``setup_pytorch_for_mpi``: its share of
+its host's cores) and reports them. ``--marker`` names a file whose text the rank reports (a per-host
+file shows which filesystem it sees);
 ``--allreduce_floats`` times R Allreduces of N float32 (a gradient's size) after one warm-up call.
 """
 
@@ -17,6 +19,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, thread_report
 from spinppo.utils.mpi_tools import local_rank, local_size, mpi_sum, num_procs, proc_id
 
 
@@ -26,6 +29,7 @@ def main() -> None:
     p.add_argument("--allreduce_floats", type=int, default=0)
     p.add_argument("--reps", type=int, default=200)
     args = p.parse_args()
+    threads = setup_pytorch_for_mpi()
     comm = MPI.COMM_WORLD
     big = np.full(1 << 20, float(proc_id() + 1))  # 8 MiB per rank: enough to see on the veth counters
     total = np.empty_like(big)
@@ -56,6 +60,8 @@ def main() -> None:
         "big_ok": bool(np.all(total == num_procs() * (num_procs() + 1) / 2)),
         "marker": seen,
         "allreduce_us": allreduce_us,
+        "threads": threads,
+        "pools": thread_report(),
     }
     # Rank 0 prints every rank's line: hydra forwards the ranks' output in chunks that may interleave.
     reports = comm.gather(report, root=0)
