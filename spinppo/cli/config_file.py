@@ -144,6 +144,7 @@ def _scalar(flag: str, value: Any, where: str) -> str:
 def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[str]) -> dict[str, Any]:
     """The flags recorded in a run's config.json (``--config RUN/config.json`` repeats the run)."""
     from spinppo.cli.flags import AC_FLAGS
+    from spinppo.envs.atari import SCREEN
     from spinppo.envs.registry import saved_env_spec
 
     if config.get("algo") != algo:
@@ -163,6 +164,8 @@ def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[st
     for key in ("environment_parameters", "behavior"):  # Unity runs record these with their environment
         if env.get(key) is not None:
             values[key] = env[key]
+    if env["kind"] == "atari" and env["frame_size"] != SCREEN:  # 42-pixel frames (84: the default)
+        values["frame_size"] = env["frame_size"]
     for key, value in config.items():
         if key in RUN_RECORD_KEYS or key == "ac_kwargs":
             continue

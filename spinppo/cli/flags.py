@@ -69,6 +69,11 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
         {},
         "environment keyword arguments as JSON or key=value pairs, e.g. forward_reward_weight=-1",
     ),
+    "frame_size": (
+        None,
+        "Atari: height and width of the grayscale frames, 84 (the default: DQN's, CleanRL's) or 42 (RLlib's "
+        "dim: 42); saved with the run, so replay, evaluation and --resume make the same frames",
+    ),
     "exp_name": (None, "experiment name; ALGO-ENV when not given"),
     "data_dir": (None, "where runs go; $SPINPPO_DATA_DIR or data/ when not given"),
     "datestamp": (False, "put a date and time in the run directory's name"),
@@ -314,7 +319,9 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             elif flag == "cpu" and given[flag] == ["auto"]:
                 options[flag] = available_cores()
             else:
-                values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
+                # --frame_size is a number (or None: the environment's own); other None defaults are text.
+                annotation = "int | None" if flag == "frame_size" else "str | None" if default is None else ""
+                values = parse_values(flag, given[flag], default, annotation)
                 if len(values) != 1:
                     raise UserError(f"--{flag} takes one value, not {len(values)}")
                 options[flag] = values[0]

@@ -55,6 +55,7 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
         environment_parameters=env["environment_parameters"] or None,
         behavior=env["behavior"],
         where=where,
+        frame_size=env["frame_size"] if env["kind"] == "atari" else None,
     )
     saved_logger = config.get("logger_kwargs") if isinstance(config.get("logger_kwargs"), dict) else {}
     kwargs["logger_kwargs"] = dict(
@@ -146,6 +147,11 @@ def check_flags_agree(
         raise UserError(
             f"--env_kwargs {' '.join(given['env_kwargs'])} contradicts the run's saved env_kwargs "
             f"{json.dumps(env['env_kwargs'])}: drop the flag to resume"
+        )
+    if "frame_size" in given and options["frame_size"] != env.get("frame_size"):
+        raise UserError(
+            f"--frame_size {options['frame_size']} contradicts the run's saved frame_size "
+            f"{env.get('frame_size')}: drop the flag to resume"
         )
     for flag in NEW_RUN_FLAGS:
         if flag in given:
