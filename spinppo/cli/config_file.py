@@ -117,6 +117,11 @@ def tokens_for(flag: str, value: Any, where: str) -> list[str]:
         if not isinstance(value, dict):
             raise UserError(f"{where}: env_kwargs must be a mapping of keyword to value, not {value!r}")
         return [json.dumps(value)]
+    if flag == "conv_filters" and isinstance(value, list):
+        # One stack is a list of layers, [[16, [4, 4], 2], ...]; a grid is a list of stacks (its first
+        # item's first item a list, where a layer's is its number of channels).
+        grid = bool(value) and isinstance(value[0], list) and bool(value[0]) and isinstance(value[0][0], list)
+        return [json.dumps(v) for v in value] if grid else [json.dumps(value)]
     if flag == "hid":
         if value == []:  # no hidden layer: linear policy and value heads, as --hid [] says
             return ["[]"]
