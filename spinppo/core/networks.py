@@ -399,15 +399,17 @@ class MLPActorCritic(nn.Module):
         obs_normalized: bool = False,
         memory: torch.Tensor | None = None,
         starts: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with_dist: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients.
 
         ``obs_normalized``: ``obs`` already went through ``normalize_obs`` (an update normalises its batch
-        once rather than every minibatch).
+        once rather than every minibatch). ``with_dist``: a fourth result, the policy head's output (the
+        distribution's parameters: logits, or the Gaussian's mean), [N, A], for ``kl``.
 
         A recurrent network takes B sequences of L steps: ``obs`` and ``act`` [B, L, ...], ``memory``
         [B, memory_size] (before each sequence's first step) and ``starts`` [B, L] (True where a step
-        begins an episode: the memory is zeroed there); the results are [B, L].
+        begins an episode: the memory is zeroed there); the results are [B, L] ([B, L, A]).
         """
         if self.memory_size:
             if memory is None or starts is None:
@@ -416,11 +418,32 @@ class MLPActorCritic(nn.Module):
             act = act.reshape(feat.shape[0], *act.shape[2:])
         else:
             feat = self._features(obs, obs_normalized)
-        logp, entropy = self._logp_entropy(self.pi(feat), act)
+        out = self.pi(feat)
+        logp, entropy = self._logp_entropy(out, act)
         value = self.v(feat).squeeze(-1)
         if self.memory_size:
-            return logp.view(starts.shape), entropy.reshape(starts.shape), value.view(starts.shape)
-        return logp, entropy, value
+            logp, entropy = logp.view(starts.shape), entropy.reshape(starts.shape)
+            value, out = value.view(starts.shape), out.view(*starts.shape, -1)
+        return (logp, entropy, value, out) if with_dist else (logp, entropy, value)
+
+    def kl(
+        self, old: torch.Tensor, new: torch.Tensor, old_log_std: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The exact KL(pi_old || pi_new) of each row's action distributions, [...] for policy head outputs
+        ``old`` and ``new`` [..., A] (``evaluate(..., with_dist=True)``'s last result): summed over a
+        Categorical's branches or a Gaussian's dimensions. A Gaussian's new log std is ``log_std`` (with
+        its gradient), its old one ``old_log_std`` (a copy taken before the update; None: the same)."""
+        if self.discrete:
+            total = torch.zeros((), dtype=new.dtype)
+            for a, b in zip(old.split(self.branches, -1), new.split(self.branches, -1), strict=True):
+                logp_old, logp_new = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+                total = total + (logp_old.exp() * (logp_old - logp_new)).sum(-1)
+            return total
+        log_std = self.log_std
+        log_std_old = log_std.detach() if old_log_std is None else old_log_std
+        ratio = torch.exp(2 * (log_std_old - log_std))  # var_old / var_new
+        z = (old - new) * torch.exp(-log_std)
+        return (log_std - log_std_old + 0.5 * (ratio + z.pow(2)) - 0.5).sum(-1)
 
 
 def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:
