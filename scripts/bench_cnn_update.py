@@ -4,8 +4,12 @@ layouts oneDNN takes: NCHW (as the buffer stores Atari frames) and NHWC (channel
 
     python scripts/bench_cnn_update.py                      # nature_cnn, minibatch 128, 1 thread
     python scripts/bench_cnn_update.py --encoder resnet --batch 256 --repeat 5
+    python scripts/bench_cnn_update.py --encoder rllib --frame_size 42 --batch 256     # RLlib's 42x42 stack
+    python scripts/bench_cnn_update.py --encoder rllib --frame_size 42 --conv_activation elu \
+        --conv_filters '[[32,[3,3],2],[32,[3,3],2],[32,[3,3],2],[32,[3,3],2]]'       # RLlib's pong-a3c
 
-Each measurement builds spinppo's actor-critic for 4x84x84 uint8 frames and 4 actions with linear heads
+Each measurement builds spinppo's actor-critic for 4x84x84 (``--frame_size``) uint8 frames and 4 actions
+with linear heads
 (configs/atari/*.yaml), then times ``--steps`` Adam steps of a PPO-shaped loss (``evaluate``, backward,
 step) on one random minibatch; the layouts alternate ``--repeat`` times and the medians are printed, in
 milliseconds per sample (a forward and a backward pass), and the policy call of 4 environments
@@ -16,24 +20,29 @@ milliseconds per sample (a forward and a backward pass), and the policy call of 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from spinppo.core.encoders import ImageEncoder
+from spinppo.core.encoders import ENCODER_NAMES, ImageEncoder
 from spinppo.core.networks import MLPActorCritic
 
 
-def measure(channels_last: bool, encoder: str, batch: int, steps: int) -> tuple[float, float]:
-    """(update ms per sample, policy ms per call of 4 environments) with NCHW or NHWC pixels."""
+def measure(
+    channels_last: bool, encoder: str, batch: int, steps: int, size: int = 84, **conv: Any
+) -> tuple[float, float]:
+    """(update ms per sample, policy ms per call of 4 environments) with NCHW or NHWC pixels; ``conv``:
+    ``--encoder rllib``'s conv_filters and conv_activation."""
     torch.manual_seed(0)
-    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    ac = MLPActorCritic(space, gym.spaces.Discrete(4), hidden_sizes=[], encoder=encoder)
+    space = gym.spaces.Box(0, 255, (4, size, size), np.uint8)
+    ac = MLPActorCritic(space, gym.spaces.Discrete(4), hidden_sizes=[], encoder=encoder, **conv)
     optimizer = torch.optim.Adam(ac.parameters(), lr=2.5e-4)
-    frames = torch.randint(0, 255, (batch, 4, 84, 84), dtype=torch.uint8)
+    frames = torch.randint(0, 255, (batch, 4, size, size), dtype=torch.uint8)
     actions = torch.randint(0, 4, (batch,))
     for module in ac.modules():
         if isinstance(module, ImageEncoder):
@@ -64,22 +73,30 @@ def measure(channels_last: bool, encoder: str, batch: int, steps: int) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="nature_cnn", choices=["nature_cnn", "simple", "resnet"])
+    parser.add_argument("--encoder", default="nature_cnn", choices=list(ENCODER_NAMES))
+    parser.add_argument("--frame_size", type=int, default=84, help="frames of 4 x N x N pixels")
+    parser.add_argument("--conv_filters", type=json.loads, default=None, help="--encoder rllib's, JSON")
+    parser.add_argument("--conv_activation", default="relu", help="--encoder rllib's")
     parser.add_argument("--batch", type=int, default=128, help="minibatch per rank (256 / 2 ranks)")
     parser.add_argument("--steps", type=int, default=8, help="timed update steps per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="alternations of the two layouts")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, list[tuple[float, float]]] = {"NCHW": [], "NHWC": []}
+    conv = {}
+    if args.encoder == "rllib":
+        conv = dict(conv_filters=args.conv_filters, conv_activation=args.conv_activation)
     for _ in range(args.repeat):
         for name in results:
-            results[name].append(measure(name == "NHWC", args.encoder, args.batch, args.steps))
+            nhwc = name == "NHWC"
+            results[name].append(measure(nhwc, args.encoder, args.batch, args.steps, args.frame_size, **conv))
     for name, runs in results.items():
         update = statistics.median(r[0] for r in runs)
         policy = statistics.median(r[1] for r in runs)
         each = ", ".join(f"{r[0]:.2f}" for r in runs)
         print(
-            f"{args.encoder} {name}: update {update:.2f} ms/sample ({each}), policy of 4 envs {policy:.2f} ms"
+            f"{args.encoder} {args.frame_size}x{args.frame_size} {name}: update {update:.3f} ms/sample "
+            f"({each}), policy of 4 envs {policy:.2f} ms"
         )
 
 

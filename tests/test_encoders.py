@@ -72,7 +72,8 @@ def test_bad_images_are_one_line_errors():
         with pytest.raises(UserError) as e:
             MLPActorCritic(image_space(shape), DISCRETE)
         assert "\n" not in str(e.value) and str(shape) in str(e.value) and "3 dimensions" in str(e.value)
-    with pytest.raises(UserError, match="--encoder must be one of nature_cnn, simple, resnet, not 'bogus'"):
+    names = "nature_cnn, simple, resnet, rllib"
+    with pytest.raises(UserError, match=f"--encoder must be one of {names}, not 'bogus'"):
         MLPActorCritic(image_space((36, 36, 3)), DISCRETE, encoder="bogus")
     with pytest.raises(UserError, match="must be a Box .a vector or an image., not discrete"):
         MLPActorCritic(gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), DISCRETE)

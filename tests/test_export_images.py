@@ -85,6 +85,8 @@ CASES = [  # encoder, observation shape (CHW when the first dimension is the sma
     ("simple", (21, 20, 3), np.float32),
     ("resnet", (3, 15, 17), np.uint8),
     ("resnet", (16, 15, 2), np.uint8),
+    ("rllib", (4, 42, 42), np.uint8),  # RLlib's 42x42 default stack: uneven "same" padding
+    ("rllib", (84, 84, 2), np.float32),
 ]
 
 

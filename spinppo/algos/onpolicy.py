@@ -78,7 +78,9 @@ def check_common_flags(
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name} must be a finite number, not {value}")
     if config.get("actor_critic", MLPActorCritic) is MLPActorCritic:
-        check_ac_kwargs(**(config.get("ac_kwargs") or {}))
+        # An Atari game's frames are known before the game is made: the encoder is checked against them.
+        image_shape = getattr(config.get("env_fn"), "image_shape", None)
+        check_ac_kwargs(**(config.get("ac_kwargs") or {}), image_shape=image_shape)
     # A gymnasium environment is made num_envs times (a Unity build or a Python env_fn may bring its own
     # count: OnPolicyRun checks that once the environment exists).
     if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) in ("gym", "atari"):

@@ -1,10 +1,16 @@
 """Proximal Policy Optimization (clip), data-parallel over MPI ranks.
 
     L = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
+        (+ c_kl E[KL(pi_old(.|s_t) || pi(.|s_t))] with --kl_coeff, RLlib's adaptive KL penalty)
 
 with r_t = pi(a_t|s_t) / pi_old(a_t|s_t), A_t the GAE-lambda advantage and R_t the lambda-return.
 Several epochs of minibatch SGD per rollout; gradients are averaged over ranks after every backward.
 The logged LossPi, LossV, Entropy, KL and ClipFrac are means over the update's last pass over the batch.
+
+With ``kl_coeff`` > 0 the penalty's coefficient c_kl adapts after every update as RLlib's PPO adapts
+it (``adapt_kl_coeff``) from PolicyKL, the mean exact KL over every minibatch of the update averaged over
+the ranks (identical on every rank); it is kept in the checkpoint (``run_state``), so a resumed run goes
+on with the coefficient it had, and logged as KLCoeff (the coefficient the epoch's update used).
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ from spinppo.utils.mpi_pytorch import clip_grad_norm_flat, flatten_parameters, m
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
 
 LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter", "LR", "ClipRange", "EntCoef"]
+KL_PENALTY_KEYS = ["PolicyKL", "KLCoeff"]  # logged too when --kl_coeff is on
+
+
+def adapt_kl_coeff(kl_coeff: float, kl: float, kl_target: float) -> float:
+    """RLlib's PPO ``update_kl``: the next coefficient of the KL penalty after an update whose mean KL
+    was ``kl``: x1.5 when it passed 2 x ``kl_target``, x0.5 when it fell under ``kl_target`` / 2, else the
+    same."""
+    if kl > 2.0 * kl_target:
+        return kl_coeff * 1.5
+    if kl < 0.5 * kl_target:
+        return kl_coeff * 0.5
+    return kl_coeff
 
 
 def ppo(
@@ -48,6 +66,8 @@ def ppo(
     clip_vloss: bool = False,
     max_grad_norm: float = 0.5,
     target_kl: float | None = None,
+    kl_coeff: float = 0.0,
+    kl_target: float = 0.01,
     norm_adv: bool = True,
     norm_reward: bool = True,
     time_horizon: int = 0,
@@ -92,6 +112,11 @@ def ppo(
         clip_vloss: clip the value function's change like the policy's (usually no help).
         max_grad_norm: clip the global gradient norm to this (0 turns it off).
         target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
+        kl_coeff: RLlib's adaptive KL penalty beside the clip (its kl_coeff; 0.5 in its tuned Pong PPO):
+            the loss adds this x the mean exact KL(old || new) of the policy's action distributions, and
+            after each update the coefficient grows x1.5 when that KL, averaged over ranks, passed 2 x
+            kl_target, halves when it fell under kl_target / 2. 0: off.
+        kl_target: the KL the adaptive penalty aims at (RLlib's kl_target).
         norm_adv: normalise advantages over the batch (over all ranks).
         norm_reward: scale rewards by the running std of the discounted return.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
@@ -147,16 +172,46 @@ def ppo(
         # ML-Agents' beta weighs the Gaussian's entropy per action dimension (ent_mean_over_dims).
         ent_scale = 1.0 / math.prod(ac.act_shape) if ent_mean_over_dims and not ac.discrete else 1.0
 
-        def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
-            """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
+        def old_distributions(obs: Any, batch: dict[str, Any], rows: int, chunk: int) -> torch.Tensor:
+            """The policy head's outputs for the batch before the update, [rows, A] (a recurrent batch:
+            [rows, L, A]), in chunks of ``chunk`` rows (no gradients): what the KL penalty compares with."""
+            layout, outs = ac.layout, []
+            memory, starts = batch["memory"], batch["starts"]
+            with torch.no_grad():
+                for a in range(0, rows, chunk):
+                    rows_here = slice(a, a + chunk)
+                    outs.append(
+                        ac.evaluate(
+                            layout.take(obs, rows_here),
+                            batch["act"][rows_here],
+                            obs_normalized=True,
+                            memory=None if memory is None else memory[rows_here],
+                            starts=None if starts is None else starts[rows_here],
+                            with_dist=True,
+                        )[3]
+                    )
+            return torch.cat(outs)
+
+        def update(
+            batch: dict[str, torch.Tensor], ent_weight: float, clip: float, kl_weight: float
+        ) -> dict[str, float]:
+            """``update_epochs`` passes of minibatch SGD on the PPO-clip loss (with the KL penalty weighed
+            ``kl_weight`` when --kl_coeff is on); the statistics to log."""
             # A row of the batch is one step, or with memory one sequence of sequence_length steps. Every
             # rank takes as many gradient steps as a whole rollout makes (a preempted one: smaller ones).
             per_row = getattr(ac, "sequence_length", 1)
             minibatch_rows = max(1, local_minibatch // per_row)
             rows = run.rollout_steps * run.num_envs // per_row
             # Observation statistics are fixed during the update: normalise the batch once.
+            obs = ac.normalize_obs(batch["obs"])
+            penalty = kl_coeff > 0
+            with_dist = {"with_dist": True} if penalty else {}  # evaluate's 4th result: the distributions
+            if penalty:  # the old policy's distributions, and a Gaussian's log std, before any step
+                old_log_std = None if ac.discrete else ac.log_std.detach().clone()
+                rows_now = ac.layout.batch_size(obs)  # (fewer than rows after a preemption)
+                dist_old = old_distributions(obs, batch, rows_now, minibatch_rows)
             table = MinibatchTable(
-                obs=ac.normalize_obs(batch["obs"]),
+                obs=obs,
                 act=batch["act"],
                 adv=batch["adv"],
                 ret=batch["ret"],
@@ -164,18 +219,20 @@ def ppo(
                 v_old=batch["val"],
                 memory=batch["memory"],  # recurrent policies: the memory before each sequence
                 starts=batch["starts"],  # and where episodes begin inside it
+                dist_old=dist_old if penalty else None,
             )
             stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
             passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
             stop_iter, kl = update_epochs, 0.0
+            policy_kl, steps = torch.zeros(()), 0  # the exact KL summed over the minibatches; their count
             for i in range(update_epochs):
                 # Statistics of the last pass only (and of every pass when target_kl needs its KL): on
                 # every minibatch of every pass they would cost ~3% of the update.
                 track = target_kl is not None or i == update_epochs - 1
                 stats.zero()
                 for mb in table.shuffled(minibatch_rows, passes):
-                    logp, entropy, v = ac.evaluate(
-                        mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts
+                    logp, entropy, v, *dist = ac.evaluate(
+                        mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts, **with_dist
                     )
                     log_ratio = logp - mb.logp_old
                     ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
@@ -188,6 +245,11 @@ def ppo(
                         loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
                     ent = entropy.mean()
                     loss = loss_pi + vf_coef * loss_v - ent_weight * ent * ent_scale
+                    if penalty:  # RLlib's: kl_coeff x the mean KL(old || new), beside the clipped surrogate
+                        mean_kl = ac.kl(mb.dist_old, dist[0], old_log_std).mean()
+                        loss = loss + kl_weight * mean_kl
+                        policy_kl += mean_kl.detach()
+                        steps += 1
 
                     params.grad.zero_()
                     loss.backward()
@@ -209,7 +271,7 @@ def ppo(
                         stop_iter = i + 1
                         break
             lr_now = optimizer.param_groups[0]["lr"]
-            return {
+            out = {
                 **stats.means(passes),
                 "KL": kl,
                 "StopIter": stop_iter,
@@ -217,6 +279,11 @@ def ppo(
                 "ClipRange": clip,
                 "EntCoef": ent_weight,
             }
+            if penalty:  # every rank takes as many steps: the mean over the ranks is the same everywhere
+                out.update(PolicyKL=mpi_avg(float(policy_kl) / steps), KLCoeff=kl_weight)
+            return out
+
+        log_keys = LOG_KEYS + (KL_PENALTY_KEYS if kl_coeff > 0 else [])
 
         for epoch in run.epochs(epochs, save_freq, optimizers={"optimizer": optimizer}):
             remaining = 1.0 - epoch / epochs  # linear decay of the learning rate, entropy bonus, clip range
@@ -227,10 +294,16 @@ def ppo(
             clip_floor = min(clip_ratio, 0.1)  # ML-Agents' floor for a decaying epsilon
             clip = clip_floor + (clip_ratio - clip_floor) * remaining if anneal_clip else clip_ratio
 
+            # The KL penalty's coefficient: the checkpoint's after a resume, kept in run_state for the next.
+            state = run.checkpointer.run_state
+            kl_weight = float(state.setdefault("kl_coeff", kl_coeff)) if kl_coeff > 0 else 0.0
+
             batch = run.collect()
-            stats = update(batch, ent_weight, clip)
+            stats = update(batch, ent_weight, clip, kl_weight)
             run.after_update(stats)
-            run.end_epoch(epoch, LOG_KEYS)
+            if kl_coeff > 0:
+                state["kl_coeff"] = adapt_kl_coeff(kl_weight, stats["PolicyKL"], kl_target)
+            run.end_epoch(epoch, log_keys)
     return ac
 
 
@@ -238,8 +311,8 @@ def check_flags(config: dict[str, Any]) -> None:
     """A UserError for the first bad flag of ``ppo(**config)``: the shared checks and PPO's own."""
     check_common_flags(
         config,
-        positive=("lr", "update_epochs", "minibatch_size", "clip_ratio"),
-        nonnegative=("vf_coef", "ent_coef", "max_grad_norm"),
+        positive=("lr", "update_epochs", "minibatch_size", "clip_ratio", "kl_target"),
+        nonnegative=("vf_coef", "ent_coef", "max_grad_norm", "kl_coeff"),
     )
     if config["target_kl"] is not None and not config["target_kl"] > 0:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {config['target_kl']}")

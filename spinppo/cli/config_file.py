@@ -117,6 +117,11 @@ def tokens_for(flag: str, value: Any, where: str) -> list[str]:
         if not isinstance(value, dict):
             raise UserError(f"{where}: env_kwargs must be a mapping of keyword to value, not {value!r}")
         return [json.dumps(value)]
+    if flag == "conv_filters" and isinstance(value, list):
+        # One stack is a list of layers, [[16, [4, 4], 2], ...]; a grid is a list of stacks (its first
+        # item's first item a list, where a layer's is its number of channels).
+        grid = bool(value) and isinstance(value[0], list) and bool(value[0]) and isinstance(value[0][0], list)
+        return [json.dumps(v) for v in value] if grid else [json.dumps(value)]
     if flag == "hid":
         if value == []:  # no hidden layer: linear policy and value heads, as --hid [] says
             return ["[]"]
@@ -144,6 +149,7 @@ def _scalar(flag: str, value: Any, where: str) -> str:
 def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[str]) -> dict[str, Any]:
     """The flags recorded in a run's config.json (``--config RUN/config.json`` repeats the run)."""
     from spinppo.cli.flags import AC_FLAGS
+    from spinppo.envs.atari import SCREEN
     from spinppo.envs.registry import saved_env_spec
 
     if config.get("algo") != algo:
@@ -163,6 +169,8 @@ def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[st
     for key in ("environment_parameters", "behavior"):  # Unity runs record these with their environment
         if env.get(key) is not None:
             values[key] = env[key]
+    if env["kind"] == "atari" and env["frame_size"] != SCREEN:  # 42-pixel frames (84: the default)
+        values["frame_size"] = env["frame_size"]
     for key, value in config.items():
         if key in RUN_RECORD_KEYS or key == "ac_kwargs":
             continue

@@ -37,8 +37,21 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
     "encoder": (
         "encoder",
         "nature_cnn",
-        "image encoder: nature_cnn, simple or resnet (ML-Agents' vis_encode_type); "
-        "vector observations ignore it",
+        "image encoder: nature_cnn, simple or resnet (ML-Agents' vis_encode_type), or rllib (RLlib's "
+        "VisionNetwork: --conv_filters, --conv_activation); vector observations ignore it",
+    ),
+    "conv_filters": (
+        "conv_filters",
+        None,
+        "--encoder rllib: its convolutions as RLlib's model.conv_filters, JSON, e.g. "
+        "'[[32,[3,3],2],[32,[3,3],2],[32,[3,3],2],[32,[3,3],2]]' ([out_channels, [kernel_h, kernel_w], "
+        "stride] each; 'same' padding but the last); None: RLlib's default for 42x42 or 84x84 images",
+    ),
+    "conv_activation": (
+        "conv_activation",
+        "relu",
+        "--encoder rllib: the activation after each convolution (RLlib's model.conv_activation): tanh, "
+        "relu, elu, gelu, silu, leaky_relu",
     ),
     "memory_size": (
         "memory_size",
@@ -68,6 +81,11 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "env_kwargs": (
         {},
         "environment keyword arguments as JSON or key=value pairs, e.g. forward_reward_weight=-1",
+    ),
+    "frame_size": (
+        None,
+        "Atari: height and width of the grayscale frames, 84 (the default: DQN's, CleanRL's) or 42 (RLlib's "
+        "dim: 42); saved with the run, so replay, evaluation and --resume make the same frames",
     ),
     "exp_name": (None, "experiment name; ALGO-ENV when not given"),
     "data_dir": (None, "where runs go; $SPINPPO_DATA_DIR or data/ when not given"),
@@ -191,6 +209,27 @@ def parse_hid(tokens: list[str]) -> list[tuple[int, ...]]:
         raise UserError(f"--hid takes layer sizes such as '64 64', not {' '.join(tokens)!r}") from None
 
 
+def parse_conv_filters(tokens: list[str]) -> list[Any]:
+    """``--conv_filters`` values: each token one JSON stack (several: a grid), ``None`` for RLlib's default;
+    tokens that are one stack only together (a stack typed with spaces, unquoted) are one value. The
+    layers are checked by the network's ``check_ac_kwargs``."""
+    values: list[Any] = []
+    try:
+        for tok in tokens:
+            values.append(None if tok.lower() == "none" else json.loads(tok))
+        if all(isinstance(v, list) or v is None for v in values):
+            return values
+    except json.JSONDecodeError:
+        pass
+    try:
+        return [json.loads(" ".join(tokens))]
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"--conv_filters takes JSON such as '[[16,[4,4],2],[32,[4,4],2],[256,[11,11],1]]', not "
+            f"{' '.join(tokens)!r} ({e.msg})"
+        ) from None
+
+
 def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
     """JSON (``'{"ctrl_cost_weight": 0.01}'``) or key=value pairs with JSON values (strings may be bare)."""
     text = " ".join(tokens).strip()
@@ -291,8 +330,10 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 grid[f"ac:{flag}"] = [default]
             elif flag == "hid":
                 grid["ac:hid"] = parse_hid(given[flag])
-            elif flag == "act":
-                grid["ac:act"] = given[flag]
+            elif flag in ("act", "conv_activation"):
+                grid[f"ac:{flag}"] = given[flag]
+            elif flag == "conv_filters":
+                grid["ac:conv_filters"] = parse_conv_filters(given[flag])
             else:
                 grid[f"ac:{flag}"] = parse_values(flag, given[flag], default)
     options: dict[str, Any] = {"given": given, "notes": extras.get("notes", []), "from_file": from_file}
@@ -314,7 +355,9 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             elif flag == "cpu" and given[flag] == ["auto"]:
                 options[flag] = available_cores()
             else:
-                values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
+                # --frame_size is a number (or None: the environment's own); other None defaults are text.
+                annotation = "int | None" if flag == "frame_size" else "str | None" if default is None else ""
+                values = parse_values(flag, given[flag], default, annotation)
                 if len(values) != 1:
                     raise UserError(f"--{flag} takes one value, not {len(values)}")
                 options[flag] = values[0]
@@ -324,11 +367,17 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
         raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
     # The network's options are checked by the network's own check, here already so that a typo fails
     # before --cpu starts any rank (the grid's pre-check runs it again with the other flags).
+    from spinppo.core.encoders import check_conv_filters
     from spinppo.core.networks import check_ac_kwargs
 
     for hidden_sizes in grid["ac:hid"]:
         for activation in grid["ac:act"]:
             check_ac_kwargs(hidden_sizes=hidden_sizes, activation=activation)
+    for conv_filters in grid["ac:conv_filters"]:
+        for conv_activation in grid["ac:conv_activation"]:
+            if conv_filters is not None:
+                check_conv_filters(conv_filters)
+            check_ac_kwargs(conv_activation=conv_activation, encoder="rllib")
     return grid, options
 
 

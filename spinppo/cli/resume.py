@@ -13,6 +13,7 @@ import os.path as osp
 from typing import Any
 
 from spinppo.cli.flags import AC_FLAGS, NOT_FLAGS, algo_function, check_cpu_flag
+from spinppo.core.encoders import check_conv_filters
 from spinppo.envs.registry import EnvFactory, saved_env_spec
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import read_run_config
@@ -55,6 +56,7 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
         environment_parameters=env["environment_parameters"] or None,
         behavior=env["behavior"],
         where=where,
+        frame_size=env["frame_size"] if env["kind"] == "atari" else None,
     )
     saved_logger = config.get("logger_kwargs") if isinstance(config.get("logger_kwargs"), dict) else {}
     kwargs["logger_kwargs"] = dict(
@@ -102,6 +104,15 @@ def saved_algo_kwargs(fn: Any, config: dict[str, Any], where: str) -> dict[str, 
         for key, value in ac_kwargs.items():
             if key not in defaults:
                 raise UserError(f"{where}: ac_kwargs has an unknown key {key!r}: the file was edited")
+            if key == "conv_filters" and value is not None:  # RLlib's nested lists
+                try:
+                    check_conv_filters(value)
+                except UserError:
+                    raise UserError(
+                        f"{where}: ac_kwargs.conv_filters is {json.dumps(value)}, which is not a list of "
+                        "conv layers: the file was edited"
+                    ) from None
+                continue
             _checked(f"ac_kwargs.{key}", value, defaults[key], "", where)
         kwargs["ac_kwargs"] = ac_kwargs
     return kwargs
@@ -147,6 +158,11 @@ def check_flags_agree(
             f"--env_kwargs {' '.join(given['env_kwargs'])} contradicts the run's saved env_kwargs "
             f"{json.dumps(env['env_kwargs'])}: drop the flag to resume"
         )
+    if "frame_size" in given and options["frame_size"] != env.get("frame_size"):
+        raise UserError(
+            f"--frame_size {options['frame_size']} contradicts the run's saved frame_size "
+            f"{env.get('frame_size')}: drop the flag to resume"
+        )
     for flag in NEW_RUN_FLAGS:
         if flag in given:
             raise UserError(f"--{flag} does not apply to --resume, which continues the run in place: drop it")
@@ -158,12 +174,18 @@ def check_flags_agree(
             value = (saved.get("ac_kwargs") or {}).get(AC_FLAGS[name][0])
         else:
             value = saved.get(name)
-        value = tuple(value) if isinstance(value, list) else value
-        if len(values) != 1 or values[0] != value:
+        if len(values) != 1 or _plain(values[0]) != _plain(value):
             shown = " ".join(given[name])
             raise UserError(
                 f"--{name} {shown} contradicts the run's saved {name} {value}: drop the flag to resume"
             )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple a list (a parsed --hid is a tuple, config.json holds a list)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def start_ranks(options: dict[str, Any], config: dict[str, Any]) -> None:

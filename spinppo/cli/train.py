@@ -47,7 +47,13 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     if exp_name is not None and (not exp_name.strip() or "/" in exp_name or exp_name in (".", "..")):
         raise UserError(f"--exp_name must be a plain name, not {exp_name!r} (use --data_dir for where)")
     for env in grid["env"]:  # unknown environments fail before any process is started
-        EnvFactory(env, options["env_kwargs"], options["unity_file"], **_unity_options(env, options))
+        EnvFactory(
+            env,
+            options["env_kwargs"],
+            options["unity_file"],
+            frame_size=options["frame_size"],
+            **_unity_options(env, options),
+        )
     check_cpu_flag(options)
     mpi_fork(options["cpu"])
 
@@ -83,6 +89,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
                 options["env_kwargs"],
                 options["unity_file"],
                 unity_kwargs,
+                frame_size=options["frame_size"],
                 **_unity_options(env, options),
             )
             plan.append((env_fn, variant, ac_kwargs, logger_kwargs))
@@ -96,7 +103,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     dirs = []
     for env_fn, variant, ac_kwargs, logger_kwargs in plan:
         if proc_id() == 0:
-            print(f"Environment: {env_fn.choice.describe()}", flush=True)
+            print(f"Environment: {env_fn.describe()}", flush=True)
         fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
         dirs.append(logger_kwargs["output_dir"])
     if options["pictures"]:

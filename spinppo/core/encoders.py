@@ -23,12 +23,27 @@ Encoders, by ML-Agents' names (``vis_encode_type``), with the smallest height an
   stacks of conv 3x3 + max-pool 3x3 stride 2 (no padding, as ML-Agents: hence 15) + two residual
   blocks, channels 16, 32, 32, ReLU, dense 256, ReLU.
 
-Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer_init``.
+And by RLlib's name for its VisionNetwork's options, ``rllib``: the convolutions of ``conv_filters``, a
+list of ``[out_channels, [kernel_h, kernel_w], stride]`` layers (RLlib's ``model.conv_filters``; a stride
+may be ``[stride_h, stride_w]``), each followed by ``conv_activation`` (RLlib's ``model.conv_activation``,
+one of ``ACTIVATIONS``), padded as RLlib pads them: "same" (TensorFlow's: the output is ceil(size /
+stride), the padding split with the odd pixel at the bottom and right) for all but the last layer, none
+("valid") for the last. The last layer's output is flattened and is the features: no dense layer (RLlib's
+default stacks end at 1x1 with 256 channels). Without ``conv_filters``, RLlib's defaults
+(``ray.rllib.models.utils.get_filter_config``) for 84x84 images, ``[[16, [8, 8], 4], [32, [4, 4], 2],
+[256, [11, 11], 1]]``, and 42x42 images, ``[[16, [4, 4], 2], [32, [4, 4], 2], [256, [11, 11], 1]]``;
+other sizes need ``conv_filters``. RLlib's tuned Pong A3C stack, for instance, is four ``[32, [3, 3], 2]``
+layers with ELU: 42x42 frames become 21, 11, 6 and 2 pixels a side, 128 features.
+
+Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer_init`` (RLlib's start
+Xavier-uniform: the shapes are RLlib's, the initial weights spinppo's).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +59,16 @@ from spinppo.utils.errors import UserError
 # Observations as the rollout, the buffer and the network pass them around: one array (or tensor) for a
 # Box, a dict of them by key for a Dict space.
 Obs = Any
+
+# Activations by the names --act and --conv_activation take (RLlib's names for the ones it has too).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 def space_spec(space: gym.Space) -> dict[str, Any]:
@@ -140,6 +165,119 @@ ENCODERS: dict[str, tuple[int, Callable[[int], tuple[list[nn.Module], int, type[
 }
 
 
+# ``--encoder rllib`` without --conv_filters: RLlib's default stack for the image's height and width
+# (ray.rllib.models.utils.get_filter_config: Atari's 84x84 and "small (1/2) Atari" 42x42).
+RLLIB_FILTERS: dict[tuple[int, int], list[list[Any]]] = {
+    (84, 84): [[16, [8, 8], 4], [32, [4, 4], 2], [256, [11, 11], 1]],
+    (42, 42): [[16, [4, 4], 2], [32, [4, 4], 2], [256, [11, 11], 1]],
+}
+# Every --encoder name: the fixed encoders, and RLlib's configurable stack.
+ENCODER_NAMES = (*ENCODERS, "rllib")
+_FILTERS_FORM = (
+    "a list of [out_channels, [kernel_h, kernel_w], stride] layers (RLlib's form), e.g. "
+    "[[16,[4,4],2],[32,[4,4],2],[256,[11,11],1]]"
+)
+
+
+def _positive_pair(x: Any) -> list[int] | None:
+    """``[a, b]`` from a positive whole number or a pair of them; None for anything else."""
+    pair = x if isinstance(x, (list, tuple)) else [x, x]
+    if len(pair) != 2 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v == int(v) >= 1
+        for v in pair
+    ):
+        return None
+    return [int(v) for v in pair]
+
+
+def check_conv_filters(conv_filters: Any) -> list[list[Any]]:
+    """``conv_filters`` (RLlib's form: ``[[out_channels, [kernel_h, kernel_w], stride], ...]``, a kernel
+    or a stride may also be one number for both sides) in the form a ctor_spec keeps: a list of
+    ``[out_channels, [kh, kw], stride]`` with ``stride`` a number, or ``[sh, sw]`` when they differ. A
+    one-line UserError naming the first bad layer."""
+    if not isinstance(conv_filters, (list, tuple)) or not conv_filters:
+        raise UserError(f"--conv_filters takes {_FILTERS_FORM}, not {json.dumps(conv_filters, default=str)}")
+    out = []
+    for i, layer in enumerate(conv_filters, 1):
+        ok = isinstance(layer, (list, tuple)) and len(layer) == 3
+        channels, kernel, stride = layer if ok else (None, None, None)
+        kernel, stride = _positive_pair(kernel), _positive_pair(stride)
+        if not ok or kernel is None or stride is None or _positive_pair(channels) is None:
+            shown = json.dumps(layer, default=str)
+            raise UserError(f"--conv_filters takes {_FILTERS_FORM}; its layer {i} is {shown}")
+        out.append([int(channels), kernel, stride[0] if stride[0] == stride[1] else stride])
+    return out
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of TensorFlow's "same" padding along one axis, as
+    RLlib's ``same_padding`` computes it (never negative, as TensorFlow's)."""
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + kernel - size)
+    return out, total // 2, total - total // 2
+
+
+def conv_stack_sizes(hw: tuple[int, int], conv_filters: list[list[Any]]) -> list[tuple[int, int]]:
+    """The height and width after each layer of ``conv_filters`` (``check_conv_filters``' form) for
+    images of height and width ``hw``: "same" padding for all but the last layer, none for the last (its
+    size may be 0 or less: too small an image)."""
+    (h, w), sizes = hw, []
+    for i, (_, (kh, kw), stride) in enumerate(conv_filters):
+        sh, sw = _positive_pair(stride)
+        if i < len(conv_filters) - 1:
+            h, w = _same_padding(h, kh, sh)[0], _same_padding(w, kw, sw)[0]
+        else:
+            h, w = (h - kh) // sh + 1, (w - kw) // sw + 1
+        sizes.append((h, w))
+    return sizes
+
+
+def rllib_filters(shape: tuple[int, ...] | list[int], conv_filters: Any = None) -> list[list[Any]]:
+    """The layers ``--encoder rllib`` builds for images of ``shape``: ``conv_filters`` (checked) or RLlib's
+    default for the image's size; a one-line UserError when there is no default for the size or the
+    stack would shrink the image below one pixel."""
+    (_, h, w), _ = image_chw(shape)
+    if conv_filters is None:
+        if (h, w) not in RLLIB_FILTERS:
+            sizes = " and ".join(f"{a}x{b}" for a, b in RLLIB_FILTERS)
+            raise UserError(
+                f"--encoder rllib has RLlib's default conv_filters for {sizes} images only, not images of "
+                f"shape {tuple(shape)}: give --conv_filters (or --frame_size 42 or 84 for an Atari game)"
+            )
+        return check_conv_filters(RLLIB_FILTERS[(h, w)])  # a copy
+    filters = check_conv_filters(conv_filters)
+    sizes = [(h, w), *conv_stack_sizes((h, w), filters)]
+    if min(sizes[-1]) < 1:
+        last_in = sizes[-2]
+        _, (kh, kw), stride = filters[-1]
+        raise UserError(
+            f"--conv_filters {json.dumps(filters)} shrink images of shape {tuple(shape)} ({h}x{w} pixels) "
+            f"below one pixel: the last layer (kernel {kh}x{kw}, stride {stride}, no padding, as RLlib's "
+            f"last) gets {last_in[0]}x{last_in[1]}"
+        )
+    return filters
+
+
+def _rllib_convs(c: int, hw: tuple[int, int], filters: list[list[Any]], activation: str) -> list[nn.Module]:
+    """RLlib's VisionNetwork convolutions: Conv2d (with a ZeroPad2d before it where "same" padding is
+    uneven, as RLlib's SlimConv2d) and the activation after each."""
+    (h, w), layers = hw, []
+    for i, (channels, (kh, kw), stride) in enumerate(filters):
+        sh, sw = _positive_pair(stride)
+        padding: tuple[int, int] = (0, 0)
+        if i < len(filters) - 1:
+            h, top, bottom = _same_padding(h, kh, sh)
+            w, left, right = _same_padding(w, kw, sw)
+            if (top, left) == (bottom, right):
+                padding = (top, left)
+            else:  # the odd pixel at the bottom and right (TensorFlow's, RLlib's)
+                layers.append(nn.ZeroPad2d((left, right, top, bottom)))
+        layers += [_init(nn.Conv2d(c, channels, (kh, kw), stride=(sh, sw), padding=padding))]
+        layers.append(ACTIVATIONS[activation]())
+        c = channels
+    return layers
+
+
 def image_chw(shape: tuple[int, ...] | list[int]) -> tuple[tuple[int, int, int], bool]:
     """``((C, H, W), channels_first)`` of an image observation of ``shape`` (the layout rule above); a
     one-line UserError when ``shape`` does not have three dimensions."""
@@ -159,16 +297,41 @@ def image_chw(shape: tuple[int, ...] | list[int]) -> tuple[tuple[int, int, int],
 
 
 def fitting_encoders(hw: tuple[int, ...]) -> list[str]:
-    """The encoders whose smallest size an image of height and width ``hw[:2]`` reaches."""
-    return [name for name, (least, _) in ENCODERS.items() if min(hw[:2]) >= least]
+    """The encoders whose smallest size an image of height and width ``hw[:2]`` reaches (``rllib`` for the
+    sizes RLlib has a default stack for)."""
+    fits = [name for name, (least, _) in ENCODERS.items() if min(hw[:2]) >= least]
+    return fits + ["rllib"] if tuple(hw[:2]) in RLLIB_FILTERS else fits
+
+
+def check_image_fits(
+    shape: tuple[int, ...] | list[int], name: str, conv_filters: Any = None
+) -> list[list[Any]] | None:
+    """A one-line UserError when ``--encoder name`` cannot take images of ``shape``: the wrong number of
+    dimensions, too small for the encoder (naming the encoders that fit), or for ``rllib`` no default stack
+    for the size or a stack that shrinks it below one pixel. Returns ``rllib``'s layers (None for others)."""
+    if name not in ENCODER_NAMES:
+        raise UserError(f"--encoder must be one of {', '.join(ENCODER_NAMES)}, not {name!r}")
+    (_, h, w), _ = image_chw(shape)
+    if name == "rllib":
+        return rllib_filters(shape, conv_filters)
+    least = ENCODERS[name][0]
+    if min(h, w) < least:
+        fits = fitting_encoders((h, w))
+        raise UserError(
+            f"images of shape {tuple(shape)} ({h}x{w} pixels) are too small for --encoder {name} (at "
+            f"least {least}x{least}); encoders that fit: {', '.join(fits) or 'none'}"
+        )
+    return None
 
 
 class ImageEncoder(nn.Module):
     """One image observation to features: ``forward(images)`` takes a batch [B, *shape] as stored (uint8
     or float, channels-first or -last) and returns [B, ``out_dim``] float32 features.
 
-    ``shape`` is the observation's shape, ``name`` one of ``ENCODERS``; a UserError (one line naming the
-    shape and the encoders that fit) when the image is too small for it or has the wrong dimensions.
+    ``shape`` is the observation's shape, ``name`` one of ``ENCODER_NAMES``; a UserError (one line naming
+    the shape and the encoders that fit) when the image is too small for it or has the wrong dimensions.
+    ``rllib`` takes ``conv_filters`` (RLlib's form; None: RLlib's default for the image's size) and
+    ``conv_activation`` (a name in ``ACTIVATIONS``); the other encoders have their own layers.
     """
 
     # Channels-last (NHWC) pixels make oneDNN's CPU convolutions faster: a PPO update step of the Nature
@@ -177,20 +340,29 @@ class ImageEncoder(nn.Module):
     # for HWC images, whose permuted view is NHWC already.
     channels_last = True
 
-    def __init__(self, shape: tuple[int, ...] | list[int], name: str, uint8: bool) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...] | list[int],
+        name: str,
+        uint8: bool,
+        conv_filters: list[list[Any]] | None = None,
+        conv_activation: str = "relu",
+    ) -> None:
         super().__init__()
-        if name not in ENCODERS:
-            raise UserError(f"--encoder must be one of {', '.join(ENCODERS)}, not {name!r}")
+        filters = check_image_fits(shape, name, conv_filters)
         (c, h, w), self.channels_first = image_chw(shape)
-        least, make = ENCODERS[name]
-        if min(h, w) < least:
-            fits = fitting_encoders((h, w))
-            raise UserError(
-                f"images of shape {tuple(shape)} ({h}x{w} pixels) are too small for --encoder {name} (at "
-                f"least {least}x{least}); encoders that fit: {', '.join(fits) or 'none'}"
-            )
         self.scale = 1.0 / 255.0 if uint8 else None
-        convs, self.out_dim, dense_act = make(c)
+        if name == "rllib":
+            if conv_activation not in ACTIVATIONS:
+                raise UserError(
+                    f"--conv_activation must be one of {', '.join(ACTIVATIONS)}, not {conv_activation!r}"
+                )
+            self.convs = nn.Sequential(*_rllib_convs(c, (h, w), filters, conv_activation))
+            self.dense = nn.Sequential(nn.Flatten())  # RLlib's features: the last layer's output, flat
+            height, width = conv_stack_sizes((h, w), filters)[-1]
+            self.out_dim = filters[-1][0] * height * width
+            return
+        convs, self.out_dim, dense_act = ENCODERS[name][1](c)
         self.convs = nn.Sequential(*convs)
         with torch.no_grad():  # the flattened size, from the layers themselves (draws no random numbers)
             flat = self.convs(torch.zeros(1, c, h, w)).numel()
@@ -340,17 +512,26 @@ def _part(key: str | None, spec: dict[str, Any]) -> ObsPart:
 
 class ObservationEncoder(nn.Module):
     """Non-flat observations to one feature vector: each image part through its own ``ImageEncoder``
-    (``name``), vector parts as they come (already normalised), concatenated in the layout's order.
+    (``name``, and for ``rllib`` its ``conv_filters`` and ``conv_activation``), vector parts as they come
+    (already normalised), concatenated in the layout's order.
 
     ``forward(obs)`` takes a tensor (an image Box) or a dict of tensors and returns [B, ``out_dim``].
     """
 
-    def __init__(self, layout: ObsLayout, name: str) -> None:
+    def __init__(
+        self,
+        layout: ObsLayout,
+        name: str,
+        conv_filters: list[list[Any]] | None = None,
+        conv_activation: str = "relu",
+    ) -> None:
         super().__init__()
         self.layout = layout
         # By position among the image parts (a Dict's keys may hold characters a module name cannot).
         self.images = nn.ModuleList(
-            ImageEncoder(p.shape, name, p.dtype == np.uint8) for p in layout.parts if p.image
+            ImageEncoder(p.shape, name, p.dtype == np.uint8, conv_filters, conv_activation)
+            for p in layout.parts
+            if p.image
         )
         self.out_dim = sum(e.out_dim for e in self.images) + layout.vector_dim
 

@@ -18,18 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from spinppo.core.encoders import ENCODERS, ObservationEncoder, ObsLayout, space_from_spec, space_spec
+from spinppo.core.encoders import (
+    ACTIVATIONS,
+    ENCODER_NAMES,
+    ObservationEncoder,
+    ObsLayout,
+    check_conv_filters,
+    check_image_fits,
+    space_from_spec,
+    space_spec,
+)
 from spinppo.core.normalize import RunningMeanStd
 from spinppo.utils.errors import UserError
 
-ACTIVATIONS = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -67,11 +68,16 @@ def check_ac_kwargs(
     encoder: Any = "nature_cnn",
     memory_size: Any = 0,
     sequence_length: Any = 64,
+    conv_filters: Any = None,
+    conv_activation: Any = "relu",
+    image_shape: tuple[int, ...] | None = None,
     **_: Any,
 ) -> None:
     """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``,
-    ``--encoder``, ``--memory_size``, ``--sequence_length``): the one check, used by the network itself
-    and, for every variant of a grid, before anything trains."""
+    ``--encoder``, ``--memory_size``, ``--sequence_length``, ``--conv_filters``, ``--conv_activation``):
+    the one check, used by the network itself and, for every variant of a grid, before anything trains.
+    ``image_shape``: the observations' shape when it is an image known in advance (an Atari game's
+    frames), checked against the encoder too (too small, a stack that shrinks it below one pixel)."""
     if not _whole(memory_size, 0) or int(memory_size) % 2:
         # ML-Agents' own rule: the memory is the LSTM's hidden and cell states side by side.
         raise UserError(
@@ -82,8 +88,20 @@ def check_ac_kwargs(
         raise UserError(
             f"--sequence_length must be a positive number of steps such as 64, not {sequence_length!r}"
         )
-    if encoder not in ENCODERS:
-        raise UserError(f"--encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
+    if encoder not in ENCODER_NAMES:
+        raise UserError(f"--encoder must be one of {', '.join(ENCODER_NAMES)}, not {encoder!r}")
+    if conv_activation not in ACTIVATIONS:
+        raise UserError(f"--conv_activation must be one of {', '.join(ACTIVATIONS)}, not {conv_activation!r}")
+    if encoder != "rllib" and (conv_filters is not None or conv_activation != "relu"):
+        flag = "--conv_filters" if conv_filters is not None else f"--conv_activation {conv_activation}"
+        raise UserError(
+            f"{flag} sets the layers of --encoder rllib (RLlib's conv stack); --encoder {encoder} has its "
+            "own: add --encoder rllib"
+        )
+    if conv_filters is not None:
+        check_conv_filters(conv_filters)
+    if image_shape is not None:
+        check_image_fits(image_shape, encoder, conv_filters)
     if activation not in ACTIVATIONS:
         raise UserError(f"--act must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
     sizes = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else [hidden_sizes]
@@ -104,8 +122,10 @@ class MLPActorCritic(nn.Module):
     updates between epochs, saved with the weights), so a saved policy takes raw observations.
 
     Image observations (a 3-D Box, uint8 or float; see ``core.encoders`` for the layout rule) go through
-    the convolutional ``encoder`` (nature_cnn, simple or resnet: ML-Agents' vis_encode_type), then the
-    MLP trunk and heads as above; policy and value share the encoder (as CleanRL's and SB3's image
+    the convolutional ``encoder`` (nature_cnn, simple or resnet: ML-Agents' vis_encode_type; or rllib:
+    RLlib's VisionNetwork convolutions, ``conv_filters`` as RLlib's ``[[out_channels, [kh, kw], stride],
+    ...]`` or None for RLlib's default for 42x42 and 84x84 images, each followed by ``conv_activation``),
+    then the MLP trunk and heads as above; policy and value share the encoder (as CleanRL's and SB3's image
     policies do). A gymnasium Dict puts each image part through its own encoder and its vector parts,
     normalised together by ``obs_rms``, beside them. Such networks take a tensor or a dict of tensors by
     key wherever a method takes ``obs``; ``layout`` (an ``ObsLayout``) says how to batch them. Vector
@@ -133,9 +153,13 @@ class MLPActorCritic(nn.Module):
         encoder: str = "nature_cnn",
         memory_size: int = 0,
         sequence_length: int = 64,
+        conv_filters: list[list[Any]] | None = None,
+        conv_activation: str = "relu",
     ) -> None:
         super().__init__()
-        check_ac_kwargs(hidden_sizes, activation, encoder, memory_size, sequence_length)
+        check_ac_kwargs(
+            hidden_sizes, activation, encoder, memory_size, sequence_length, conv_filters, conv_activation
+        )
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         self.layout = ObsLayout.from_spec(obs_spec)  # a UserError for observations it cannot take
         hidden = [int(h) for h in hidden_sizes]
@@ -157,7 +181,11 @@ class MLPActorCritic(nn.Module):
             obs_dim = self.layout.vector_dim
         else:
             self.ctor_spec["encoder"] = encoder
-            self.encoder = ObservationEncoder(self.layout, encoder)
+            if encoder == "rllib":  # only its networks have these keys: others keep their old ctor_spec
+                conv_filters = None if conv_filters is None else check_conv_filters(conv_filters)
+                self.ctor_spec["conv_filters"] = conv_filters
+                self.ctor_spec["conv_activation"] = conv_activation
+            self.encoder = ObservationEncoder(self.layout, encoder, conv_filters, conv_activation)
             obs_dim = self.encoder.out_dim  # what the MLP after the encoder takes
         self.memory_size = int(memory_size)
         self.sequence_length = int(sequence_length) if memory_size else 1  # steps in one row of an update
@@ -371,15 +399,17 @@ class MLPActorCritic(nn.Module):
         obs_normalized: bool = False,
         memory: torch.Tensor | None = None,
         starts: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with_dist: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """``(logp, entropy, value)`` of actions ``act`` taken at raw observations ``obs``, with gradients.
 
         ``obs_normalized``: ``obs`` already went through ``normalize_obs`` (an update normalises its batch
-        once rather than every minibatch).
+        once rather than every minibatch). ``with_dist``: a fourth result, the policy head's output (the
+        distribution's parameters: logits, or the Gaussian's mean), [N, A], for ``kl``.
 
         A recurrent network takes B sequences of L steps: ``obs`` and ``act`` [B, L, ...], ``memory``
         [B, memory_size] (before each sequence's first step) and ``starts`` [B, L] (True where a step
-        begins an episode: the memory is zeroed there); the results are [B, L].
+        begins an episode: the memory is zeroed there); the results are [B, L] ([B, L, A]).
         """
         if self.memory_size:
             if memory is None or starts is None:
@@ -388,11 +418,32 @@ class MLPActorCritic(nn.Module):
             act = act.reshape(feat.shape[0], *act.shape[2:])
         else:
             feat = self._features(obs, obs_normalized)
-        logp, entropy = self._logp_entropy(self.pi(feat), act)
+        out = self.pi(feat)
+        logp, entropy = self._logp_entropy(out, act)
         value = self.v(feat).squeeze(-1)
         if self.memory_size:
-            return logp.view(starts.shape), entropy.reshape(starts.shape), value.view(starts.shape)
-        return logp, entropy, value
+            logp, entropy = logp.view(starts.shape), entropy.reshape(starts.shape)
+            value, out = value.view(starts.shape), out.view(*starts.shape, -1)
+        return (logp, entropy, value, out) if with_dist else (logp, entropy, value)
+
+    def kl(
+        self, old: torch.Tensor, new: torch.Tensor, old_log_std: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The exact KL(pi_old || pi_new) of each row's action distributions, [...] for policy head outputs
+        ``old`` and ``new`` [..., A] (``evaluate(..., with_dist=True)``'s last result): summed over a
+        Categorical's branches or a Gaussian's dimensions. A Gaussian's new log std is ``log_std`` (with
+        its gradient), its old one ``old_log_std`` (a copy taken before the update; None: the same)."""
+        if self.discrete:
+            total = torch.zeros((), dtype=new.dtype)
+            for a, b in zip(old.split(self.branches, -1), new.split(self.branches, -1), strict=True):
+                logp_old, logp_new = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+                total = total + (logp_old.exp() * (logp_old - logp_new)).sum(-1)
+            return total
+        log_std = self.log_std
+        log_std_old = log_std.detach() if old_log_std is None else old_log_std
+        ratio = torch.exp(2 * (log_std_old - log_std))  # var_old / var_new
+        z = (old - new) * torch.exp(-log_std)
+        return (log_std - log_std_old + 0.5 * (ratio + z.pow(2)) - 0.5).sum(-1)
 
 
 def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:

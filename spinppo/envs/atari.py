@@ -9,7 +9,8 @@ preprocessed frames, ``(4, 84, 84)`` uint8, channels first. The stack, from the 
 - ``StickyActions`` (ours): sticky actions, as ALE draws them, but in Python (see below).
 - ``AtariPreprocessing(noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)``: a random number
   (1-30) of no-ops at every reset, each action repeated 4 frames with the last two frames max-pooled
-  (sprites that flicker), 84x84 grayscale by area interpolation.
+  (sprites that flicker), 84x84 grayscale by area interpolation (``frame_size=42``: 42x42, RLlib's
+  ``dim: 42``, a quarter of the pixels).
 - ``FrameStackObservation(4)``: the last 4 observations (the first one repeated after a reset).
 - ``GameScore`` (ours): the real score. At the step a game ends (terminated or truncated, all lives
   lost), ``info["game_return"]`` is the sum of the game's unclipped rewards and ``info["game_length"]``
@@ -48,7 +49,8 @@ from spinppo.utils.errors import UserError
 
 FRAME_SKIP = 4
 STACK = 4
-SCREEN = 84
+SCREEN = 84  # the frames' height and width unless a run asks for another of FRAME_SIZES
+FRAME_SIZES = (42, 84)  # 84: DQN's and CleanRL's; 42: RLlib's tuned Pong examples (model dim: 42)
 NOOP_MAX = 30
 
 
@@ -173,19 +175,31 @@ class ClipReward(gym.RewardWrapper):
         return float(np.sign(float(reward)))
 
 
+def check_frame_size(frame_size: Any) -> int:
+    """``frame_size`` as an int when it is one of ``FRAME_SIZES``, else a one-line UserError."""
+    if isinstance(frame_size, bool) or frame_size not in FRAME_SIZES:
+        sizes = " or ".join(str(s) for s in FRAME_SIZES)
+        raise UserError(f"--frame_size must be {sizes} (pixels a side of an Atari frame), not {frame_size!r}")
+    return int(frame_size)
+
+
 def make_atari_env(
     env_id: str,
     env_kwargs: dict[str, Any] | None = None,
     render_mode: str | None = None,
     training: bool = True,
+    frame_size: int = SCREEN,
 ) -> gym.Env:
     """One preprocessed Atari game (the stack of this module's docstring) for ``env_id``, a registered
     ale-py id (``ALE/Pong-v5``). ``training`` adds EpisodicLife and ClipReward; the evaluation and replay
-    variant (False) plays whole games with the real rewards. ``render_mode="rgb_array"`` renders the full
-    colour screen (210x160) for videos; ``metadata["render_fps"]`` is 15, real time at 4 frames a step.
-    Bad ``env_kwargs`` are UserErrors."""
+    variant (False) plays whole games with the real rewards. ``frame_size`` (42 or 84) is the height and
+    width of the grayscale frames: observations are ``(4, frame_size, frame_size)`` uint8.
+    ``render_mode="rgb_array"`` renders the full colour screen (210x160) for videos;
+    ``metadata["render_fps"]`` is 15, real time at 4 frames a step. Bad ``env_kwargs`` or a
+    ``frame_size`` other than 42 or 84 are UserErrors."""
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
+    frame_size = check_frame_size(frame_size)
     if not register_ale():
         raise UserError(f"{env_id} needs ale-py: pip install 'ale-py>=0.12,<0.13'")
     env_kwargs = dict(env_kwargs or {})
@@ -214,7 +228,7 @@ def make_atari_env(
         StickyActions(env, sticky),
         noop_max=NOOP_MAX,
         frame_skip=FRAME_SKIP,
-        screen_size=SCREEN,
+        screen_size=frame_size,
         grayscale_obs=True,
         terminal_on_life_loss=False,
     )

@@ -30,7 +30,15 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from spinppo.envs.atari import atari_short_names, is_atari_id, make_atari_env, register_ale
+from spinppo.envs.atari import (
+    SCREEN,
+    STACK,
+    atari_short_names,
+    check_frame_size,
+    is_atari_id,
+    make_atari_env,
+    register_ale,
+)
 from spinppo.envs.unity.params import check_environment_parameters
 from spinppo.utils.errors import UserError, first_line
 
@@ -46,12 +54,14 @@ class EnvChoice:
     kind: str
     target: str
 
-    def describe(self) -> str:
-        """A line for the run's log saying which environment it uses."""
+    def describe(self, frame_size: int = SCREEN) -> str:
+        """A line for the run's log saying which environment it uses (an Atari game's frames are
+        ``frame_size`` pixels a side)."""
         if self.kind == "unity":
             return f"Unity ML-Agents build {self.target}"
         if self.kind == "atari":
-            return f"Atari {self.target} (ale-py, 84x84 grayscale, 4 frames stacked, frame skip 4)"
+            size = f"{frame_size}x{frame_size}"
+            return f"Atari {self.target} (ale-py, {size} grayscale, 4 frames stacked, frame skip 4)"
         return f"gymnasium {self.target}"
 
 
@@ -124,16 +134,19 @@ def make_env(
     render_mode: str | None = None,
     kind: str = "gym",
     training: bool = True,
+    frame_size: int = SCREEN,
 ) -> gym.Env:
     """One gymnasium environment, with bad keyword arguments and missing extras as UserErrors.
 
     ``render_mode`` is passed only when given: an environment of the user's may not take it at all.
     ``kind`` "atari" makes ``env_id`` (an ale-py id) with the Atari preprocessing, its training variant
-    (lives end episodes, rewards clipped) when ``training``, else whole games with the real score; other
-    kinds ignore ``training``.
+    (lives end episodes, rewards clipped) when ``training``, else whole games with the real score, its
+    frames ``frame_size`` (42 or 84) pixels a side; other kinds ignore ``training`` and ``frame_size``.
     """
     if kind == "atari":
-        return make_atari_env(env_id, env_kwargs, render_mode=render_mode, training=training)
+        return make_atari_env(
+            env_id, env_kwargs, render_mode=render_mode, training=training, frame_size=frame_size
+        )
     if env_id.startswith("ALE/"):
         register_ale()  # an ale-py id outside the "atari" kind (a replay of an .onnx file with --env)
     env_kwargs = dict(env_kwargs or {})
@@ -199,9 +212,10 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
     or "unity", ``env`` a gymnasium id (an ale-py id for "atari") or a build's path, ``name`` (what ``--env``
     said; ``env`` when absent) and ``env_kwargs`` a dict (null is none); for a Unity build also
     ``environment_parameters`` (ML-Agents' section, normalised: ``{}`` when the run had none) and ``behavior``
-    (the trained behavior's name as given; None: the build's first). A UserError naming ``where`` (the file)
-    and the bad key when the entry is missing or was edited into something else: the one check that resume and
-    replay share."""
+    (the trained behavior's name as given; None: the build's first); for an Atari game ``frame_size``,
+    its frames' height and width (42 or 84; 84 when the entry has none, as runs before the option). A
+    UserError naming ``where`` (the file) and the bad key when the entry is missing or was edited into
+    something else: the one check that resume and replay share."""
     spec = config.get("env_fn")
     if not isinstance(spec, dict):
         raise UserError(
@@ -226,6 +240,15 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
         raise UserError(
             f"{where}: env_fn has environment_parameters or a behavior for a gymnasium environment"
         )
+    frame_size = spec.get("frame_size", SCREEN)
+    if "frame_size" in spec and kind != "atari":
+        raise UserError(f"{where}: env_fn has a frame_size for a {kind} environment: the file was edited")
+    try:
+        frame_size = check_frame_size(frame_size)
+    except UserError:
+        raise UserError(
+            f"{where}: env_fn.frame_size is {frame_size!r}, not 42 or 84: the file was edited"
+        ) from None
     if kind == "atari":
         if not register_ale():
             raise UserError(f"{where}: the run plays the Atari game {env}: pip install ale-py")
@@ -235,7 +258,7 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
         raise UserError(f"{where}: env_fn.behavior is {behavior!r}, not a string: the file was edited")
     # The section was normalised before it was saved; checking it again catches an edited file.
     parameters = check_environment_parameters(parameters, f"{where} (env_fn)")
-    return {
+    checked = {
         "name": name,
         "kind": kind,
         "env": env,
@@ -243,6 +266,9 @@ def saved_env_spec(config: dict[str, Any], where: str) -> dict[str, Any]:
         "environment_parameters": parameters,
         "behavior": behavior,
     }
+    if kind == "atari":
+        checked["frame_size"] = frame_size
+    return checked
 
 
 class EnvFactory:
@@ -250,7 +276,9 @@ class EnvFactory:
 
     Calling it gives one gymnasium Env, or for a Unity build a VectorEnv of all its agents (``unity_kwargs``
     as for ``make_unity_vec_env``). For an Atari game ``training=False`` gives the evaluation variant (whole
-    games, real rewards): the evaluator and replay ask for it. ``environment_parameters`` is ML-Agents'
+    games, real rewards): the evaluator and replay ask for it; ``frame_size`` (42 or 84; None: 84) is its
+    frames' height and width, a UserError for any other value or any other kind of environment (which has
+    no frames to size). ``environment_parameters`` is ML-Agents'
     ``environment_parameters`` section (checked, kept normalised; ``where`` names its file in errors) and
     ``behavior`` the Unity behavior to train; both need a Unity build (a UserError for gymnasium).
     """
@@ -264,9 +292,16 @@ class EnvFactory:
         environment_parameters: dict[str, Any] | None = None,
         behavior: str | None = None,
         where: str = "environment_parameters",
+        frame_size: int | None = None,
     ) -> None:
         self.name = name
         self.choice = resolve_env(name, unity_file)
+        if frame_size is not None and self.choice.kind != "atari":
+            raise UserError(
+                f"--frame_size sizes an Atari game's frames; {self.choice.describe()} is not an Atari game: "
+                "drop it"
+            )
+        self.frame_size = SCREEN if frame_size is None else check_frame_size(frame_size)
         self.env_kwargs = dict(env_kwargs or {})
         self.unity_kwargs = dict(unity_kwargs or {})
         self.environment_parameters = check_environment_parameters(environment_parameters, where)
@@ -294,11 +329,30 @@ class EnvFactory:
                 environment_parameters=self.environment_parameters,
                 behavior=self.behavior,
             )
-        return make_env(self.choice.target, self.env_kwargs, kind=self.choice.kind, training=training)
+        return make_env(
+            self.choice.target,
+            self.env_kwargs,
+            kind=self.choice.kind,
+            training=training,
+            frame_size=self.frame_size,
+        )
+
+    def describe(self) -> str:
+        """A line for the run's log saying which environment it makes."""
+        return self.choice.describe(self.frame_size)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """The shape of an Atari game's observations, ``(4, frame_size, frame_size)``, known before any is
+        made (for checking a network against it); None for other kinds."""
+        if self.choice.kind != "atari":
+            return None
+        return (STACK, self.frame_size, self.frame_size)
 
     def to_json(self) -> dict[str, Any]:
-        """What config.json records, enough to make the environment again; ``environment_parameters`` and
-        ``behavior`` only when set, so that the files of runs without them stay as they were."""
+        """What config.json records, enough to make the environment again; ``environment_parameters``,
+        ``behavior`` and ``frame_size`` (other than 84) only when set, so that the files of runs without
+        them stay as they were."""
         spec: dict[str, Any] = {
             "name": self.name,
             "kind": self.choice.kind,
@@ -309,6 +363,8 @@ class EnvFactory:
             spec["environment_parameters"] = self.environment_parameters
         if self.behavior is not None:
             spec["behavior"] = self.behavior
+        if self.frame_size != SCREEN:
+            spec["frame_size"] = self.frame_size
         return spec
 
 

@@ -11,7 +11,7 @@ lists them, ``action_masks`` for discrete actions; outputs ``version_number``, `
 project's Behavior Parameters as a trained model. Any other run gets the generic form: input ``obs``,
 outputs ``actions`` and ``deterministic_actions``, already clipped and shifted as spinppo sends them to
 the environment. Both take raw observations (normalisation is inside the graph); an image policy
-(one image observation: nature_cnn, simple or resnet) is written in the generic form only, its ``obs``
+(one image observation: nature_cnn, simple, resnet or rllib) is written in the generic form only, its ``obs``
 the images as the environment gives them (uint8 or float32, CHW or HWC). docs/export.md lists
 every name, shape and dtype and the ML-Agents source they follow.
 

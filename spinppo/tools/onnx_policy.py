@@ -189,15 +189,19 @@ def _sequential(g: _Graph, modules: list[Any], x: str) -> str:
 
     from spinppo.core.encoders import _Residual
 
-    for module in modules:
-        if isinstance(module, nn.Identity):
+    modules = [m for m in modules if not isinstance(m, nn.Identity)]
+    for i, module in enumerate(modules):
+        if type(module) is nn.ZeroPad2d:  # RLlib's uneven "same" padding: the next Conv's own pads
+            if i + 1 == len(modules) or type(modules[i + 1]) is not nn.Conv2d:
+                raise UserError("cannot export a ZeroPad2d that does not come before a Conv2d")
             continue
         if type(module) is nn.Linear:
             x = _linear(g, module, x)
         elif type(module) is nn.LayerNorm:
             x = _layer_norm(g, module, x)
         elif type(module) is nn.Conv2d:
-            x = _conv(g, module, x)
+            before = modules[i - 1] if i else None
+            x = _conv(g, module, x, before.padding if type(before) is nn.ZeroPad2d else None)
         elif type(module) is nn.MaxPool2d:
             x = _max_pool(g, module, x)
         elif type(module) is _Residual:  # x + conv1(relu(conv0(relu(x))))
@@ -220,11 +224,17 @@ def _pair(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * 2
 
 
-def _conv(g: _Graph, conv: Any, x: str) -> str:
-    """torch's Conv2d (zero padding, NCHW) as ONNX Conv with its weights, strides, pads and dilations."""
+def _conv(g: _Graph, conv: Any, x: str, zero_pad: tuple[int, int, int, int] | None = None) -> str:
+    """torch's Conv2d (zero padding, NCHW) as ONNX Conv with its weights, strides, pads and dilations;
+    ``zero_pad`` the (left, right, top, bottom) of a ZeroPad2d before it, added to its pads."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise UserError(f"cannot export Conv2d(padding={conv.padding!r}, padding_mode={conv.padding_mode!r})")
-    pads = _pair(conv.padding)
+    pads = _pair(conv.padding) * 2  # [top, left, bottom, right]
+    if zero_pad is not None:
+        left, right, top, bottom = zero_pad
+        if min(zero_pad) < 0:
+            raise UserError(f"cannot export ZeroPad2d({zero_pad}): negative padding crops")
+        pads = [pads[0] + top, pads[1] + left, pads[2] + bottom, pads[3] + right]
     inputs = [x, g.const("conv_weight", conv.weight.detach().numpy())]
     if conv.bias is not None:
         inputs.append(g.const("conv_bias", conv.bias.detach().numpy()))
@@ -234,7 +244,7 @@ def _conv(g: _Graph, conv: Any, x: str) -> str:
         "conv",
         kernel_shape=_pair(conv.kernel_size),
         strides=_pair(conv.stride),
-        pads=pads + pads,  # [top, left, bottom, right]
+        pads=pads,  # [top, left, bottom, right]
         dilations=_pair(conv.dilation),
         group=int(conv.groups),
     )

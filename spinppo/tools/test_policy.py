@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from spinppo.envs.atari import SCREEN
 from spinppo.envs.registry import saved_env_spec
 from spinppo.envs.spaces import action_for_env
 from spinppo.tools.plot import has_display
@@ -252,7 +253,8 @@ class _Memories:
 def read_env_spec(run_dir: str) -> dict[str, Any]:
     """The environment a run trained on, from its config.json's ``env_fn``, checked.
 
-    Returns ``{"kind": "gym", "atari" or "unity", "env": gymnasium id or build path, "env_kwargs": dict}``. A
+    Returns ``{"kind": "gym", "atari" or "unity", "env": gymnasium id or build path, "env_kwargs": dict,
+    ...}`` (``saved_env_spec``'s answer: an Atari game's also has its ``frame_size``). A
     config.json that is missing, unreadable, or whose ``env_fn`` is not that (a hand-edited or damaged
     file) is a UserError naming the file and the key.
     """
@@ -277,7 +279,14 @@ def make_run_env(
 
         headless_gl()
         try:
-            return make_env(target, env_kwargs, render_mode=render_mode, kind=kind, training=False)
+            return make_env(
+                target,
+                env_kwargs,
+                render_mode=render_mode,
+                kind=kind,
+                training=False,
+                frame_size=spec.get("frame_size", SCREEN),
+            )
         except gym.error.Error as e:
             raise UserError(f"cannot make the run's environment {target!r} ({first_line(e)})") from None
         except Exception as e:
@@ -412,6 +421,8 @@ def load_onnx_policy_and_env(
     if env is not None:
         choice = resolve_env(env)
         given = {"name": env, "kind": choice.kind, "env": choice.target}
+        if choice.kind == "atari" and policy.image_shape is not None and policy.image_shape[1] == 42:
+            given["frame_size"] = 42  # the game's frames at the size the policy takes ([4, 42, 42])
         spec = saved_env_spec({"env_fn": given}, "--env")
     elif policy.env_spec is not None:
         spec = saved_env_spec({"env_fn": policy.env_spec}, f"{path}'s metadata")
