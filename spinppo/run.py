@@ -3,6 +3,7 @@
     python -m spinppo.run ppo --env Walker --cpu 2
     mpirun -np 8 python -m spinppo.run ppo --env Walker --hid 256 256 --seed 0 10 20
     python -m spinppo.run ppo --help
+    python -m spinppo.run --config pong-ppo.yaml            # an RLlib tuned example: its run: chooses
 
 This module only dispatches; each job lives in ``spinppo.cli`` (flags, training and grids, resume,
 exits) or ``spinppo.tools`` (plot, test_policy, export). Bad input is one line on stderr and exit code 2.
@@ -34,7 +35,8 @@ commands:
   test_policy   replay a saved policy (a run directory or an exported .onnx file)
   export        write a run's policy as an ONNX file (ML-Agents' form for Unity runs)
 
-python -m spinppo.run COMMAND --help lists a command's flags."""
+python -m spinppo.run COMMAND --help lists a command's flags.
+python -m spinppo.run --config FILE [flags] trains what an RLlib tuned example (rllib train -f FILE) names."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     exits.prepare()
     try:
+        if cmd == "--config" or cmd.startswith("--config="):  # the file's own algorithm (RLlib's run:)
+            from spinppo.cli.config_file import algo_of_file
+
+            path = cmd.partition("=")[2] if "=" in cmd else (rest[0] if rest else "")
+            if not path:
+                raise UserError("--config needs a file: python -m spinppo.run --config FILE")
+            cmd, rest = algo_of_file(path), argv
         if cmd in ALGOS:
             from spinppo.cli.train import run_algo
 

@@ -64,6 +64,7 @@ def ppo(
     anneal_clip: bool = False,
     ent_mean_over_dims: bool = False,
     clip_vloss: bool = False,
+    vf_clip_param: float | None = None,
     max_grad_norm: float = 0.5,
     target_kl: float | None = None,
     kl_coeff: float = 0.0,
@@ -110,6 +111,8 @@ def ppo(
         ent_mean_over_dims: a Gaussian policy's entropy bonus takes the mean of its action dimensions'
             entropies instead of their sum, as ML-Agents' beta does (the logged Entropy stays the sum).
         clip_vloss: clip the value function's change like the policy's (usually no help).
+        vf_clip_param: cap each sample's squared value error at this (RLlib's vf_clip_param, 10 in its
+            tuned examples): errors beyond it give no gradient. None: no cap.
         max_grad_norm: clip the global gradient norm to this (0 turns it off).
         target_kl: stop an update early when the approximate KL, averaged over ranks, passes 1.5 x this.
         kl_coeff: RLlib's adaptive KL penalty beside the clip (its kl_coeff; 0.5 in its tuned Pong PPO):
@@ -241,6 +244,8 @@ def ppo(
                     if clip_vloss:
                         v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip, clip)
                         loss_v = 0.5 * torch.max((v - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
+                    elif vf_clip_param is not None:  # RLlib's: the squared error itself capped
+                        loss_v = 0.5 * torch.clamp((v - mb.ret) ** 2, max=vf_clip_param).mean()
                     else:
                         loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
                     ent = entropy.mean()
@@ -316,6 +321,13 @@ def check_flags(config: dict[str, Any]) -> None:
     )
     if config["target_kl"] is not None and not config["target_kl"] > 0:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {config['target_kl']}")
+    vf_clip = config.get("vf_clip_param")
+    if vf_clip is not None and not vf_clip > 0:
+        raise UserError(f"--vf_clip_param must be positive (or None to turn it off), not {vf_clip}")
+    if vf_clip is not None and config["clip_vloss"]:
+        raise UserError(
+            "--vf_clip_param and --clip_vloss are two ways of clipping the value loss: choose one"
+        )
     minibatch_size, steps_per_epoch = config["minibatch_size"], config["steps_per_epoch"]
     if minibatch_size % num_procs() or minibatch_size > steps_per_epoch:
         raise UserError(

@@ -6,7 +6,9 @@ Three kinds of file are read, told apart by their keys:
   ``env_kwargs: {ctrl_cost_weight: 0.01}``); a list is a grid, as several values on the command line are
   (``seed: [0, 10, 20]``, ``hid: [[32, 32], [64, 64]]``). ``--print_config`` writes this form.
 - a run's ``config.json``: its flags, so that ``--config data/x/x_s0/config.json`` repeats the run.
-- an ML-Agents trainer config (``behaviors:`` ...), translated by ``cli/mlagents_config.py``.
+- an ML-Agents trainer config (``behaviors:`` ...), translated by ``cli/mlagents_config.py``;
+- an RLlib tuned example (``pong-ppo: {env, run, stop, config}``, what ``rllib train -f`` reads),
+  translated by ``cli/rllib_config.py``.
 
 Every value becomes the text tokens the command line would have given, and goes through the same typed
 parsing (``flags.parse_values``): a value means in a file what it means on the command line. Flags typed
@@ -22,6 +24,7 @@ import os.path as osp
 from collections.abc import Iterable
 from typing import Any
 
+from spinppo.cli import rllib_config
 from spinppo.cli.mlagents_config import ML_AGENTS_SECTIONS, translate
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_tools import under_mpi_launcher
@@ -40,6 +43,18 @@ RUN_RECORD_KEYS = (
 )
 # Flags whose values are paths: ``~`` in a file means the home directory, as in a shell.
 PATH_FLAGS = ("data_dir", "resume", "initialize_from", "unity_file")
+
+
+def algo_of_file(path: str) -> str:
+    """The algorithm a config file names itself (an RLlib tuned example's ``run``), for ``python -m
+    spinppo.run --config FILE``; a UserError for a file that names none."""
+    doc = load_file(path)
+    if rllib_config.is_rllib_file(doc):
+        return rllib_config.file_algo(doc, path)
+    raise UserError(
+        f"--config {path} does not name its algorithm: python -m spinppo.run ppo --config {path} (or vpg, "
+        "a2c, a3c)"
+    )
 
 
 def load_file(path: str) -> Any:
@@ -83,6 +98,9 @@ def read_config_file(
     extras: dict[str, Any] = {"notes": []}
     if any(key in doc for key in ML_AGENTS_SECTIONS):
         values, extras = translate(doc, path, algo, behavior)
+    elif rllib_config.is_rllib_file(doc):
+        values, notes = rllib_config.translate(doc, path, algo)
+        extras["notes"] = notes
     elif "env_fn" in doc and "algo" in doc:
         values = from_run_config(doc, path, algo, flags)
     else:

@@ -1,0 +1,220 @@
+"""RLlib tuned examples (``rllib train -f FILE``) as --config files: the lecture notes' pong-ppo and pong-a3c
+as written, each key's mapping, grid_search, and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spinppo.cli.config_file import read_config_file
+from spinppo.cli.flags import parse_algo_args
+from spinppo.utils.errors import UserError
+from tests.conftest import mpirun, run
+
+SEEDS = Path(__file__).parent / "data" / "rllib"  # the lecture notes' two files, as they print them
+
+
+def flags_of(tmp_path: Path, doc: dict, algo: str = "ppo") -> dict:
+    """The spinppo flags a file means, as parsed values (one per flag, or a list for a grid)."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    grid, options = parse_algo_args(algo, ["--config", str(path)])
+    values = {key.split(":")[-1]: v[0] if len(v) == 1 else v for key, v in grid.items()}
+    return {
+        **values,
+        **{k: options[k] for k in ("cpu", "env_kwargs", "frame_size", "data_dir") if k in options},
+    }
+
+
+def experiment(config: dict | None = None, env: str = "CartPole-v1", run_: str = "PPO", **extra) -> dict:
+    return {"exp": {"env": env, "run": run_, "config": config or {}, **extra}}
+
+
+@pytest.mark.parametrize("name,algo", [("pong-ppo", "ppo"), ("pong-a3c", "a3c")])
+def test_the_lecture_notes_files_train_two_short_epochs_under_mpirun(name, algo, tmp_path):
+    """The files as the notes print them; only the epoch's size is made small from the command line.
+    ``python -m spinppo.run --config FILE`` takes the algorithm from the file's run:."""
+    args = ["-m", "spinppo.run", "--config", str(SEEDS / f"{name}.yaml"), "--epochs", "2"]
+    args += ["--steps_per_epoch", "800", "--data_dir", str(tmp_path)]
+    if algo == "ppo":
+        args += ["--minibatch_size", "200"]
+    out = mpirun(2, args, timeout=240).stdout
+    progress = next(tmp_path.rglob("progress.txt")).read_text().splitlines()
+    assert len(progress) == 3, out
+    assert f"{algo}-pongnoframeskip-v4" in str(next(tmp_path.rglob("progress.txt")))
+    assert "42x42 grayscale" in out
+    assert "ignored Ray settings that change nothing in training: framework" in out
+
+
+def test_pong_ppo_means_rllibs_settings(tmp_path):
+    flags = flags_of(tmp_path, yaml.safe_load((SEEDS / "pong-ppo.yaml").read_text()))
+    expected = {
+        "env": "PongNoFrameskip-v4",
+        "lam": 0.95,
+        "kl_coeff": 0.5,
+        "kl_target": 0.01,  # RLlib's default
+        "clip_ratio": 0.1,
+        "vf_clip_param": 10.0,
+        "vf_coef": 2.0,  # RLlib's vf_loss_coeff 1.0 on the whole squared error; spinppo's takes half
+        "ent_coef": 0.01,
+        "steps_per_epoch": 5000,
+        "minibatch_size": 500,
+        "update_epochs": 10,
+        "num_envs": 5,
+        "cpu": 32,
+        "lr": 5e-5,  # RLlib's PPO default
+        "anneal_lr": False,
+        "anneal_ent": False,
+        "norm_reward": False,
+        "norm_adv": True,
+        "max_grad_norm": 0.0,  # grad_clip None
+        "gamma": 0.99,
+        "frame_size": 42,
+        "encoder": "rllib",
+        "conv_filters": None,  # RLlib's default stack for 42x42
+        "conv_activation": "relu",
+        "hid": (),
+    }
+    assert {k: flags[k] for k in expected} == expected
+
+
+def test_pong_a3c_means_rllibs_settings(tmp_path):
+    flags = flags_of(tmp_path, yaml.safe_load((SEEDS / "pong-a3c.yaml").read_text()), "a3c")
+    expected = {
+        "env": "PongNoFrameskip-v4",  # PongDeterministic-v4, which ale-py 0.12 no longer registers
+        "n_steps": 20,
+        "vf_coef": 0.5,
+        "ent_coef": 0.01,
+        "max_grad_norm": 40.0,
+        "lam": 1.0,
+        "lr": 0.0001,
+        "cpu": 16,
+        "memory_size": 512,  # use_lstm, RLlib's lstm_cell_size 256: hidden and cell state
+        "sequence_length": 20,  # max_seq_len's default
+        "conv_activation": "elu",
+        "conv_filters": [[32, [3, 3], 2]] * 4,
+        "frame_size": 42,
+    }
+    assert {k: flags[k] for k in expected} == expected
+    assert flags["steps_per_epoch"] % (20 * 16) == 0  # whole rollouts of 16 workers' fragments
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ({"num_env_runners": 3, "num_envs_per_env_runner": 2}, {"cpu": 3, "num_envs": 2}),
+        ({"num_workers": 0}, {"cpu": 1}),
+        ({"minibatch_size": 64, "num_epochs": 4}, {"minibatch_size": 64, "update_epochs": 4}),
+        ({"sgd_minibatch_size": 32, "num_sgd_iter": 7}, {"minibatch_size": 32, "update_epochs": 7}),
+        ({"gamma": 0.9, "lambda": 0.8}, {"gamma": 0.9, "lam": 0.8}),
+        ({"lr": 0.01, "lr_schedule": [[0, 0.002]]}, {"lr": 0.002, "anneal_lr": False}),
+        ({"clip_param": 0.25, "vf_clip_param": 5.0}, {"clip_ratio": 0.25, "vf_clip_param": 5.0}),
+        ({"vf_loss_coeff": 0.25, "entropy_coeff": 0.001}, {"vf_coef": 0.5, "ent_coef": 0.001}),
+        ({"kl_coeff": 0.3, "kl_target": 0.02}, {"kl_coeff": 0.3, "kl_target": 0.02}),
+        ({"use_kl_loss": False}, {"kl_coeff": 0.0}),
+        ({"grad_clip": 0.5}, {"max_grad_norm": 0.5}),
+        ({"observation_filter": "MeanStdFilter"}, {"norm_obs": True}),
+        ({"observation_filter": "NoFilter"}, {"norm_obs": False}),
+        ({"seed": 7}, {"seed": 7}),
+        (
+            {"model": {"fcnet_hiddens": [32, 16], "fcnet_activation": "relu", "vf_share_layers": True}},
+            {"hid": (32, 16), "act": "relu", "shared_trunk": True},
+        ),
+        ({"model": {"fcnet_activation": "swish"}}, {"act": "silu"}),
+        ({}, {"hid": (256, 256), "act": "tanh", "shared_trunk": False, "log_std_init": 0.0}),
+        (
+            {"model": {"use_lstm": True, "lstm_cell_size": 64, "max_seq_len": 16}},
+            {"memory_size": 128, "sequence_length": 16},
+        ),
+        ({"env_config": {"sutton_barto_reward": True}}, {"env_kwargs": {"sutton_barto_reward": True}}),
+    ],
+)
+def test_each_key_maps_to_its_flag(config, expected, tmp_path):
+    flags = flags_of(tmp_path, experiment(config))
+    assert {k: flags[k] for k in expected} == expected
+
+
+def test_ale_env_config_and_stop_and_experiment_keys(tmp_path):
+    doc = experiment(
+        {
+            "env_config": {"frameskip": 1, "full_action_space": False, "repeat_action_probability": 0.0},
+            "train_batch_size": 1000,
+            "sgd_minibatch_size": 250,
+            "lr_schedule": [[0, 0.001], [20000, 0.0]],
+            "model": {"dim": 84, "vf_share_layers": True, "conv_filters": [[16, [8, 8], 4], [32, [4, 4], 2]]},
+        },
+        env="ALE/Breakout-v5",
+        stop={"timesteps_total": 20000},
+        checkpoint_freq=3,
+        storage_path=str(tmp_path / "runs"),
+    )
+    flags = flags_of(tmp_path, doc)
+    assert flags["env_kwargs"] == {"full_action_space": False, "repeat_action_probability": 0.0}
+    assert (flags["frame_size"], flags["epochs"], flags["save_freq"]) == (84, 20, 3)
+    assert (flags["lr"], flags["anneal_lr"]) == (0.001, True)
+    assert flags["conv_filters"] == [[16, [8, 8], 4], [32, [4, 4], 2]]
+    assert flags["data_dir"] == str(tmp_path / "runs")
+
+
+def test_other_algorithms_map_too(tmp_path):
+    a2c = flags_of(tmp_path, experiment({"num_workers": 2, "train_batch_size": 400}, run_="A2C"), "a2c")
+    assert (a2c["n_steps"], a2c["vf_coef"], a2c["max_grad_norm"], a2c["lr"]) == (200, 0.5, 40.0, 0.0001)
+    pg = flags_of(tmp_path, experiment({"lr": 0.01}, run_="PG"), "vpg")
+    assert (pg["pi_lr"], pg["steps_per_epoch"], pg["cpu"]) == (0.01, 200, 1)
+
+
+def test_grid_search_anywhere_makes_a_grid(tmp_path):
+    doc = experiment(
+        {
+            "lr": {"grid_search": [0.001, 0.0001]},
+            "model": {"fcnet_hiddens": {"grid_search": [[32], [64, 64]]}},
+        }
+    )
+    flags = flags_of(tmp_path, doc)
+    assert flags["lr"] == [0.001, 0.0001]
+    assert flags["hid"] == [(32,), (64, 64)]
+    # A grid over a key that moves two flags together cannot be spinppo's product of flags.
+    doc = experiment({"train_batch_size": {"grid_search": [1000, 2000]}}, stop={"timesteps_total": 8000})
+    with pytest.raises(UserError, match="changes several spinppo flags together"):
+        flags_of(tmp_path, doc)
+
+
+@pytest.mark.parametrize(
+    "doc,algo,message",
+    [
+        (experiment(run_="DQN"), "ppo", "run: DQN: spinppo trains PPO, A2C, A3C, PG"),
+        (experiment(run_="A3C"), "ppo", "trains A3C: run it with python -m spinppo.run a3c --config"),
+        (experiment({"num_atoms": 51}), "ppo", "config.num_atoms: not an RLlib PPO setting"),
+        (experiment({"model": {"custom_model": "mine"}}), "ppo", "model.custom_model"),
+        (experiment({"batch_mode": "complete_episodes"}), "ppo", "batch_mode: complete_episodes"),
+        (experiment({"clip_rewards": True}), "ppo", "clips the rewards of Atari games only"),
+        (experiment({"lr_schedule": [[0, 0.1], [100, 0.05]]}), "ppo", "lr_schedule"),
+        (experiment(env="ALE/Pong-v5"), "ppo", "model.vf_share_layers: false"),
+        (
+            experiment({"model": {"dim": 64, "vf_share_layers": True}}, env="ALE/Pong-v5"),
+            "ppo",
+            "model.dim 64",
+        ),
+        (experiment(stop={"episode_reward_mean": 20}), "ppo", "stop.episode_reward_mean"),
+        ({"a": experiment()["exp"], "b": experiment()["exp"]}, "ppo", "holds 2 experiments"),
+    ],
+)
+def test_what_spinppo_cannot_follow_is_a_one_line_error(doc, algo, message, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_config_file(algo, str(path), [])
+    proc = run([sys.executable, "-m", "spinppo.run", algo, "--config", str(path)], check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, (
+        proc.stderr
+    )
+
+
+def test_command_line_flags_override_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment({"lr": 0.003, "num_sgd_iter": 3})))
+    grid, _ = parse_algo_args("ppo", ["--config", str(path), "--lr", "0.01"])
+    assert grid["lr"] == [0.01] and grid["update_epochs"] == [3]
