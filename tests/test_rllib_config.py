@@ -218,3 +218,25 @@ def test_command_line_flags_override_the_file(tmp_path):
     path.write_text(yaml.safe_dump(experiment({"lr": 0.003, "num_sgd_iter": 3})))
     grid, _ = parse_algo_args("ppo", ["--config", str(path), "--lr", "0.01"])
     assert grid["lr"] == [0.01] and grid["update_epochs"] == [3]
+
+
+def test_vf_clip_param_caps_each_squared_value_error(tmp_path):
+    """PPO's --vf_clip_param (RLlib's): every sample's squared error is capped, so the logged value loss
+    (half the mean) stays under half the cap; without it, CartPole's first returns give far more."""
+
+    def loss_v(*flags: str) -> float:
+        args = [sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--epochs", "1"]
+        args += ["--steps_per_epoch", "512", "--minibatch_size", "128", "--norm_reward", "false"]
+        args += ["--data_dir", str(tmp_path), "--exp_name", f"v{len(flags)}", *flags]
+        run(args)
+        lines = next((tmp_path / f"v{len(flags)}").rglob("progress.txt")).read_text().splitlines()
+        return float(lines[1].split("\t")[lines[0].split("\t").index("LossV")])
+
+    assert loss_v() > 1.0
+    assert loss_v("--vf_clip_param", "0.01") <= 0.005
+    for flags, message in (
+        (["--vf_clip_param", "0"], "--vf_clip_param must be positive"),
+        (["--vf_clip_param", "1", "--clip_vloss", "true"], "choose one"),
+    ):
+        proc = run([sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", *flags], check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
