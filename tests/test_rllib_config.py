@@ -14,7 +14,7 @@ from spinppo.cli.flags import parse_algo_args
 from spinppo.utils.errors import UserError
 from tests.conftest import mpirun, run
 
-SEEDS = Path(__file__).parent / "data" / "rllib"  # the lecture notes' two files, as they print them
+SEEDS = Path(__file__).parents[1] / "configs" / "rllib"  # the lecture notes' two files, as they print them
 
 
 def flags_of(tmp_path: Path, doc: dict, algo: str = "ppo") -> dict:
