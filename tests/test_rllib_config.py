@@ -147,13 +147,14 @@ def test_ale_env_config_and_stop_and_experiment_keys(tmp_path):
             "model": {"dim": 84, "vf_share_layers": True, "conv_filters": [[16, [8, 8], 4], [32, [4, 4], 2]]},
         },
         env="ALE/Breakout-v5",
-        stop={"timesteps_total": 20000},
+        stop={"timesteps_total": 20000, "env_runners/episode_return_mean": 18},
         checkpoint_freq=3,
         storage_path=str(tmp_path / "runs"),
     )
     flags = flags_of(tmp_path, doc)
     assert flags["env_kwargs"] == {"full_action_space": False, "repeat_action_probability": 0.0}
     assert (flags["frame_size"], flags["epochs"], flags["save_freq"]) == (84, 20, 3)
+    assert flags["stop_at_train_return"] == 18.0
     assert (flags["lr"], flags["anneal_lr"]) == (0.001, True)
     assert flags["conv_filters"] == [[16, [8, 8], 4], [32, [4, 4], 2]]
     assert flags["data_dir"] == str(tmp_path / "runs")
@@ -198,7 +199,7 @@ def test_grid_search_anywhere_makes_a_grid(tmp_path):
             "ppo",
             "model.dim 64",
         ),
-        (experiment(stop={"episode_reward_mean": 20}), "ppo", "stop.episode_reward_mean"),
+        (experiment(stop={"episode_len_mean": 20}), "ppo", "stop.episode_len_mean"),
         ({"a": experiment()["exp"], "b": experiment()["exp"]}, "ppo", "holds 2 experiments"),
     ],
 )
@@ -240,3 +241,35 @@ def test_vf_clip_param_caps_each_squared_value_error(tmp_path):
     ):
         proc = run([sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", *flags], check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_the_training_return_window_is_rllibs_last_100_episodes():
+    from spinppo.algos.onpolicy import train_return_reached
+
+    state: dict = {}
+    assert train_return_reached(state, [10.0] * 150, 10.5) is None
+    assert len(state["train_returns"]) == 100  # only the last 100 count
+    assert train_return_reached(state, [], 10.0) is not None  # an epoch without episodes keeps the window
+    assert train_return_reached(state, [60.0] * 10, 15.0) is not None  # (90 x 10 + 10 x 60) / 100 = 15
+    assert train_return_reached({}, [], -1e9) is None  # no episode yet: nothing to compare
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a3c"])
+def test_stop_at_train_return_ends_the_run_with_a_checkpoint(algo, tmp_path):
+    """CartPole's random policy averages about 22: a run asked to stop at 30 stops within a few epochs,
+    on every rank, saying why, with the window in its checkpoint."""
+    import torch
+
+    args = ["-m", "spinppo.run", algo, "--env", "CartPole-v1", "--epochs", "40", "--steps_per_epoch", "2000"]
+    args += ["--stop_at_train_return", "30", "--data_dir", str(tmp_path), "--exp_name", algo]
+    out = mpirun(2, args, timeout=240).stdout
+    assert (
+        "training episodes" in out and "reached --stop_at_train_return 30: stopped with a checkpoint" in out
+    )
+    run_dir = tmp_path / algo / f"{algo}_s0"
+    rows = (run_dir / "progress.txt").read_text().splitlines()[1:]
+    assert 1 <= len(rows) < 40, out
+    last = max(run_dir.glob("checkpoints/ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    assert int(last.stem.split("-")[1]) == len(rows) - 1
+    window = torch.load(last, map_location="cpu", weights_only=False)["run_state"]["train_returns"]
+    assert 0 < len(window) <= 100 and sum(window) / len(window) >= 30

@@ -45,6 +45,7 @@ def a2c(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     stop_at_return: float | None = None,
+    stop_at_train_return: float | None = None,
     preempt: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
@@ -81,6 +82,8 @@ def a2c(
             pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
         eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
+        stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
+            training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).
         preempt: DD-PPO's preemption for each n-step rollout: once this fraction of the ranks (e.g. 0.6)
             has collected its n steps, the others stop (after at least a quarter of theirs) and the
             gradient step uses what was collected. None: off, and a run is reproducible from its seed.
@@ -108,6 +111,7 @@ def a2c(
         eval_freq=eval_freq,
         eval_episodes=eval_episodes,
         stop_at_return=stop_at_return,
+        stop_at_train_return=stop_at_train_return,
         preempt=preempt,
         norm_adv=norm_adv,
         logger_kwargs=logger_kwargs,

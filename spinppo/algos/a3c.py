@@ -46,6 +46,7 @@ def a3c(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     stop_at_return: float | None = None,
+    stop_at_train_return: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -87,6 +88,8 @@ def a3c(
             pyt_save/model_best.pt. 0 turns evaluation off.
         eval_episodes: evaluation episodes (seeded alike at every evaluation).
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
+        stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
+            training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -143,6 +146,7 @@ def a3c(
             eval_episodes,
             stop_at_return,
             seed,
+            stop_at_train_return,
         )
         try:
             training.train(gradient, epochs, save_freq)

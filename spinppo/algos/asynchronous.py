@@ -48,7 +48,13 @@ import torch
 from mpi4py import MPI
 
 from spinppo.algos.checkpoint import checkpoint_epochs
-from spinppo.algos.onpolicy import OnPolicyRun, evaluate_and_log, print_progress
+from spinppo.algos.onpolicy import (
+    OnPolicyRun,
+    eval_return_reason,
+    evaluate_and_log,
+    print_progress,
+    train_return_reached,
+)
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
 from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
@@ -87,11 +93,13 @@ class AsyncTraining:
         eval_episodes: int = 10,
         stop_at_return: float | None = None,
         seed: int = 0,
+        stop_at_train_return: float | None = None,
     ) -> None:
         self.run, self.ac = run, run.ac
         self.comm = TimedComm(MPI.COMM_WORLD.Dup())  # a collective: every rank builds one
         self.max_grad_norm, self.max_staleness, self.norm_adv = max_grad_norm, max_staleness, norm_adv
         self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
+        self.stop_at_train_return = stop_at_train_return
         self.rank0 = proc_id() == 0
         self.version = 0  # of the parameters this rank holds (rank 0: of the shared ones)
         self.wait_time = 0.0  # seconds this rank waited for rank 0's answers (not yet reported)
@@ -353,17 +361,20 @@ class AsyncTraining:
         epoch_time = time.perf_counter() - self.epoch_start
         if run.stop_signals and not self._signal:
             self._signal = run.stop_signals[0]
+        reached: str | None = None
+        if self.stop_at_train_return is not None:  # rank 0's log holds every rank's episodes
+            # (read before log_tabular takes them)
+            returns = [float(r) for r in logger.epoch_dict.get("EpRet", [])]
+            reached = train_return_reached(run.checkpointer.run_state, returns, self.stop_at_train_return)
         logger.log_tabular("Epoch", epoch)
         logger.log_tabular("EpRet", with_min_and_max=True)
         logger.log_tabular("EpLen", average_only=True)
         logger.log_tabular("VVals", with_min_and_max=True)
         logger.log_tabular("TotalEnvInteracts", run.checkpointer.run_state["total_steps"])
-        reached = False
         if self.evaluator is not None:
             due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
-            reached = evaluate_and_log(
-                self.evaluator, logger, run.checkpointer, epoch, due, self.stop_at_return
-            )
+            if evaluate_and_log(self.evaluator, logger, run.checkpointer, epoch, due, self.stop_at_return):
+                reached = reached or eval_return_reason(epoch, self.stop_at_return)
         for key in ("LossPi", "LossV", "Entropy", "Staleness"):
             logger.log_tabular(key, average_only=True)
         logger.log_tabular("Dropped", self.dropped)
@@ -385,7 +396,7 @@ class AsyncTraining:
             self.start_time,
             self.session_start,
             self.first_epoch,
-            self.stop_at_return if reached else None,
+            reached,
         )
         self.epoch += 1
         if self._signal:

@@ -127,23 +127,46 @@ def print_progress(
     start_time: float,
     session_start: float,
     first_epoch: int,
-    stop_at_return: float | None = None,
+    stopped: str | None = None,
 ) -> None:
     """Rank 0's line after each epoch's row: "Epoch k of N: h:mm:ss elapsed, about h:mm:ss left" (left
-    estimated from this session's epochs), and why the run ends early when ``stop_at_return`` was reached."""
+    estimated from this session's epochs), and ``stopped``, the line that says why the run ends early."""
     now = time.time()
     per_epoch = (now - session_start) / (epoch + 1 - first_epoch)
-    left = 0.0 if stop_at_return is not None else per_epoch * (epochs_total - epoch - 1)
+    left = 0.0 if stopped is not None else per_epoch * (epochs_total - epoch - 1)
     print(
         f"Epoch {epoch + 1} of {epochs_total}: {_clock(now - start_time)} elapsed, about {_clock(left)} left",
         flush=True,
     )
-    if stop_at_return is not None:
-        print(
-            f"Evaluation return reached --stop_at_return {stop_at_return:g} after epoch {epoch}: "
-            "stopped with a checkpoint",
-            flush=True,
-        )
+    if stopped is not None:
+        print(stopped, flush=True)
+
+
+def eval_return_reason(epoch: int, stop_at_return: float) -> str:
+    """The line that ends a run stopped by --stop_at_return."""
+    return (
+        f"Evaluation return reached --stop_at_return {stop_at_return:g} after epoch {epoch}: stopped with "
+        "a checkpoint"
+    )
+
+
+TRAIN_RETURN_WINDOW = 100  # episodes, as RLlib's metrics_num_episodes_for_smoothing
+
+
+def train_return_reached(run_state: dict[str, Any], returns: list[float], threshold: float) -> str | None:
+    """RLlib's ``stop: episode_reward_mean``: add this epoch's training ``returns`` (every rank's, in rank
+    order) to the window of the last 100 episodes kept in ``run_state["train_returns"]`` (so that it is
+    checkpointed and a resumed run decides as the uninterrupted one); the line that ends the run once the
+    window's mean reaches ``threshold``, else None."""
+    window = run_state.setdefault("train_returns", [])
+    window.extend(float(r) for r in returns)
+    del window[:-TRAIN_RETURN_WINDOW]
+    if not window or float(np.mean(window)) < threshold:
+        return None
+    return (
+        f"Mean return of the last {len(window)} training episodes, {float(np.mean(window)):.4g}, reached "
+        f"--stop_at_train_return {threshold:g}: stopped with a checkpoint"
+    )
 
 
 def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
@@ -234,6 +257,7 @@ class OnPolicyRun:
         eval_freq: int = 0,
         eval_episodes: int = 10,
         stop_at_return: float | None = None,
+        stop_at_train_return: float | None = None,
         preempt: float | None = None,
         logger_kwargs: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
@@ -274,7 +298,8 @@ class OnPolicyRun:
                 Evaluator(env_fn, self.ac, eval_episodes, seed + 1_000_000) if eval_freq else None
             )
             self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
-            self.reached_return = False  # --stop_at_return met: the epochs end after this one
+            self.stop_at_train_return = stop_at_train_return
+            self.reached_return: str | None = None  # why the epochs end after this one (a stop reached)
             init_file = None
             if initialize_from and not self.resume:
                 init_file = initialize_policy(self.ac, initialize_from)
@@ -471,11 +496,15 @@ class OnPolicyRun:
         epoch_mpi_time = mpi_time() - self.mpi_t0
         if self.lessons is not None:
             self._advance_lessons(epoch)
+        state, collected = self.checkpointer.run_state, self.steps_per_epoch
+        if self.stop_at_train_return is not None:  # the same window, and verdict, on every rank
+            mine = [float(r) for r in logger.epoch_dict.get("EpRet", [])]
+            returns = [r for rank in allgather(mine) for r in rank]
+            self.reached_return = train_return_reached(state, returns, self.stop_at_train_return)
         logger.log_tabular("Epoch", epoch)
         logger.log_tabular("EpRet", with_min_and_max=True)
         logger.log_tabular("EpLen", average_only=True)
         logger.log_tabular("VVals", with_min_and_max=True)
-        state, collected = self.checkpointer.run_state, self.steps_per_epoch
         if self.preemption is None:
             state["total_steps"] = (epoch + 1) * self.steps_per_epoch
             logger.log_tabular("TotalEnvInteracts", state["total_steps"])
@@ -507,9 +536,13 @@ class OnPolicyRun:
         if stop_signum or (epoch + 1) % self.save_freq == 0 or last:
             self.checkpointer.save(epoch, time.time() - self.start_time)
         if proc_id() == 0:
-            reached = self.stop_at_return if self.reached_return else None
             print_progress(
-                epoch, self.epochs_total, self.start_time, self.session_start, self.first_epoch, reached
+                epoch,
+                self.epochs_total,
+                self.start_time,
+                self.session_start,
+                self.first_epoch,
+                self.reached_return,
             )
         if stop_signum:
             raise TrainingStopped(
@@ -524,7 +557,7 @@ class OnPolicyRun:
         ``pyt_save/model_best.pt``, and ``--stop_at_return`` checked (the same verdict on every rank)."""
         due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
         if evaluate_and_log(self.evaluator, self.logger, self.checkpointer, epoch, due, self.stop_at_return):
-            self.reached_return = True
+            self.reached_return = self.reached_return or eval_return_reason(epoch, self.stop_at_return)
 
     def _advance_lessons(self, epoch: int) -> None:
         """ML-Agents' curriculum check, once an epoch: every rank feeds the same episode returns (all

@@ -39,6 +39,7 @@ def vpg(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     stop_at_return: float | None = None,
+    stop_at_train_return: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
     save_freq: int = 10,
     keep_checkpoints: int = 5,
@@ -72,6 +73,8 @@ def vpg(
             pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
         eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
+        stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
+            training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -96,6 +99,7 @@ def vpg(
         eval_freq=eval_freq,
         eval_episodes=eval_episodes,
         stop_at_return=stop_at_return,
+        stop_at_train_return=stop_at_train_return,
         logger_kwargs=logger_kwargs,
         config=config,
         algo="vpg",

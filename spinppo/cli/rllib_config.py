@@ -577,7 +577,8 @@ def _algorithm(
 
 
 def _stop(stop: Any, where: str, values: dict[str, Any]) -> None:
-    """``stop`` as ``--epochs`` (timesteps or training iterations, an iteration being an epoch)."""
+    """``stop`` as ``--epochs`` (timesteps or training iterations, an iteration being an epoch) and
+    ``--stop_at_train_return`` (the mean return of the last 100 training episodes)."""
     if not isinstance(stop, dict):
         raise UserError(f"{where}: stop must be a mapping such as {{timesteps_total: 10000000}}")
     lr_zero_at = values.pop("_steps", None)
@@ -586,10 +587,7 @@ def _stop(stop: Any, where: str, values: dict[str, Any]) -> None:
             steps = _int(value, where, f"stop.{key}", 1)
             values["epochs"] = max(1, math.ceil(steps / values["steps_per_epoch"]))
         elif key in STOP_RETURN:
-            raise UserError(
-                f"{where}: stop.{key}: spinppo does not stop at a training return yet: stop at "
-                f"{STOP_TIMESTEPS[0]}, or at an evaluation return with --eval_freq N --stop_at_return R"
-            )
+            values["stop_at_train_return"] = _float(value, where, f"stop.{key}")
         elif key == "training_iteration":
             values["epochs"] = _int(value, where, "stop.training_iteration", 1)
         else:
