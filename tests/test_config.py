@@ -341,6 +341,13 @@ def _with(path: str, value) -> dict:
         ("checkpoint_settings.inference", True, "checkpoint_settings.inference is not supported"),
         ("torch_settings.device", "cuda", "torch_settings.device 'cuda'"),
         ("curriculum", {}, "unknown top-level key 'curriculum'"),
+        # ML-Agents drops framework from a trainer section only (the next test); elsewhere it refuses it.
+        ("framework", "pytorch", "unknown top-level key 'framework'"),
+        (
+            "behaviors.B.hyperparameters.framework",
+            "pytorch",
+            "unknown key behaviors.B.hyperparameters.framework",
+        ),
         (
             "environment_parameters.wall",
             {"sampler_type": "normal", "sampler_parameters": {}},
@@ -354,6 +361,35 @@ def test_what_spinppo_does_not_do_is_a_one_line_error_naming_key_and_file(
     f = write(tmp_path / "ml.yaml", _with(path, value))
     err = error_of(capsys, "ppo", "--config", f, "--env", "CartPole")
     assert message in err and str(tmp_path / "ml.yaml") in err, err
+
+
+def test_framework_is_ignored_with_a_note_where_ml_agents_drops_it(tmp_path, capsys):
+    """ML-Agents' TrainerSettings.structure drops a trainer section's ``framework`` (any value, in a
+    behavior's section or in default_settings) with a deprecation warning: spinppo accepts it there and a
+    run prints one note saying that it is ignored."""
+    from spinppo.cli.flags import parse_algo_args
+
+    plain_file = write(tmp_path / "plain.yaml", _with("behaviors.B.max_steps", 1000))
+    plain = printed(capsys, "--config", plain_file, "--env", "CartPole")
+    for section in ("behaviors", "default_settings"):
+        doc = _with("behaviors.B.max_steps", 1000)
+        if section == "behaviors":
+            doc["behaviors"]["B"]["framework"] = "tensorflow"
+        else:
+            doc["default_settings"] = {"framework": "tensorflow"}
+        f = write(tmp_path / "framework.yaml", doc)
+        assert printed(capsys, "--config", f, "--env", "CartPole") == plain  # nothing else changes
+        _, options = parse_algo_args("ppo", ["--config", f, "--env", "CartPole"])
+        assert options["notes"] == [
+            "behaviors.B.framework is ignored (deprecated in ML-Agents, which trains with PyTorch only)"
+        ]
+    flags = ["--env", "CartPole", "--steps_per_epoch", "256", "--minibatch_size", "64", "--epochs", "1"]
+    assert (
+        main(["ppo", "--config", f, *flags, "--data_dir", str(tmp_path / "data"), "--tensorboard", "false"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("spinppo: note: behaviors.B.framework is ignored") == 1, out
 
 
 def test_an_ml_agents_config_is_for_ppo(tmp_path, capsys):
