@@ -84,6 +84,12 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
     "time_scale": (20.0, "Unity: simulation speed-up"),
     "no_graphics": (True, "Unity: run the player without graphics"),
+    "unity_listen": (
+        "localhost",
+        "Unity: the address the trainer's gRPC server listens on for its player: localhost (loopback only: "
+        "the player spinppo starts on the rank's host), an address of this host, or 0.0.0.0 or :: for every "
+        "interface (a player reached from elsewhere)",
+    ),
 }
 
 
@@ -322,6 +328,9 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
         options["behavior"] = extras.get("behavior")
     if options["cpu"] < 1:
         raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
+    from spinppo.envs.unity.launch import listen_host
+
+    listen_host(options["unity_listen"])  # a bad address fails before any rank starts
     # The network's options are checked by the network's own check, here already so that a typo fails
     # before --cpu starts any rank (the grid's pre-check runs it again with the other flags).
     from spinppo.core.networks import check_ac_kwargs

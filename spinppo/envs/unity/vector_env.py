@@ -59,6 +59,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from spinppo.envs.unity.launch import (
+    DEFAULT_LISTEN,
     UnityPlayer,
     player_log_path,
     queue_environment_parameters,
@@ -86,14 +87,15 @@ def make_unity_env(
     behavior_name: str | None = None,
     run_seed: int | None = None,
     lessons: dict[str, int] | None = None,
+    listen: str = DEFAULT_LISTEN,
 ) -> UnityVectorEnv:
     """Launch the Unity build ``file_name`` and return it as a SAME_STEP ``VectorEnv`` (see the module doc).
 
     ``worker_id`` is the MPI rank's local rank on its host: the player talks on ``base_port + worker_id``.
     ``env_kwargs`` are Unity environment parameters (name to number); ``log_dir`` is the run directory,
     where the player's log goes (``unity_logs/rank<N>.log``). ``environment_parameters``, ``behavior_name``,
-    ``run_seed`` and ``lessons`` as for ``UnityVectorEnv``. The SPINPPO_UNITY_TIMEOUT variable sets how
-    many seconds to wait for the player (default 60). Bad input is a one-line UserError.
+    ``run_seed``, ``lessons`` and ``listen`` as for ``UnityVectorEnv``. The SPINPPO_UNITY_TIMEOUT variable
+    sets how many seconds to wait for the player (default 60). Bad input is a one-line UserError.
     """
     return UnityVectorEnv(
         file_name,
@@ -109,6 +111,7 @@ def make_unity_env(
         behavior_name=behavior_name,
         run_seed=run_seed,
         lessons=lessons,
+        listen=listen,
     )
 
 
@@ -127,7 +130,9 @@ class UnityVectorEnv(VectorEnv):
     mlagents-learn does), starting at ``lessons`` (name -> lesson number; None: the first lessons). Their
     names may not repeat ``env_kwargs``'. Every lesson's completion_criteria must measure the trained
     behavior. ``behavior_name``: the behavior to train (a UserError listing the build's behaviors when it
-    has none of that name); None: the first.
+    has none of that name); None: the first. ``listen``: the address the trainer's gRPC server listens on
+    for the player (``--unity_listen``): ``localhost`` (loopback only, the default), an address of one of
+    this host's interfaces, or ``0.0.0.0`` / ``::`` for all of them.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class UnityVectorEnv(VectorEnv):
         behavior_name: str | None = None,
         run_seed: int | None = None,
         lessons: dict[str, int] | None = None,
+        listen: str = DEFAULT_LISTEN,
     ) -> None:
         self._env = None  # mlagents_envs' UnityEnvironment, once launched; close() may run before that
         self.patience = patience
@@ -168,6 +174,7 @@ class UnityVectorEnv(VectorEnv):
             worker_id=worker_id,
             timeout_wait=timeout_wait,
             log_path=player_log_path(log_dir, worker_id),
+            listen=listen,
         )
         self.file_name = self._player.file_name
         self.port = self._player.port
