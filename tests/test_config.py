@@ -176,6 +176,8 @@ def test_ml_agents_walker_yaml_means_ml_agents_ppo(capsys):
         ent_mean_over_dims=True,
         encoder="simple",
         behavior="Walker",
+        no_graphics=None,  # no engine_settings: auto, graphics for a camera (docs/unity.md)
+        unity_listen="localhost",
     )
     assert {k: c[k] for k in expected} == expected
 

@@ -83,7 +83,12 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "unity_file": (None, "a Unity ML-Agents build to use for --env Walker (or set SPINPPO_UNITY_FILE)"),
     "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
     "time_scale": (20.0, "Unity: simulation speed-up"),
-    "no_graphics": (True, "Unity: run the player without graphics"),
+    "no_graphics": (
+        None,
+        "Unity: true starts the player with -nographics -batchmode (cameras then render nothing), false "
+        "with graphics (ML-Agents' default); auto (not given): without, unless the trained behavior has a "
+        "camera",
+    ),
     "unity_listen": (
         "localhost",
         "Unity: the address the trainer's gRPC server listens on for its player: localhost (loopback only: "
@@ -223,9 +228,28 @@ def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- the parser
 
 
-def _nargs(default: Any) -> str:
+# Run flags that are true, false or None (auto, the default); bare (``--no_graphics``) they mean true.
+AUTO_BOOL_FLAGS = ("no_graphics",)
+
+
+def _nargs(default: Any, flag: str = "") -> str:
     # A bare boolean flag (--datestamp) means true, as Spinning Up's users type it.
-    return "*" if isinstance(default, bool) else "+"
+    return "*" if isinstance(default, bool) or flag in AUTO_BOOL_FLAGS else "+"
+
+
+def parse_auto_bool(flag: str, tokens: list[str]) -> bool | None:
+    """An ``AUTO_BOOL_FLAGS`` flag's value: true when bare, None for ``auto`` (or None, as --print_config
+    writes it), else true or false."""
+    if not tokens:
+        return True
+    if len(tokens) != 1:
+        raise UserError(f"--{flag} takes one value, not {len(tokens)}")
+    if tokens[0].lower() in ("auto", "none"):
+        return None
+    try:
+        return parse_bool(tokens[0])
+    except ValueError:
+        raise UserError(f"--{flag} takes true, false or auto, not {tokens[0]!r}") from None
 
 
 def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]]:
@@ -244,7 +268,7 @@ def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]
     for flag, (default, help_text) in RUN_FLAGS.items():
         group.add_argument(
             f"--{flag}",
-            nargs=_nargs(default),
+            nargs=_nargs(default, flag),
             default=default,
             help=help_text,
             metavar="V",
@@ -319,6 +343,8 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 options[flag] = list(given[flag])  # the files, in the order they apply
             elif flag == "cpu" and given[flag] == ["auto"]:
                 options[flag] = available_cores()
+            elif flag in AUTO_BOOL_FLAGS:
+                options[flag] = parse_auto_bool(flag, given[flag])
             else:
                 values = parse_values(flag, given[flag], default, "str | None" if default is None else "")
                 if len(values) != 1:

@@ -110,6 +110,12 @@ def resolve_build(file_name: str) -> str:
     return str(path.resolve())
 
 
+def mpi_rank(default: int) -> int:
+    """This process's MPI rank when the program has started MPI, else ``default``."""
+    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
+    return mpi.COMM_WORLD.Get_rank() if mpi is not None else default
+
+
 def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
     """``log_dir/unity_logs/rank<N>.log`` (its folder created), N the MPI rank; None without ``log_dir``.
 
@@ -117,9 +123,7 @@ def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
     """
     if not log_dir:
         return None
-    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
-    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else worker_id
-    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{rank}.log"
+    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{mpi_rank(worker_id)}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return str(path)
 
