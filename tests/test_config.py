@@ -451,19 +451,21 @@ def test_bad_ml_agents_memory_is_a_one_line_error_naming_key_and_file(tmp_path, 
 
 
 def test_an_ml_agents_config_with_memory_trains_a_recurrent_policy(tmp_path):
+    """As written: its sequence_length 8 does not divide the rollouts of 25 steps (buffer_size 200 over 8
+    environments), so each environment's last sequence is padded and masked, as in ML-Agents."""
     import torch
 
     doc = {
         "behaviors": {
             "B": {
                 "trainer_type": "ppo",
-                "hyperparameters": {"buffer_size": 256, "batch_size": 64, "num_epoch": 2},
+                "hyperparameters": {"buffer_size": 200, "batch_size": 64, "num_epoch": 2},
                 "network_settings": {
                     "hidden_units": 16,
                     "num_layers": 1,
                     "memory": {"memory_size": 16, "sequence_length": 8},
                 },
-                "max_steps": 512,  # 2 epochs of 256 steps
+                "max_steps": 400,  # 2 epochs of 200 steps
                 "time_horizon": 32,
             }
         },

@@ -5,6 +5,7 @@
 with r_t = pi(a_t|s_t) / pi_old(a_t|s_t), A_t the GAE-lambda advantage and R_t the lambda-return.
 Several epochs of minibatch SGD per rollout; gradients are averaged over ranks after every backward.
 The logged LossPi, LossV, Entropy, KL and ClipFrac are means over the update's last pass over the batch.
+Every E is over a minibatch's real steps: a recurrent batch's padded steps (``clipped_losses``) are left out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.buffer import real_steps
 from spinppo.core.minibatches import MinibatchTable, StatSums
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
@@ -23,6 +25,35 @@ from spinppo.utils.mpi_pytorch import clip_grad_norm_flat, flatten_parameters, m
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
 
 LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter", "LR", "ClipRange", "EntCoef"]
+
+
+def clipped_losses(
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    v: torch.Tensor,
+    mb: Any,
+    clip: float,
+    clip_vloss: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's losses on a minibatch ``mb`` (``adv``, ``ret``, ``logp_old``, ``v_old``, ``mask``), given the
+    current policy's ``logp``, ``entropy`` and value ``v`` of its steps (``ac.evaluate``):
+    ``(loss_pi, loss_v, entropy, ratio, log_ratio)``, the first three means over the minibatch's real
+    steps (a recurrent batch's padded steps, where ``mask`` is False, take no part)."""
+    adv, ret, logp_old, v_old = mb.adv, mb.ret, mb.logp_old, mb.v_old
+    if mb.mask is not None:
+        logp, entropy, v, adv, ret, logp_old, v_old = real_steps(
+            mb.mask, logp, entropy, v, adv, ret, logp_old, v_old
+        )
+    log_ratio = logp - logp_old
+    ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
+    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss_pi = -torch.min(ratio * adv, clipped_ratio * adv).mean()
+    if clip_vloss:
+        v_clipped = v_old + torch.clamp(v - v_old, -clip, clip)
+        loss_v = 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2).mean()
+    else:
+        loss_v = 0.5 * ((v - ret) ** 2).mean()
+    return loss_pi, loss_v, entropy.mean(), ratio, log_ratio
 
 
 def ppo(
@@ -149,11 +180,12 @@ def ppo(
 
         def update(batch: dict[str, torch.Tensor], ent_weight: float, clip: float) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss; the statistics to log."""
-            # A row of the batch is one step, or with memory one sequence of sequence_length steps. Every
-            # rank takes as many gradient steps as a whole rollout makes (a preempted one: smaller ones).
-            per_row = getattr(ac, "sequence_length", 1)
+            # A row of the batch is one step, or with memory one sequence of sequence_length steps (each
+            # environment's last one padded when it does not divide the rollout). Every rank takes as many
+            # gradient steps as a whole rollout makes (a preempted one: smaller ones).
+            per_row = run.buf.sequence_length
             minibatch_rows = max(1, local_minibatch // per_row)
-            rows = run.rollout_steps * run.num_envs // per_row
+            rows = run.buf.rows
             # Observation statistics are fixed during the update: normalise the batch once.
             table = MinibatchTable(
                 obs=ac.normalize_obs(batch["obs"]),
@@ -163,7 +195,8 @@ def ppo(
                 logp_old=batch["logp"],
                 v_old=batch["val"],
                 memory=batch["memory"],  # recurrent policies: the memory before each sequence
-                starts=batch["starts"],  # and where episodes begin inside it
+                starts=batch["starts"],  # where episodes begin inside it
+                mask=batch["mask"],  # and its real steps (None: none padded)
             )
             stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
             passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
@@ -177,16 +210,9 @@ def ppo(
                     logp, entropy, v = ac.evaluate(
                         mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts
                     )
-                    log_ratio = logp - mb.logp_old
-                    ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
-                    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
-                    loss_pi = -torch.min(ratio * mb.adv, clipped_ratio * mb.adv).mean()
-                    if clip_vloss:
-                        v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip, clip)
-                        loss_v = 0.5 * torch.max((v - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
-                    else:
-                        loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
-                    ent = entropy.mean()
+                    loss_pi, loss_v, ent, ratio, log_ratio = clipped_losses(
+                        logp, entropy, v, mb, clip, clip_vloss
+                    )
                     loss = loss_pi + vf_coef * loss_v - ent_weight * ent * ent_scale
 
                     params.grad.zero_()

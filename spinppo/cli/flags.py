@@ -50,7 +50,7 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
         "sequence_length",
         64,
         "with --memory_size: steps per sequence the update backpropagates through (ML-Agents' name); "
-        "must divide each environment's rollout",
+        "when it does not divide each environment's rollout, the last sequence is padded and masked",
     ),
 }
 # Flags that are not algorithm keywords.
