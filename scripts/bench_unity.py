@@ -125,7 +125,7 @@ def main() -> None:
 
         import spinppo.envs.unity.mlagents_patch as mlagents_patch
 
-        mlagents_patch.patched_unity_environment = lambda: UnityEnvironment
+        mlagents_patch.patched_unity_environment = lambda listen="localhost": UnityEnvironment
 
     body_obs, body_act = (17, 6) if args.task == "walker" else (4, 1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -176,6 +176,8 @@ def test_ml_agents_walker_yaml_means_ml_agents_ppo(capsys):
         ent_mean_over_dims=True,
         encoder="simple",
         behavior="Walker",
+        no_graphics=None,  # no engine_settings: auto, graphics for a camera (docs/unity.md)
+        unity_listen="localhost",
     )
     assert {k: c[k] for k in expected} == expected
 
@@ -341,6 +343,13 @@ def _with(path: str, value) -> dict:
         ("checkpoint_settings.inference", True, "checkpoint_settings.inference is not supported"),
         ("torch_settings.device", "cuda", "torch_settings.device 'cuda'"),
         ("curriculum", {}, "unknown top-level key 'curriculum'"),
+        # ML-Agents drops framework from a trainer section only (the next test); elsewhere it refuses it.
+        ("framework", "pytorch", "unknown top-level key 'framework'"),
+        (
+            "behaviors.B.hyperparameters.framework",
+            "pytorch",
+            "unknown key behaviors.B.hyperparameters.framework",
+        ),
         (
             "environment_parameters.wall",
             {"sampler_type": "normal", "sampler_parameters": {}},
@@ -354,6 +363,35 @@ def test_what_spinppo_does_not_do_is_a_one_line_error_naming_key_and_file(
     f = write(tmp_path / "ml.yaml", _with(path, value))
     err = error_of(capsys, "ppo", "--config", f, "--env", "CartPole")
     assert message in err and str(tmp_path / "ml.yaml") in err, err
+
+
+def test_framework_is_ignored_with_a_note_where_ml_agents_drops_it(tmp_path, capsys):
+    """ML-Agents' TrainerSettings.structure drops a trainer section's ``framework`` (any value, in a
+    behavior's section or in default_settings) with a deprecation warning: spinppo accepts it there and a
+    run prints one note saying that it is ignored."""
+    from spinppo.cli.flags import parse_algo_args
+
+    plain_file = write(tmp_path / "plain.yaml", _with("behaviors.B.max_steps", 1000))
+    plain = printed(capsys, "--config", plain_file, "--env", "CartPole")
+    for section in ("behaviors", "default_settings"):
+        doc = _with("behaviors.B.max_steps", 1000)
+        if section == "behaviors":
+            doc["behaviors"]["B"]["framework"] = "tensorflow"
+        else:
+            doc["default_settings"] = {"framework": "tensorflow"}
+        f = write(tmp_path / "framework.yaml", doc)
+        assert printed(capsys, "--config", f, "--env", "CartPole") == plain  # nothing else changes
+        _, options = parse_algo_args("ppo", ["--config", f, "--env", "CartPole"])
+        assert options["notes"] == [
+            "behaviors.B.framework is ignored (deprecated in ML-Agents, which trains with PyTorch only)"
+        ]
+    flags = ["--env", "CartPole", "--steps_per_epoch", "256", "--minibatch_size", "64", "--epochs", "1"]
+    assert (
+        main(["ppo", "--config", f, *flags, "--data_dir", str(tmp_path / "data"), "--tensorboard", "false"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("spinppo: note: behaviors.B.framework is ignored") == 1, out
 
 
 def test_an_ml_agents_config_is_for_ppo(tmp_path, capsys):
@@ -413,19 +451,21 @@ def test_bad_ml_agents_memory_is_a_one_line_error_naming_key_and_file(tmp_path, 
 
 
 def test_an_ml_agents_config_with_memory_trains_a_recurrent_policy(tmp_path):
+    """As written: its sequence_length 8 does not divide the rollouts of 25 steps (buffer_size 200 over 8
+    environments), so each environment's last sequence is padded and masked, as in ML-Agents."""
     import torch
 
     doc = {
         "behaviors": {
             "B": {
                 "trainer_type": "ppo",
-                "hyperparameters": {"buffer_size": 256, "batch_size": 64, "num_epoch": 2},
+                "hyperparameters": {"buffer_size": 200, "batch_size": 64, "num_epoch": 2},
                 "network_settings": {
                     "hidden_units": 16,
                     "num_layers": 1,
                     "memory": {"memory_size": 16, "sequence_length": 8},
                 },
-                "max_steps": 512,  # 2 epochs of 256 steps
+                "max_steps": 400,  # 2 epochs of 200 steps
                 "time_horizon": 32,
             }
         },

@@ -98,7 +98,7 @@ def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tm
     assert float(replay.stdout.split("EpRet mean")[1].split()[0]) >= 0.9, replay.stdout
 
 
-def train_and_compare(out: str, algo: str, epochs: int) -> None:
+def train_and_compare(out: str, algo: str, epochs: int, sequence_length: int = 8) -> None:
     """Train ``algo`` with memory on the cue task in this MPI job; every rank writes a digest of its
     parameters (and its final return) to ``out``/rank<r>.json, for the test to compare."""
     import hashlib
@@ -111,7 +111,7 @@ def train_and_compare(out: str, algo: str, epochs: int) -> None:
     from spinppo.utils.mpi_tools import proc_id
 
     kwargs = {
-        "ac_kwargs": {"hidden_sizes": (32,), "memory_size": 16, "sequence_length": 8},
+        "ac_kwargs": {"hidden_sizes": (32,), "memory_size": 16, "sequence_length": sequence_length},
         "steps_per_epoch": 1024,
         "num_envs": 4,
         "epochs": epochs,
@@ -129,19 +129,25 @@ def train_and_compare(out: str, algo: str, epochs: int) -> None:
         json.dump({"digest": digest}, f)
 
 
-@pytest.mark.parametrize(("algo", "epochs"), [("a2c", 14), ("vpg", 20), ("a3c", 14)])
-def test_a2c_vpg_and_a3c_learn_with_memory_and_ranks_end_identical(tmp_path, algo, epochs):
+@pytest.mark.parametrize(
+    ("algo", "epochs", "sequence_length"),
+    [("a2c", 14, 8), ("vpg", 20, 8), ("a3c", 14, 8), ("ppo", 10, 10), ("a2c", 14, 5)],
+)
+def test_every_algorithm_learns_with_memory_and_ranks_end_identical(tmp_path, algo, epochs, sequence_length):
     """A2C (n_steps 8 = one sequence per rollout) and VPG (pi_lr 0.01) with an LSTM learn the cue task too
     (trials in one process, memory 32, seed 0: A2C passed 0.9 at epoch 5 and VPG at epoch 14, counting from
     0); both ranks end with the same parameters, bit for bit. A3C as A2C, asynchronously (its rank 0 cuts
-    its last rollout anywhere when another rank's gradient ends the run: not a whole sequence)."""
+    its last rollout anywhere when another rank's gradient ends the run: not a whole sequence). And with
+    sequence lengths that do not divide the rollout, so that each environment's last sequence is padded
+    and masked: PPO with 10 over rollouts of 128 steps (12 sequences and 8 steps), A2C with 5 over
+    n_steps 8 (5 steps and 3)."""
     out = str(tmp_path)
     mpirun(
         2,
         [
             "-c",
             "from tests.test_memory import train_and_compare; "
-            f"train_and_compare({out!r}, {algo!r}, {epochs})",
+            f"train_and_compare({out!r}, {algo!r}, {epochs}, {sequence_length})",
         ],
     )
     digests = [json.loads((tmp_path / f"rank{r}.json").read_text())["digest"] for r in range(2)]
@@ -151,9 +157,10 @@ def test_a2c_vpg_and_a3c_learn_with_memory_and_ranks_end_identical(tmp_path, alg
 
 def test_exact_resume_with_memory_after_sigkill(tmp_path):
     """A recurrent run killed after its checkpoint and resumed gives the rows of the uninterrupted run: the
-    episodes in progress continue with the memories they had (saved in the checkpoint)."""
+    episodes in progress continue with the memories they had (saved in the checkpoint). Its sequences of 12
+    steps do not divide the rollouts of 128: each environment's last one is padded."""
     # Episodes of 5 steps in rollouts of 128: every epoch ends with episodes in progress in every environment.
-    cue = [*CUE, "--env_kwargs", "delay=4"]
+    cue = [*CUE, "--env_kwargs", "delay=4", "--sequence_length", "12"]
     job = [*PY, "ppo", *cue, "--memory_size", "16", "--epochs", "5", "--save_freq", "1", "--exp_name", "r"]
     run([MPIRUN, "-np", "2", *job, "--data_dir", str(tmp_path / "whole")], timeout=300)
     broken = tmp_path / "broken" / "r" / "r_s0"
@@ -255,8 +262,158 @@ def test_the_buffer_hands_out_sequences_with_their_memories_and_episode_starts()
     assert batch["act"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
     assert batch["memory"].tolist() == [[0, 0], [4, 0], [0, 1], [4, 1]]
     assert batch["starts"].tolist() == [[False] * 4, [False, False, True, False], [False] * 4, [False] * 4]
-    with pytest.raises(ValueError, match="sequence_length 3 must divide"):
-        GAEBuffer(3, (), 2, 8, memory_size=2, sequence_length=3)
+    assert batch["mask"] is None  # nothing padded
+
+
+def fill(buf: GAEBuffer, steps: int, envs: int, seed: int = 0) -> None:
+    """``steps`` steps of ``envs`` environments: obs and action = the step, episode ends at steps 1 and 4 of
+    environment 0, the memory [step, env], random rewards and values; then finish."""
+    rng = np.random.default_rng(seed)
+    for t in range(steps):
+        done = np.array([t in (1, 4)] + [False] * (envs - 1))
+        buf.store(
+            np.full((envs, 3), t, np.float32),
+            np.full(envs, t),
+            rng.normal(size=envs),
+            rng.normal(size=envs),
+            rng.normal(size=envs),
+            done,
+            np.zeros(envs, bool),
+            None,
+            np.array([[t, e] for e in range(envs)], np.float32),
+        )
+    buf.finish(rng.normal(size=envs))
+
+
+def test_a_sequence_length_that_does_not_divide_the_rollout_pads_the_last_sequence_and_masks_it():
+    """7 steps x 2 environments with sequence_length 3: sequences of steps 0-2, 3-5 and 6 (padded with two
+    copies of step 6) per environment, the memory of each sequence's first step, starts False at padding,
+    a mask of the real steps, and the advantages normalised over the real steps only. A sequence_length
+    longer than the rollout makes one unpadded sequence of each environment's rollout."""
+    buf = GAEBuffer(3, (), 2, 7, discrete=True, memory_size=2, sequence_length=3)
+    assert buf.rows == 6
+    fill(buf, 7, 2)
+    adv = buf.adv.copy()
+    batch = buf.get(normalize_adv=True)
+    assert batch["obs"].shape == (6, 3, 3) and batch["adv"].shape == (6, 3) and batch["mask"].shape == (6, 3)
+    assert batch["act"].tolist() == [[0, 1, 2], [3, 4, 5], [6, 6, 6]] * 2
+    assert batch["memory"].tolist() == [[0, 0], [3, 0], [6, 0], [0, 1], [3, 1], [6, 1]]
+    assert batch["mask"].tolist() == [[True] * 3, [True] * 3, [True, False, False]] * 2
+    assert (
+        batch["starts"].tolist()
+        == [[False, False, True], [False, False, True], [False] * 3] + [[False] * 3] * 3
+    )
+    real = batch["adv"][batch["mask"]]
+    assert len(real) == 14
+    torch.testing.assert_close(real.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    expected = (adv - adv.mean()) / (adv.std() + 1e-8)  # [steps, envs], the real steps only
+    torch.testing.assert_close(real, torch.from_numpy(expected.T.reshape(-1).astype(np.float32)))
+
+    long = GAEBuffer(3, (), 2, 7, discrete=True, memory_size=2, sequence_length=10)
+    assert long.sequence_length == 7 and long.rows == 2
+    fill(long, 7, 2)
+    batch = long.get(normalize_adv=False)
+    assert batch["act"].tolist() == [list(range(7))] * 2 and batch["mask"] is None
+    assert batch["memory"].tolist() == [[0, 0], [0, 1]]
+
+
+def padded_batch(ac: MLPActorCritic, steps: int = 10, envs: int = 3, seed: int = 0) -> dict:
+    """A recurrent batch of ``steps`` x ``envs`` (episode ends in environment 0) cut into ac's sequences,
+    with random observations, actions, returns and old log-probabilities."""
+    rng = np.random.default_rng(seed)
+    buf = GAEBuffer(
+        3, ac.act_shape, envs, steps, memory_size=ac.memory_size, sequence_length=ac.sequence_length
+    )
+    for t in range(steps):
+        buf.store(
+            rng.normal(size=(envs, 3)).astype(np.float32),
+            rng.normal(size=(envs, *ac.act_shape)).astype(np.float32),
+            rng.normal(size=envs),
+            rng.normal(size=envs),
+            rng.normal(-2.0, 0.5, size=envs),
+            np.array([t == 5] + [False] * (envs - 1)),
+            np.zeros(envs, bool),
+            None,
+            rng.normal(size=(envs, ac.memory_size)).astype(np.float32),
+        )
+    buf.finish(rng.normal(size=envs))
+    return buf.get(normalize_adv=True)
+
+
+def _gradient(ac: MLPActorCritic, loss: torch.Tensor) -> torch.Tensor:
+    ac.zero_grad(set_to_none=False)
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in ac.parameters()]).clone()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_padded_steps_change_no_gradient(algo):
+    """PPO's and A2C's (and A3C's) losses on a batch whose last sequences are padded (10 steps in sequences
+    of 4: 4 + 4 + 2 real): the gradient equals the one computed from the real steps alone (the full and the
+    short sequences evaluated separately, unpadded), and whatever the padded steps hold (observations,
+    actions, advantages, returns, old log-probabilities and values), the gradient is the same, bit for bit.
+    """
+    from types import SimpleNamespace
+
+    from spinppo.algos.a2c import actor_critic_losses
+    from spinppo.algos.ppo import clipped_losses
+
+    torch.manual_seed(0)
+    ac = MLPActorCritic(
+        OBS, gym.spaces.Box(-1, 1, (2,)), hidden_sizes=(16,), memory_size=8, sequence_length=4
+    )
+    ac.obs_rms.update(np.random.default_rng(1).normal(size=(20, 3)))
+    batch = padded_batch(ac)
+    mask = batch["mask"]
+    assert mask.shape == (9, 4) and int(mask.sum()) == 30
+
+    def loss_of(logp, entropy, v, fields) -> torch.Tensor:
+        if algo == "ppo":
+            mb = SimpleNamespace(
+                adv=fields["adv"],
+                ret=fields["ret"],
+                logp_old=fields["logp"],
+                v_old=fields["val"],
+                mask=fields["mask"],
+            )
+            loss_pi, loss_v, ent, _, _ = clipped_losses(logp, entropy, v, mb, clip=0.2, clip_vloss=True)
+        else:
+            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, fields)
+        return loss_pi + 0.5 * loss_v - 0.01 * ent
+
+    def padded_gradient(fields: dict) -> torch.Tensor:
+        out = ac.evaluate(fields["obs"], fields["act"], memory=fields["memory"], starts=fields["starts"])
+        return _gradient(ac, loss_of(*out, fields))
+
+    padded = padded_gradient(batch)
+    # The real steps alone: whole sequences and the short last ones (2 steps), each evaluated unpadded.
+    full, short = mask.all(1), ~mask.all(1)
+    parts = []
+    for rows, length in ((full, 4), (short, 2)):
+        out = ac.evaluate(
+            batch["obs"][rows, :length],
+            batch["act"][rows, :length],
+            memory=batch["memory"][rows],
+            starts=batch["starts"][rows, :length],
+        )
+        parts.append([x.reshape(-1) for x in out])
+    logp, entropy, v = (torch.cat([a, b]) for a, b in zip(*parts, strict=True))
+    flat = {
+        key: torch.cat([batch[key][full].reshape(-1), batch[key][short][:, :2].reshape(-1)])
+        for key in ("adv", "ret", "logp", "val")
+    }
+    alone = _gradient(ac, loss_of(logp, entropy, v, {**flat, "mask": None}))
+    assert padded.abs().sum() > 0
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-7)
+
+    changed = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    rng = torch.Generator().manual_seed(2)
+    for key in ("obs", "act", "adv", "ret", "logp", "val"):
+        noise = 10 * torch.randn(changed[key].shape, generator=rng)
+        where = ~mask.view(*mask.shape, *([1] * (changed[key].dim() - 2)))
+        changed[key] = torch.where(where, noise, changed[key])
+    assert not torch.equal(changed["obs"], batch["obs"])
+    assert torch.equal(padded_gradient(changed), padded)
 
 
 @pytest.mark.parametrize(
@@ -265,10 +422,6 @@ def test_the_buffer_hands_out_sequences_with_their_memories_and_episode_starts()
         (["--memory_size", "33"], "--memory_size must be 0 (no memory) or an even number"),
         (["--memory_size", "-2"], "--memory_size must be 0 (no memory) or an even number"),
         (["--memory_size", "16", "--sequence_length", "0"], "--sequence_length must be a positive number"),
-        (
-            ["--memory_size", "16", "--sequence_length", "100"],
-            "--sequence_length 100 must divide each environment's rollout of 256 steps",
-        ),
     ],
 )
 def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
@@ -279,15 +432,7 @@ def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
     assert not list(tmp_path.iterdir())  # refused before any run directory was made
 
 
-def test_a2c_sequence_length_must_fit_n_steps_and_initialize_from_refuses_another_memory(tmp_path):
-    proc = run(
-        [*PY, "a2c", "--env", "tests.memory_env:Cue-v0", "--memory_size", "16", "--data_dir", str(tmp_path)],
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "--sequence_length 64 must divide --n_steps of 5 steps" in proc.stderr
-    assert "use --sequence_length 5" in proc.stderr
+def test_initialize_from_refuses_another_memory(tmp_path):
     run(
         [
             *PY,
@@ -397,8 +542,9 @@ def test_recurrent_policies_export_to_onnx_in_both_forms(act_space):
 
 
 def test_a_run_refused_after_its_environments_exist_closes_them(tmp_path):
-    """Bad input found once the environments exist (here a --sequence_length that does not divide the
-    rollout) closes them before the error reaches the user: a Unity player would otherwise keep running."""
+    """Bad input found once the environments exist (here a --steps_per_epoch that does not divide among
+    the environment's 4 copies, which only the environment knows) closes them before the error reaches the
+    user: a Unity player would otherwise keep running."""
     import tests.memory_env  # noqa: F401  (registers Cue-v0)
     from spinppo.algos.ppo import ppo
     from spinppo.utils.errors import UserError
@@ -410,11 +556,11 @@ def test_a_run_refused_after_its_environments_exist_closes_them(tmp_path):
             closed.append(True)
             super().close()
 
-    with pytest.raises(UserError, match="--sequence_length 100 must divide"):
+    with pytest.raises(UserError, match="--steps_per_epoch 1022 must be a positive multiple of 4"):
         ppo(
             lambda: Recording(gym.make("Cue-v0")),
             ac_kwargs={"memory_size": 8, "sequence_length": 100},
-            steps_per_epoch=1024,
+            steps_per_epoch=1022,
             num_envs=4,
             logger_kwargs={"output_dir": str(tmp_path / "run")},
         )

@@ -400,6 +400,98 @@ def test_port_in_use(tmp_path):
             make_unity_env(str(exe), base_port=port, worker_id=1)
 
 
+def _host_addresses() -> list[str]:
+    """This machine's IP addresses other than loopback and link-local ones (``ip -o addr``, else the host
+    name's): where a player elsewhere on the network would connect."""
+    import ipaddress
+    import subprocess
+
+    found = set()
+    try:
+        out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=10).stdout
+        found.update(re.findall(r"\binet6? ([0-9a-fA-F.:]+)/", out))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        found.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+    except OSError:
+        pass
+    keep = []
+    for text in sorted(found):
+        ip = ipaddress.ip_address(text.split("%")[0])
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+            keep.append(str(ip))
+    return keep
+
+
+def _accepts(address: str, port: int) -> bool:
+    """Whether a TCP connection to ``address``:``port`` is accepted."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def test_the_trainer_listens_on_loopback_unless_unity_listen_says_otherwise(tmp_path):
+    """The trainer's gRPC server (mlagents-envs listens on every interface) accepts connections on 127.0.0.1
+    and ::1 only, and training over it works; ``listen="0.0.0.0"`` (``--unity_listen``) opens it to this
+    host's other addresses too. Probed with TCP connections while the player runs."""
+    exe = write_build(tmp_path, task="cartpole", agents=2, decision_period=1)
+    others = _host_addresses()
+    for listen, elsewhere in (("localhost", False), ("0.0.0.0", True)):
+        port = free_ports()
+        env = UnityVectorEnv(str(exe), base_port=port, time_scale=1000, timeout_wait=30, listen=listen)
+        try:
+            env.reset()
+            for _ in range(3):
+                env.step(np.zeros(2, np.int64))
+            assert _accepts("127.0.0.1", port)
+            for address in others:
+                assert _accepts(address, port) == elsewhere, (listen, address)
+            env.step(np.zeros(2, np.int64))  # the probes did not disturb the player's connection
+        finally:
+            env.close()
+    if not others:
+        pytest.skip("this machine has no address other than loopback to probe")
+
+
+def test_a_bad_unity_listen_address_is_a_one_line_error(tmp_path, capsys):
+    from spinppo.envs.unity.launch import check_listen_address, listen_host
+    from spinppo.run import main
+
+    assert [listen_host(a) for a in ("localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "::")] == [
+        "localhost",
+        "127.0.0.1",
+        "[::1]",
+        "[::1]",
+        "0.0.0.0",
+        "[::]",
+    ]
+    exe = write_build(tmp_path, task="cartpole", agents=2)
+    flags = [
+        "ppo",
+        "--env",
+        f"unity:{exe}",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--base_port",
+        str(free_ports()),
+    ]
+    for value, message in (
+        ("my-laptop", "--unity_listen takes localhost (the default: a player on this host), an IP address"),
+        ("203.0.113.7", "--unity_listen 203.0.113.7: no network interface of this host has that address"),
+    ):
+        assert main([*flags, "--unity_listen", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    with pytest.raises(UserError, match="no network interface"):
+        check_listen_address("203.0.113.7", free_ports())
+
+
 def test_communication_version_mismatch(tmp_path):
     env = None
     with pytest.raises(UserError, match=r"speaks ML-Agents communication version 2\.0\.0 .* 1\.5\.0"):

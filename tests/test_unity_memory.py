@@ -177,14 +177,15 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_recurrent_ppo_under_mpirun_then_replay(tmp_path):
-    """PPO with --memory_size 16 --sequence_length 4 on two ranks, each with its own stand-in (3 agents
-    whose episodes end at different steps): both ranks end with the same parameters, the saved policy is
-    recurrent, and test_policy replays it on the build (the vector path, one memory per slot)."""
+    """PPO with --memory_size 16 --sequence_length 3 on two ranks, each with its own stand-in (3 agents
+    whose episodes end at different steps; rollouts of 8 steps: sequences of 3, 3 and 2 padded): both ranks
+    end with the same parameters, the saved policy is recurrent, and test_policy replays it on the build
+    (the vector path, one memory per slot)."""
     exe = write_build(tmp_path, **SCRIPT)
     port = free_ports(2)
     data = tmp_path / "data"
     flags = (
-        f"--env unity:{exe} --data_dir {data} --base_port {port} --memory_size {MEMORY} --sequence_length 4"
+        f"--env unity:{exe} --data_dir {data} --base_port {port} --memory_size {MEMORY} --sequence_length 3"
     )
     flags += " --steps_per_epoch 48 --epochs 2 --update_epochs 2 --minibatch_size 24 --time_scale 1000"
     proc = mpirun(2, ["-c", DIGESTS, "ppo", *flags.split(), "--tensorboard", "false"], timeout=120)
@@ -198,7 +199,7 @@ def test_recurrent_ppo_under_mpirun_then_replay(tmp_path):
     assert all(float(r.split("\t")[header.index("EpLen")]) > 0 for r in rows[1:])
 
     ac, get_action = load_policy(str(run_dir), deterministic=True)
-    assert ac.memory_size == MEMORY and ac.sequence_length == 4
+    assert ac.memory_size == MEMORY and ac.sequence_length == 3
     state = b"".join(t.detach().numpy().tobytes() for t in ac.state_dict().values())
     assert hashlib.sha256(state).hexdigest() == digests[0]  # the saved policy is the ranks' policy
 

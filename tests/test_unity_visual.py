@@ -9,6 +9,7 @@ it is; in the "side" task the image alone shows which of two actions earns the r
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from collections import namedtuple
@@ -21,7 +22,7 @@ from spinppo.core.buffer import GAEBuffer
 from spinppo.core.encoders import ObsLayout
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.rollout import RolloutWorker
-from spinppo.envs.unity.vector_env import SensorLayout
+from spinppo.envs.unity.vector_env import SensorLayout, UnityVectorEnv
 from spinppo.utils.errors import UserError
 from tests.conftest import mpirun, run
 from tests.test_unity import free_ports, launch, no_leftover_players  # noqa: F401 (a fixture)
@@ -111,6 +112,89 @@ def test_visual_observations_are_a_dict_per_slot(tmp_path, png):
     }
 
 
+def _starts(log) -> list[list[str]]:
+    """The command-line arguments of each start of the stand-in player that wrote ``log``."""
+    return [
+        ast.literal_eval(m) for m in re.findall(r"started pid \d+ port \d+ args (\[.*?\])", log.read_text())
+    ]
+
+
+def test_a_camera_gets_graphics_unless_no_graphics_true(tmp_path, capsys):
+    """Unity's cameras render nothing under -nographics (the stand-in's too: black images). By default
+    (auto) a behavior with a camera has its player started again with graphics, once, with one line saying
+    so, and sees its images; a later player of the same build starts with graphics at once. A vector-only
+    behavior keeps -nographics and prints nothing. no_graphics=True (--no_graphics true) gives blank
+    images and a warning."""
+    exe = write_build(tmp_path / "visual", visual={"height": H, "width": W, "channels": 3}, **SCRIPT)
+    log = tmp_path / "visual" / "unity_logs" / "rank0.log"
+
+    def open_env(no_graphics=None, build=exe):
+        return UnityVectorEnv(
+            str(build),
+            base_port=free_ports(),
+            no_graphics=no_graphics,
+            time_scale=1000,
+            log_dir=str(build.parent),
+            timeout_wait=30,
+        )
+
+    for _ in range(2):
+        env = open_env()
+        try:
+            obs, _ = env.reset()
+            assert not env.no_graphics
+            for slot in range(3):
+                np.testing.assert_array_equal(
+                    obs["obs_2"][slot], identity_image(np.r_[obs["obs_0"][slot], obs["obs_1"][slot]])
+                )
+            assert obs["obs_2"].any()
+        finally:
+            env.close()
+    assert _starts(log) == [["-nographics", "-batchmode"], [], []]  # started again once, then at once
+    out, err = capsys.readouterr()
+    assert out.count("spinppo: note:") == 1 and not err, (out, err)
+    assert (
+        f"spinppo: note: Unity behavior 'StandIn' has a camera (Camera {(H, W, 3)}): its player runs with "
+        "graphics (auto: graphics for a camera), as ML-Agents' do"
+    ) in out
+
+    env = open_env(no_graphics=True)
+    try:
+        obs, _ = env.reset()
+        assert not obs["obs_2"].any()  # blank
+    finally:
+        env.close()
+    out, err = capsys.readouterr()
+    assert "has a camera (Camera (20, 24, 3)) but --no_graphics true" in err and "blank images" in err
+
+    flat = write_build(tmp_path / "flat", **SCRIPT)
+    env = open_env(build=flat)
+    env.close()
+    assert _starts(tmp_path / "flat" / "unity_logs" / "rank0.log") == [["-nographics", "-batchmode"]]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_no_graphics_is_true_false_or_auto(capsys):
+    from spinppo.cli.flags import parse_algo_args
+
+    def value(*flags: str):
+        return parse_algo_args("ppo", ["--env", "CartPole", *flags])[1]["no_graphics"]
+
+    assert [
+        value(),
+        value("--no_graphics"),
+        value("--no_graphics", "false"),
+        value("--no_graphics", "auto"),
+    ] == [
+        None,
+        True,
+        False,
+        None,
+    ]
+    with pytest.raises(UserError, match="--no_graphics takes true, false or auto, not 'maybe'"):
+        value("--no_graphics", "maybe")
+
+
 def test_rollout_stores_images_and_bootstraps_truncations_with_final_images(tmp_path):
     """A RolloutWorker with an image network (--encoder simple) on the visual script task: the buffer holds
     uint8 images per slot, and every truncated episode is bootstrapped with V of its own last image."""
@@ -148,7 +232,8 @@ def test_rollout_stores_images_and_bootstraps_truncations_with_final_images(tmp_
 
 def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     """Task "side" (8 agents per rank, 20x20 grayscale camera sent as PNG; the side to name is only in
-    the image, the vector is the episode step): PPO with --encoder simple on two ranks, 10 epochs of 320
+    the image, the vector is the episode step; the players get graphics, by default, for the camera): PPO
+    with --encoder simple on two ranks, 10 epochs of 320
     steps. EpRet counts right answers out of 10, chance 5: the last epoch reaches 8 (seeds 0-3 measured
     at 9.3-9.5). Both ranks end identical, test_policy replays the saved policy on the build and scores as
     well, and so does its export to ONNX in ML-Agents' form."""
@@ -166,6 +251,9 @@ def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     proc = mpirun(2, ["-c", DIGESTS, "ppo", *flags.split(), "--time_scale", "1000", "--tensorboard", "false"])
     digests = next(line for line in proc.stdout.splitlines() if line.startswith("DIGESTS")).split()[1:]
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different parameters"
+    # The camera got graphics (under -nographics its images would be black: nothing to learn from), said
+    # once, by rank 0.
+    assert proc.stdout.count("has a camera (Camera (20, 20, 1)): its player runs with graphics") == 1
     (progress,) = data.glob("*/*/progress.txt")
     run_dir = progress.parent
     rows = [line.split("\t") for line in progress.read_text().splitlines()]

@@ -4,6 +4,7 @@
 
 Every rank steps ``num_envs`` environments for ``n_steps`` steps, then all ranks take ONE gradient step
 together. With ``lam=1`` the advantages are n-step returns bootstrapped with V; with ``lam<1``, GAE.
+Every E is over the batch's real steps: a recurrent batch's padded steps are left out.
 """
 
 from __future__ import annotations
@@ -14,12 +15,27 @@ from typing import Any
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.buffer import real_steps
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 from spinppo.utils.mpi_tools import num_procs
 
 LOG_KEYS = ["LossPi", "LossV", "Entropy"]
+
+
+def actor_critic_losses(
+    logp: torch.Tensor, entropy: torch.Tensor, v: torch.Tensor, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A2C's (and A3C's) ``(loss_pi, loss_v, entropy)`` of a batch (``adv``, ``ret``, ``mask``), given the
+    policy's ``logp``, ``entropy`` and value ``v`` of its steps: means over the real steps (a recurrent
+    batch's padded steps, where ``mask`` is False, take no part)."""
+    adv, ret = batch["adv"], batch["ret"]
+    if batch["mask"] is not None:
+        logp, entropy, v, adv, ret = real_steps(batch["mask"], logp, entropy, v, adv, ret)
+    loss_pi = -(logp * adv).mean()
+    loss_v = ((v - ret) ** 2).mean()
+    return loss_pi, loss_v, entropy.mean()
 
 
 def a2c(
@@ -127,9 +143,7 @@ def a2c(
             logp, entropy, v = ac.evaluate(
                 batch["obs"], batch["act"], memory=batch["memory"], starts=batch["starts"]
             )
-            loss_pi = -(logp * batch["adv"]).mean()
-            loss_v = ((v - batch["ret"]) ** 2).mean()
-            ent = entropy.mean()
+            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, batch)
             loss = loss_pi + vf_coef * loss_v - ent_coef * ent
             optimizer.zero_grad(set_to_none=False)
             loss.backward()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from spinppo.algos.a2c import actor_critic_losses
 from spinppo.algos.asynchronous import AsyncTraining
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
 from spinppo.core.networks import MLPActorCritic
@@ -126,9 +127,7 @@ def a3c(
             logp, entropy, v = ac.evaluate(
                 batch["obs"], batch["act"], memory=batch["memory"], starts=batch["starts"]
             )
-            loss_pi = -(logp * batch["adv"]).mean()
-            loss_v = ((v - batch["ret"]) ** 2).mean()
-            ent = entropy.mean()
+            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, batch)  # (A2C's)
             (loss_pi + vf_coef * loss_v - ent_coef * ent).backward()
             return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
 

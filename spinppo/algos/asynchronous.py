@@ -55,6 +55,7 @@ from spinppo.algos.onpolicy import (
     print_progress,
     train_return_reached,
 )
+from spinppo.core.buffer import real_steps
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
 from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
@@ -217,9 +218,10 @@ class AsyncTraining:
         if run.reward_scaler is not None:
             run.reward_scaler.sync(across_ranks=False)  # each rank scales by its own returns' spread
         batch = buf.get(normalize_adv=False)
-        if self.norm_adv:  # over this rollout only: no rank waits for another's
+        if self.norm_adv:  # over this rollout only (its real steps): no rank waits for another's
             adv = batch["adv"]
-            batch["adv"] = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
+            (real,) = real_steps(batch["mask"], adv)
+            batch["adv"] = (adv - real.mean()) / (real.std(unbiased=False) + 1e-8)
         self.ac.zero_grad(set_to_none=False)
         stats = gradient(batch)
         report = {

@@ -183,18 +183,6 @@ def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int 
     return steps_per_epoch // unit
 
 
-def sequence_length_error(length: int, rollout: int, n_steps: bool) -> str:
-    """The message for a --sequence_length that does not divide a rollout of ``rollout`` steps (``n_steps``:
-    the rollout is A2C's or A3C's --n_steps)."""
-    fits = [d for d in range(1, rollout + 1) if rollout % d == 0 and d <= length][-1]
-    what = "--n_steps" if n_steps else "each environment's rollout"
-    change = "--n_steps" if n_steps else "--steps_per_epoch or --num_envs"
-    return (
-        f"--sequence_length {length} must divide {what} of {rollout} steps (the update cuts each rollout "
-        f"into sequences): use --sequence_length {fits}, or change {change}"
-    )
-
-
 def evaluate_and_log(
     evaluator: Evaluator,
     logger: EpochLogger,
@@ -286,10 +274,9 @@ class OnPolicyRun:
 
             obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
             self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+            # With memory, a --sequence_length that does not divide the rollout pads each environment's last
+            # sequence (GAEBuffer): the losses leave the padded steps out.
             memory_size = getattr(self.ac, "memory_size", 0)
-            if memory_size and per_env % self.ac.sequence_length:
-                n_steps = algo in ("a2c", "a3c")
-                raise UserError(sequence_length_error(self.ac.sequence_length, per_env, n_steps))
             # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
             # that does not fit is bad input.
             # Evaluation on environments of its own (made before the run directory: a Unity build cannot
@@ -346,7 +333,7 @@ class OnPolicyRun:
                     file=sys.stderr,
                     flush=True,
                 )
-            steps_per_row = getattr(self.ac, "sequence_length", 1)
+            steps_per_row = self.buf.sequence_length  # (a sequence no longer than the rollout)
             self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
             self.steps_per_row = steps_per_row
             self.epoch_steps = 0  # environment steps this rank collected in this epoch

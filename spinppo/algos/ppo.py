@@ -11,6 +11,8 @@ With ``kl_coeff`` > 0 the penalty's coefficient c_kl adapts after every update a
 it (``adapt_kl_coeff``) from PolicyKL, the mean exact KL over every minibatch of the update averaged over
 the ranks (identical on every rank); it is kept in the checkpoint (``run_state``), so a resumed run goes
 on with the coefficient it had, and logged as KLCoeff (the coefficient the epoch's update used).
+
+Every E is over a minibatch's real steps: a recurrent batch's padded steps (``clipped_losses``) are left out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.buffer import real_steps
 from spinppo.core.minibatches import MinibatchTable, StatSums
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
@@ -41,6 +44,39 @@ def adapt_kl_coeff(kl_coeff: float, kl: float, kl_target: float) -> float:
     if kl < 0.5 * kl_target:
         return kl_coeff * 0.5
     return kl_coeff
+
+
+def clipped_losses(
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    v: torch.Tensor,
+    mb: Any,
+    clip: float,
+    clip_vloss: bool,
+    vf_clip_param: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's losses on a minibatch ``mb`` (``adv``, ``ret``, ``logp_old``, ``v_old``, ``mask``), given the
+    current policy's ``logp``, ``entropy`` and value ``v`` of its steps (``ac.evaluate``):
+    ``(loss_pi, loss_v, entropy, ratio, log_ratio)``, the first three means over the minibatch's real
+    steps (a recurrent batch's padded steps, where ``mask`` is False, take no part). ``vf_clip_param``
+    caps each step's squared value error (RLlib's), unless ``clip_vloss`` clips the value's change."""
+    adv, ret, logp_old, v_old = mb.adv, mb.ret, mb.logp_old, mb.v_old
+    if mb.mask is not None:
+        logp, entropy, v, adv, ret, logp_old, v_old = real_steps(
+            mb.mask, logp, entropy, v, adv, ret, logp_old, v_old
+        )
+    log_ratio = logp - logp_old
+    ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
+    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss_pi = -torch.min(ratio * adv, clipped_ratio * adv).mean()
+    if clip_vloss:
+        v_clipped = v_old + torch.clamp(v - v_old, -clip, clip)
+        loss_v = 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2).mean()
+    elif vf_clip_param is not None:  # RLlib's: the squared error itself capped
+        loss_v = 0.5 * torch.clamp((v - ret) ** 2, max=vf_clip_param).mean()
+    else:
+        loss_v = 0.5 * ((v - ret) ** 2).mean()
+    return loss_pi, loss_v, entropy.mean(), ratio, log_ratio
 
 
 def ppo(
@@ -204,11 +240,12 @@ def ppo(
         ) -> dict[str, float]:
             """``update_epochs`` passes of minibatch SGD on the PPO-clip loss (with the KL penalty weighed
             ``kl_weight`` when --kl_coeff is on); the statistics to log."""
-            # A row of the batch is one step, or with memory one sequence of sequence_length steps. Every
-            # rank takes as many gradient steps as a whole rollout makes (a preempted one: smaller ones).
-            per_row = getattr(ac, "sequence_length", 1)
+            # A row of the batch is one step, or with memory one sequence of sequence_length steps (each
+            # environment's last one padded when it does not divide the rollout). Every rank takes as many
+            # gradient steps as a whole rollout makes (a preempted one: smaller ones).
+            per_row = run.buf.sequence_length
             minibatch_rows = max(1, local_minibatch // per_row)
-            rows = run.rollout_steps * run.num_envs // per_row
+            rows = run.buf.rows
             # Observation statistics are fixed during the update: normalise the batch once.
             obs = ac.normalize_obs(batch["obs"])
             penalty = kl_coeff > 0
@@ -225,8 +262,9 @@ def ppo(
                 logp_old=batch["logp"],
                 v_old=batch["val"],
                 memory=batch["memory"],  # recurrent policies: the memory before each sequence
-                starts=batch["starts"],  # and where episodes begin inside it
-                dist_old=dist_old if penalty else None,
+                starts=batch["starts"],  # where episodes begin inside it
+                mask=batch["mask"],  # its real steps (None: none padded)
+                dist_old=dist_old if penalty else None,  # and the old policy's distributions (--kl_coeff)
             )
             stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
             passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
@@ -241,21 +279,13 @@ def ppo(
                     logp, entropy, v, *dist = ac.evaluate(
                         mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts, **with_dist
                     )
-                    log_ratio = logp - mb.logp_old
-                    ratio = log_ratio.exp()  # r_t = pi(a|s) / pi_old(a|s)
-                    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
-                    loss_pi = -torch.min(ratio * mb.adv, clipped_ratio * mb.adv).mean()
-                    if clip_vloss:
-                        v_clipped = mb.v_old + torch.clamp(v - mb.v_old, -clip, clip)
-                        loss_v = 0.5 * torch.max((v - mb.ret) ** 2, (v_clipped - mb.ret) ** 2).mean()
-                    elif vf_clip_param is not None:  # RLlib's: the squared error itself capped
-                        loss_v = 0.5 * torch.clamp((v - mb.ret) ** 2, max=vf_clip_param).mean()
-                    else:
-                        loss_v = 0.5 * ((v - mb.ret) ** 2).mean()
-                    ent = entropy.mean()
+                    loss_pi, loss_v, ent, ratio, log_ratio = clipped_losses(
+                        logp, entropy, v, mb, clip, clip_vloss, vf_clip_param
+                    )
                     loss = loss_pi + vf_coef * loss_v - ent_weight * ent * ent_scale
                     if penalty:  # RLlib's: kl_coeff x the mean KL(old || new), beside the clipped surrogate
-                        mean_kl = ac.kl(mb.dist_old, dist[0], old_log_std).mean()
+                        (kl_steps,) = real_steps(mb.mask, ac.kl(mb.dist_old, dist[0], old_log_std))
+                        mean_kl = kl_steps.mean()
                         loss = loss + kl_weight * mean_kl
                         policy_kl += mean_kl.detach()
                         steps += 1

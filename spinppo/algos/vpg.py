@@ -1,7 +1,8 @@
 """Vanilla Policy Gradient with a learned value baseline and GAE-lambda advantages (Spinning Up's VPG).
 
 grad J(theta) = E[ grad log pi(a_t|s_t) A_t ]        one policy step per epoch, on the whole batch
-V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser.
+V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser. Every E is over the
+batch's real steps: a recurrent batch's padded steps are left out.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.buffer import real_steps
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 
@@ -114,20 +116,22 @@ def vpg(
 
         def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
             """One policy-gradient step on the whole batch, then ``train_v_iters`` value steps."""
-            obs, act, adv, ret = batch["obs"], batch["act"], batch["adv"], batch["ret"]
+            obs, act = batch["obs"], batch["act"]
             seq = {"memory": batch["memory"], "starts": batch["starts"]}  # None without memory
-            logp, entropy, _ = ac.evaluate(obs, act, **seq)
+            mask = batch["mask"]  # a recurrent batch's real steps (None: none padded): every mean's
+            adv, ret, logp_old = real_steps(mask, batch["adv"], batch["ret"], batch["logp"])
+            logp, entropy, _ = real_steps(mask, *ac.evaluate(obs, act, **seq))
             loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
             pi_optimizer.zero_grad(set_to_none=False)
             loss_pi.backward()
             mpi_avg_grads(ac)  # every rank now holds the mean gradient
             pi_optimizer.step()
             with torch.no_grad():
-                kl = float((batch["logp"] - ac.evaluate(obs, act, **seq)[0]).mean())
+                kl = float((logp_old - real_steps(mask, ac.evaluate(obs, act, **seq)[0])[0]).mean())
             # Value-function regression on the lambda-returns. The value steps fit only v, so what v takes
             # (normalised observations; an encoder's or LSTM's output) is computed once, not every step.
             with torch.no_grad():
-                feat = ac.features(obs, **seq)
+                (feat,) = real_steps(mask, ac.features(obs, **seq))
             loss_v_first = None
             for _ in range(train_v_iters):
                 loss_v = ((ac.v(feat).squeeze(-1) - ret) ** 2).mean()

@@ -63,7 +63,7 @@ AC_FLAGS: dict[str, tuple[str, Any, str]] = {
         "sequence_length",
         64,
         "with --memory_size: steps per sequence the update backpropagates through (ML-Agents' name); "
-        "must divide each environment's rollout",
+        "when it does not divide each environment's rollout, the last sequence is padded and masked",
     ),
 }
 # Flags that are not algorithm keywords.
@@ -101,7 +101,18 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "unity_file": (None, "a Unity ML-Agents build to use for --env Walker (or set SPINPPO_UNITY_FILE)"),
     "base_port": (5005, "Unity: base port; rank r on a host uses worker_id r"),
     "time_scale": (20.0, "Unity: simulation speed-up"),
-    "no_graphics": (True, "Unity: run the player without graphics"),
+    "no_graphics": (
+        None,
+        "Unity: true starts the player with -nographics -batchmode (cameras then render nothing), false "
+        "with graphics (ML-Agents' default); auto (not given): without, unless the trained behavior has a "
+        "camera",
+    ),
+    "unity_listen": (
+        "localhost",
+        "Unity: the address the trainer's gRPC server listens on for its player: localhost (loopback only: "
+        "the player spinppo starts on the rank's host), an address of this host, or 0.0.0.0 or :: for every "
+        "interface (a player reached from elsewhere)",
+    ),
 }
 
 
@@ -256,9 +267,28 @@ def parse_env_kwargs(tokens: list[str]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- the parser
 
 
-def _nargs(default: Any) -> str:
+# Run flags that are true, false or None (auto, the default); bare (``--no_graphics``) they mean true.
+AUTO_BOOL_FLAGS = ("no_graphics",)
+
+
+def _nargs(default: Any, flag: str = "") -> str:
     # A bare boolean flag (--datestamp) means true, as Spinning Up's users type it.
-    return "*" if isinstance(default, bool) else "+"
+    return "*" if isinstance(default, bool) or flag in AUTO_BOOL_FLAGS else "+"
+
+
+def parse_auto_bool(flag: str, tokens: list[str]) -> bool | None:
+    """An ``AUTO_BOOL_FLAGS`` flag's value: true when bare, None for ``auto`` (or None, as --print_config
+    writes it), else true or false."""
+    if not tokens:
+        return True
+    if len(tokens) != 1:
+        raise UserError(f"--{flag} takes one value, not {len(tokens)}")
+    if tokens[0].lower() in ("auto", "none"):
+        return None
+    try:
+        return parse_bool(tokens[0])
+    except ValueError:
+        raise UserError(f"--{flag} takes true, false or auto, not {tokens[0]!r}") from None
 
 
 def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]]:
@@ -277,7 +307,7 @@ def build_parser(algo: str) -> tuple[OneLineParser, dict[str, inspect.Parameter]
     for flag, (default, help_text) in RUN_FLAGS.items():
         group.add_argument(
             f"--{flag}",
-            nargs=_nargs(default),
+            nargs=_nargs(default, flag),
             default=default,
             help=help_text,
             metavar="V",
@@ -354,6 +384,8 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
                 options[flag] = list(given[flag])  # the files, in the order they apply
             elif flag == "cpu" and given[flag] == ["auto"]:
                 options[flag] = available_cores()
+            elif flag in AUTO_BOOL_FLAGS:
+                options[flag] = parse_auto_bool(flag, given[flag])
             else:
                 # --frame_size is a number (or None: the environment's own); other None defaults are text.
                 annotation = "int | None" if flag == "frame_size" else "str | None" if default is None else ""
@@ -365,6 +397,9 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
         options["behavior"] = extras.get("behavior")
     if options["cpu"] < 1:
         raise UserError(f"--cpu must be at least 1, not {options['cpu']}")
+    from spinppo.envs.unity.launch import listen_host
+
+    listen_host(options["unity_listen"])  # a bad address fails before any rank starts
     # The network's options are checked by the network's own check, here already so that a typo fails
     # before --cpu starts any rank (the grid's pre-check runs it again with the other flags).
     from spinppo.core.encoders import check_conv_filters

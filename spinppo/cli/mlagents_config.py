@@ -5,7 +5,8 @@ behavior's settings, over ``default_settings``, with ML-Agents' defaults for eve
 leaves out. Each key becomes the spinppo flag that means the same (the table in docs/config.md, which
 also says where a meaning differs). What spinppo does not do (curiosity, GAIL, RND, self-play, behavioral
 cloning, SAC or POCA, visual encoders other than the default) and any key ML-Agents does not know
-is a one-line error naming the key and the file: nothing is silently ignored.
+is a one-line error naming the key and the file: nothing is silently ignored. A trainer section's
+``framework``, which ML-Agents itself drops with a deprecation warning, is dropped with a note.
 
 ``network_settings.memory`` (ML-Agents' recurrent policies) becomes ``--memory_size`` and
 ``--sequence_length``, with ML-Agents' defaults (memory_size 128, sequence_length 64 for a key the section
@@ -264,6 +265,11 @@ def _trainer(
     derived: dict[str, Any],
 ) -> None:
     """The flags of one behavior's trainer settings (``derived``: the file's step counts behind them)."""
+    if "framework" in settings:
+        # ML-Agents' TrainerSettings.structure drops it ("Framework option was deprecated but was
+        # specified"): any value, in a behavior's section or default_settings. spinppo trains in PyTorch.
+        settings = {key: value for key, value in settings.items() if key != "framework"}
+        notes.append(f"{path}.framework is ignored (deprecated in ML-Agents, which trains with PyTorch only)")
     _known(settings, TRAINER_DEFAULTS, where, path)
     s = {**TRAINER_DEFAULTS, **settings}
     if s["trainer_type"] != "ppo":

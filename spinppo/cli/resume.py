@@ -44,6 +44,7 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
         worker_id=local_rank(),
         time_scale=options["time_scale"],
         no_graphics=options["no_graphics"],
+        listen=options["unity_listen"],
         log_dir=run_dir,
     )
     name = f"unity:{env['env']}" if env["kind"] == "unity" else env["env"]

@@ -81,6 +81,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
                 worker_id=local_rank(),
                 time_scale=options["time_scale"],
                 no_graphics=options["no_graphics"],
+                listen=options["unity_listen"],
                 log_dir=logger_kwargs["output_dir"],
                 run_seed=variant["seed"],  # ML-Agents seeds its samplers from the run's seed
             )

@@ -11,6 +11,10 @@ Gymnasium's two ways an episode ends are kept apart:
 
 A recurrent policy's buffer (``memory_size`` > 0) also keeps each environment's memory at every
 sequence start (every ``sequence_length`` steps of the rollout) and hands the batch out as sequences.
+When ``sequence_length`` does not divide the rollout, each environment's last sequence is shorter: it is
+padded to ``sequence_length`` (its last step repeated) and the batch's ``mask`` marks the real steps, as
+ML-Agents and RLlib pad and mask; the losses take their means over the real steps only (``real_steps``).
+A ``sequence_length`` longer than the rollout makes each environment's rollout one sequence, unpadded.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class GAEBuffer:
     a Dict as a dict of arrays by key (``self.obs``, and the batch's ``obs``).
 
     With ``memory_size`` > 0 (a recurrent policy) ``store`` takes the memory the policy was given at that
-    step, kept at the steps that start a sequence of ``sequence_length`` (which must divide ``steps``).
+    step, kept at the steps that start a sequence of ``sequence_length`` (at most ``steps``: a longer one
+    is cut to the rollout); a last, shorter sequence is padded in ``get`` (the module doc).
     """
 
     def __init__(
@@ -51,8 +56,6 @@ class GAEBuffer:
         memory_size: int = 0,
         sequence_length: int = 1,
     ) -> None:
-        if memory_size and steps % sequence_length:
-            raise ValueError(f"sequence_length {sequence_length} must divide the rollout's {steps} steps")
         self.layout = obs_dim if isinstance(obs_dim, ObsLayout) else ObsLayout.vector(obs_dim)
         self.obs: Any = self.layout.zeros((steps, num_envs))
         self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
@@ -66,15 +69,22 @@ class GAEBuffer:
         self.time_horizon = time_horizon
         self.steps, self.num_envs = steps, num_envs
         self.memory_size = memory_size
-        self.sequence_length = sequence_length if memory_size else 1
+        # Steps in one row of the batch: a sequence (no longer than the rollout), or one step.
+        self.sequence_length = min(sequence_length, steps) if memory_size else 1
         # The memory before each sequence's first step: [sequences per environment, envs, memory_size].
         self.memory = (
-            np.zeros((steps // sequence_length, num_envs, memory_size), dtype=np.float32)
+            np.zeros((-(-steps // self.sequence_length), num_envs, memory_size), dtype=np.float32)
             if memory_size
             else None
         )
         self.ptr = 0
         self.filled = 0  # steps in the batch at the last finish()
+
+    @property
+    def rows(self) -> int:
+        """Rows of a whole rollout's batch: steps x environments, or with memory its sequences (every
+        environment's last one counted whole, padded or not)."""
+        return self.num_envs * -(-self.steps // self.sequence_length)
 
     def store(
         self,
@@ -152,13 +162,18 @@ class GAEBuffer:
         """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.
 
         ``obs`` is [n, obs_dim] for vectors, [n, *shape] in the stored dtype for an image, a dict of those
-        for a Dict space (tensors that share the buffer's memory). ``memory`` and ``starts`` are None.
+        for a Dict space (tensors that share the buffer's memory). ``memory``, ``starts`` and ``mask`` are
+        None.
 
         A recurrent policy's batch is sequences instead: every field [S, L, ...] (S sequences of
         L = ``sequence_length`` consecutive steps of one environment), ``memory`` [S, memory_size] (before
-        each sequence) and ``starts`` [S, L] (True where a step begins an episode).
+        each sequence) and ``starts`` [S, L] (True where a step begins an episode). When L does not divide
+        the steps, each environment's last sequence is padded to L with copies of its last step and
+        ``mask`` [S, L] is True at the real steps (None when nothing is padded): every mean of a loss or
+        statistic must leave the padded steps out (``real_steps``).
 
-        Advantage normalisation uses the mean and standard deviation over all ranks (a collective).
+        Advantage normalisation uses the mean and standard deviation over all ranks (a collective), of the
+        real steps.
         """
         assert self.ptr == self.filled, "call finish() before get()"
         self.ptr = 0
@@ -173,6 +188,7 @@ class GAEBuffer:
         return {
             "memory": None,
             "starts": None,
+            "mask": None,
             "obs": (
                 torch.from_numpy(self.obs[:steps].reshape(n, -1))
                 if self.layout.flat
@@ -186,17 +202,29 @@ class GAEBuffer:
         }
 
     def _sequences(self, adv: np.ndarray) -> dict[str, Any]:
-        """The batch as S = envs x steps / L sequences of L steps, environment by environment."""
+        """The batch as S = envs x ceil(steps / L) sequences of L steps, environment by environment; each
+        environment's last sequence padded when L does not divide the steps (``mask``)."""
         length, steps = self.sequence_length, self.filled
-        seqs = self.num_envs * (steps // length)
+        per_env = -(-steps // length)  # sequences of each environment
+        seqs, padded = self.num_envs * per_env, per_env * length
+        # The padding repeats each environment's last step: values the network has seen, so that nothing
+        # computed at a padded step overflows (a zero gradient times an infinity would still be NaN).
+        index = None if padded == steps else np.minimum(np.arange(padded), steps - 1)
 
-        def seq(x: np.ndarray) -> torch.Tensor:  # [steps, envs, ...] -> [S, L, ...], each env's in order
-            x = np.ascontiguousarray(np.swapaxes(x[:steps], 0, 1))
+        def seq(x: np.ndarray, pad: bool = True) -> torch.Tensor:
+            """[steps, envs, ...] (or already [padded, envs, ...]) -> [S, L, ...], each env's in order."""
+            if pad:
+                x = x[:steps] if index is None else x[index]
+            x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
             return torch.from_numpy(x.reshape(seqs, length, *x.shape[2:]))
 
-        starts = np.zeros_like(self.done[:steps])
-        starts[1:] = self.done[: steps - 1]  # a step after an episode's end begins the next episode
-        memory = np.swapaxes(self.memory[: steps // length], 0, 1).reshape(seqs, self.memory_size)
+        starts = np.zeros((padded, self.num_envs), dtype=bool)
+        starts[1:steps] = self.done[: steps - 1]  # a step after an episode's end begins the next episode
+        mask = None
+        if index is not None:
+            real = np.arange(padded) < steps
+            mask = seq(np.repeat(real[:, None], self.num_envs, axis=1), pad=False)
+        memory = np.swapaxes(self.memory[:per_env], 0, 1).reshape(seqs, self.memory_size)
         return {
             "obs": seq(self.obs) if self.layout.flat else self.layout.map(lambda p, x: seq(x), self.obs),
             "act": seq(self.act),
@@ -205,5 +233,17 @@ class GAEBuffer:
             "logp": seq(self.logp),
             "val": seq(self.val),
             "memory": torch.from_numpy(np.ascontiguousarray(memory)),
-            "starts": seq(starts),
+            "starts": seq(starts, pad=False),
+            "mask": mask,
         }
+
+
+def real_steps(mask: torch.Tensor | None, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``fields`` ([S, L] each, a recurrent batch's) at the real steps only, flat: where ``mask`` is True.
+
+    Select before any arithmetic, so that a padded step takes no part in a loss, a mean or a gradient
+    (the gradient at a padded step is exactly zero). ``mask`` None (nothing padded): the fields as they
+    are."""
+    if mask is None:
+        return fields
+    return tuple(f[mask] for f in fields)

@@ -188,7 +188,7 @@ def make_unity_vec_env(
     behavior: str | None = None,
 ) -> gym.vector.VectorEnv:
     """A Unity build as the VectorEnv a rank's rollout steps: the agents of its behavior are the
-    sub-environments. ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, log_dir, and
+    sub-environments. ``unity_kwargs`` (base_port, worker_id, time_scale, no_graphics, listen, log_dir, and
     run_seed, lessons for the environment parameters) go to the Unity adapter; ``environment_parameters``
     (ML-Agents' section, checked) and ``behavior`` (the behavior to train; None: the first) too. The caller
     resets it (``env.reset(seed=seed)``) before the first step.

@@ -269,7 +269,8 @@ def make_run_env(
 ) -> Any:
     """The run's environment from ``spec`` (``read_env_spec``'s answer): a gymnasium Env (an Atari game's
     evaluation variant: whole games, real rewards), or a VectorEnv of agents for a Unity build
-    (``render_mode="human"`` starts the player with graphics; ``base_port`` and ``seed`` go to its launch).
+    (``render_mode="human"`` starts the player with graphics, as does a behavior with a camera; ``base_port``
+    and ``seed`` go to its launch).
     Failures to make it are UserErrors."""
     kind, target, env_kwargs = spec["kind"], spec["env"], spec["env_kwargs"]
     if kind in ("gym", "atari"):
@@ -311,7 +312,7 @@ def make_run_env(
                 base_port=base_port,
                 worker_id=0,
                 time_scale=1.0 if window else 20.0,
-                no_graphics=not window,
+                no_graphics=False if window else None,  # auto: graphics for a camera
                 lessons=spec.get("lessons"),  # a curriculum's, as the replayed policy was saved
             )
             # The run's behavior and environment parameters: replay plays the behavior it trained.

@@ -35,7 +35,8 @@ float data or, with ``png``, PNG-compressed as Unity's CameraSensor sends them b
 goes as equal R, G and B, which mlagents_envs averages back). What it shows depends on the task: "side"
 draws the square whose side the agent must name (the only place that says it), "script" fills channel c
 with the agent's c-th observation (lineage, id, episode step) / 255 (mod 256) so that tests can tell whose
-image a slot shows, the other tasks show a flat 0.5.
+image a slot shows, the other tasks show a flat 0.5. Under ``-nographics`` the camera renders nothing, as
+Unity's do: every image is black (zeros).
 
 Configuration (JSON, ``--standin-config FILE`` or the STANDIN_CONFIG variable) — see DEFAULTS.
 """
@@ -441,7 +442,9 @@ class Academy:
         """The camera sensor: (name, [H, W, C], floats in HWC order or PNG bytes); see the module doc."""
         visual = self.cfg["visual"] if isinstance(self.cfg["visual"], dict) else {}
         h, w, c = visual.get("height", 8), visual.get("width", 8), visual.get("channels", 3)
-        if isinstance(agent.body, SideBody):
+        if not self.cfg["rendering"]:  # -nographics: Unity's cameras render nothing
+            img = np.zeros((h, w, c), np.float32)
+        elif isinstance(agent.body, SideBody):
             img = agent.body.image(h, w, c)
         elif self.cfg["task"] == "script":
             img = np.zeros((h, w, c), np.float32)
@@ -603,6 +606,7 @@ def hang(log: Log, why: str) -> None:
 
 def main(argv: list[str]) -> int:
     cfg, port, log_file, rest = parse_args(argv)
+    cfg["rendering"] = "-nographics" not in rest  # Unity renders cameras only with graphics
     log = Log(log_file)
     log(f"started pid {os.getpid()} port {port} args {rest} task {cfg['task']} agents {cfg['agents']}")
     if cfg["hang"] == "init":

@@ -3,7 +3,8 @@
 Everything about the player process is here: which executable (``resolve_build``), where its log goes
 (``player_log_path``), how long to wait for it (``timeout_from_environment``), the side channels that
 carry the time scale and environment parameters (``settings_channels``, ``queue_environment_parameters``),
-and ``UnityPlayer``, which launches it (gRPC on port ``base_port + worker_id``) and calls into
+and ``UnityPlayer``, which launches it (gRPC on port ``base_port + worker_id``, listening on loopback
+unless ``--unity_listen`` says otherwise: ``listen_host``, ``check_listen_address``) and calls into
 mlagents_envs, translating its exceptions into messages that name the problem and the fix.
 ``mlagents_envs`` is imported only inside functions, and never its ``envs`` or ``registry`` modules
 (they reach the internet on import).
@@ -11,8 +12,11 @@ mlagents_envs, translating its exceptions into messages that name the problem an
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +26,52 @@ from typing import Any
 from spinppo.utils.errors import UserError, first_line
 
 TIMEOUT_VARIABLE = "SPINPPO_UNITY_TIMEOUT"
+# Where the trainer's gRPC server listens for its player unless --unity_listen says otherwise: loopback only
+# (127.0.0.1 and ::1), since spinppo starts the player on the rank's own host and Unity's player connects to
+# localhost. mlagents-envs listens on every interface ([::]), where anyone on the network could connect.
+DEFAULT_LISTEN = "localhost"
+
+
+def listen_host(address: str) -> str:
+    """The host part of the gRPC server's address for ``address`` (``--unity_listen``): ``localhost``, an
+    IPv4 address as it is, an IPv6 address in brackets; a one-line UserError for anything else.
+
+    ``0.0.0.0`` and ``::`` listen on every interface (mlagents-envs' own choice), for a player on another
+    host; ``localhost`` (the default) on loopback only.
+    """
+    text = str(address).strip()
+    if text.lower() == "localhost":
+        return "localhost"
+    try:
+        ip = ipaddress.ip_address(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    except ValueError:
+        raise UserError(
+            f"--unity_listen takes localhost (the default: a player on this host), an IP address of this "
+            f"host, or 0.0.0.0 or :: for every interface, not {address!r}"
+        ) from None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def check_listen_address(address: str, port: int) -> None:
+    """A one-line UserError when no interface of this host has the address ``address`` (``--unity_listen``):
+    the gRPC server could not listen there. A port in use is left to mlagents_envs' own check."""
+    host = listen_host(address)
+    if host == "localhost":
+        return
+    ip = ipaddress.ip_address(host.strip("[]"))
+    if ip.is_unspecified:
+        return
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((str(ip), port))
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(
+                    f"--unity_listen {address}: no network interface of this host has that address (ip addr "
+                    "lists them); leave the flag out for a player on this host"
+                ) from None
 
 
 def timeout_from_environment() -> float:
@@ -60,6 +110,12 @@ def resolve_build(file_name: str) -> str:
     return str(path.resolve())
 
 
+def mpi_rank(default: int) -> int:
+    """This process's MPI rank when the program has started MPI, else ``default``."""
+    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
+    return mpi.COMM_WORLD.Get_rank() if mpi is not None else default
+
+
 def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
     """``log_dir/unity_logs/rank<N>.log`` (its folder created), N the MPI rank; None without ``log_dir``.
 
@@ -67,9 +123,7 @@ def player_log_path(log_dir: str | None, worker_id: int) -> str | None:
     """
     if not log_dir:
         return None
-    mpi = sys.modules.get("mpi4py.MPI")  # only ask MPI when the program already started it
-    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else worker_id
-    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{rank}.log"
+    path = Path(log_dir).expanduser().resolve() / "unity_logs" / f"rank{mpi_rank(worker_id)}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return str(path)
 
@@ -136,6 +190,7 @@ class UnityPlayer:
     worker_id: int
     timeout_wait: float  # seconds to wait for the player to connect, and for each of its answers
     log_path: str | None  # where the player writes its log (-logFile); None: Unity's default Player.log
+    listen: str = DEFAULT_LISTEN  # the address the gRPC server listens on (listen_host)
 
     @property
     def port(self) -> int:
@@ -146,7 +201,8 @@ class UnityPlayer:
         """Start the player and return the (patched, see mlagents_patch) ``UnityEnvironment`` connected to it.
 
         ``seed`` goes to Unity's random generator; ``no_graphics`` adds ``-nographics -batchmode``;
-        ``side_channels`` are those of ``settings_channels``.
+        ``side_channels`` are those of ``settings_channels``. The trainer's gRPC server listens on
+        ``listen`` (loopback by default).
         """
         from mlagents_envs.environment import UnityEnvironment
         from mlagents_envs.exception import (
@@ -159,9 +215,10 @@ class UnityPlayer:
         # test_spinppo_imports_without_touching_mlagents looks for any module named *mlagents*).
         from spinppo.envs.unity import mlagents_patch
 
+        check_listen_address(self.listen, self.port)
         try:
             # Looked up on the module at each call: scripts/bench_unity.py may swap in the stock class.
-            environment_class = mlagents_patch.patched_unity_environment()
+            environment_class = mlagents_patch.patched_unity_environment(listen_host(self.listen))
             return environment_class(
                 file_name=self.file_name,
                 worker_id=self.worker_id,
@@ -175,7 +232,9 @@ class UnityPlayer:
             )
         except UnityWorkerInUseException:
             raise UserError(
-                f"port {self.port} (base_port {self.base_port} + worker {self.worker_id}) is in use, by "
+                f"port {self.port} (base_port {self.base_port} + worker {self.worker_id}) is in use"
+                + ("" if self.listen == DEFAULT_LISTEN else f" on {self.listen}")
+                + ", by "
                 "another run or a leftover Unity player: pass another --base_port, e.g. "
                 f"--base_port {self.base_port + 100}"
             ) from None

@@ -2,13 +2,19 @@
 
 Nothing is monkey-patched globally: ``patched_unity_environment()`` returns subclasses of mlagents_envs'
 ``UnityEnvironment`` and ``RpcCommunicator`` that spinppo's launch (launch.py) uses instead of the stock
-ones. The protocol, the gRPC server and every check stay mlagents_envs' own. What is overridden, and why:
+ones. The protocol, the servicer and every check stay mlagents_envs' own. What is overridden, and why:
 
-- ``RpcCommunicator.create_server``: mlagents_envs hands every message between its gRPC thread and the
+- ``RpcCommunicator.create_server``, for two reasons. The stock server listens on every interface
+  (``[::]:port``, "so that the docker container can connect"), so anyone who can reach the host could
+  connect to a training run as its Unity player; spinppo starts the player on the rank's own host (and
+  Unity's player connects to ``localhost``), so the server listens on the address it is given:
+  ``localhost`` (127.0.0.1 and ::1) unless ``--unity_listen`` says otherwise. The override makes the
+  server as the stock method does (its port check, a 10-thread pool, ``grpc.so_reuseport``, the same
+  servicer), with that address. And mlagents_envs hands every message between its gRPC thread and the
   main thread through a ``multiprocessing.Pipe``, which pickles it. With the pure-Python protobuf that
   mlagents_envs 0.28 needs, that is one more serialisation and one more parse of every message, most of
   the trainer's time at Walker's size (docs/unity.md, "Measurements"). Both threads are in one process,
-  so after the stock server is made the servicer's two pipe ends (``unity_to_external.parent_conn`` and
+  so once the server is made the servicer's two pipe ends (``unity_to_external.parent_conn`` and
   ``.child_conn``) are swapped for ``QueuePipeEnd``s, which hand over the message object itself. This
   happens before the player is launched, so before any message.
 - ``RpcCommunicator.close``: the stock close stops the gRPC server with no grace period, which can abort
@@ -23,9 +29,10 @@ ones. The protocol, the gRPC server and every check stay mlagents_envs' own. Wha
   quits as it does on ``close()``.
 
 The private names relied on (``unity_to_external``, ``parent_conn``, ``child_conn``, ``is_open``,
-``server``, ``_get_communicator``, ``_close``, ``_communicator``, and the Connection methods the
-communicator calls) are the first thing to check when mlagents-envs is upgraded. ``mlagents_envs`` is
-imported only inside ``patched_unity_environment``: importing spinppo must not import it.
+``server``, ``check_port``, ``UnityToExternalServicerImplementation``, ``_get_communicator``, ``_close``,
+``_communicator``, and the Connection methods the communicator calls) are the first thing to check
+when mlagents-envs is upgraded. ``mlagents_envs`` is imported only inside ``patched_unity_environment``:
+importing spinppo must not import it.
 """
 
 from __future__ import annotations
@@ -84,20 +91,42 @@ def _close_unclosed(message: Any) -> None:
         to_unity.put(message)
 
 
-def patched_unity_environment() -> type:
+def patched_unity_environment(listen: str = "localhost") -> type:
     """mlagents_envs' ``UnityEnvironment`` class with the overrides the module doc lists.
 
-    Call it as ``UnityEnvironment`` itself (same arguments); its communicator passes messages between
-    its threads through queues. scripts/bench_unity.py (``--stock_communicator``) replaces this function
-    with one returning the stock class, to measure the difference: launch.py looks it up at call time.
+    Call it as ``UnityEnvironment`` itself (same arguments); its gRPC server listens on ``listen`` (a host
+    as gRPC takes it: ``localhost``, ``127.0.0.1``, ``[::1]``, ``0.0.0.0``...) and its communicator passes
+    messages between its threads through queues. scripts/bench_unity.py (``--stock_communicator``) replaces
+    this function with one returning the stock class, to measure the difference: launch.py looks it up at
+    call time.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
     from mlagents_envs.communicator_objects.unity_message_pb2 import UnityMessageProto
+    from mlagents_envs.communicator_objects.unity_to_external_pb2_grpc import (
+        add_UnityToExternalProtoServicer_to_server,
+    )
     from mlagents_envs.environment import UnityEnvironment
-    from mlagents_envs.rpc_communicator import RpcCommunicator
+    from mlagents_envs.exception import UnityWorkerInUseException
+    from mlagents_envs.rpc_communicator import RpcCommunicator, UnityToExternalServicerImplementation
 
     class QueueCommunicator(RpcCommunicator):
         def create_server(self) -> None:
-            super().create_server()
+            # The stock create_server, listening on `listen` instead of every interface ([::]).
+            self.check_port(self.port)
+            try:
+                self.server = grpc.server(
+                    thread_pool=ThreadPoolExecutor(max_workers=10), options=(("grpc.so_reuseport", 1),)
+                )
+                self.unity_to_external = UnityToExternalServicerImplementation()
+                add_UnityToExternalProtoServicer_to_server(self.unity_to_external, self.server)
+                if not self.server.add_insecure_port(f"{listen}:{self.port}"):  # older grpc: 0, no error
+                    raise RuntimeError(f"cannot listen on {listen}:{self.port}")
+                self.server.start()
+                self.is_open = True
+            except Exception:
+                raise UnityWorkerInUseException(self.worker_id) from None
             to_python, to_unity = queue.SimpleQueue(), queue.SimpleQueue()
             self.unity_to_external.parent_conn = QueuePipeEnd(to_python, to_unity)
             self.unity_to_external.child_conn = QueuePipeEnd(to_unity, to_python)

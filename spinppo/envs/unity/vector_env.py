@@ -51,6 +51,7 @@ with the first reset and again with every later reset, as mlagents-learn sends t
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -59,7 +60,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from spinppo.envs.unity.launch import (
+    DEFAULT_LISTEN,
     UnityPlayer,
+    mpi_rank,
     player_log_path,
     queue_environment_parameters,
     resolve_build,
@@ -72,6 +75,11 @@ from spinppo.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+# Builds (resolved paths) whose trained behavior turned out to have a camera in this process: later players
+# of the same build (evaluation, replay) start with graphics at once instead of being started twice.
+_CAMERA_BUILDS: set[str] = set()
+_SAID: set[tuple[str, bool]] = set()  # (build, no_graphics) whose graphics line this process printed
+
 
 def make_unity_env(
     file_name: str,
@@ -80,20 +88,21 @@ def make_unity_env(
     base_port: int = 5005,
     worker_id: int = 0,
     time_scale: float = 20.0,
-    no_graphics: bool = True,
+    no_graphics: bool | None = None,
     log_dir: str | None = None,
     environment_parameters: dict[str, Any] | None = None,
     behavior_name: str | None = None,
     run_seed: int | None = None,
     lessons: dict[str, int] | None = None,
+    listen: str = DEFAULT_LISTEN,
 ) -> UnityVectorEnv:
     """Launch the Unity build ``file_name`` and return it as a SAME_STEP ``VectorEnv`` (see the module doc).
 
     ``worker_id`` is the MPI rank's local rank on its host: the player talks on ``base_port + worker_id``.
     ``env_kwargs`` are Unity environment parameters (name to number); ``log_dir`` is the run directory,
     where the player's log goes (``unity_logs/rank<N>.log``). ``environment_parameters``, ``behavior_name``,
-    ``run_seed`` and ``lessons`` as for ``UnityVectorEnv``. The SPINPPO_UNITY_TIMEOUT variable sets how
-    many seconds to wait for the player (default 60). Bad input is a one-line UserError.
+    ``run_seed``, ``lessons`` and ``listen`` as for ``UnityVectorEnv``. The SPINPPO_UNITY_TIMEOUT variable
+    sets how many seconds to wait for the player (default 60). Bad input is a one-line UserError.
     """
     return UnityVectorEnv(
         file_name,
@@ -109,6 +118,7 @@ def make_unity_env(
         behavior_name=behavior_name,
         run_seed=run_seed,
         lessons=lessons,
+        listen=listen,
     )
 
 
@@ -127,7 +137,12 @@ class UnityVectorEnv(VectorEnv):
     mlagents-learn does), starting at ``lessons`` (name -> lesson number; None: the first lessons). Their
     names may not repeat ``env_kwargs``'. Every lesson's completion_criteria must measure the trained
     behavior. ``behavior_name``: the behavior to train (a UserError listing the build's behaviors when it
-    has none of that name); None: the first.
+    has none of that name); None: the first. ``no_graphics``: True starts the player with ``-nographics
+    -batchmode`` (cameras then render nothing: blank images), False with graphics (ML-Agents' default),
+    None (auto) without graphics unless the trained behavior has a camera (a visual observation): the
+    player is then started again with graphics, and one line says so. ``listen``: the address the
+    trainer's gRPC server listens on for the player (``--unity_listen``): ``localhost`` (loopback only, the
+    default), an address of one of this host's interfaces, or ``0.0.0.0`` / ``::`` for all of them.
     """
 
     def __init__(
@@ -138,7 +153,7 @@ class UnityVectorEnv(VectorEnv):
         base_port: int = 5005,
         worker_id: int = 0,
         time_scale: float = 20.0,
-        no_graphics: bool = True,
+        no_graphics: bool | None = None,
         log_dir: str | None = None,
         timeout_wait: float = 60.0,
         patience: int = 100,
@@ -146,6 +161,7 @@ class UnityVectorEnv(VectorEnv):
         behavior_name: str | None = None,
         run_seed: int | None = None,
         lessons: dict[str, int] | None = None,
+        listen: str = DEFAULT_LISTEN,
     ) -> None:
         self._env = None  # mlagents_envs' UnityEnvironment, once launched; close() may run before that
         self.patience = patience
@@ -168,19 +184,62 @@ class UnityVectorEnv(VectorEnv):
             worker_id=worker_id,
             timeout_wait=timeout_wait,
             log_path=player_log_path(log_dir, worker_id),
+            listen=listen,
         )
         self.file_name = self._player.file_name
         self.port = self._player.port
         self.log_path = self._player.log_path
-        samplers = self.parameter_manager.current_samplers() if self.parameter_manager else None
-        channels = settings_channels(time_scale, env_kwargs, samplers)
-        self._parameters_channel = channels[1]  # later lessons go through it
-        self._env = self._player.launch(seed=seed, no_graphics=no_graphics, side_channels=channels)
+        self._launch_settings = (seed, time_scale, env_kwargs)
+        # Auto: without graphics, unless the build is known to need them (a camera, seen earlier).
+        auto = no_graphics is None
+        self.no_graphics = (self.file_name not in _CAMERA_BUILDS) if auto else bool(no_graphics)
+        self._launch()
         try:
             self._setup()
+            if self.sensors.cameras and self.no_graphics and auto:
+                # A camera renders nothing without graphics: start the player again with them.
+                _CAMERA_BUILDS.add(self.file_name)
+                self.close_extras()  # (not close(): that would mark this environment closed)
+                self.no_graphics = False
+                self._launch()
+                self._setup()
+            if self.sensors.cameras and mpi_rank(self._player.worker_id) == 0:
+                self._say_graphics(auto)
         except BaseException:
             self.close()
             raise
+
+    def _launch(self) -> None:
+        """Start the player (``self.no_graphics``) with the time scale and the environment parameters."""
+        seed, time_scale, env_kwargs = self._launch_settings
+        samplers = self.parameter_manager.current_samplers() if self.parameter_manager else None
+        channels = settings_channels(time_scale, env_kwargs, samplers)
+        self._parameters_channel = channels[1]  # later lessons go through it
+        self._env = self._player.launch(seed=seed, no_graphics=self.no_graphics, side_channels=channels)
+
+    def _say_graphics(self, auto: bool) -> None:
+        """The one line about graphics for a behavior with a camera (once per build and process): it runs
+        with graphics, or, when --no_graphics true asked for none, that its images will be blank."""
+        key = (self.file_name, self.no_graphics)
+        if key in _SAID:
+            return
+        _SAID.add(key)
+        cameras = ", ".join(self.sensors.cameras)
+        if self.no_graphics:
+            print(
+                f"spinppo: warning: Unity behavior {self.behavior!r} has a camera ({cameras}) but "
+                "--no_graphics true starts its player without graphics, where cameras render nothing: it "
+                "will see blank images (leave --no_graphics out, or false)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            how = "auto: graphics for a camera" if auto else "--no_graphics false"
+            print(
+                f"spinppo: note: Unity behavior {self.behavior!r} has a camera ({cameras}): its player runs "
+                f"with graphics ({how}), as ML-Agents' do",
+                flush=True,
+            )
 
     # ----------------------------------------------------------------------------------------- set-up
 
@@ -558,6 +617,10 @@ class SensorLayout:
                 )
         self.vector_dim = int(sum(s[0] for s in self.shapes if len(s) == 1))
         self.is_dict = any(len(s) == 3 for s in self.shapes)
+        # The visual sensors (cameras, render textures), described as in describe(): they need graphics.
+        self.cameras = [
+            f"{n or '?'} {s}" for n, s in zip(self.names, self.shapes, strict=True) if len(s) == 3
+        ]
         if not self.is_dict:
             self.space: gym.Space = gym.spaces.Box(-np.inf, np.inf, (self.vector_dim,), np.float32)
             return
