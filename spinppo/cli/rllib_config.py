@@ -572,8 +572,6 @@ def _algorithm(
             raise UserError(f"{where}: microbatch_size: spinppo's A2C takes one gradient step per rollout")
     else:
         values["steps_per_epoch"] = _int(settings["train_batch_size"], where, "train_batch_size", 1)
-    if "_lr_zero_at" in values:
-        values["_steps"] = values.pop("_lr_zero_at")
 
 
 def _stop(stop: Any, where: str, values: dict[str, Any]) -> None:
@@ -581,7 +579,7 @@ def _stop(stop: Any, where: str, values: dict[str, Any]) -> None:
     ``--stop_at_train_return`` (the mean return of the last 100 training episodes)."""
     if not isinstance(stop, dict):
         raise UserError(f"{where}: stop must be a mapping such as {{timesteps_total: 10000000}}")
-    lr_zero_at = values.pop("_steps", None)
+    lr_zero_at = values.pop("_lr_zero_at", None)  # set by _lr_schedule: checked against the run's end
     for key, value in stop.items():
         if key in STOP_TIMESTEPS:
             steps = _int(value, where, f"stop.{key}", 1)
