@@ -1,0 +1,28 @@
+"""The committed Pong policy (pretrained/pong-ppo) still wins a whole game: a guard on the Atari pipeline
+(42-pixel frames, 4-frame skip with max-pooling, 4 frames stacked, the network rebuilt from config.json)
+that a change to any of them would break. Measured with the committed policy: 10 of 10 games won, scores
+3 to 20 (test_policy -n 10, sampled actions, first reset seeded 0); its first game ends 21-7."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from tests.conftest import REPO, run
+
+
+def test_the_pretrained_pong_policy_wins_a_whole_game():
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "spinppo.run",
+            "test_policy",
+            str(REPO / "pretrained" / "pong-ppo"),
+            "-n",
+            "1",
+        ],
+        timeout=300,
+    ).stdout
+    score = float(re.search(r"EpRet (-?[\d.]+)", out)[1])
+    assert score > 0, out  # a game ends at 21 points: a positive score is the policy's 21 first
