@@ -12,7 +12,8 @@ naming the key and the file. ``{grid_search: [...]}`` anywhere makes a grid, as 
 
 Loss scales, written in spinppo's flags: RLlib's PPO value loss is ``vf_loss_coeff * (V - R)^2``, where
 spinppo's is ``vf_coef * 0.5 * (V - R)^2``, so ``vf_coef = 2 * vf_loss_coeff``; RLlib's A2C and A3C
-already take half the squared error (``vf_coef = vf_loss_coeff``). RLlib keeps the learning rate and
+take ``vf_loss_coeff * 0.5 * (V - R)^2`` where spinppo's take ``vf_coef * (V - R)^2``, so
+``vf_coef = vf_loss_coeff / 2``. RLlib keeps the learning rate and
 entropy bonus constant (``--anneal_lr false --anneal_ent false``), normalises PPO's advantages over the
 batch and no rewards (``--norm_reward false``).
 """
@@ -565,7 +566,8 @@ def _algorithm(
             fragment = max(1, _int(settings["train_batch_size"], where, "train_batch_size", 1) // envs)
         values["n_steps"] = fragment
         values["steps_per_epoch"] = fragment * envs * max(1, math.ceil(4000 / (fragment * envs)))
-        values["vf_coef"] = _float(settings["vf_loss_coeff"], where, "vf_loss_coeff")
+        # RLlib's A2C/A3C value loss is 0.5 x the squared error, spinppo's the whole squared error.
+        values["vf_coef"] = 0.5 * _float(settings["vf_loss_coeff"], where, "vf_loss_coeff")
         values["ent_coef"] = _float(settings["entropy_coeff"], where, "entropy_coeff")
         values["norm_adv"] = False
         if settings.get("microbatch_size"):
