@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from spinppo.core.buffer import GAEBuffer
 
@@ -50,8 +51,14 @@ def test_gae_terminated_truncated_and_epoch_cut():
 
     data = buf.get(normalize_adv=True)
     adv = np.concatenate([adv_a, adv_b, adv_c])
-    np.testing.assert_allclose(data["adv"].numpy(), (adv - adv.mean()) / adv.std(), rtol=1e-4, atol=1e-5)
-    assert data["obs"].shape == (7, 2) and data["ret"].shape == (7,)
+    np.testing.assert_allclose(data.adv.numpy(), (adv - adv.mean()) / adv.std(), rtol=1e-4, atol=1e-5)
+    assert data.obs.shape == (7, 2) and data.ret.shape == (7,)
+    # The batch's tensors are the buffer's arrays (no copies), by the names the losses use.
+    np.testing.assert_array_equal(data.ret.numpy(), buf.ret[:, 0])
+    assert np.shares_memory(data.ret.numpy(), buf.ret) and np.shares_memory(data.obs.numpy(), buf.obs)
+    np.testing.assert_array_equal(data.v_old.numpy(), np.float32(val))
+    assert data.logp_old.dtype == torch.float32 and data.act.dtype == torch.float32
+    assert data.memory is None and data.starts is None and data.mask is None
 
 
 def test_environments_are_independent_columns():

@@ -112,8 +112,8 @@ def test_buffer_and_minibatches_keep_dict_observations_apart():
     buf.finish(np.zeros(2))
     assert layout.vectors(buf.obs).shape == (8, 5)
     batch = buf.get(normalize_adv=False)
-    assert batch["obs"]["cam"].dtype == torch.uint8 and batch["obs"]["cam"].shape == (8, 3, 20, 20)
-    table = MinibatchTable(obs=batch["obs"], adv=batch["adv"], act=batch["act"])
+    assert batch.obs["cam"].dtype == torch.uint8 and batch.obs["cam"].shape == (8, 3, 20, 20)
+    table = MinibatchTable(batch)
     (mb,) = list(table.shuffled(8))
     assert mb.obs["cam"].dtype == torch.uint8
     # rows stay together: each row's image value equals its vector value

@@ -11,6 +11,7 @@ policy's last-epoch mean over ~256 episodes has a standard deviation near 0.06).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from spinppo.core.buffer import GAEBuffer
+from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.networks import MLPActorCritic
 from tests.conftest import MPIRUN, mpirun, rows_without_timing, run
 from tests.test_failures import start, wait_rows
@@ -258,11 +259,11 @@ def test_the_buffer_hands_out_sequences_with_their_memories_and_episode_starts()
         )
     buf.finish(np.zeros(2))
     batch = buf.get(normalize_adv=False)
-    assert batch["obs"].shape == (4, 4, 3) and batch["act"].shape == (4, 4) and batch["adv"].shape == (4, 4)
-    assert batch["act"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
-    assert batch["memory"].tolist() == [[0, 0], [4, 0], [0, 1], [4, 1]]
-    assert batch["starts"].tolist() == [[False] * 4, [False, False, True, False], [False] * 4, [False] * 4]
-    assert batch["mask"] is None  # nothing padded
+    assert batch.obs.shape == (4, 4, 3) and batch.act.shape == (4, 4) and batch.adv.shape == (4, 4)
+    assert batch.act.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
+    assert batch.memory.tolist() == [[0, 0], [4, 0], [0, 1], [4, 1]]
+    assert batch.starts.tolist() == [[False] * 4, [False, False, True, False], [False] * 4, [False] * 4]
+    assert batch.mask is None  # nothing padded
 
 
 def fill(buf: GAEBuffer, steps: int, envs: int, seed: int = 0) -> None:
@@ -295,15 +296,14 @@ def test_a_sequence_length_that_does_not_divide_the_rollout_pads_the_last_sequen
     fill(buf, 7, 2)
     adv = buf.adv.copy()
     batch = buf.get(normalize_adv=True)
-    assert batch["obs"].shape == (6, 3, 3) and batch["adv"].shape == (6, 3) and batch["mask"].shape == (6, 3)
-    assert batch["act"].tolist() == [[0, 1, 2], [3, 4, 5], [6, 6, 6]] * 2
-    assert batch["memory"].tolist() == [[0, 0], [3, 0], [6, 0], [0, 1], [3, 1], [6, 1]]
-    assert batch["mask"].tolist() == [[True] * 3, [True] * 3, [True, False, False]] * 2
+    assert batch.obs.shape == (6, 3, 3) and batch.adv.shape == (6, 3) and batch.mask.shape == (6, 3)
+    assert batch.act.tolist() == [[0, 1, 2], [3, 4, 5], [6, 6, 6]] * 2
+    assert batch.memory.tolist() == [[0, 0], [3, 0], [6, 0], [0, 1], [3, 1], [6, 1]]
+    assert batch.mask.tolist() == [[True] * 3, [True] * 3, [True, False, False]] * 2
     assert (
-        batch["starts"].tolist()
-        == [[False, False, True], [False, False, True], [False] * 3] + [[False] * 3] * 3
+        batch.starts.tolist() == [[False, False, True], [False, False, True], [False] * 3] + [[False] * 3] * 3
     )
-    real = batch["adv"][batch["mask"]]
+    real = batch.adv[batch.mask]
     assert len(real) == 14
     torch.testing.assert_close(real.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
     expected = (adv - adv.mean()) / (adv.std() + 1e-8)  # [steps, envs], the real steps only
@@ -313,11 +313,11 @@ def test_a_sequence_length_that_does_not_divide_the_rollout_pads_the_last_sequen
     assert long.sequence_length == 7 and long.rows == 2
     fill(long, 7, 2)
     batch = long.get(normalize_adv=False)
-    assert batch["act"].tolist() == [list(range(7))] * 2 and batch["mask"] is None
-    assert batch["memory"].tolist() == [[0, 0], [0, 1]]
+    assert batch.act.tolist() == [list(range(7))] * 2 and batch.mask is None
+    assert batch.memory.tolist() == [[0, 0], [0, 1]]
 
 
-def padded_batch(ac: MLPActorCritic, steps: int = 10, envs: int = 3, seed: int = 0) -> dict:
+def padded_batch(ac: MLPActorCritic, steps: int = 10, envs: int = 3, seed: int = 0) -> Batch:
     """A recurrent batch of ``steps`` x ``envs`` (episode ends in environment 0) cut into ac's sequences,
     with random observations, actions, returns and old log-probabilities."""
     rng = np.random.default_rng(seed)
@@ -353,10 +353,8 @@ def test_padded_steps_change_no_gradient(algo):
     short sequences evaluated separately, unpadded), and whatever the padded steps hold (observations,
     actions, advantages, returns, old log-probabilities and values), the gradient is the same, bit for bit.
     """
-    from types import SimpleNamespace
-
-    from spinppo.algos.a2c import actor_critic_losses
-    from spinppo.algos.ppo import clipped_losses
+    from spinppo.algos.a2c import a2c_loss
+    from spinppo.algos.ppo import ppo_loss
 
     torch.manual_seed(0)
     ac = MLPActorCritic(
@@ -364,25 +362,17 @@ def test_padded_steps_change_no_gradient(algo):
     )
     ac.obs_rms.update(np.random.default_rng(1).normal(size=(20, 3)))
     batch = padded_batch(ac)
-    mask = batch["mask"]
+    mask = batch.mask
     assert mask.shape == (9, 4) and int(mask.sum()) == 30
 
-    def loss_of(logp, entropy, v, fields) -> torch.Tensor:
+    def loss_of(logp, entropy, v, fields: Batch) -> torch.Tensor:
         if algo == "ppo":
-            mb = SimpleNamespace(
-                adv=fields["adv"],
-                ret=fields["ret"],
-                logp_old=fields["logp"],
-                v_old=fields["val"],
-                mask=fields["mask"],
-            )
-            loss_pi, loss_v, ent, _, _ = clipped_losses(logp, entropy, v, mb, clip=0.2, clip_vloss=True)
-        else:
-            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, fields)
-        return loss_pi + 0.5 * loss_v - 0.01 * ent
+            coefs = {"clip": 0.2, "vf_coef": 0.5, "ent_coef": 0.01, "clip_vloss": True}
+            return ppo_loss(fields, logp, entropy, v, **coefs).loss
+        return a2c_loss(fields, logp, entropy, v, vf_coef=0.5, ent_coef=0.01)[0]
 
-    def padded_gradient(fields: dict) -> torch.Tensor:
-        out = ac.evaluate(fields["obs"], fields["act"], memory=fields["memory"], starts=fields["starts"])
+    def padded_gradient(fields: Batch) -> torch.Tensor:
+        out = ac.evaluate(fields.obs, fields.act, memory=fields.memory, starts=fields.starts)
         return _gradient(ac, loss_of(*out, fields))
 
     padded = padded_gradient(batch)
@@ -391,28 +381,29 @@ def test_padded_steps_change_no_gradient(algo):
     parts = []
     for rows, length in ((full, 4), (short, 2)):
         out = ac.evaluate(
-            batch["obs"][rows, :length],
-            batch["act"][rows, :length],
-            memory=batch["memory"][rows],
-            starts=batch["starts"][rows, :length],
+            batch.obs[rows, :length],
+            batch.act[rows, :length],
+            memory=batch.memory[rows],
+            starts=batch.starts[rows, :length],
         )
         parts.append([x.reshape(-1) for x in out])
     logp, entropy, v = (torch.cat([a, b]) for a, b in zip(*parts, strict=True))
     flat = {
-        key: torch.cat([batch[key][full].reshape(-1), batch[key][short][:, :2].reshape(-1)])
-        for key in ("adv", "ret", "logp", "val")
+        key: torch.cat([getattr(batch, key)[full].reshape(-1), getattr(batch, key)[short][:, :2].reshape(-1)])
+        for key in ("adv", "ret", "logp_old", "v_old")
     }
-    alone = _gradient(ac, loss_of(logp, entropy, v, {**flat, "mask": None}))
+    alone = _gradient(ac, loss_of(logp, entropy, v, dataclasses.replace(batch, **flat, mask=None)))
     assert padded.abs().sum() > 0
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-7)
 
-    changed = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    changed = dataclasses.replace(batch)
     rng = torch.Generator().manual_seed(2)
-    for key in ("obs", "act", "adv", "ret", "logp", "val"):
-        noise = 10 * torch.randn(changed[key].shape, generator=rng)
-        where = ~mask.view(*mask.shape, *([1] * (changed[key].dim() - 2)))
-        changed[key] = torch.where(where, noise, changed[key])
-    assert not torch.equal(changed["obs"], batch["obs"])
+    for key in ("obs", "act", "adv", "ret", "logp_old", "v_old"):
+        field = getattr(batch, key)
+        noise = 10 * torch.randn(field.shape, generator=rng)
+        where = ~mask.view(*mask.shape, *([1] * (field.dim() - 2)))
+        setattr(changed, key, torch.where(where, noise, field))
+    assert not torch.equal(changed.obs, batch.obs)
     assert torch.equal(padded_gradient(changed), padded)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spinppo.core.buffer import GAEBuffer
+from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.minibatches import MinibatchTable
 from tests.conftest import MPIRUN, run
 
@@ -146,22 +146,27 @@ def test_a_rollout_cut_short_is_finished_like_a_shorter_one():
             buf.store(obs, np.zeros(2), rew, val, np.zeros(2), done, np.zeros(2, bool))
         buf.finish(np.array([0.5, -0.5]))
         batches.append(buf.get(normalize_adv=False))
-    for key in ("obs", "act", "ret", "adv", "logp", "val"):
-        torch.testing.assert_close(batches[0][key], batches[1][key])
-    assert batches[0]["adv"].shape == (10,)
+    for key in ("obs", "act", "ret", "adv", "logp_old", "v_old"):
+        torch.testing.assert_close(getattr(batches[0], key), getattr(batches[1], key))
+    assert batches[0].adv.shape == (10,)
 
 
 def test_minibatches_of_a_short_batch_are_as_many_as_a_full_ones():
     """Every rank must take as many gradient steps: a short batch splits into the same count of minibatches
     (nearly equal ones), every row used once; a full batch keeps the usual minibatches."""
-    short = MinibatchTable(x=torch.arange(10.0))
-    sizes = [len(mb.x) for mb in short.shuffled(8, count=4)]
+
+    def numbered(n: int) -> MinibatchTable:  # every field of row i holds i
+        x = torch.arange(float(n))
+        return MinibatchTable(Batch(obs=x[:, None], act=x, adv=x, ret=x, logp_old=x, v_old=x))
+
+    short = numbered(10)
+    sizes = [len(mb.adv) for mb in short.shuffled(8, count=4)]
     assert sizes == [2, 3, 2, 3]
-    rows = torch.cat([mb.x for mb in short.shuffled(8, count=4)])
+    rows = torch.cat([mb.adv for mb in short.shuffled(8, count=4)])
     assert sorted(rows.tolist()) == list(range(10))
-    tiny = MinibatchTable(x=torch.arange(3.0))  # fewer rows than minibatches: one row each, in turn
-    chunks = [mb.x.tolist() for mb in tiny.shuffled(8, count=5)]
+    tiny = numbered(3)  # fewer rows than minibatches: one row each, in turn
+    chunks = [mb.adv.tolist() for mb in tiny.shuffled(8, count=5)]
     assert [len(c) for c in chunks] == [1] * 5 and sorted(sum(chunks[:3], [])) == [0.0, 1.0, 2.0]
-    full = MinibatchTable(x=torch.arange(34.0))
-    assert [len(mb.x) for mb in full.shuffled(8, count=4)] == [8, 8, 8, 8]
-    assert [len(mb.x) for mb in full.shuffled(8)] == [8, 8, 8, 8]
+    full = numbered(34)
+    assert [len(mb.adv) for mb in full.shuffled(8, count=4)] == [8, 8, 8, 8]
+    assert [len(mb.adv) for mb in full.shuffled(8)] == [8, 8, 8, 8]

@@ -10,32 +10,51 @@ Every E is over the batch's real steps: a recurrent batch's padded steps are lef
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
-from spinppo.core.buffer import real_steps
+from spinppo.core.buffer import Batch, real_steps
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 from spinppo.utils.mpi_tools import num_procs
 
-LOG_KEYS = ["LossPi", "LossV", "Entropy"]
+
+class A2CStats(NamedTuple):
+    """``a2c_loss``'s statistics, named as they are logged (``LOG_KEYS``)."""
+
+    LossPi: torch.Tensor  # L_pi
+    LossV: torch.Tensor  # L_v, before c_v
+    Entropy: torch.Tensor  # E[H] (a Gaussian's summed over its dimensions)
+
+    def floats(self) -> dict[str, float]:
+        """The statistics as the logger takes them: Python floats by name."""
+        return {name: value.item() for name, value in self._asdict().items()}
 
 
-def actor_critic_losses(
-    logp: torch.Tensor, entropy: torch.Tensor, v: torch.Tensor, batch: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A2C's (and A3C's) ``(loss_pi, loss_v, entropy)`` of a batch (``adv``, ``ret``, ``mask``), given the
-    policy's ``logp``, ``entropy`` and value ``v`` of its steps: means over the real steps (a recurrent
-    batch's padded steps, where ``mask`` is False, take no part)."""
-    adv, ret = batch["adv"], batch["ret"]
-    if batch["mask"] is not None:
-        logp, entropy, v, adv, ret = real_steps(batch["mask"], logp, entropy, v, adv, ret)
+def a2c_loss(
+    batch: Batch, logp: torch.Tensor, entropy: torch.Tensor, v: torch.Tensor, vf_coef: float, ent_coef: float
+) -> tuple[torch.Tensor, A2CStats]:
+    """A2C's (and A3C's) loss of a batch (its ``adv``, ``ret`` and ``mask``), given the policy's ``logp``,
+    ``entropy`` and value ``v`` at its steps (``ac.evaluate``)::
+
+        loss = L_pi + vf_coef L_v - ent_coef E[H],   L_pi = -E[logp A],   L_v = E[(V - R)^2]
+
+    Returns ``(loss, A2CStats(L_pi, L_v, E[H]))``. Every E is over the real steps: a recurrent batch's
+    padded steps, where ``mask`` is False, take no part."""
+    adv, ret = batch.adv, batch.ret
+    if batch.mask is not None:
+        logp, entropy, v, adv, ret = real_steps(batch.mask, logp, entropy, v, adv, ret)
     loss_pi = -(logp * adv).mean()
     loss_v = ((v - ret) ** 2).mean()
-    return loss_pi, loss_v, entropy.mean()
+    ent = entropy.mean()
+    loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+    return loss, A2CStats(loss_pi, loss_v, ent)
+
+
+LOG_KEYS = list(A2CStats._fields)
 
 
 def a2c(
@@ -138,20 +157,17 @@ def a2c(
         ac = run.ac
         optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)
 
-        def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        def update(batch: Batch) -> dict[str, float]:
             """One gradient step on the n-step batch of every rank."""
-            logp, entropy, v = ac.evaluate(
-                batch["obs"], batch["act"], memory=batch["memory"], starts=batch["starts"]
-            )
-            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, batch)
-            loss = loss_pi + vf_coef * loss_v - ent_coef * ent
+            logp, entropy, v = ac.evaluate(batch.obs, batch.act, memory=batch.memory, starts=batch.starts)
+            loss, stats = a2c_loss(batch, logp, entropy, v, vf_coef, ent_coef)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             mpi_avg_grads(ac)  # every rank now holds the mean gradient
             if max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(ac.parameters(), max_grad_norm)
             optimizer.step()
-            return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
+            return stats.floats()
 
         for epoch in run.epochs(epochs, save_freq, optimizers={"optimizer": optimizer}):
             for _ in range(run.rollouts_per_epoch):

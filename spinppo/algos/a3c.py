@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from spinppo.algos.a2c import actor_critic_losses
+from spinppo.algos.a2c import a2c_loss
 from spinppo.algos.asynchronous import AsyncTraining
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
+from spinppo.core.buffer import Batch
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_tools import num_procs
@@ -122,14 +123,12 @@ def a3c(
         ac = run.ac
         run.steps_per_epoch = steps_per_epoch  # a row whenever the ranks' steps add up to this
 
-        def gradient(batch: dict[str, torch.Tensor]) -> dict[str, float]:
-            """The loss of one rollout of this rank, backpropagated into ac's gradients."""
-            logp, entropy, v = ac.evaluate(
-                batch["obs"], batch["act"], memory=batch["memory"], starts=batch["starts"]
-            )
-            loss_pi, loss_v, ent = actor_critic_losses(logp, entropy, v, batch)  # (A2C's)
-            (loss_pi + vf_coef * loss_v - ent_coef * ent).backward()
-            return dict(LossPi=loss_pi.item(), LossV=loss_v.item(), Entropy=ent.item())
+        def gradient(batch: Batch) -> dict[str, float]:
+            """A2C's loss of one rollout of this rank, backpropagated into ac's gradients."""
+            logp, entropy, v = ac.evaluate(batch.obs, batch.act, memory=batch.memory, starts=batch.starts)
+            loss, stats = a2c_loss(batch, logp, entropy, v, vf_coef, ent_coef)
+            loss.backward()
+            return stats.floats()
 
         def shared_rmsprop(params: Any) -> torch.optim.Optimizer:
             return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5, foreach=True)

@@ -55,7 +55,7 @@ from spinppo.algos.onpolicy import (
     print_progress,
     train_return_reached,
 )
-from spinppo.core.buffer import real_steps
+from spinppo.core.buffer import Batch, real_steps
 from spinppo.core.evaluation import Evaluator
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped
 from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
@@ -130,9 +130,7 @@ class AsyncTraining:
 
     # --------------------------------------------------------------------------------- every rank
 
-    def train(
-        self, gradient: Callable[[dict[str, Any]], dict[str, float]], epochs: int, save_freq: int
-    ) -> None:
+    def train(self, gradient: Callable[[Batch], dict[str, float]], epochs: int, save_freq: int) -> None:
         """Run until rank 0 has logged ``epochs`` epochs (or stops early); leave with rank 0's parameters
         on every rank. Raises TrainingStopped after a signal and TrainingDiverged after a non-finite
         update, on every rank."""
@@ -196,9 +194,7 @@ class AsyncTraining:
                 "versions old are dropped"
             )
 
-    def _rollout_and_gradient(
-        self, gradient: Callable[[dict[str, Any]], dict[str, float]]
-    ) -> dict[str, Any] | None:
+    def _rollout_and_gradient(self, gradient: Callable[[Batch], dict[str, float]]) -> dict[str, Any] | None:
         """One rollout with this rank's parameters and its gradient, as the message for rank 0 (None on
         rank 0 when the run began to stop during the rollout: its steps are not used)."""
         run, worker, buf = self.run, self.run.worker, self.run.buf
@@ -219,9 +215,9 @@ class AsyncTraining:
             run.reward_scaler.sync(across_ranks=False)  # each rank scales by its own returns' spread
         batch = buf.get(normalize_adv=False)
         if self.norm_adv:  # over this rollout only (its real steps): no rank waits for another's
-            adv = batch["adv"]
-            (real,) = real_steps(batch["mask"], adv)
-            batch["adv"] = (adv - real.mean()) / (real.std(unbiased=False) + 1e-8)
+            adv = batch.adv
+            (real,) = real_steps(batch.mask, adv)
+            batch.adv = (adv - real.mean()) / (real.std(unbiased=False) + 1e-8)
         self.ac.zero_grad(set_to_none=False)
         stats = gradient(batch)
         report = {

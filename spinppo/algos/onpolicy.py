@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from spinppo.algos.checkpoint import Checkpointer, checkpoint_epochs, initial_model_file, initialize_policy
-from spinppo.core.buffer import GAEBuffer
+from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.encoders import ObsLayout
 from spinppo.core.evaluation import Evaluator
 from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
@@ -430,11 +430,10 @@ class OnPolicyRun:
             self.epoch, self.epoch_steps = epoch, 0
             yield epoch
 
-    def collect(self) -> dict[str, torch.Tensor]:
-        """Step the environments with the current policy for one rollout; return the batch (``obs``,
-        ``act``, ``ret``, ``adv``, ``logp``, ``val``, flat tensors; ``obs`` of an image or Dict space as
-        ``GAEBuffer.get`` gives it) with GAE-lambda advantages,
-        normalised over all ranks when ``norm_adv``. Episode returns go to the logger.
+    def collect(self) -> Batch:
+        """Step the environments with the current policy for one rollout; return its ``Batch``
+        (``GAEBuffer.get``) with GAE-lambda advantages, normalised over all ranks when ``norm_adv``.
+        Episode returns go to the logger.
 
         With ``--preempt`` the rollout may end early on this rank (DD-PPO): the batch is then shorter,
         and every rank's update still takes the same number of gradient steps (``full_rows``)."""

@@ -1,65 +1,100 @@
 """Proximal Policy Optimization (clip), data-parallel over MPI ranks.
 
-    L = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
+    L = -E[min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)] + c_v 0.5 E[(V(s_t) - R_t)^2] - beta E[H(pi(.|s_t))]
         (+ c_kl E[KL(pi_old(.|s_t) || pi(.|s_t))] with --kl_coeff, RLlib's adaptive KL penalty)
 
 with r_t = pi(a_t|s_t) / pi_old(a_t|s_t), A_t the GAE-lambda advantage and R_t the lambda-return.
-Several epochs of minibatch SGD per rollout; gradients are averaged over ranks after every backward.
-The logged LossPi, LossV, Entropy, KL and ClipFrac are means over the update's last pass over the batch.
+``ppo_loss`` below is L on one minibatch (with the value clip variants). Several epochs of minibatch SGD
+per rollout; gradients are averaged over ranks after every backward. The logged LossPi, LossV, Entropy,
+KL and ClipFrac (``PPOStats``) are means over the update's last pass over the batch.
 
 With ``kl_coeff`` > 0 the penalty's coefficient c_kl adapts after every update as RLlib's PPO adapts
 it (``adapt_kl_coeff``) from PolicyKL, the mean exact KL over every minibatch of the update averaged over
 the ranks (identical on every rank); it is kept in the checkpoint (``run_state``), so a resumed run goes
 on with the coefficient it had, and logged as KLCoeff (the coefficient the epoch's update used).
 
-Every E is over a minibatch's real steps: a recurrent batch's padded steps (``clipped_losses``) are left out.
+Every E is over a minibatch's real steps: a recurrent batch's padded steps are left out (``ppo_loss``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
-from spinppo.core.buffer import real_steps
+from spinppo.core.buffer import Batch, real_steps
 from spinppo.core.minibatches import MinibatchTable, StatSums
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import clip_grad_norm_flat, flatten_parameters, mpi_avg_grads
 from spinppo.utils.mpi_tools import mpi_avg, num_procs
 
-LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL", "ClipFrac", "StopIter", "LR", "ClipRange", "EntCoef"]
-KL_PENALTY_KEYS = ["PolicyKL", "KLCoeff"]  # logged too when --kl_coeff is on
+
+class PPOStats(NamedTuple):
+    """One minibatch's statistics, named as they are logged (``LOG_KEYS`` and the update's sums use these)."""
+
+    LossPi: torch.Tensor  # the clipped surrogate's loss
+    LossV: torch.Tensor  # the value loss, before c_v
+    Entropy: torch.Tensor  # the mean entropy H (a Gaussian's summed over its dimensions)
+    KL: torch.Tensor  # the approximate KL(old || new), E[(r_t - 1) - log r_t]
+    ClipFrac: torch.Tensor  # the share of steps whose ratio r_t lies outside [1 - eps, 1 + eps]
 
 
-def adapt_kl_coeff(kl_coeff: float, kl: float, kl_target: float) -> float:
-    """RLlib's PPO ``update_kl``: the next coefficient of the KL penalty after an update whose mean KL
-    was ``kl``: x1.5 when it passed 2 x ``kl_target``, x0.5 when it fell under ``kl_target`` / 2, else the
-    same."""
-    if kl > 2.0 * kl_target:
-        return kl_coeff * 1.5
-    if kl < 0.5 * kl_target:
-        return kl_coeff * 0.5
-    return kl_coeff
+@dataclass(slots=True)
+class PPOLoss:
+    """``ppo_loss``'s result: ``loss`` to backpropagate, its terms, and what ``stats`` is made of."""
+
+    loss: torch.Tensor
+    loss_pi: torch.Tensor
+    loss_v: torch.Tensor
+    entropy: torch.Tensor
+    mean_kl: torch.Tensor | None  # E[KL(old || new)], exact, when the penalty is on (else None)
+    ratio: torch.Tensor  # r_t at the real steps
+    log_ratio: torch.Tensor
+    clip: float
+
+    def stats(self) -> PPOStats:
+        """The minibatch's statistics, without gradients. Asked for only when they are logged: on every
+        minibatch of every pass they would cost ~3% of the update."""
+        with torch.no_grad():
+            approx_kl = ((self.ratio - 1) - self.log_ratio).mean()  # low-variance KL estimate
+            clipfrac = ((self.ratio - 1).abs() > self.clip).float().mean()
+        return PPOStats(
+            self.loss_pi.detach(), self.loss_v.detach(), self.entropy.detach(), approx_kl, clipfrac
+        )
 
 
-def clipped_losses(
+def ppo_loss(
+    mb: Batch,
     logp: torch.Tensor,
     entropy: torch.Tensor,
     v: torch.Tensor,
-    mb: Any,
     clip: float,
-    clip_vloss: bool,
+    vf_coef: float,
+    ent_coef: float,
+    ent_scale: float = 1.0,
+    clip_vloss: bool = False,
     vf_clip_param: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's losses on a minibatch ``mb`` (``adv``, ``ret``, ``logp_old``, ``v_old``, ``mask``), given the
-    current policy's ``logp``, ``entropy`` and value ``v`` of its steps (``ac.evaluate``):
-    ``(loss_pi, loss_v, entropy, ratio, log_ratio)``, the first three means over the minibatch's real
-    steps (a recurrent batch's padded steps, where ``mask`` is False, take no part). ``vf_clip_param``
-    caps each step's squared value error (RLlib's), unless ``clip_vloss`` clips the value's change."""
+    kl: torch.Tensor | None = None,
+    kl_coeff: float = 0.0,
+) -> PPOLoss:
+    """PPO's loss on a minibatch ``mb`` (its ``adv``, ``ret``, ``logp_old``, ``v_old`` and ``mask``), given
+    the current policy's ``logp``, ``entropy`` and value ``v`` at its steps (``ac.evaluate``)::
+
+        r_t  = exp(logp - logp_old)
+        L_pi = -E[min(r_t A_t, clip(r_t, 1 - clip, 1 + clip) A_t)]
+        L_v  = 0.5 E[(V - R)^2]
+               clip_vloss:    0.5 E[max((V - R)^2, (V_old + clip(V - V_old, -clip, clip) - R)^2)]
+               vf_clip_param: 0.5 E[min((V - R)^2, vf_clip_param)]            (RLlib's)
+        loss = L_pi + vf_coef L_v - ent_coef E[H] ent_scale  (+ kl_coeff E[kl] when ``kl`` is given)
+
+    ``ent_scale``: 1 / action dimensions for ML-Agents' per-dimension entropy bonus, else 1. ``kl``: each
+    step's exact KL(old || new) (``ac.kl``), for RLlib's penalty. Every E is over the real steps: a recurrent
+    minibatch's padded steps, where ``mask`` is False, take no part."""
     adv, ret, logp_old, v_old = mb.adv, mb.ret, mb.logp_old, mb.v_old
     if mb.mask is not None:
         logp, entropy, v, adv, ret, logp_old, v_old = real_steps(
@@ -76,7 +111,30 @@ def clipped_losses(
         loss_v = 0.5 * torch.clamp((v - ret) ** 2, max=vf_clip_param).mean()
     else:
         loss_v = 0.5 * ((v - ret) ** 2).mean()
-    return loss_pi, loss_v, entropy.mean(), ratio, log_ratio
+    ent = entropy.mean()
+    loss = loss_pi + vf_coef * loss_v - ent_coef * ent * ent_scale
+    mean_kl = None
+    if kl is not None:  # RLlib's: kl_coeff x the mean KL(old || new), beside the clipped surrogate
+        (kl_steps,) = real_steps(mb.mask, kl)
+        mean_kl = kl_steps.mean()
+        loss = loss + kl_coeff * mean_kl
+    return PPOLoss(loss, loss_pi, loss_v, ent, mean_kl, ratio, log_ratio, clip)
+
+
+# The loss's statistics (the last pass's means; KL averaged over ranks), then the update's own values.
+LOG_KEYS = [*PPOStats._fields, "StopIter", "LR", "ClipRange", "EntCoef"]
+KL_PENALTY_KEYS = ["PolicyKL", "KLCoeff"]  # logged too when --kl_coeff is on
+
+
+def adapt_kl_coeff(kl_coeff: float, kl: float, kl_target: float) -> float:
+    """RLlib's PPO ``update_kl``: the next coefficient of the KL penalty after an update whose mean KL
+    was ``kl``: x1.5 when it passed 2 x ``kl_target``, x0.5 when it fell under ``kl_target`` / 2, else the
+    same."""
+    if kl > 2.0 * kl_target:
+        return kl_coeff * 1.5
+    if kl < 0.5 * kl_target:
+        return kl_coeff * 0.5
+    return kl_coeff
 
 
 def ppo(
@@ -215,18 +273,18 @@ def ppo(
         # ML-Agents' beta weighs the Gaussian's entropy per action dimension (ent_mean_over_dims).
         ent_scale = 1.0 / math.prod(ac.act_shape) if ent_mean_over_dims and not ac.discrete else 1.0
 
-        def old_distributions(obs: Any, batch: dict[str, Any], rows: int, chunk: int) -> torch.Tensor:
+        def old_distributions(obs: Any, batch: Batch, rows: int, chunk: int) -> torch.Tensor:
             """The policy head's outputs for the batch before the update, [rows, A] (a recurrent batch:
             [rows, L, A]), in chunks of ``chunk`` rows (no gradients): what the KL penalty compares with."""
             layout, outs = ac.layout, []
-            memory, starts = batch["memory"], batch["starts"]
+            memory, starts = batch.memory, batch.starts
             with torch.no_grad():
                 for a in range(0, rows, chunk):
                     rows_here = slice(a, a + chunk)
                     outs.append(
                         ac.evaluate(
                             layout.take(obs, rows_here),
-                            batch["act"][rows_here],
+                            batch.act[rows_here],
                             obs_normalized=True,
                             memory=None if memory is None else memory[rows_here],
                             starts=None if starts is None else starts[rows_here],
@@ -235,10 +293,8 @@ def ppo(
                     )
             return torch.cat(outs)
 
-        def update(
-            batch: dict[str, torch.Tensor], ent_weight: float, clip: float, kl_weight: float
-        ) -> dict[str, float]:
-            """``update_epochs`` passes of minibatch SGD on the PPO-clip loss (with the KL penalty weighed
+        def update(batch: Batch, ent_weight: float, clip: float, kl_weight: float) -> dict[str, float]:
+            """``update_epochs`` passes of minibatch SGD on ``ppo_loss`` (with the KL penalty weighed
             ``kl_weight`` when --kl_coeff is on); the statistics to log."""
             # A row of the batch is one step, or with memory one sequence of sequence_length steps (each
             # environment's last one padded when it does not divide the rollout). Every rank takes as many
@@ -247,63 +303,55 @@ def ppo(
             minibatch_rows = max(1, local_minibatch // per_row)
             rows = run.buf.rows
             # Observation statistics are fixed during the update: normalise the batch once.
-            obs = ac.normalize_obs(batch["obs"])
+            obs = ac.normalize_obs(batch.obs)
             penalty = kl_coeff > 0
             with_dist = {"with_dist": True} if penalty else {}  # evaluate's 4th result: the distributions
+            dist_old, old_log_std = None, None
             if penalty:  # the old policy's distributions, and a Gaussian's log std, before any step
                 old_log_std = None if ac.discrete else ac.log_std.detach().clone()
                 rows_now = ac.layout.batch_size(obs)  # (fewer than rows after a preemption)
                 dist_old = old_distributions(obs, batch, rows_now, minibatch_rows)
-            table = MinibatchTable(
-                obs=obs,
-                act=batch["act"],
-                adv=batch["adv"],
-                ret=batch["ret"],
-                logp_old=batch["logp"],
-                v_old=batch["val"],
-                memory=batch["memory"],  # recurrent policies: the memory before each sequence
-                starts=batch["starts"],  # where episodes begin inside it
-                mask=batch["mask"],  # its real steps (None: none padded)
-                dist_old=dist_old if penalty else None,  # and the old policy's distributions (--kl_coeff)
-            )
-            stats = StatSums("LossPi", "LossV", "Entropy", "KL", "ClipFrac")
+            table = MinibatchTable(batch, obs=obs, dist_old=dist_old)
+            stats = StatSums(*PPOStats._fields)
             passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
             stop_iter, kl = update_epochs, 0.0
             policy_kl, steps = torch.zeros(()), 0  # the exact KL summed over the minibatches; their count
             for i in range(update_epochs):
-                # Statistics of the last pass only (and of every pass when target_kl needs its KL): on
-                # every minibatch of every pass they would cost ~3% of the update.
+                # Statistics of the last pass only (and of every pass when target_kl needs its KL).
                 track = target_kl is not None or i == update_epochs - 1
                 stats.zero()
                 for mb in table.shuffled(minibatch_rows, passes):
                     logp, entropy, v, *dist = ac.evaluate(
                         mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts, **with_dist
                     )
-                    loss_pi, loss_v, ent, ratio, log_ratio = clipped_losses(
-                        logp, entropy, v, mb, clip, clip_vloss, vf_clip_param
+                    step_kl = ac.kl(mb.dist_old, dist[0], old_log_std) if penalty else None
+                    result = ppo_loss(
+                        mb,
+                        logp,
+                        entropy,
+                        v,
+                        clip=clip,
+                        vf_coef=vf_coef,
+                        ent_coef=ent_weight,
+                        ent_scale=ent_scale,
+                        clip_vloss=clip_vloss,
+                        vf_clip_param=vf_clip_param,
+                        kl=step_kl,
+                        kl_coeff=kl_weight,
                     )
-                    loss = loss_pi + vf_coef * loss_v - ent_weight * ent * ent_scale
-                    if penalty:  # RLlib's: kl_coeff x the mean KL(old || new), beside the clipped surrogate
-                        (kl_steps,) = real_steps(mb.mask, ac.kl(mb.dist_old, dist[0], old_log_std))
-                        mean_kl = kl_steps.mean()
-                        loss = loss + kl_weight * mean_kl
-                        policy_kl += mean_kl.detach()
+                    if penalty:
+                        policy_kl += result.mean_kl.detach()
                         steps += 1
 
                     params.grad.zero_()
-                    loss.backward()
+                    result.loss.backward()
                     mpi_avg_grads(ac)  # every rank now holds the mean gradient
                     if max_grad_norm:
                         clip_grad_norm_flat(params, max_grad_norm)
                     optimizer.step()
 
                     if track:
-                        with torch.no_grad():
-                            approx_kl = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
-                            clipfrac = ((ratio - 1).abs() > clip).float().mean()
-                            stats.add(
-                                LossPi=loss_pi, LossV=loss_v, Entropy=ent, KL=approx_kl, ClipFrac=clipfrac
-                            )
+                        stats.add(**result.stats()._asdict())
                 if track:
                     kl = mpi_avg(stats.mean("KL", passes))
                     if target_kl is not None and kl > 1.5 * target_kl:

@@ -1,23 +1,58 @@
 """Vanilla Policy Gradient with a learned value baseline and GAE-lambda advantages (Spinning Up's VPG).
 
 grad J(theta) = E[ grad log pi(a_t|s_t) A_t ]        one policy step per epoch, on the whole batch
-V is fitted to the lambda-returns by ``train_v_iters`` steps of its own optimiser. Every E is over the
-batch's real steps: a recurrent batch's padded steps are left out.
+    L_pi = -E[log pi(a_t|s_t) A_t] - c_ent E[H]   (``vpg_loss``; its gradient: -grad J, less the bonus's)
+    L_v  = E[(V(s_t) - R_t)^2]                     (``value_loss``)
+V is fitted to the lambda-returns R_t by ``train_v_iters`` steps of L_v with its own optimiser. Every E is
+over the batch's real steps: a recurrent batch's padded steps are left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
-from spinppo.core.buffer import real_steps
+from spinppo.core.buffer import Batch, real_steps
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
 
-LOG_KEYS = ["LossPi", "LossV", "Entropy", "KL"]
+
+def vpg_loss(
+    batch: Batch, logp: torch.Tensor, entropy: torch.Tensor, ent_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VPG's policy loss on a batch (its ``adv`` and ``mask``), given the policy's ``logp`` and ``entropy``
+    at its steps (``ac.evaluate``)::
+
+        L_pi = -E[logp A] - ent_coef E[H]
+
+    Returns ``(L_pi, E[H])``, means over the real steps (a recurrent batch's padded steps, where ``mask`` is
+    False, take no part)."""
+    adv = batch.adv
+    if batch.mask is not None:
+        logp, entropy, adv = real_steps(batch.mask, logp, entropy, adv)
+    ent = entropy.mean()
+    return -(logp * adv).mean() - ent_coef * ent, ent
+
+
+def value_loss(v: torch.Tensor, ret: torch.Tensor) -> torch.Tensor:
+    """VPG's value loss ``L_v = E[(V - R)^2]`` of values ``v`` and returns ``ret`` at the same (real)
+    steps."""
+    return ((v - ret) ** 2).mean()
+
+
+class VPGStats(NamedTuple):
+    """An update's statistics, named as they are logged (``LOG_KEYS``)."""
+
+    LossPi: float  # L_pi before the policy step
+    LossV: float  # L_v before the first value step
+    Entropy: float  # E[H] before the policy step
+    KL: float  # E[logp_old - logp] after the policy step: the step's KL(old || new), estimated
+
+
+LOG_KEYS = list(VPGStats._fields)
 
 
 def vpg(
@@ -114,18 +149,17 @@ def vpg(
         pi_optimizer = torch.optim.Adam(pi_params, lr=pi_lr, fused=True)
         vf_optimizer = torch.optim.Adam(v_params, lr=vf_lr, fused=True)
 
-        def update(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        def update(batch: Batch) -> dict[str, float]:
             """One policy-gradient step on the whole batch, then ``train_v_iters`` value steps."""
-            obs, act = batch["obs"], batch["act"]
-            seq = {"memory": batch["memory"], "starts": batch["starts"]}  # None without memory
-            mask = batch["mask"]  # a recurrent batch's real steps (None: none padded): every mean's
-            adv, ret, logp_old = real_steps(mask, batch["adv"], batch["ret"], batch["logp"])
-            logp, entropy, _ = real_steps(mask, *ac.evaluate(obs, act, **seq))
-            loss_pi = -(logp * adv).mean() - ent_coef * entropy.mean()
+            obs, act, mask = batch.obs, batch.act, batch.mask  # (mask: a recurrent batch's real steps)
+            seq = {"memory": batch.memory, "starts": batch.starts}  # None without memory
+            logp, entropy, _ = ac.evaluate(obs, act, **seq)
+            loss_pi, ent = vpg_loss(batch, logp, entropy, ent_coef)
             pi_optimizer.zero_grad(set_to_none=False)
             loss_pi.backward()
             mpi_avg_grads(ac)  # every rank now holds the mean gradient
             pi_optimizer.step()
+            ret, logp_old = real_steps(mask, batch.ret, batch.logp_old)
             with torch.no_grad():
                 kl = float((logp_old - real_steps(mask, ac.evaluate(obs, act, **seq)[0])[0]).mean())
             # Value-function regression on the lambda-returns. The value steps fit only v, so what v takes
@@ -134,13 +168,13 @@ def vpg(
                 (feat,) = real_steps(mask, ac.features(obs, **seq))
             loss_v_first = None
             for _ in range(train_v_iters):
-                loss_v = ((ac.v(feat).squeeze(-1) - ret) ** 2).mean()
+                loss_v = value_loss(ac.v(feat).squeeze(-1), ret)
                 vf_optimizer.zero_grad(set_to_none=False)
                 loss_v.backward()
                 mpi_avg_grads(ac)
                 vf_optimizer.step()
                 loss_v_first = loss_v.item() if loss_v_first is None else loss_v_first
-            return dict(LossPi=loss_pi.item(), LossV=loss_v_first, Entropy=entropy.mean().item(), KL=kl)
+            return VPGStats(loss_pi.item(), loss_v_first, ent.item(), kl)._asdict()
 
         optimizers = {"pi_optimizer": pi_optimizer, "vf_optimizer": vf_optimizer}
         for epoch in run.epochs(epochs, save_freq, optimizers):

@@ -19,6 +19,7 @@ A ``sequence_length`` longer than the rollout makes each environment's rollout o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,30 @@ from spinppo.core.encoders import ObsLayout
 from spinppo.utils.mpi_tools import mpi_statistics_scalar
 
 
+@dataclass(slots=True)
+class Batch:
+    """One rank's rollout as training data (``GAEBuffer.get``): tensors that share the buffer's memory.
+
+    Feed-forward: every field [n, ...], n = steps x environments. A recurrent policy's batch is sequences
+    instead: every step field [S, L, ...] (S sequences of L = ``sequence_length`` steps of one environment).
+    """
+
+    obs: Any  # [n, obs_dim] vectors; an image in its stored dtype (uint8); a Dict space: a dict of those
+    act: torch.Tensor  # the actions taken (int64 for a discrete space)
+    adv: torch.Tensor  # GAE-lambda advantages (normalised when get() was asked to)
+    ret: torch.Tensor  # lambda-returns, the value function's targets
+    logp_old: torch.Tensor  # log pi_old(a|s): the log-probability of each action under the rollout's policy
+    v_old: torch.Tensor  # V_old(s): the rollout's value estimates
+    memory: torch.Tensor | None = None  # recurrent: [S, memory_size], the memory before each sequence
+    starts: torch.Tensor | None = None  # recurrent: [S, L] bool, True where a step begins an episode
+    mask: torch.Tensor | None = None  # recurrent and padded: [S, L] bool, True at the real steps
+
+
 class GAEBuffer:
     """Stores one rank's rollout of ``steps`` steps of ``num_envs`` environments.
 
     Call ``store`` once per step with per-environment arrays, ``finish(last_val)`` after the last step,
-    then ``get()`` for the flat training batch. Advantages are normalised over all ranks.
+    then ``get()`` for the training ``Batch``. Advantages are normalised over all ranks.
 
     ``obs_dim`` is the length of vector observations, or an ``ObsLayout`` (``ObsLayout.from_space``) for
     images and Dicts: images are stored in their own dtype (uint8 pixels stay uint8, a quarter of float32),
@@ -158,8 +178,8 @@ class GAEBuffer:
             length[cuts[t] | self.done[t]] = 0
         return cuts
 
-    def get(self, normalize_adv: bool = True) -> dict[str, Any]:
-        """The batch as flat tensors (obs, act, ret, adv, logp, val); resets the buffer for the next epoch.
+    def get(self, normalize_adv: bool = True) -> Batch:
+        """The rollout as a ``Batch`` of flat tensors; resets the buffer for the next epoch.
 
         ``obs`` is [n, obs_dim] for vectors, [n, *shape] in the stored dtype for an image, a dict of those
         for a Dict space (tensors that share the buffer's memory). ``memory``, ``starts`` and ``mask`` are
@@ -172,8 +192,8 @@ class GAEBuffer:
         ``mask`` [S, L] is True at the real steps (None when nothing is padded): every mean of a loss or
         statistic must leave the padded steps out (``real_steps``).
 
-        Advantage normalisation uses the mean and standard deviation over all ranks (a collective), of the
-        real steps.
+        Advantage normalisation uses the mean and standard deviation over all ranks, of the real steps
+        (``mpi_statistics_scalar``: three small collectives).
         """
         assert self.ptr == self.filled, "call finish() before get()"
         self.ptr = 0
@@ -185,23 +205,20 @@ class GAEBuffer:
         if self.memory is not None:
             return self._sequences(adv.reshape(steps, self.num_envs))
         n = steps * self.num_envs
-        return {
-            "memory": None,
-            "starts": None,
-            "mask": None,
-            "obs": (
+        return Batch(
+            obs=(
                 torch.from_numpy(self.obs[:steps].reshape(n, -1))
                 if self.layout.flat
                 else self.layout.to_torch(self.layout.rows(self.layout.take(self.obs, slice(0, steps)), n))
             ),
-            "act": torch.from_numpy(self.act[:steps].reshape(n, *self.act.shape[2:])),
-            "ret": torch.from_numpy(self.ret[:steps].reshape(n)),
-            "adv": torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),
-            "logp": torch.from_numpy(self.logp[:steps].reshape(n)),
-            "val": torch.from_numpy(self.val[:steps].reshape(n)),
-        }
+            act=torch.from_numpy(self.act[:steps].reshape(n, *self.act.shape[2:])),
+            ret=torch.from_numpy(self.ret[:steps].reshape(n)),
+            adv=torch.from_numpy(np.ascontiguousarray(adv, dtype=np.float32)),
+            logp_old=torch.from_numpy(self.logp[:steps].reshape(n)),
+            v_old=torch.from_numpy(self.val[:steps].reshape(n)),
+        )
 
-    def _sequences(self, adv: np.ndarray) -> dict[str, Any]:
+    def _sequences(self, adv: np.ndarray) -> Batch:
         """The batch as S = envs x ceil(steps / L) sequences of L steps, environment by environment; each
         environment's last sequence padded when L does not divide the steps (``mask``)."""
         length, steps = self.sequence_length, self.filled
@@ -225,17 +242,17 @@ class GAEBuffer:
             real = np.arange(padded) < steps
             mask = seq(np.repeat(real[:, None], self.num_envs, axis=1), pad=False)
         memory = np.swapaxes(self.memory[:per_env], 0, 1).reshape(seqs, self.memory_size)
-        return {
-            "obs": seq(self.obs) if self.layout.flat else self.layout.map(lambda p, x: seq(x), self.obs),
-            "act": seq(self.act),
-            "ret": seq(self.ret),
-            "adv": seq(np.asarray(adv, dtype=np.float32)),
-            "logp": seq(self.logp),
-            "val": seq(self.val),
-            "memory": torch.from_numpy(np.ascontiguousarray(memory)),
-            "starts": seq(starts, pad=False),
-            "mask": mask,
-        }
+        return Batch(
+            obs=seq(self.obs) if self.layout.flat else self.layout.map(lambda p, x: seq(x), self.obs),
+            act=seq(self.act),
+            ret=seq(self.ret),
+            adv=seq(np.asarray(adv, dtype=np.float32)),
+            logp_old=seq(self.logp),
+            v_old=seq(self.val),
+            memory=torch.from_numpy(np.ascontiguousarray(memory)),
+            starts=seq(starts, pad=False),
+            mask=mask,
+        )
 
 
 def real_steps(mask: torch.Tensor | None, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,32 +1,55 @@
 """The speed tricks of a minibatch update, kept out of the algorithms' loss code.
 
-``MinibatchTable`` keeps a batch's fields side by side in one ``[n, columns]`` tensor, so that drawing a
-minibatch is one gather instead of one per field, and hands each minibatch back with named fields.
+``MinibatchTable`` keeps a ``Batch``'s fields side by side in one ``[n, columns]`` tensor, so that drawing a
+minibatch is one gather instead of one per field, and hands each one back as a ``Minibatch``.
 ``StatSums`` sums per-minibatch statistics as one tensor (no Python float per minibatch, which would
 synchronise and cost ~3% of an update) and reads them back by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from spinppo.core.buffer import Batch
+
+
+@dataclasses.dataclass(slots=True)
+class Minibatch(Batch):
+    """Rows of a ``Batch`` drawn together (``MinibatchTable.shuffled``): its fields at those rows, and
+    ``dist_old``, the policy head's outputs before the update at those rows (PPO's KL penalty; else None).
+
+    As the table holds them: float32 except uint8 images, dicts and bool fields (a discrete ``act`` comes
+    back as float32, which ``ac.evaluate`` takes), and ``obs`` as given to the table (PPO's: normalised).
+    """
+
+    dist_old: torch.Tensor | None = None
+
+
+# The table's columns, in this order: the batch's fields, then the old distributions.
+_FIELDS = tuple(f.name for f in dataclasses.fields(Minibatch))
+
 
 class MinibatchTable:
-    """A batch's named fields as one table: ``MinibatchTable(obs=..., adv=...)``; fields are [n] or [n, k].
+    """A ``Batch`` as one table, from which ``shuffled`` draws ``Minibatch``es; fields are [n] or [n, k].
+
+    ``obs``: observations to hand out instead of ``batch.obs`` (PPO normalises them once per update);
+    ``dist_old``: [n, ...] the policy head's outputs before the update (PPO's KL penalty), or None.
 
     A uint8 field (images) or a dict of tensors (a Dict observation) stays out of the table, in its own
     dtype, and is gathered on its own: pixels as float32 would take four times the memory. So does a
-    bool field (a recurrent batch's ``starts``). A field that is None (a feed-forward batch's ``memory``)
-    comes back None. A row may be one step or, in a recurrent batch, one sequence ([n, L, ...] fields).
+    bool field (a recurrent batch's ``starts`` and ``mask``). A field that is None (a feed-forward batch's
+    ``memory``) comes back None. A row may be one step or, in a recurrent batch, one sequence ([n, L, ...]
+    fields).
     """
 
-    def __init__(self, **fields: Any) -> None:
-        self.none = [name for name, f in fields.items() if f is None]
-        fields = {name: f for name, f in fields.items() if f is not None}
+    def __init__(self, batch: Batch, obs: Any = None, dist_old: torch.Tensor | None = None) -> None:
+        given = {name: getattr(batch, name) for name in _FIELDS[:-1]}
+        given.update(obs=batch.obs if obs is None else obs, dist_old=dist_old)
+        fields = {name: f for name, f in given.items() if f is not None}
         self.apart = {
             name: f
             for name, f in fields.items()
@@ -42,8 +65,8 @@ class MinibatchTable:
         self.shapes = [tuple(f.shape[1:]) for f in fields.values()]
         self.table = torch.cat(columns, dim=1)
 
-    def shuffled(self, size: int, count: int | None = None) -> Iterator[SimpleNamespace]:
-        """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``), with named fields.
+    def shuffled(self, size: int, count: int | None = None) -> Iterator[Minibatch]:
+        """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``).
 
         Rows left over when ``size`` does not divide the batch are not used in this pass. ``count``: the
         number of minibatches wanted (every rank must take as many gradient steps); a batch too short for
@@ -73,8 +96,7 @@ class MinibatchTable:
                     if isinstance(f, dict)
                     else f.index_select(0, rows)
                 )
-            fields.update(dict.fromkeys(self.none))
-            yield SimpleNamespace(**fields)
+            yield Minibatch(**fields)  # (the fields that are None keep their default)
 
 
 class StatSums:
