@@ -31,10 +31,11 @@ from spinppo.utils.mpi_tools import mpi_statistics_scalar
 
 @dataclass(slots=True)
 class Batch:
-    """One rank's rollout as training data (``GAEBuffer.get``): tensors that share the buffer's memory.
+    """One rank's rollout as training data, in torch tensors (``GAEBuffer.get``).
 
-    Feed-forward: every field [n, ...], n = steps x environments. A recurrent policy's batch is sequences
-    instead: every step field [S, L, ...] (S sequences of L = ``sequence_length`` steps of one environment).
+    Feed-forward: every field [n, ...], n = steps x environments, sharing the buffer's arrays (but ``adv``
+    when normalised). A recurrent policy's batch is sequences instead: every step field [S, L, ...]
+    (S sequences of L = ``sequence_length`` steps of one environment). The losses read these names.
     """
 
     obs: Any  # [n, obs_dim] vectors; an image in its stored dtype (uint8); a Dict space: a dict of those
