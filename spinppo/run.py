@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from spinppo.cli import exits
-from spinppo.cli.flags import ALGOS
+from spinppo.cli.flag_tables import ALGOS
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.mpi_tools import proc_id
 

@@ -1,7 +1,9 @@
 """python -m spinppo.run end to end: under mpirun, with --cpu, grids, and bad input."""
 
 import json
+import re
 import sys
+from typing import Any, Literal
 
 import pytest
 
@@ -112,7 +114,7 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path):
             ["ppo", "--env", "CartPole", "--steps_per_epoch", "1001"],
             "--steps_per_epoch 1001 must be a positive multiple of 8",
         ),
-        (["ppo", "--env", "CartPole", "--hid", "a", "b"], "--hid takes layer sizes"),
+        (["ppo", "--env", "CartPole", "--hid", "a", "b"], "--hid takes integers, e.g. --hid 64 64"),
         (["ppo", "--env", "CartPole", "--act", "sigmoidal"], "--act must be one of tanh"),
         (["ppo", "--env", "CartPole", "--nonsense", "1"], "unrecognized arguments: --nonsense"),
         (
@@ -426,3 +428,74 @@ def test_a_discrete_space_that_does_not_start_at_zero_trains_and_replays(tmp_pat
         [sys.executable, "-m", "spinppo.run", "test_policy", str(tmp_path / "s" / "s_s0"), "-n", "3", "-d"]
     )
     assert proc.stdout.count("EpLen 10") == 3, proc.stdout
+
+
+# ------------------------------------------------------------------------- flag types from the annotations
+
+
+def _typed_algo(
+    env_fn=None,
+    sizes: list[int] | None = None,
+    pair: tuple[int, float] = (1, 2.0),
+    mode: Literal["fast", "exact"] = "fast",
+    extra: dict[str, Any] | None = None,
+    rate: float = 1,
+    ac_kwargs=None,
+    logger_kwargs=None,
+):
+    """A made-up algorithm whose keywords have the types the flags know.
+
+    Args:
+        sizes: several integers.
+    """
+
+
+def test_a_flags_type_is_its_annotation(monkeypatch, tmp_path):
+    """Every keyword is parsed as its annotation says, on the command line and in a --config file: a
+    list[int] is a list of ints (several bracketed: a grid), a float annotation wins over an int default."""
+    from spinppo.cli import flags
+    from spinppo.utils.errors import UserError
+
+    # The algorithms' string annotations (from __future__ import annotations) are evaluated in their module.
+    ppo = flags.algo_keywords(flags.algo_function("ppo"))
+    assert ppo["target_kl"].type == float | None and ppo["epochs"].type is int
+    monkeypatch.setattr(flags, "algo_function", lambda name: _typed_algo)
+    keywords = flags.algo_keywords(_typed_algo)
+    assert keywords["sizes"].type == list[int] | None and keywords["mode"].type == Literal["fast", "exact"]
+    assert keywords["sizes"].help == "several integers."
+
+    def parsed(*argv):
+        return flags.parse_algo_args("typed", ["--env", "CartPole", *argv])[0]
+
+    grid = parsed("--sizes", "8", "16", "--pair", "3", "0.5", "--mode", "exact", "--rate", "2")
+    assert grid["sizes"] == [[8, 16]] and all(type(x) is int for x in grid["sizes"][0])
+    assert grid["pair"] == [(3, 0.5)] and type(grid["pair"][0][1]) is float
+    assert grid["mode"] == ["exact"]
+    assert grid["rate"] == [2.0] and type(grid["rate"][0]) is float
+    assert parsed("--sizes", "[1,2]", "[3]")["sizes"] == [[1, 2], [3]]
+    assert parsed("--sizes", "none")["sizes"] == [None]
+    assert parsed("--extra", "a=1", "b=x")["extra"] == [{"a": 1, "b": "x"}]
+    assert parsed()["sizes"] == [None] and parsed()["rate"] == [1]  # defaults as the signature has them
+    for argv, message in [
+        (["--sizes", "8", "x"], "--sizes takes integers"),
+        (["--sizes", "[1,2.5]"], "--sizes takes integers"),
+        (["--pair", "3"], "--pair takes int, float"),
+        (["--mode", "slow"], "--mode takes one of fast, exact, not 'slow'"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            parsed(*argv)
+    config = tmp_path / "typed.yaml"
+    config.write_text("env: CartPole\nsizes: [[4, 4], [2]]\npair: [5, 1]\n")
+    grid = flags.parse_algo_args("typed", ["--config", str(config)])[0]
+    assert grid["sizes"] == [[4, 4], [2]] and grid["pair"] == [(5, 1.0)]
+
+
+def test_a_saved_value_fits_its_flags_type():
+    """--resume checks config.json's values against the same types (a bool is no number)."""
+    from spinppo.cli.flags import fits
+
+    assert fits([1, 2], list[int]) and not fits([1, "2"], list[int]) and not fits([True], list[int])
+    assert fits([64, 64], tuple[int, ...]) and fits(3, float) and not fits(True, float)
+    assert fits(None, float | None) and not fits(None, float)
+    assert fits("exact", Literal["fast", "exact"]) and not fits("slow", Literal["fast", "exact"])
+    assert fits({"a": 1}, dict[str, Any]) and not fits([1], dict[str, Any])

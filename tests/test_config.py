@@ -576,7 +576,7 @@ def test_curriculum_advances_by_reward_and_progress_under_mpirun_and_survives_re
     assert len(used) >= 8 and all(u["level"] == 2.0 and u["hard"] == 10.0 for u in used)
 
     # Replay plays the trained behavior in the lessons its policy was saved with.
-    from spinppo.tools.test_policy import load_policy_and_env
+    from spinppo.tools.policies import load_policy_and_env
 
     env, _ = load_policy_and_env(str(run_dir), base_port=free_ports())
     try:

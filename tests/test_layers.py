@@ -1,4 +1,5 @@
-"""The package's layers (docs/design.md) point one way: no module imports a higher layer.
+"""The package's layers (docs/design.md) point one way: no module imports a higher layer, and no
+modules import each other in a circle, within a layer or across.
 
 Every ``import`` and ``from ... import`` in spinppo/, at the top of a module or inside a function, is
 read with ``ast``; a lazy import counts as much as any other.
@@ -95,3 +96,80 @@ def test_every_layer_is_in_the_design_doc():
     for prefixes in LAYERS:
         for prefix in prefixes:
             assert f"`{prefix}" in design, f"{prefix} is not described in docs/design.md"
+
+
+# ----------------------------------------------------------------------------------------------- circles
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """module -> the modules of ``sources`` (module -> source text) it imports, lazily or not.
+
+    ``from spinppo.cli import exits`` imports the module ``spinppo.cli.exits``; ``import_module`` of a name
+    built at run time (``f"spinppo.algos.{name}"``) may import any module under its constant prefix.
+    """
+    graph: dict[str, set[str]] = {}
+    for me, source in sources.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(source, me)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in sources else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module",
+                "__import__",
+            ):
+                arg = node.args[0] if node.args else None
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.add(arg.value)
+                elif isinstance(arg, ast.JoinedStr) and isinstance(arg.values[0], ast.Constant):
+                    prefix = str(arg.values[0].value)  # f"spinppo.algos.{name}"
+                    found.update(m for m in sources if m.startswith(prefix))
+        graph[me] = {m for m in found if m in sources and m != me}
+    return graph
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports (``[a, b, ..., a]``), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if target not in state and (circle := visit(target)):
+                return circle
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (circle := visit(module)):
+            return circle
+    return None
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    graph = import_graph({module_name(p): p.read_text() for p in MODULES})
+    assert graph["spinppo.cli.flags"], "the graph lost the package's imports"
+    circle = find_circle(graph)
+    assert circle is None, "modules import each other in a circle: " + " -> ".join(circle)
+
+
+def test_the_check_sees_a_circle_through_a_lazy_import():
+    sources = {
+        "spinppo.cli.a": "from spinppo.cli import b\n",
+        "spinppo.cli.b": "def f():\n    import spinppo.cli.c\n",
+        "spinppo.cli.c": "import importlib\ndef g(x):\n    importlib.import_module(f'spinppo.cli.{x}')\n",
+        "spinppo.tools.d": "from spinppo.cli.a import x\n",
+    }
+    graph = import_graph(sources)
+    assert graph["spinppo.cli.c"] == {"spinppo.cli.a", "spinppo.cli.b"}
+    assert find_circle(graph) == ["spinppo.cli.a", "spinppo.cli.b", "spinppo.cli.c", "spinppo.cli.a"]
+    del sources["spinppo.cli.c"]
+    assert find_circle(import_graph(sources)) is None

@@ -21,7 +21,9 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from spinppo.core.networks import MLPActorCritic, build_actor_critic
-from spinppo.tools.test_policy import load_policy, load_policy_and_env, run_policy, save_video
+from spinppo.tools.policies import load_policy, load_policy_and_env
+from spinppo.tools.replay import run_policy
+from spinppo.tools.video import render_frame, save_video
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import save_model
 from tests.conftest import REPO, child_env, run
@@ -444,15 +446,13 @@ def test_videos_follow_the_walker():
     import gymnasium as gym
     import mujoco
 
-    from spinppo.tools.test_policy import _render_frame
-
     env = gym.make("Walker2d-v5", render_mode="rgb_array", width=64, height=64)
     env.reset(seed=0)
-    first = _render_frame(env)
+    first = render_frame(env)
     sim = env.unwrapped
     sim.data.qpos[0] = 5.0  # five metres on
     mujoco.mj_forward(sim.model, sim.data)
-    moved = _render_frame(env)
+    moved = render_frame(env)
     viewer = sim.mujoco_renderer._get_viewer("rgb_array")
     assert viewer.cam.type == mujoco.mjtCamera.mjCAMERA_TRACKING
     assert abs(viewer.cam.lookat[0] - sim.data.subtree_com[2][0]) < 1e-6
@@ -463,3 +463,13 @@ def test_videos_follow_the_walker():
 
     assert walker_pixels(first) > 5 and walker_pixels(moved) > 5
     env.close()
+
+
+def test_spinning_up_names_still_import_from_test_policy():
+    """Spinning Up's users write ``from ...test_policy import load_policy_and_env, run_policy``; the
+    command's module still gives them (and the other names it gave) from their new homes."""
+    from spinppo.tools import policies, replay, test_policy, video
+
+    assert test_policy.load_policy_and_env is policies.load_policy_and_env
+    assert test_policy.run_policy is replay.run_policy and test_policy.save_video is video.save_video
+    assert all(hasattr(test_policy, name) for name in test_policy.__all__)

@@ -12,19 +12,21 @@ Three kinds of file are read, told apart by their keys:
 
 Every value becomes the text tokens the command line would have given, and goes through the same typed
 parsing (``flags.parse_values``): a value means in a file what it means on the command line. Flags typed
-on the command line override the file's.
+on the command line override the file's (``merge_config_files``, which ``flags.parse_algo_args`` calls).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import os.path as osp
 from collections.abc import Iterable
 from typing import Any
 
 from spinppo.cli import rllib_config
+from spinppo.cli.flag_tables import AC_FLAGS, RUN_FLAGS
 from spinppo.cli.mlagents_config import ML_AGENTS_SECTIONS, translate
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_tools import under_mpi_launcher
@@ -129,6 +131,62 @@ def read_config_file(
     return given, extras
 
 
+def merge_config_files(
+    algo: str, given: dict[str, list[str]], flags: set[str]
+) -> tuple[dict[str, list[str]], dict[str, Any], dict[str, str]]:
+    """The command line's flags (``given``: flag -> tokens, ``config`` among them) over those of its
+    ``--config`` files, each file over the ones before it; ``flags`` are every flag of ``algo``.
+
+    Returns (merged flags as tokens, the files' extras: ``notes``, ``environment_parameters``, ``behavior``
+    ..., flag -> the file that set it). ML-Agents' step counts keep their meaning under a changed
+    ``--steps_per_epoch``.
+    """
+    # Several files apply in order, each over the ones before (a shipped config, then one's own changes).
+    from_file_tokens: dict[str, list[str]] = {}
+    from_file: dict[str, str] = {}
+    extras: dict[str, Any] = {"notes": []}
+    over_mlagents: dict[str, list[str]] = {}  # flags set after the (last) ML-Agents file, by later files
+    for path in given["config"]:
+        # The behavior whose ML-Agents settings to read: the command line's, else an earlier file's.
+        behavior = (given.get("behavior") or from_file_tokens.get("behavior") or [None])[0]
+        tokens, file_extras = read_config_file(algo, path, flags - {"config", "print_config"}, behavior)
+        # A run option the file leaves at None (as --print_config writes it) is not given.
+        tokens = {
+            flag: value
+            for flag, value in tokens.items()
+            if not (flag in RUN_FLAGS and RUN_FLAGS[flag].default is None and value == ["None"])
+        }
+        from_file_tokens.update(tokens)
+        from_file.update(dict.fromkeys(tokens, path))
+        over_mlagents = {} if "mlagents" in file_extras else {**over_mlagents, **tokens}
+        if "environment_parameters" in file_extras:  # named in the messages about them
+            extras["environment_parameters_file"] = path
+        notes = extras["notes"] + file_extras.get("notes", [])
+        extras.update(file_extras)
+        extras["notes"] = notes
+    merged = {**from_file_tokens, **given}
+    derived = extras.get("mlagents") or {}
+    over = {**over_mlagents, **given}  # what the command line or a later file sets over the ML-Agents file
+    if "steps_per_epoch" in over and "max_steps" in derived:
+        # ML-Agents counts max_steps and checkpoint_interval in steps: they keep their meaning when
+        # --steps_per_epoch (buffer_size) is set over the file.
+        try:
+            steps = int(over["steps_per_epoch"][0])
+        except ValueError:
+            steps = 0  # parse_values reports it
+        if steps > 0:
+            if "epochs" not in over:
+                merged["epochs"] = [str(max(1, math.ceil(derived["max_steps"] / steps)))]
+            if "save_freq" not in over:
+                merged["save_freq"] = [str(max(1, round(derived["checkpoint_interval"] / steps)))]
+    if "resume" in derived and "resume" not in over:
+        # checkpoint_settings.resume: the run of run_id with this seed (the command line's, if typed).
+        results_dir, run_id = derived["resume"]
+        seed = merged.get("seed", ["0"])[0]
+        merged["resume"] = [os.path.join(results_dir, run_id, f"{run_id}_s{seed}")]
+    return merged, extras, {flag: path for flag, path in from_file.items() if flag not in given}
+
+
 def tokens_for(flag: str, value: Any, where: str) -> list[str]:
     """The command-line tokens that give ``flag`` the file's ``value`` (a list is a grid)."""
     if flag == "env_kwargs":
@@ -140,13 +198,11 @@ def tokens_for(flag: str, value: Any, where: str) -> list[str]:
         # item's first item a list, where a layer's is its number of channels).
         grid = bool(value) and isinstance(value[0], list) and bool(value[0]) and isinstance(value[0][0], list)
         return [json.dumps(v) for v in value] if grid else [json.dumps(value)]
-    if flag == "hid":
-        if value == []:  # no hidden layer: linear policy and value heads, as --hid [] says
-            return ["[]"]
-        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-            return ["[" + ",".join(_scalar(flag, x, where) for x in arch) + "]" for arch in value]
-        values = value if isinstance(value, list) else [value]
-        return [_scalar(flag, x, where) for x in values]
+    if flag == "hid" and value == []:  # no hidden layer: linear policy and value heads, as --hid [] says
+        return ["[]"]
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        # A list of lists is a grid of list values (hid: [[32, 32], [64]]), as --hid [32,32] [64] says.
+        return ["[" + ",".join(_scalar(flag, x, where) for x in item) + "]" for item in value]
     if isinstance(value, list):
         if not value:
             raise UserError(f"{where}: {flag} is an empty list: give a value, or several for a grid")
@@ -166,7 +222,6 @@ def _scalar(flag: str, value: Any, where: str) -> str:
 
 def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[str]) -> dict[str, Any]:
     """The flags recorded in a run's config.json (``--config RUN/config.json`` repeats the run)."""
-    from spinppo.cli.flags import AC_FLAGS
     from spinppo.envs.atari import SCREEN
     from spinppo.envs.registry import saved_env_spec
 
@@ -197,7 +252,7 @@ def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[st
                 f"{where}: {key!r} is not a flag of {algo}: the file was edited or is from another version"
             )
         values[key] = value
-    by_kwarg = {kwarg: flag for flag, (kwarg, _, _) in AC_FLAGS.items()}
+    by_kwarg = {ac.kwarg: flag for flag, ac in AC_FLAGS.items()}
     for kwarg, value in (config.get("ac_kwargs") or {}).items():
         if kwarg not in by_kwarg:
             raise UserError(f"{where}: ac_kwargs has an unknown key {kwarg!r}: the file was edited")
@@ -219,8 +274,6 @@ def from_run_config(config: dict[str, Any], where: str, algo: str, flags: set[st
 def resolved_config(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) -> dict[str, Any]:
     """The complete configuration of a parsed command line, as a spinppo config file holds it: every flag
     with its value (a list where the grid has several), ``environment_parameters`` when set."""
-    from spinppo.cli.flags import RUN_FLAGS
-
     if options.get("resume"):  # a resume is its run's saved configuration and the flags typed with it
         out = {"resume": options["resume"]}
         for key, values in grid.items():

@@ -7,12 +7,13 @@ made with: the checkpoint holds every rank's state.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os.path as osp
 from typing import Any
 
-from spinppo.cli.flags import AC_FLAGS, NOT_FLAGS, algo_function, check_cpu_flag
+from spinppo.cli.flag_tables import AC_FLAGS
+from spinppo.cli.flags import algo_function, algo_keywords, fits
+from spinppo.cli.ranks import check_cpu_flag
 from spinppo.core.encoders import check_conv_filters
 from spinppo.envs.registry import EnvFactory, saved_env_spec
 from spinppo.utils.errors import UserError
@@ -90,20 +91,20 @@ def read_saved_config(run_dir: str) -> dict[str, Any]:
 
 
 def saved_algo_kwargs(fn: Any, config: dict[str, Any], where: str) -> dict[str, Any]:
-    """The algorithm's keywords saved in config.json, each checked against the type of its default (and
-    ``ac_kwargs`` against the actor-critic flags): an edited or damaged file is a one-line UserError."""
+    """The algorithm's keywords saved in config.json, each checked against its annotated type (and
+    ``ac_kwargs`` against the actor-critic flags' types): an edited or damaged file is a one-line
+    UserError."""
     kwargs: dict[str, Any] = {}
-    for name, param in inspect.signature(fn).parameters.items():
-        if name in NOT_FLAGS or name not in config:
-            continue
-        kwargs[name] = _checked(name, config[name], param.default, str(param.annotation), where)
+    for name, keyword in algo_keywords(fn).items():
+        if name in config:
+            kwargs[name] = _checked(name, config[name], keyword.type, where)
     ac_kwargs = config.get("ac_kwargs")
     if ac_kwargs is not None:
         if not isinstance(ac_kwargs, dict):
             raise UserError(f"{where}: ac_kwargs is {ac_kwargs!r}, not an object: the file was edited")
-        defaults = {key: default for key, default, _ in AC_FLAGS.values()}
+        types = {ac.kwarg: ac.type for ac in AC_FLAGS.values()}
         for key, value in ac_kwargs.items():
-            if key not in defaults:
+            if key not in types:
                 raise UserError(f"{where}: ac_kwargs has an unknown key {key!r}: the file was edited")
             if key == "conv_filters" and value is not None:  # RLlib's nested lists
                 try:
@@ -114,28 +115,15 @@ def saved_algo_kwargs(fn: Any, config: dict[str, Any], where: str) -> dict[str, 
                         "conv layers: the file was edited"
                     ) from None
                 continue
-            _checked(f"ac_kwargs.{key}", value, defaults[key], "", where)
+            _checked(f"ac_kwargs.{key}", value, types[key], where)
         kwargs["ac_kwargs"] = ac_kwargs
     return kwargs
 
 
-def _checked(name: str, value: Any, default: Any, annotation: str, where: str) -> Any:
-    """``value`` when it has the type of ``default`` (ints pass for floats; None where the annotation or
-    default allows it; sequences of numbers for a tuple default), else a UserError."""
-    optional = default is None or "None" in annotation
-    if value is None and optional:
-        return value
-    if isinstance(default, bool) or annotation == "bool":
-        ok = isinstance(value, bool)
-    elif isinstance(default, int) or "int" in {part.strip() for part in annotation.split("|")}:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float) or "float" in annotation:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
+def _checked(name: str, value: Any, tp: Any, where: str) -> Any:
+    """``value`` when it is one of the type ``tp`` (``flags.fits``: ints pass for floats, lists for
+    tuples), else a UserError."""
+    if not fits(value, tp):
         raise UserError(
             f"{where}: {name} is {json.dumps(value)}, which does not fit its type: the file was edited"
         )
@@ -172,7 +160,7 @@ def check_flags_agree(
         if name not in given or name in ("epochs", "env"):
             continue
         if key.startswith("ac:"):
-            value = (saved.get("ac_kwargs") or {}).get(AC_FLAGS[name][0])
+            value = (saved.get("ac_kwargs") or {}).get(AC_FLAGS[name].kwarg)
         else:
             value = saved.get(name)
         if len(values) != 1 or _plain(values[0]) != _plain(value):

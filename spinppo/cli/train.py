@@ -12,8 +12,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from spinppo.cli.flags import AC_FLAGS, algo_function, check_algo_flags, check_cpu_flag, parse_algo_args
+from spinppo.cli.config_file import dump_config, resolved_config
+from spinppo.cli.flag_tables import AC_FLAGS
+from spinppo.cli.flags import algo_function, check_algo_flags, parse_algo_args
 from spinppo.cli.grid import ExperimentGrid
+from spinppo.cli.ranks import check_cpu_flag
 from spinppo.cli.resume import resume_algo
 from spinppo.envs.registry import EnvFactory
 from spinppo.utils.errors import UserError
@@ -29,8 +32,6 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     """Parse, fork under MPI if asked (--cpu), and run every variant of the grid; return the run dirs."""
     grid, options = parse_algo_args(algo, argv)
     if options["print_config"]:
-        from spinppo.cli.config_file import dump_config, resolved_config
-
         if proc_id() == 0:
             print(dump_config(resolved_config(algo, grid, options), algo), end="", flush=True)
         return []
@@ -75,7 +76,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
                 run_name, variant["seed"], options["data_dir"], options["datestamp"]
             )
             logger_kwargs.update(overwrite=options["overwrite"], tensorboard=options["tensorboard"])
-            ac_kwargs = {AC_FLAGS[flag][0]: value for flag, value in ac.items()}
+            ac_kwargs = {AC_FLAGS[flag].kwarg: value for flag, value in ac.items()}
             unity_kwargs = dict(
                 base_port=options["base_port"],
                 worker_id=local_rank(),
@@ -159,12 +160,13 @@ def write_pictures(dirs: list[str]) -> None:
     if proc_id() != 0:
         return
     from spinppo.tools import plot, test_policy
+    from spinppo.tools.replay import read_env_spec
 
     for d in dirs:
         curve, video = os.path.join(d, "curve.png"), os.path.join(d, "replay.mp4")
         plot.main([d, "--out", curve])
         made = [f"learning curve: {curve}"]
-        if test_policy.read_env_spec(d)["kind"] in ("gym", "atari"):
+        if read_env_spec(d)["kind"] in ("gym", "atari"):
             test_policy.main([d, "--deterministic", "--episodes", "1", "--video", video])
             made.append(f"replay video: {video}")
         print("\n" + "\n".join(made), flush=True)

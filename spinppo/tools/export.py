@@ -35,15 +35,8 @@ from typing import Any
 import numpy as np
 
 from spinppo.tools.onnx_policy import OnnxPolicy, check_network, gym_model, metadata_for, unity_model
-from spinppo.tools.test_policy import (
-    check_spaces,
-    find_checkpoint,
-    load_policy,
-    make_run_env,
-    parse_itr,
-    read_env_spec,
-    run_dir_and_file,
-)
+from spinppo.tools.policies import check_spaces, find_checkpoint, load_policy, parse_itr, run_dir_and_file
+from spinppo.tools.replay import make_run_env, read_env_spec
 from spinppo.utils.errors import OneLineParser, UserError, first_line
 from spinppo.utils.logx import atomic_write, read_run_config
 
