@@ -9,6 +9,14 @@
             run.after_update(stats)        # sync params, finiteness check, observation and reward stats
             run.end_epoch(epoch, LOG_KEYS) # log the row, checkpoint (every save_freq), stop on a signal
 
+``OnPolicyRun.__init__`` builds the run's parts, each by a function or class of its own below
+(``seed_rank``, ``Evaluation``, ``open_logger``, ``make_buffer``, ``PreemptibleRollouts``, ``curriculum``,
+``StopSignals``, ``log_start``); ``epochs`` builds the ``Checkpointer`` once the optimizers exist. What
+one epoch's steps hand on to later ones is its ``EpochState``; the session's fixed facts (epochs, save
+frequency, start times) are its ``Schedule``. A3C (``asynchronous.AsyncTraining``) writes its rows with the
+same ``log_row_start``/``log_row_end`` and ends its epochs with the same ``checkpoint_and_report``,
+``stopped_by_signal`` and ``divergence_message``.
+
 A run's flags are checked by ``check_common_flags`` (and each algorithm's own ``check_flags``) before
 anything is built: with --overwrite the old run would already be gone.
 """
