@@ -187,6 +187,7 @@ class Schedule:
     session_start: float
 
     def is_last(self, epoch: int) -> bool:
+        """Whether ``epoch`` is the run's last (counting from 0)."""
         return epoch == self.epochs - 1
 
     def elapsed(self) -> float:
@@ -390,6 +391,7 @@ class Evaluation:
         return None
 
     def close(self) -> None:
+        """Close the evaluation environments."""
         self.evaluator.close()
 
 
@@ -444,6 +446,7 @@ class StopSignals:
         return self.received[0] if self.received else 0
 
     def install(self) -> None:
+        """From now on SIGINT and SIGTERM are recorded in ``received``."""
         received = self.received
 
         def handler(signum: int, frame: Any) -> None:
@@ -458,6 +461,7 @@ class StopSignals:
         self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def restore(self) -> None:
+        """Put back the handlers ``install`` replaced (nothing when it was not called)."""
         for signum, old in self._old_handlers.items():
             signal.signal(signum, old)
         self._old_handlers = {}
