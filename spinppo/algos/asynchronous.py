@@ -57,6 +57,7 @@ from spinppo.algos.onpolicy import (
     divergence_message,
     log_row_end,
     log_row_start,
+    rollout_vectors,
     stopped_by_signal,
     train_return_reached,
 )
@@ -240,11 +241,8 @@ class AsyncTraining:
             buf.ptr = 0
             return None
         t0 = time.perf_counter()
-        layout, filled = buf.layout, buf.filled
-        moments = None
-        if layout.vector_dim:
-            obs = buf.obs[:filled] if layout.flat else layout.take(buf.obs, slice(0, filled))
-            moments = self.ac.obs_rms.moments(layout.vectors(obs))
+        filled, vectors = buf.filled, rollout_vectors(buf)
+        moments = None if vectors is None else self.ac.obs_rms.moments(vectors)
         if run.reward_scaler is not None:
             run.reward_scaler.sync(across_ranks=False)  # each rank scales by its own returns' spread
         batch = buf.get(normalize_adv=False)

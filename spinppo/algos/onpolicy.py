@@ -353,6 +353,17 @@ def make_buffer(
     )
 
 
+def rollout_vectors(buf: GAEBuffer) -> np.ndarray | None:
+    """The vector part of the observations of the rollout in ``buf`` (its filled steps: fewer than the
+    buffer's after a preemption), for the observation statistics; None when the observations have no
+    vectors (only vectors have running statistics)."""
+    layout, filled = buf.layout, buf.filled
+    if not layout.vector_dim:
+        return None
+    obs = buf.obs[:filled] if layout.flat else layout.take(buf.obs, slice(0, filled))
+    return layout.vectors(obs)
+
+
 class Evaluation:
     """Evaluation during training, on environments of its own: every ``freq`` epochs and at the last,
     ``episodes`` deterministic episodes of ``ac`` (split over the ranks, or all on this one when
@@ -700,11 +711,9 @@ class OnPolicyRun:
         sync_params(self.ac)
         self._check_finite(stats)
         self.logger.store(**stats)
-        layout = self.buf.layout
-        if layout.vector_dim:  # only vectors have running statistics (the same layout on every rank)
-            filled = self.buf.filled  # (fewer than the buffer's steps after a preemption)
-            obs = self.buf.obs[:filled] if layout.flat else layout.take(self.buf.obs, slice(0, filled))
-            self.ac.obs_rms.update(layout.vectors(obs))
+        vectors = rollout_vectors(self.buf)
+        if vectors is not None:  # (the same layout on every rank)
+            self.ac.obs_rms.update(vectors)
         if self.reward_scaler is not None:
             self.reward_scaler.sync()
 
