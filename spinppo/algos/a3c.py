@@ -121,7 +121,6 @@ def a3c(
         keep_checkpoints=keep_checkpoints,
     ) as run:
         ac = run.ac
-        run.steps_per_epoch = steps_per_epoch  # a row whenever the ranks' steps add up to this
 
         def gradient(batch: Batch) -> dict[str, float]:
             """A2C's loss of one rollout of this rank, backpropagated into ac's gradients."""
@@ -145,6 +144,7 @@ def a3c(
             stop_at_return,
             seed,
             stop_at_train_return,
+            steps_per_epoch,  # a row whenever the ranks' steps add up to this
         )
         try:
             training.train(gradient, epochs, save_freq)

@@ -38,26 +38,31 @@ in hand, send its gradient, and wait for the answer.
 from __future__ import annotations
 
 import copy
-import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from spinppo.algos.checkpoint import checkpoint_epochs
+from spinppo.algos.checkpoint import Checkpointer
 from spinppo.algos.onpolicy import (
+    EpochState,
+    Evaluation,
     OnPolicyRun,
-    eval_return_reason,
-    evaluate_and_log,
-    print_progress,
+    Schedule,
+    checkpoint_and_report,
+    divergence_message,
+    log_row_end,
+    log_row_start,
+    rollout_vectors,
+    stopped_by_signal,
     train_return_reached,
 )
 from spinppo.core.buffer import Batch, real_steps
-from spinppo.core.evaluation import Evaluator
-from spinppo.utils.errors import TrainingDiverged, TrainingStopped
+from spinppo.utils.errors import TrainingDiverged
 from spinppo.utils.mpi_pytorch import load_state_vectors, state_vectors, sync_params
 from spinppo.utils.mpi_tools import TimedComm, broadcast, num_procs, proc_id
 
@@ -73,13 +78,28 @@ def flat_gradient(module: torch.nn.Module) -> np.ndarray:
     ).numpy()
 
 
+@dataclass(slots=True)
+class AsyncEpochState(EpochState):
+    """Rank 0's epoch: ``EpochState``'s counters over every rank's reports, and A3C's own."""
+
+    end_step: int = 0  # the total step count that completes this epoch
+    wait_time: float = 0.0  # seconds the other ranks waited for rank 0's answers, summed
+    dropped: int = 0  # gradients too stale to apply
+
+
+# The algorithm's columns of A3C's row, after the evaluation's.
+LOG_KEYS = ["LossPi", "LossV", "Entropy", "Staleness"]
+
+
 class AsyncTraining:
     """A3C's training loop around an ``OnPolicyRun`` (which built the environments, actor-critic, buffer,
-    logger and checkpointer the same way as for the synchronous algorithms).
+    worker and logger the same way as for the synchronous algorithms); rank 0 adds its own parts: the
+    shared parameters, their optimizer, the evaluation and the checkpointer.
 
     ``gradient(batch)`` computes the loss of one rollout's batch on ``run.ac`` and calls ``backward()``;
     it returns the statistics to log (``LossPi``...). ``make_optimizer(params)`` builds the shared
-    optimizer (on rank 0 only). Flags are assumed checked.
+    optimizer (on rank 0 only). Rank 0 logs a row whenever the ranks' steps add up to another
+    ``steps_per_epoch``. Flags are assumed checked.
     """
 
     def __init__(
@@ -95,38 +115,54 @@ class AsyncTraining:
         stop_at_return: float | None = None,
         seed: int = 0,
         stop_at_train_return: float | None = None,
+        steps_per_epoch: int = 4000,
     ) -> None:
         self.run, self.ac = run, run.ac
         self.comm = TimedComm(MPI.COMM_WORLD.Dup())  # a collective: every rank builds one
         self.max_grad_norm, self.max_staleness, self.norm_adv = max_grad_norm, max_staleness, norm_adv
-        self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
-        self.stop_at_train_return = stop_at_train_return
+        self.steps_per_epoch, self.stop_at_train_return = steps_per_epoch, stop_at_train_return
         self.rank0 = proc_id() == 0
         self.version = 0  # of the parameters this rank holds (rank 0: of the shared ones)
         self.wait_time = 0.0  # seconds this rank waited for rank 0's answers (not yet reported)
-        checkpointer = run.checkpointer
+        self.evaluation: Evaluation | None = None
         if self.rank0:
             self.shared = copy.deepcopy(run.ac)
             self.optimizer = make_optimizer(self.shared.parameters())
             self.shared_params = list(self.shared.parameters())
             # Rank 0 saves the shared parts, alone; its log holds every rank's values (sent to it).
-            checkpointer.ac, checkpointer.optimizers = self.shared, {"optimizer": self.optimizer}
-            checkpointer.alone = True
-            run.logger.across_ranks = False
-            self.evaluator = (
-                Evaluator(env_fn, self.shared, eval_episodes, seed + 1_000_000, alone=True)
-                if eval_freq
-                else None
+            self.checkpointer = Checkpointer(
+                run.logger,
+                self.shared,
+                run.worker,
+                run.reward_scaler,
+                run.keep_checkpoints,
+                {"optimizer": self.optimizer},
+                run.run_state,
+                parameter_manager=run.lessons,
+                alone=True,
             )
-            checkpointer.keeps_best = self.evaluator is not None
+            run.logger.across_ranks = False
+            if eval_freq:
+                self.evaluation = Evaluation(
+                    env_fn, self.shared, eval_freq, eval_episodes, seed, stop_at_return, alone=True
+                )
             self.applied_by_rank = np.zeros(num_procs(), dtype=np.int64)
             self.stop_reason: str | None = None  # "done", "signal", "return" or "diverged"
             self.message = ""  # a divergence's
             self.stopped = 0  # ranks that have sent their last message
             self.replies: list[MPI.Request] = []
             self._signal = 0  # the first stop signal any rank reported
-        else:
-            checkpointer.optimizers = {}
+        else:  # (for the resume alone: the shared parts are rank 0's)
+            self.checkpointer = Checkpointer(
+                run.logger,
+                run.ac,
+                run.worker,
+                run.reward_scaler,
+                run.keep_checkpoints,
+                {},
+                run.run_state,
+                parameter_manager=run.lessons,
+            )
 
     # --------------------------------------------------------------------------------- every rank
 
@@ -134,10 +170,7 @@ class AsyncTraining:
         """Run until rank 0 has logged ``epochs`` epochs (or stops early); leave with rank 0's parameters
         on every rank. Raises TrainingStopped after a signal and TrainingDiverged after a non-finite
         update, on every rank."""
-        run = self.run
-        self.epochs_total, self.save_freq = epochs, save_freq
-        self._start(epochs)
-        run.install_signal_handlers()
+        self._start(epochs, save_freq)
         sent: list[MPI.Request] = []  # this rank's gradients whose answers it has not taken yet
         while not (self.rank0 and self.stop_reason):
             report = self._rollout_and_gradient(gradient)
@@ -171,24 +204,22 @@ class AsyncTraining:
             self._finish()
         self._leave()
 
-    def _start(self, epochs: int) -> None:
-        """Resume (a collective) and make every rank's parameters rank 0's."""
+    def _start(self, epochs: int, save_freq: int) -> None:
+        """Resume (a collective), install the signal handlers and make every rank's parameters rank 0's."""
         run = self.run
-        run.checkpointer.run_state.update(total_steps=0, version=0)
+        run.run_state.update(total_steps=0, version=0)
         # An epoch's row is logged at its total step count, which the checkpoint holds.
-        self.first_epoch, elapsed = run.restore(
-            epochs, lambda last: int(run.checkpointer.run_state["total_steps"])
+        self.schedule: Schedule = run.start(
+            epochs, save_freq, self.checkpointer, lambda last: int(run.run_state["total_steps"])
         )
-        self.version = int(run.checkpointer.run_state["version"])
+        self.version = int(run.run_state["version"])
         if self.rank0:
             self.ac.load_state_dict(self.shared.state_dict())
         sync_params(self.ac)
-        self.start_time, self.session_start = time.time() - elapsed, time.time()
-        self.epoch = self.first_epoch
         if self.rank0:
-            if self.first_epoch >= epochs:
+            if self.schedule.first_epoch >= epochs:
                 self.stop_reason = "done"
-            self._begin_epoch()
+            self._begin_epoch(self.schedule.first_epoch)
             run.logger.log(
                 f"A3C: rank 0 holds the shared parameters; gradients more than {self.max_staleness} "
                 "versions old are dropped"
@@ -206,11 +237,8 @@ class AsyncTraining:
             buf.ptr = 0
             return None
         t0 = time.perf_counter()
-        layout, filled = buf.layout, buf.filled
-        moments = None
-        if layout.vector_dim:
-            obs = buf.obs[:filled] if layout.flat else layout.take(buf.obs, slice(0, filled))
-            moments = self.ac.obs_rms.moments(layout.vectors(obs))
+        filled, vectors = buf.filled, rollout_vectors(buf)
+        moments = None if vectors is None else self.ac.obs_rms.moments(vectors)
         if run.reward_scaler is not None:
             run.reward_scaler.sync(across_ranks=False)  # each rank scales by its own returns' spread
         batch = buf.get(normalize_adv=False)
@@ -226,7 +254,7 @@ class AsyncTraining:
             "steps": filled * run.num_envs,
             "stats": stats,
             "moments": moments,
-            "signal": run.stop_signals[0] if run.stop_signals else 0,
+            "signal": run.signals.first,
             "wait": self.wait_time,
             "update_time": time.perf_counter() - t0,
         }
@@ -252,18 +280,14 @@ class AsyncTraining:
     def _leave(self) -> None:
         """All ranks: take rank 0's parameters (one collective), then stop as rank 0 says."""
         verdict = broadcast(
-            (self.stop_reason, self.message, self.epoch - 1, self._signal) if self.rank0 else None
+            (self.stop_reason, self.message, self.state.epoch - 1, self._signal) if self.rank0 else None
         )
         sync_params(self.ac)  # rank 0's copy holds the shared parameters: one copy everywhere
         reason, message, epoch, signum = verdict
         if reason == "diverged":
             raise TrainingDiverged(message)
         if reason == "signal":
-            raise TrainingStopped(
-                f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint saved. Resume "
-                f"with: python -m spinppo.run {self.run.algo} --resume {self.run.output_dir}",
-                signum=signum,
-            )
+            raise stopped_by_signal(signum, epoch, self.run.algo, self.run.output_dir)
 
     # --------------------------------------------------------------------------------- rank 0
 
@@ -295,7 +319,7 @@ class AsyncTraining:
         """One rank's rollout: its statistics into the log, its gradient into the shared parameters
         (unless too stale), and an epoch's row when the steps complete one."""
         t0 = time.perf_counter()
-        run, logger = self.run, self.run.logger
+        run, logger, state = self.run, self.run.logger, self.state
         if report["signal"] and not self._signal:
             self._signal = report["signal"]
         for key, values in report.get("logged", {}).items():
@@ -305,7 +329,7 @@ class AsyncTraining:
         staleness = self.version - report["version"]
         stats = report["stats"]
         if staleness > self.max_staleness:
-            self.dropped += 1
+            state.dropped += 1
         elif not all(np.isfinite(v) for v in stats.values()) or not np.isfinite(report["grad"]).all():
             self._diverge(f"non-finite loss or gradient from rank {source}")
         else:
@@ -323,87 +347,53 @@ class AsyncTraining:
             bad = [n for n, p in self.shared.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 self._diverge(f"non-finite {', '.join(bad[:4])} after a gradient of rank {source}")
-        self.worker_wait += report["wait"]
-        self.update_time += report["update_time"] if source == 0 else 0.0
-        self.update_time += time.perf_counter() - t0
-        self.epoch_steps += report["steps"]
-        run.checkpointer.run_state["total_steps"] += report["steps"]
-        run.checkpointer.run_state["version"] = self.version
-        if self.stop_reason is None and run.checkpointer.run_state["total_steps"] >= self.epoch_end:
+        state.wait_time += report["wait"]
+        state.update_time += report["update_time"] if source == 0 else 0.0
+        state.update_time += time.perf_counter() - t0
+        state.steps += report["steps"]
+        run.run_state["total_steps"] += report["steps"]
+        run.run_state["version"] = self.version
+        if self.stop_reason is None and run.run_state["total_steps"] >= state.end_step:
             self._end_epoch()
 
     def _diverge(self, what: str) -> None:
-        kept = (
-            f"the last good checkpoint in {self.run.output_dir}/checkpoints is kept"
-            if checkpoint_epochs(self.run.output_dir)
-            else "no checkpoint had been saved yet"
-        )
-        self.message = (
-            f"{what} in epoch {self.epoch}: training stopped; {kept} (try a smaller --lr, and check that "
-            "the environment's observations and rewards are finite)"
-        )
+        self.message = divergence_message(what, self.state.epoch, self.run.output_dir)
         self.stop_reason = "diverged"
 
-    def _begin_epoch(self) -> None:
-        run = self.run
-        self.epoch_start = time.perf_counter()
-        self.epoch_end = (self.epoch + 1) * run.steps_per_epoch
-        self.env_t0, self.inf_t0 = run.worker.env_time, run.worker.inference_time
-        self.mpi_t0 = self.comm.seconds
-        self.epoch_steps, self.update_time, self.worker_wait, self.dropped = 0, 0.0, 0.0, 0
+    def _begin_epoch(self, epoch: int) -> None:
+        end_step = (epoch + 1) * self.steps_per_epoch
+        self.state = AsyncEpochState.begin(epoch, self.run.worker, self.comm.seconds, end_step=end_step)
 
     def _end_epoch(self) -> None:
         """Rank 0: the epoch's row (every rank's episodes), evaluation, the checkpoint when due, and
         whether to stop."""
-        run, logger, worker, epoch = self.run, self.run.logger, self.run.worker, self.epoch
-        epoch_time = time.perf_counter() - self.epoch_start
-        if run.stop_signals and not self._signal:
-            self._signal = run.stop_signals[0]
-        reached: str | None = None
+        run, logger, state, schedule = self.run, self.run.logger, self.state, self.schedule
+        epoch = state.epoch
+        state.end(self.comm.seconds)
+        if run.signals.first and not self._signal:
+            self._signal = run.signals.first
         if self.stop_at_train_return is not None:  # rank 0's log holds every rank's episodes
             # (read before log_tabular takes them)
             returns = [float(r) for r in logger.epoch_dict.get("EpRet", [])]
-            reached = train_return_reached(run.checkpointer.run_state, returns, self.stop_at_train_return)
-        logger.log_tabular("Epoch", epoch)
-        logger.log_tabular("EpRet", with_min_and_max=True)
-        logger.log_tabular("EpLen", average_only=True)
-        logger.log_tabular("VVals", with_min_and_max=True)
-        logger.log_tabular("TotalEnvInteracts", run.checkpointer.run_state["total_steps"])
-        if self.evaluator is not None:
-            due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
-            if evaluate_and_log(self.evaluator, logger, run.checkpointer, epoch, due, self.stop_at_return):
-                reached = reached or eval_return_reason(epoch, self.stop_at_return)
-        for key in ("LossPi", "LossV", "Entropy", "Staleness"):
+            state.stop = train_return_reached(run.run_state, returns, self.stop_at_train_return)
+        log_row_start(logger, epoch, run.run_state["total_steps"])
+        if self.evaluation is not None:
+            reached = self.evaluation.log(epoch, schedule.is_last(epoch), logger, self.checkpointer)
+            state.stop = state.stop or reached
+        for key in LOG_KEYS:
             logger.log_tabular(key, average_only=True)
-        logger.log_tabular("Dropped", self.dropped)
-        logger.log_tabular("WaitTime", self.worker_wait / max(1, num_procs() - 1))
-        logger.log_tabular("StepsPerSec", self.epoch_steps / epoch_time)
-        logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
-        logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
-        logger.log_tabular("UpdateTime", self.update_time)
-        logger.log_tabular("MPITime", self.comm.seconds - self.mpi_t0)
-        logger.log_tabular("Time", time.time() - self.start_time)
-        logger.dump_tabular(step=run.checkpointer.run_state["total_steps"])
+        logger.log_tabular("Dropped", state.dropped)
+        logger.log_tabular("WaitTime", state.wait_time / max(1, num_procs() - 1))
+        log_row_end(logger, state, state.steps, run.worker, schedule.start_time, run.run_state["total_steps"])
 
-        last = epoch == self.epochs_total - 1
-        if self._signal or reached or last or (epoch + 1) % self.save_freq == 0:
-            run.checkpointer.save(epoch, time.time() - self.start_time)
-        print_progress(
-            epoch,
-            self.epochs_total,
-            self.start_time,
-            self.session_start,
-            self.first_epoch,
-            reached,
-        )
-        self.epoch += 1
+        checkpoint_and_report(schedule, self.checkpointer, epoch, self._signal, state.stop)
         if self._signal:
             self.stop_reason = "signal"
-        elif reached:
+        elif state.stop:
             self.stop_reason = "return"
-        elif last:
+        elif schedule.is_last(epoch):
             self.stop_reason = "done"
-        self._begin_epoch()
+        self._begin_epoch(epoch + 1)
 
     def _finish(self) -> None:
         """Rank 0, stopping: answer "stop" to every other rank's gradients still to come (they are not
@@ -420,6 +410,6 @@ class AsyncTraining:
     def close(self) -> None:
         """Close the evaluation environments (rank 0's) and free the communicator (a grid's next run
         makes its own)."""
-        if self.rank0 and self.evaluator is not None:
-            self.evaluator.close()
+        if self.evaluation is not None:
+            self.evaluation.close()
         self.comm.Free()

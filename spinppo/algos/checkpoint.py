@@ -119,7 +119,12 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
 
 
 class Checkpointer:
-    """Saves and restores one run's parts; built by ``OnPolicyRun`` (which owns the parts)."""
+    """Saves and restores one run's parts, all given here: ``logger`` (the run directory), ``ac``, the
+    ``worker`` (environments, episodes in progress), the ``reward_scaler`` (or None), the ``optimizers``
+    by name, and ``run_state`` (the run's counters, a dict the run owns: saved as it is and restored in
+    place). ``keep``: how many checkpoints stay. ``parameter_manager``: a Unity run's curriculum
+    (``envs.unity.params.EnvironmentParameterManager``, identical on all ranks), or None. ``alone``: A3C's
+    rank 0, which saves without the other ranks (no collectives, no per-rank states)."""
 
     def __init__(
         self,
@@ -128,21 +133,15 @@ class Checkpointer:
         worker: RolloutWorker,
         reward_scaler: RewardScaler | None,
         keep: int,
+        optimizers: dict[str, torch.optim.Optimizer],
+        run_state: dict[str, Any],
+        parameter_manager: Any = None,
+        alone: bool = False,
     ) -> None:
-        self.logger, self.ac, self.worker, self.reward_scaler, self.keep = (
-            logger,
-            ac,
-            worker,
-            reward_scaler,
-            keep,
-        )
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        # A Unity run's curriculum (envs.unity.params.EnvironmentParameterManager), identical on all ranks.
-        self.parameter_manager: Any = None
-        self.keeps_best = False  # evaluation on: pyt_save/model_best.pt is the best policy by EvalEpRet
-        self.run_state: dict[str, Any] = {}  # the run's counters, saved and restored as they are
-        self.best_eval = float("-inf")
-        self.alone = False  # A3C's rank 0: it saves without the other ranks (no collectives)
+        self.logger, self.ac, self.worker, self.reward_scaler = logger, ac, worker, reward_scaler
+        self.keep, self.optimizers, self.run_state = keep, optimizers, run_state
+        self.parameter_manager, self.alone = parameter_manager, alone
+        self.best_eval = float("-inf")  # the best EvalEpRet so far (its policy: pyt_save/model_best.pt)
 
     @property
     def run_dir(self) -> str:
@@ -257,7 +256,10 @@ class Checkpointer:
                 f"the checkpoint does not fit this run ({type(e).__name__}): were flags changed?"
             ) from None
         self.best_eval = float(shared.get("best_eval", float("-inf")))
-        self.run_state = dict(shared.get("run_state") or {})
+        # In place: the run, and whoever reads its counters, hold this dict.
+        saved_state = dict(shared.get("run_state") or {})
+        self.run_state.clear()
+        self.run_state.update(saved_state)
         if self.parameter_manager is not None and shared.get("lessons") is not None:
             # Before the environments reset below: a Unity reset sends the current lessons' values.
             self.parameter_manager.load_state_dict(shared["lessons"])

@@ -9,6 +9,14 @@
             run.after_update(stats)        # sync params, finiteness check, observation and reward stats
             run.end_epoch(epoch, LOG_KEYS) # log the row, checkpoint (every save_freq), stop on a signal
 
+``OnPolicyRun.__init__`` builds the run's parts, each by a function or class of its own below
+(``seed_rank``, ``Evaluation``, ``open_logger``, ``make_buffer``, ``PreemptibleRollouts``, ``curriculum``,
+``StopSignals``, ``log_start``); ``epochs`` builds the ``Checkpointer`` once the optimizers exist. What
+one epoch's steps hand on to later ones is its ``EpochState``; the session's fixed facts (epochs, save
+frequency, start times) are its ``Schedule``. A3C (``asynchronous.AsyncTraining``) writes its rows with the
+same ``log_row_start``/``log_row_end`` and ends its epochs with the same ``checkpoint_and_report``,
+``stopped_by_signal`` and ``divergence_message``.
+
 A run's flags are checked by ``check_common_flags`` (and each algorithm's own ``check_flags``) before
 anything is built: with --overwrite the old run would already be gone.
 """
@@ -23,6 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -121,33 +130,18 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def print_progress(
-    epoch: int,
-    epochs_total: int,
-    start_time: float,
-    session_start: float,
-    first_epoch: int,
-    stopped: str | None = None,
-) -> None:
-    """Rank 0's line after each epoch's row: "Epoch k of N: h:mm:ss elapsed, about h:mm:ss left" (left
-    estimated from this session's epochs), and ``stopped``, the line that says why the run ends early."""
-    now = time.time()
-    per_epoch = (now - session_start) / (epoch + 1 - first_epoch)
-    left = 0.0 if stopped is not None else per_epoch * (epochs_total - epoch - 1)
-    print(
-        f"Epoch {epoch + 1} of {epochs_total}: {_clock(now - start_time)} elapsed, about {_clock(left)} left",
-        flush=True,
-    )
-    if stopped is not None:
-        print(stopped, flush=True)
-
-
-def eval_return_reason(epoch: int, stop_at_return: float) -> str:
-    """The line that ends a run stopped by --stop_at_return."""
-    return (
-        f"Evaluation return reached --stop_at_return {stop_at_return:g} after epoch {epoch}: stopped with "
-        "a checkpoint"
-    )
+def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
+    """Steps of each environment in one rollout, when ``steps_per_epoch`` divides evenly among the ranks,
+    their ``num_envs`` environments and the epoch's rollouts; else a UserError with a value that does."""
+    unit = num_procs() * num_envs * rollouts_per_epoch
+    if steps_per_epoch % unit or steps_per_epoch < unit:
+        raise UserError(
+            f"--steps_per_epoch {steps_per_epoch} must be a positive multiple of {unit} "
+            f"({num_procs()} ranks x {num_envs} environments"
+            + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
+            + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
+        )
+    return steps_per_epoch // unit
 
 
 TRAIN_RETURN_WINDOW = 100  # episodes, as RLlib's metrics_num_episodes_for_smoothing
@@ -169,40 +163,319 @@ def train_return_reached(run_state: dict[str, Any], returns: list[float], thresh
     )
 
 
-def rollout_length(steps_per_epoch: int, num_envs: int, rollouts_per_epoch: int = 1) -> int:
-    """Steps of each environment in one rollout, when ``steps_per_epoch`` divides evenly among the ranks,
-    their ``num_envs`` environments and the epoch's rollouts; else a UserError with a value that does."""
-    unit = num_procs() * num_envs * rollouts_per_epoch
-    if steps_per_epoch % unit or steps_per_epoch < unit:
-        raise UserError(
-            f"--steps_per_epoch {steps_per_epoch} must be a positive multiple of {unit} "
-            f"({num_procs()} ranks x {num_envs} environments"
-            + (f" x {rollouts_per_epoch} rollouts" if rollouts_per_epoch > 1 else "")
-            + f"), e.g. {max(1, round(steps_per_epoch / unit)) * unit}"
+def eval_return_reason(epoch: int, stop_at_return: float) -> str:
+    """The line that ends a run stopped by --stop_at_return."""
+    return (
+        f"Evaluation return reached --stop_at_return {stop_at_return:g} after epoch {epoch}: stopped with "
+        "a checkpoint"
+    )
+
+
+# ------------------------------------------------------------------ the loop's schedule and epoch's state
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The epochs of this session, fixed when they start (``OnPolicyRun.start``): ``epochs`` in all,
+    a checkpoint every ``save_freq``, the first one this session runs (after a resume, the one after the
+    checkpoint's), and the wall-clock times the run (earlier sessions included) and this session began."""
+
+    epochs: int
+    save_freq: int
+    first_epoch: int
+    start_time: float
+    session_start: float
+
+    def is_last(self, epoch: int) -> bool:
+        """Whether ``epoch`` is the run's last (counting from 0)."""
+        return epoch == self.epochs - 1
+
+    def elapsed(self) -> float:
+        """Seconds the run has taken, earlier sessions included."""
+        return time.time() - self.start_time
+
+    def print_progress(self, epoch: int, stopped: str | None = None) -> None:
+        """Rank 0's line after each epoch's row: "Epoch k of N: h:mm:ss elapsed, about h:mm:ss left" (left
+        estimated from this session's epochs), and ``stopped``, the line that says why the run ends
+        early."""
+        now = time.time()
+        per_epoch = (now - self.session_start) / (epoch + 1 - self.first_epoch)
+        left = 0.0 if stopped is not None else per_epoch * (self.epochs - epoch - 1)
+        print(
+            f"Epoch {epoch + 1} of {self.epochs}: {_clock(now - self.start_time)} elapsed, about "
+            f"{_clock(left)} left",
+            flush=True,
         )
-    return steps_per_epoch // unit
+        if stopped is not None:
+            print(stopped, flush=True)
 
 
-def evaluate_and_log(
-    evaluator: Evaluator,
-    logger: EpochLogger,
-    checkpointer: Checkpointer,
-    epoch: int,
-    due: bool,
-    stop_at_return: float | None,
-) -> bool:
-    """When ``due``: play the evaluation episodes, log their mean as ``EvalEpRet``/``EvalEpLen`` and keep
-    the policy as the best when it beats every earlier one; else log NaN. True when the return reached
-    ``stop_at_return``."""
-    ret = length = float("nan")
-    if due:
-        returns, lengths = evaluator.evaluate()
-        ret, length = float(np.mean(returns)), float(np.mean(lengths))
-        if ret > checkpointer.best_eval:
-            checkpointer.save_best(epoch, ret)
-    logger.log_tabular("EvalEpRet", ret)
-    logger.log_tabular("EvalEpLen", length)
-    return due and stop_at_return is not None and ret >= stop_at_return
+@dataclass(slots=True)
+class EpochState:
+    """What one epoch's steps hand on to its later steps, in one place: made when the epoch begins
+    (``begin``: the worker's and MPI's clocks then), added to by ``collect`` and ``after_update`` (steps
+    collected, update time), stopped by ``end`` when its row begins; ``stop``: why the epochs end after
+    this one (a stop reached), None to go on."""
+
+    epoch: int
+    started: float  # time.perf_counter() at the epoch's start
+    env_time_start: float  # the worker's clocks at the epoch's start
+    inference_time_start: float
+    mpi_time_start: float
+    steps: int = 0  # environment steps collected (this rank's; A3C's rank 0: every rank's)
+    update_time: float = 0.0
+    update_started: float = 0.0  # when the update in progress began (collect -> after_update)
+    seconds: float = 0.0  # the epoch's wall time and MPI time, up to the start of its row (end())
+    mpi_seconds: float = 0.0
+    stop: str | None = None
+
+    @classmethod
+    def begin(cls, epoch: int, worker: RolloutWorker, mpi_seconds: float, **more: Any) -> EpochState:
+        """A new epoch's state; ``mpi_seconds``: the MPI clock now; ``more``: a subclass's fields."""
+        return cls(epoch, time.perf_counter(), worker.env_time, worker.inference_time, mpi_seconds, **more)
+
+    def end(self, mpi_seconds: float) -> None:
+        """Stop the epoch's clocks (``mpi_seconds``: the MPI clock now): its row begins."""
+        self.seconds = time.perf_counter() - self.started
+        self.mpi_seconds = mpi_seconds - self.mpi_time_start
+
+
+# ------------------------------------------------- the row and the messages (the synchronous loop's, A3C's)
+
+
+def log_row_start(logger: EpochLogger, epoch: int, total_steps: int) -> None:
+    """The first columns of an epoch's row: Epoch, EpRet (with min and max), EpLen, VVals (with min and
+    max), TotalEnvInteracts (``total_steps``)."""
+    logger.log_tabular("Epoch", epoch)
+    logger.log_tabular("EpRet", with_min_and_max=True)
+    logger.log_tabular("EpLen", average_only=True)
+    logger.log_tabular("VVals", with_min_and_max=True)
+    logger.log_tabular("TotalEnvInteracts", total_steps)
+
+
+def log_row_end(
+    logger: EpochLogger, state: EpochState, steps: int, worker: RolloutWorker, start_time: float, step: int
+) -> None:
+    """The last columns of an epoch's row, its timings (StepsPerSec: ``steps`` over the epoch's seconds;
+    EnvTime, InferenceTime, UpdateTime, MPITime; Time since ``start_time``); then write the row, at
+    TensorBoard step ``step``."""
+    logger.log_tabular("StepsPerSec", steps / state.seconds)
+    logger.log_tabular("EnvTime", worker.env_time - state.env_time_start)
+    logger.log_tabular("InferenceTime", worker.inference_time - state.inference_time_start)
+    logger.log_tabular("UpdateTime", state.update_time)
+    logger.log_tabular("MPITime", state.mpi_seconds)
+    logger.log_tabular("Time", time.time() - start_time)
+    logger.dump_tabular(step=step)
+
+
+def checkpoint_and_report(
+    schedule: Schedule, checkpointer: Checkpointer, epoch: int, signum: int, stopped: str | None
+) -> None:
+    """After an epoch's row: a checkpoint every ``save_freq`` epochs, at the last, after a signal
+    (``signum``, 0 for none) and when the run stops early (``stopped``: why); then rank 0's progress
+    line. Every rank of a synchronous run calls it (the checkpoint is a collective); A3C's rank 0 alone."""
+    if signum or (epoch + 1) % schedule.save_freq == 0 or schedule.is_last(epoch) or stopped:
+        checkpointer.save(epoch, schedule.elapsed())
+    if proc_id() == 0:
+        schedule.print_progress(epoch, stopped)
+
+
+def stopped_by_signal(signum: int, epoch: int, algo: str, run_dir: str) -> TrainingStopped:
+    """The error a run stopped by a signal raises on every rank, with the command that resumes it."""
+    return TrainingStopped(
+        f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint saved. Resume with: "
+        f"python -m spinppo.run {algo} --resume {run_dir}",
+        signum=signum,
+    )
+
+
+def divergence_message(what: str, epoch: int, run_dir: str) -> str:
+    """The message of a run stopped by a non-finite update: ``what`` went non-finite in ``epoch``, which
+    checkpoint is kept, and what to try."""
+    kept = (
+        f"the last good checkpoint in {run_dir}/checkpoints is kept"
+        if checkpoint_epochs(run_dir)
+        else "no checkpoint had been saved yet"
+    )
+    return (
+        f"{what} in epoch {epoch}: training stopped; {kept} (try a smaller --lr, and check that the "
+        "environment's observations and rewards are finite)"
+    )
+
+
+# ------------------------------------------------------------------------------------ the run's parts
+
+
+def seed_rank(seed: int) -> int:
+    """Seed torch, numpy and random with this rank's seed, ``seed + 10000 * rank``, and return it: each
+    rank explores differently (sync_params makes the networks identical anyway)."""
+    rank_seed = seed + 10000 * proc_id()
+    torch.manual_seed(rank_seed)
+    np.random.seed(rank_seed)
+    random.seed(rank_seed)
+    return rank_seed
+
+
+def open_logger(
+    logger_kwargs: dict[str, Any] | None, config: dict[str, Any] | None, env: Any, algo: str, resume: bool
+) -> EpochLogger:
+    """The run's logger (it makes the run directory) with the run's ``config`` saved as config.json
+    (``num_procs``, ``algo`` and a Unity behavior's ``observation_shapes`` added). A resumed run keeps the
+    config.json it was made with (``restore`` records a new --epochs there once the checkpoint has
+    loaded): a resume that is refused must leave the run as it was."""
+    logger = EpochLogger(**(logger_kwargs or {}))
+    if config is not None and not resume:
+        kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
+        saved = {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
+        if hasattr(env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
+            saved["observation_shapes"] = [list(shape) for shape in env.observation_shapes]
+        logger.save_config(saved)
+    return logger
+
+
+def make_buffer(
+    env: Any, ac: MLPActorCritic, steps: int, gamma: float, lam: float, time_horizon: int
+) -> GAEBuffer:
+    """The rollout buffer for ``steps`` steps of each of ``env``'s environments. With memory, a
+    --sequence_length that does not divide the rollout pads each environment's last sequence: the losses
+    leave the padded steps out."""
+    return GAEBuffer(
+        ObsLayout.from_space(env.single_observation_space),  # vectors as float32, images as they come (uint8)
+        ac.act_shape,
+        env.num_envs,
+        steps,
+        gamma,
+        lam,
+        discrete=ac.discrete,
+        time_horizon=time_horizon,
+        memory_size=getattr(ac, "memory_size", 0),
+        sequence_length=getattr(ac, "sequence_length", 1),
+    )
+
+
+def rollout_vectors(buf: GAEBuffer) -> np.ndarray | None:
+    """The vector part of the observations of the rollout in ``buf`` (its filled steps: fewer than the
+    buffer's after a preemption), for the observation statistics; None when the observations have no
+    vectors (only vectors have running statistics)."""
+    layout, filled = buf.layout, buf.filled
+    if not layout.vector_dim:
+        return None
+    obs = buf.obs[:filled] if layout.flat else layout.take(buf.obs, slice(0, filled))
+    return layout.vectors(obs)
+
+
+class Evaluation:
+    """Evaluation during training, on environments of its own: every ``freq`` epochs and at the last,
+    ``episodes`` deterministic episodes of ``ac`` (split over the ranks, or all on this one when
+    ``alone``, A3C's rank 0), seeded far from the training ones and alike at every evaluation; their mean
+    is the row's ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it is kept in
+    ``pyt_save/model_best.pt``, and reaching ``stop_at_return`` ends the run."""
+
+    def __init__(
+        self,
+        env_fn: Callable[[], Any],
+        ac: MLPActorCritic,
+        freq: int,
+        episodes: int,
+        seed: int,
+        stop_at_return: float | None,
+        alone: bool = False,
+    ) -> None:
+        self.evaluator = Evaluator(env_fn, ac, episodes, seed + 1_000_000, alone=alone)
+        self.freq, self.stop_at_return = freq, stop_at_return
+
+    def log(self, epoch: int, last: bool, logger: EpochLogger, checkpointer: Checkpointer) -> str | None:
+        """The row's evaluation columns for ``epoch`` (``last``: the run's last epoch), playing the episodes
+        when due; the line that ends the run when their return reached ``stop_at_return``, else None.
+        A collective unless ``alone``; every rank reaches the same verdict."""
+        due = (epoch + 1) % self.freq == 0 or last
+        ret = length = float("nan")
+        if due:
+            returns, lengths = self.evaluator.evaluate()
+            ret, length = float(np.mean(returns)), float(np.mean(lengths))
+            if ret > checkpointer.best_eval:
+                checkpointer.save_best(epoch, ret)
+        logger.log_tabular("EvalEpRet", ret)
+        logger.log_tabular("EvalEpLen", length)
+        if due and self.stop_at_return is not None and ret >= self.stop_at_return:
+            return eval_return_reason(epoch, self.stop_at_return)
+        return None
+
+    def close(self) -> None:
+        """Close the evaluation environments."""
+        self.evaluator.close()
+
+
+class PreemptibleRollouts:
+    """DD-PPO's preemption (``--preempt``): a rollout ends once that fraction of the ranks have collected
+    their share, after at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence
+    boundary (``sequence_length`` steps)."""
+
+    def __init__(self, fraction: float, rollout_steps: int, sequence_length: int) -> None:
+        self.preemption = Preemption(fraction)  # a collective: a communicator of its own
+        if self.preemption.needed >= num_procs() and proc_id() == 0:
+            # ceil(fraction x ranks) ranks must complete: all of them, so no rank is ever cut short.
+            print(
+                f"spinppo: warning: --preempt {fraction:g} with {num_procs()} ranks waits for all of "
+                f"them and never preempts; give at most {(num_procs() - 1) / num_procs():.2g}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.steps_per_row = sequence_length  # (a sequence no longer than the rollout)
+        self.min_steps = sequence_length * math.ceil(0.25 * rollout_steps / sequence_length)
+
+    def collect(self, worker: RolloutWorker, buf: GAEBuffer, logger: EpochLogger) -> None:
+        """One rollout into ``buf``, cut short when enough other ranks have completed theirs."""
+        preemption = self.preemption
+        preemption.begin()
+
+        def stop(steps: int) -> bool:
+            return steps >= self.min_steps and steps % self.steps_per_row == 0 and preemption.should_stop()
+
+        worker.collect(buf, logger, stop)
+        preemption.end(complete=buf.filled == buf.steps)
+
+
+def curriculum(env: Any) -> Any:
+    """A Unity run's environment parameters with lessons (ML-Agents' curricula, checked every epoch), or
+    None."""
+    lessons = getattr(env, "parameter_manager", None)
+    return lessons if lessons is not None and lessons.has_curriculum() else None
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, once ``install``ed, are recorded (``first``) and stop the run at the end of the
+    epoch, with a checkpoint; a second Ctrl-C stops at once. ``restore`` puts the old handlers back."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._old_handlers: dict[int, Any] = {}
+
+    @property
+    def first(self) -> int:
+        """The first signal received; 0 for none."""
+        return self.received[0] if self.received else 0
+
+    def install(self) -> None:
+        """From now on SIGINT and SIGTERM are recorded in ``received``."""
+        received = self.received
+
+        def handler(signum: int, frame: Any) -> None:
+            if received and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            received.append(signum)
+            if proc_id() == 0:
+                again = " (Ctrl-C again: stop now, without a checkpoint)" if signum == signal.SIGINT else ""
+                name = signal.Signals(signum).name
+                print(f"\n{name} received: stopping after this epoch{again}", flush=True)
+
+        self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        """Put back the handlers ``install`` replaced (nothing when it was not called)."""
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)
+        self._old_handlers = {}
 
 
 def threads_line(threads: list[int]) -> str:
@@ -216,15 +489,46 @@ def threads_line(threads: list[int]) -> str:
     )
 
 
+def log_start(
+    logger: EpochLogger, threads: int, ac: MLPActorCritic, num_envs: int, rollout_steps: int
+) -> None:
+    """The run's first lines: every rank's threads, its pid and host (so that a launcher's "process PID
+    died" can be traced to its rank), an oversubscription warning, and the run's shape. A collective."""
+    logger.log(threads_line(allgather(threads)))
+    if num_procs() > 1:
+        ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
+        logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
+        crowded = oversubscription_warning()
+        if crowded and proc_id() == 0 and crowded not in _warned:  # once a process, not once a run
+            _warned.add(crowded)
+            print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
+    n_params = sum(p.numel() for p in ac.parameters())
+    logger.log(
+        f"{num_procs()} rank(s) x {num_envs} env(s), {rollout_steps} steps each per rollout; actor-critic "
+        f"with {n_params} parameters"
+    )
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
 class OnPolicyRun:
-    """The parts of one training run on one rank: environments, actor-critic, buffer, worker, logger,
-    checkpoints; and the shared steps of an epoch. Use it as a context manager: leaving closes the
-    environments and the logger and restores the signal handlers, however the run ends.
+    """The parts of one training run on one rank: environments, actor-critic, evaluation, logger, buffer,
+    worker, preemption, curriculum, signals; and the shared steps of an epoch. Use it as a context
+    manager: leaving closes the environments and the logger and restores the signal handlers, however the
+    run ends.
 
     ``steps_per_epoch`` counts environment steps over all ranks and environments; each rank collects
     ``steps_per_epoch / num_procs`` of them per epoch, in ``rollouts_per_epoch`` batches (A2C's n-step
     rollouts). The flags are assumed checked (``check_common_flags``).
+
+    Built by ``start`` (``epochs`` calls it), when the optimizers exist: ``checkpointer`` and ``schedule``.
+    Each epoch's state is ``epoch_state`` (``EpochState``).
     """
+
+    checkpointer: Checkpointer
+    schedule: Schedule
+    epoch_state: EpochState
 
     def __init__(
         self,
@@ -253,119 +557,48 @@ class OnPolicyRun:
         keep_checkpoints: int = 5,
     ) -> None:
         threads = setup_pytorch_for_mpi()  # before the environments: their processes inherit the limit
-        self.algo = algo
-        self.resume = bool((logger_kwargs or {}).get("resume"))
-        # Each rank explores differently; sync_params below makes the networks identical anyway.
-        self.seed = seed + 10000 * proc_id()
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed)
-        random.seed(self.seed)
-
+        self.algo, self.resume = algo, bool((logger_kwargs or {}).get("resume"))
+        self.steps_per_epoch, self.rollouts_per_epoch = steps_per_epoch, rollouts_per_epoch
+        self.norm_adv, self.stop_at_train_return = norm_adv, stop_at_train_return
+        self.keep_checkpoints = keep_checkpoints
+        self.signals = StopSignals()  # installed by start()
+        self.evaluation: Evaluation | None = None  # (until built: close() closes what was built)
+        self.logger: EpochLogger | None = None
+        self.seed = seed_rank(seed)
         self.env = make_vector_env(env_fn, num_envs, self.seed)
         # Whatever fails from here on (bad input found once the environment exists, a policy that does
         # not fit) must not leave the environments running: a Unity player would keep the process alive.
         try:
             self.num_envs = self.env.num_envs
-            per_env = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
-            self.steps_per_epoch = steps_per_epoch
-            self.rollouts_per_epoch = rollouts_per_epoch
-            self.norm_adv = norm_adv
-            self.rollout_steps = per_env  # steps per environment in one rollout
-
+            self.rollout_steps = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
             obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
             self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
-            # With memory, a --sequence_length that does not divide the rollout pads each environment's last
-            # sequence (GAEBuffer): the losses leave the padded steps out.
-            memory_size = getattr(self.ac, "memory_size", 0)
-            # A resume continues from its own checkpoint instead. Before the run directory exists: a policy
-            # that does not fit is bad input.
-            # Evaluation on environments of its own (made before the run directory: a Unity build cannot
-            # be copied, which is bad input). Seeds far from the training ones; the same every evaluation.
-            self.evaluator = (
-                Evaluator(env_fn, self.ac, eval_episodes, seed + 1_000_000) if eval_freq else None
+            # Before the run directory exists (a Unity build cannot be copied, a policy that does not fit:
+            # both bad input). A resume continues from its own checkpoint instead of initialize_from.
+            if eval_freq:
+                self.evaluation = Evaluation(env_fn, self.ac, eval_freq, eval_episodes, seed, stop_at_return)
+            init_file = (
+                initialize_policy(self.ac, initialize_from) if initialize_from and not self.resume else None
             )
-            self.eval_freq, self.stop_at_return = eval_freq, stop_at_return
-            self.stop_at_train_return = stop_at_train_return
-            self.reached_return: str | None = None  # why the epochs end after this one (a stop reached)
-            init_file = None
-            if initialize_from and not self.resume:
-                init_file = initialize_policy(self.ac, initialize_from)
-            # Only now, with the input checked, make the run directory.
-            self.logger = EpochLogger(**(logger_kwargs or {}))
-            # A resumed run keeps the config.json it was made with (epochs() records a new --epochs there once
-            # the checkpoint has loaded): a resume that is refused must leave the run as it was.
-            if config is not None and not self.resume:
-                kwargs = {k: v for k, v in (config.get("logger_kwargs") or {}).items() if k != "resume"}
-                saved = {**config, "logger_kwargs": kwargs, "num_procs": num_procs(), "algo": algo}
-                if hasattr(self.env, "observation_shapes"):  # a Unity behavior's sensors, for export --onnx
-                    saved["observation_shapes"] = [list(shape) for shape in self.env.observation_shapes]
-                self.logger.save_config(saved)
+            self.logger = open_logger(logger_kwargs, config, self.env, algo, self.resume)
             if init_file:
                 self.logger.log(f"Initialised from {init_file}")
             sync_params(self.ac)
-            self.buf = GAEBuffer(
-                ObsLayout.from_space(obs_space),  # vectors as float32, images in their own dtype (uint8)
-                self.ac.act_shape,
-                self.num_envs,
-                self.rollout_steps,
-                gamma,
-                lam,
-                discrete=self.ac.discrete,
-                time_horizon=time_horizon,
-                memory_size=memory_size,
-                sequence_length=getattr(self.ac, "sequence_length", 1),
-            )
+            self.buf = make_buffer(self.env, self.ac, self.rollout_steps, gamma, lam, time_horizon)
             self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
             self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)
-            self.checkpointer = Checkpointer(
-                self.logger, self.ac, self.worker, self.reward_scaler, keep_checkpoints
+            self.preemption = (
+                PreemptibleRollouts(preempt, self.rollout_steps, self.buf.sequence_length)
+                if preempt is not None and num_procs() > 1
+                else None
             )
-            self.checkpointer.keeps_best = self.evaluator is not None
-            # DD-PPO's preemption: a rollout ends once --preempt of the ranks have collected their share,
-            # after at least a quarter of this rank's (DD-PPO's short-rollout threshold), at a sequence
-            # boundary.
-            self.preemption = Preemption(preempt) if preempt is not None and num_procs() > 1 else None
-            if self.preemption is not None and self.preemption.needed >= num_procs() and proc_id() == 0:
-                # ceil(fraction x ranks) ranks must complete: all of them, so no rank is ever cut short.
-                print(
-                    f"spinppo: warning: --preempt {preempt:g} with {num_procs()} ranks waits for all of "
-                    f"them and never preempts; give at most {(num_procs() - 1) / num_procs():.2g}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            steps_per_row = self.buf.sequence_length  # (a sequence no longer than the rollout)
-            self.min_steps = steps_per_row * math.ceil(0.25 * self.rollout_steps / steps_per_row)
-            self.steps_per_row = steps_per_row
-            self.epoch_steps = 0  # environment steps this rank collected in this epoch
-            # With preemption an epoch collects fewer steps than steps_per_epoch: the true count, kept in
-            # checkpoints, is TotalEnvInteracts.
-            self.checkpointer.run_state = {"total_steps": 0}
-            # A Unity run's environment parameters with lessons (ML-Agents' curricula): checked every epoch.
-            self.lessons = getattr(self.env, "parameter_manager", None)
-            if self.lessons is not None and not self.lessons.has_curriculum():
-                self.lessons = None
-            self.checkpointer.parameter_manager = self.lessons
-            self._old_handlers: dict[int, Any] = {}
-            self.stop_signals: list[int] = []
-            self.logger.log(threads_line(allgather(threads)))
-            if num_procs() > 1:  # so that a launcher's "process PID died" can be traced to its rank
-                ranks = allgather(f"{proc_id()}={os.getpid()}@{socket.gethostname()}")
-                self.logger.log("MPI ranks (rank=pid@host): " + " ".join(ranks))
-                crowded = oversubscription_warning()
-                if crowded and proc_id() == 0 and crowded not in _warned:  # once a process, not once a run
-                    _warned.add(crowded)
-                    print(f"spinppo: warning: {crowded}", file=sys.stderr, flush=True)
-            n_params = sum(p.numel() for p in self.ac.parameters())
-            self.logger.log(
-                f"{num_procs()} rank(s) x {self.num_envs} env(s), {self.rollout_steps} steps each per "
-                f"rollout; actor-critic with {n_params} parameters"
-            )
+            # The run's counters, checkpointed. With preemption an epoch collects fewer steps than
+            # steps_per_epoch: the true count is TotalEnvInteracts.
+            self.run_state: dict[str, Any] = {"total_steps": 0}
+            self.lessons = curriculum(self.env)
+            log_start(self.logger, threads, self.ac, self.num_envs, self.rollout_steps)
         except BaseException:
-            if getattr(self, "evaluator", None) is not None:
-                self.evaluator.close()
-            self.env.close()
-            if getattr(self, "logger", None) is not None:
-                self.logger.close()
+            self.close()
             raise
 
     @property
@@ -377,18 +610,36 @@ class OnPolicyRun:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        for signum, old in self._old_handlers.items():
-            signal.signal(signum, old)
-        if self.evaluator is not None:
-            self.evaluator.close()
+        self.close()
+
+    def close(self) -> None:
+        """Put the signal handlers back and close the parts built so far: evaluation, environments,
+        logger."""
+        self.signals.restore()
+        if self.evaluation is not None:
+            self.evaluation.close()
         self.env.close()
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
 
     # ------------------------------------------------------------------------------- the epoch's steps
 
+    def start(
+        self, epochs: int, save_freq: int, checkpointer: Checkpointer, logged_step: Callable[[int], int]
+    ) -> Schedule:
+        """Begin the epochs with ``checkpointer`` (this run's, or A3C's): with ``--resume`` restore its
+        latest checkpoint (``restore``), then install the signal handlers. Returns the session's
+        ``Schedule`` (``epochs`` in all, a checkpoint every ``save_freq``), kept as ``schedule``."""
+        self.checkpointer = checkpointer
+        first_epoch, elapsed = self.restore(epochs, logged_step)
+        start_time = time.time() - elapsed
+        self.signals.install()
+        self.schedule = Schedule(epochs, save_freq, first_epoch, start_time, time.time())
+        return self.schedule
+
     def restore(self, epochs: int, logged_step: Callable[[int], int]) -> tuple[int, float]:
         """With ``--resume``: load the latest checkpoint (models, optimizers, generators, environments,
-        statistics, ``checkpointer.run_state``), cut progress.txt and TensorBoard back to its epoch
+        statistics, ``run_state``), cut progress.txt and TensorBoard back to its epoch
         (``logged_step(epoch)`` is the step that epoch's row was logged at) and record the new ``epochs``.
         Returns (the first epoch to run, the seconds the run had taken); (0, 0.0) without ``--resume``."""
         if not self.resume:
@@ -414,21 +665,23 @@ class OnPolicyRun:
         generators, environments and statistics are restored first. From here on SIGINT and SIGTERM
         stop the run at the end of the epoch, with a checkpoint (see ``end_epoch``).
         """
-        self.epochs_total, self.save_freq = epochs, save_freq
-        self.checkpointer.optimizers = optimizers
-        first_epoch, elapsed = self.restore(epochs, lambda last: (last + 1) * self.steps_per_epoch)
-        self.checkpointer.run_state.setdefault("total_steps", first_epoch * self.steps_per_epoch)
-        self.start_time = time.time() - elapsed
-        self.install_signal_handlers()
-        self.first_epoch, self.session_start = first_epoch, time.time()  # for the time-left estimate
-        for epoch in range(first_epoch, epochs):
-            if self.reached_return:
-                break
-            self.epoch_start = time.perf_counter()
-            self.env_t0, self.inf_t0 = self.worker.env_time, self.worker.inference_time
-            self.mpi_t0, self.update_time = mpi_time(), 0.0
-            self.epoch, self.epoch_steps = epoch, 0
+        checkpointer = Checkpointer(
+            self.logger,
+            self.ac,
+            self.worker,
+            self.reward_scaler,
+            self.keep_checkpoints,
+            optimizers,
+            self.run_state,
+            parameter_manager=self.lessons,
+        )
+        schedule = self.start(epochs, save_freq, checkpointer, lambda last: (last + 1) * self.steps_per_epoch)
+        self.run_state.setdefault("total_steps", schedule.first_epoch * self.steps_per_epoch)
+        for epoch in range(schedule.first_epoch, epochs):
+            self.epoch_state = EpochState.begin(epoch, self.worker, mpi_time())
             yield epoch
+            if self.epoch_state.stop is not None:
+                break
 
     def collect(self) -> Batch:
         """Step the environments with the current policy for one rollout; return its ``Batch``
@@ -437,113 +690,77 @@ class OnPolicyRun:
 
         With ``--preempt`` the rollout may end early on this rank (DD-PPO): the batch is then shorter,
         and every rank's update still takes the same number of gradient steps (``full_rows``)."""
-        preemption = self.preemption
-        if preemption is None:
+        if self.preemption is None:
             self.worker.collect(self.buf, self.logger)
         else:
-            preemption.begin()
-
-            def stop(steps: int) -> bool:
-                return (
-                    steps >= self.min_steps and steps % self.steps_per_row == 0 and preemption.should_stop()
-                )
-
-            self.worker.collect(self.buf, self.logger, stop)
-            preemption.end(complete=self.buf.filled == self.buf.steps)
-        self.epoch_steps += self.buf.filled * self.num_envs
+            self.preemption.collect(self.worker, self.buf, self.logger)
+        self.epoch_state.steps += self.buf.filled * self.num_envs
         batch = self.buf.get(normalize_adv=self.norm_adv)
-        self._update_start = time.perf_counter()
+        self.epoch_state.update_started = time.perf_counter()
         return batch
 
     def after_update(self, stats: dict[str, float]) -> None:
         """After an update: make the ranks' parameters bitwise identical, stop on a non-finite loss or
         parameter, store ``stats`` for the epoch's row, and fold this rollout's observations (all ranks)
         and rewards into the normalisation statistics used from now on."""
-        self.update_time += time.perf_counter() - self._update_start
+        state = self.epoch_state
+        state.update_time += time.perf_counter() - state.update_started
         # Bitwise-identical hosts stay identical anyway; this one Bcast keeps hosts whose CPU kernels round
         # differently from drifting apart.
         sync_params(self.ac)
         self._check_finite(stats)
         self.logger.store(**stats)
-        layout = self.buf.layout
-        if layout.vector_dim:  # only vectors have running statistics (the same layout on every rank)
-            filled = self.buf.filled  # (fewer than the buffer's steps after a preemption)
-            obs = self.buf.obs[:filled] if layout.flat else layout.take(self.buf.obs, slice(0, filled))
-            self.ac.obs_rms.update(layout.vectors(obs))
+        vectors = rollout_vectors(self.buf)
+        if vectors is not None:  # (the same layout on every rank)
+            self.ac.obs_rms.update(vectors)
         if self.reward_scaler is not None:
             self.reward_scaler.sync()
 
     def end_epoch(self, epoch: int, log_keys: list[str]) -> None:
         """Log the epoch's row (returns, the algorithm's ``log_keys``, timings); save a checkpoint every
-        ``save_freq`` epochs, at the last epoch and when a signal arrived on any rank; then, after a
-        signal, raise TrainingStopped on every rank."""
-        logger, worker = self.logger, self.worker
-        epoch_time = time.perf_counter() - self.epoch_start
-        epoch_mpi_time = mpi_time() - self.mpi_t0
+        ``save_freq`` epochs, at the last epoch, when a stop is reached and when a signal arrived on any
+        rank; then, after a signal, raise TrainingStopped on every rank."""
+        logger, state, run_state = self.logger, self.epoch_state, self.run_state
+        state.end(mpi_time())
         if self.lessons is not None:
             self._advance_lessons(epoch)
-        state, collected = self.checkpointer.run_state, self.steps_per_epoch
         if self.stop_at_train_return is not None:  # the same window, and verdict, on every rank
             mine = [float(r) for r in logger.epoch_dict.get("EpRet", [])]
             returns = [r for rank in allgather(mine) for r in rank]
-            self.reached_return = train_return_reached(state, returns, self.stop_at_train_return)
-        logger.log_tabular("Epoch", epoch)
-        logger.log_tabular("EpRet", with_min_and_max=True)
-        logger.log_tabular("EpLen", average_only=True)
-        logger.log_tabular("VVals", with_min_and_max=True)
+            state.stop = train_return_reached(run_state, returns, self.stop_at_train_return)
+        collected = self.steps_per_epoch
         if self.preemption is None:
-            state["total_steps"] = (epoch + 1) * self.steps_per_epoch
-            logger.log_tabular("TotalEnvInteracts", state["total_steps"])
+            run_state["total_steps"] = (epoch + 1) * self.steps_per_epoch
+            log_row_start(logger, epoch, run_state["total_steps"])
         else:  # the steps the ranks really collected, and the share of the epoch's they did not
-            collected = int(mpi_sum(self.epoch_steps))
-            state["total_steps"] += collected
-            logger.log_tabular("TotalEnvInteracts", state["total_steps"])
+            collected = int(mpi_sum(state.steps))
+            run_state["total_steps"] += collected
+            log_row_start(logger, epoch, run_state["total_steps"])
             logger.log_tabular("Preempted", 1.0 - collected / self.steps_per_epoch)
-        if self.evaluator is not None:
-            self._evaluate(epoch)
+        if self.evaluation is not None:
+            reached = self.evaluation.log(epoch, self.schedule.is_last(epoch), logger, self.checkpointer)
+            state.stop = state.stop or reached
         for key in log_keys:
             logger.log_tabular(key, average_only=True)
         if self.lessons is not None:  # the lesson of each parameter that has a curriculum
             for name, lesson in self.lessons.lesson_numbers().items():
                 if len(self.lessons.settings[name]["curriculum"]) > 1:
                     logger.log_tabular(f"Lesson/{name}", lesson)
-        logger.log_tabular("StepsPerSec", collected / epoch_time)
-        logger.log_tabular("EnvTime", worker.env_time - self.env_t0)
-        logger.log_tabular("InferenceTime", worker.inference_time - self.inf_t0)
-        logger.log_tabular("UpdateTime", self.update_time)
-        logger.log_tabular("MPITime", epoch_mpi_time)
-        logger.log_tabular("Time", time.time() - self.start_time)
-        logger.dump_tabular(step=(epoch + 1) * self.steps_per_epoch)
+        log_row_end(
+            logger,
+            state,
+            collected,
+            self.worker,
+            self.schedule.start_time,
+            (epoch + 1) * self.steps_per_epoch,
+        )
 
         # A signal on any rank stops every rank here, at the same epoch, with a checkpoint. Every rank
         # learns the signal (the highest number when ranks got different ones).
-        stop_signum = int(mpi_max(self.stop_signals[0] if self.stop_signals else 0))
-        last = epoch == self.epochs_total - 1 or self.reached_return
-        if stop_signum or (epoch + 1) % self.save_freq == 0 or last:
-            self.checkpointer.save(epoch, time.time() - self.start_time)
-        if proc_id() == 0:
-            print_progress(
-                epoch,
-                self.epochs_total,
-                self.start_time,
-                self.session_start,
-                self.first_epoch,
-                self.reached_return,
-            )
+        stop_signum = int(mpi_max(self.signals.first))
+        checkpoint_and_report(self.schedule, self.checkpointer, epoch, stop_signum, state.stop)
         if stop_signum:
-            raise TrainingStopped(
-                f"stopped by {signal.Signals(stop_signum).name} after epoch {epoch}; checkpoint "
-                f"saved. Resume with: python -m spinppo.run {self.algo} --resume {self.output_dir}",
-                signum=stop_signum,
-            )
-
-    def _evaluate(self, epoch: int) -> None:
-        """Every ``eval_freq`` epochs and at the last: deterministic episodes over all ranks, their mean
-        as ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it kept in
-        ``pyt_save/model_best.pt``, and ``--stop_at_return`` checked (the same verdict on every rank)."""
-        due = (epoch + 1) % self.eval_freq == 0 or epoch == self.epochs_total - 1
-        if evaluate_and_log(self.evaluator, self.logger, self.checkpointer, epoch, due, self.stop_at_return):
-            self.reached_return = self.reached_return or eval_return_reason(epoch, self.stop_at_return)
+            raise stopped_by_signal(stop_signum, epoch, self.algo, self.output_dir)
 
     def _advance_lessons(self, epoch: int) -> None:
         """ML-Agents' curriculum check, once an epoch: every rank feeds the same episode returns (all
@@ -552,42 +769,17 @@ class OnPolicyRun:
         the episodes in progress are abandoned (as mlagents-learn does)."""
         mine = [float(r) for r in self.logger.epoch_dict.get("EpRet", [])]
         returns = [r for rank in allgather(mine) for r in rank]
-        changed, reset = self.lessons.update((epoch + 1) / self.epochs_total, returns)
+        changed, reset = self.lessons.update((epoch + 1) / self.schedule.epochs, returns)
         if changed:
             self.logger.log(f"Epoch {epoch}: {self.lessons.describe()}")
             fresh = self.env.apply_lessons(reset)
             if reset:
                 self.worker.restart_episodes(fresh[0])
 
-    # ------------------------------------------------------------------------------- failure handling
-
-    def install_signal_handlers(self) -> None:
-        """From now on SIGINT and SIGTERM are recorded in ``stop_signals`` (the run stops at the end of
-        the epoch, with a checkpoint); a second Ctrl-C stops at once. ``close`` puts the old handlers back."""
-        received = self.stop_signals
-
-        def handler(signum: int, frame: Any) -> None:
-            if received and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
-            received.append(signum)
-            if proc_id() == 0:
-                again = " (Ctrl-C again: stop now, without a checkpoint)" if signum == signal.SIGINT else ""
-                name = signal.Signals(signum).name
-                print(f"\n{name} received: stopping after this epoch{again}", flush=True)
-
-        self._old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
     def _check_finite(self, stats: dict[str, float]) -> None:
         # Parameters are identical on all ranks, so every rank reaches the same verdict.
         bad = [k for k, v in stats.items() if not np.isfinite(v)]
         bad += [n for n, p in self.ac.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            kept = (
-                f"the last good checkpoint in {self.output_dir}/checkpoints is kept"
-                if checkpoint_epochs(self.output_dir)
-                else "no checkpoint had been saved yet"
-            )
-            raise TrainingDiverged(
-                f"non-finite {', '.join(bad[:4])} in epoch {self.epoch}: training stopped; {kept} (try a "
-                "smaller --lr, and check that the environment's observations and rewards are finite)"
-            )
+            what = f"non-finite {', '.join(bad[:4])}"
+            raise TrainingDiverged(divergence_message(what, self.epoch_state.epoch, self.output_dir))
