@@ -213,7 +213,7 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
             memory.keep(next_memory.numpy())
             action = action.numpy()
         else:
-            action = ac.act(batch, deterministic=deterministic).numpy()
+            action = ac.act(batch, deterministic=deterministic).action.numpy()
         if not single:
             return action
         return int(action[0]) if scalar else action[0]
@@ -470,7 +470,7 @@ def load_onnx_policy_and_env(
             action, next_memory = policy.act(batch, deterministic, memory=memory.rows(n))
             memory.keep(next_memory)
         else:
-            action = policy.act(batch, deterministic)
+            action = policy.act(batch, deterministic).action
         if one_branch:
             action = action[:, 0]
         if not single:
