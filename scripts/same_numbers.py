@@ -30,7 +30,8 @@ RUNS: dict[str, list[str]] = {
     "vpg-cartpole": ["vpg", *CARTPOLE],
     "ppo-cartpole-lstm": ["ppo", *CARTPOLE, "--memory_size", "16", "--sequence_length", "8"],
     "a2c-cartpole-lstm": ["a2c", *CARTPOLE, "--memory_size", "16", "--sequence_length", "8"],
-    "ppo-pendulum-np2": ["ppo", "--env", "Pendulum-v1", "--steps_per_epoch", "1024", "--epochs", "3", "--cpu", "2"],
+    "ppo-pendulum-np2": ["ppo", "--env", "Pendulum-v1", "--steps_per_epoch", "1024", "--epochs", "3"]
+    + ["--cpu", "2"],
     "ppo-pong": ["ppo", *PONG],
     "a2c-pong": ["a2c", *PONG],
     "vpg-pong": ["vpg", *PONG],

@@ -139,14 +139,16 @@ def test_image_network_runs_in_torch_with_one_batched_call():
     policy = ac.rollout_policy()
     assert not policy.in_numpy
     obs = np.random.randint(0, 256, (7, 20, 20, 1)).astype(np.uint8)
-    action, value, logp = policy.step(obs)
+    action, value, logp, _ = policy.step(obs)
     assert action.shape == (7,) and value.shape == (7,) and logp.shape == (7,)
     logp2, _, value2 = ac.evaluate(torch.as_tensor(obs), torch.as_tensor(action))
     np.testing.assert_allclose(logp2.detach().numpy(), logp, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(value2.detach().numpy(), value, rtol=1e-5, atol=1e-6)
     rebuilt = build_actor_critic(ac.ctor_spec)
     rebuilt.load_state_dict(ac.state_dict())
-    assert torch.equal(rebuilt.act(torch.as_tensor(obs), True), ac.act(torch.as_tensor(obs), True))
+    assert torch.equal(
+        rebuilt.act(torch.as_tensor(obs), True).action, ac.act(torch.as_tensor(obs), True).action
+    )
 
 
 def test_a_rebuilt_dict_space_keeps_the_order_of_its_parts():

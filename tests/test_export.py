@@ -26,7 +26,8 @@ import torch
 from spinppo.envs.spaces import action_for_env
 from spinppo.run import main as run_main
 from spinppo.tools.export import export_onnx
-from spinppo.tools.onnx_policy import OnnxPolicy, gym_model, unity_model
+from spinppo.tools.onnx_runner import OnnxPolicy
+from spinppo.tools.onnx_writer import gym_model, unity_model
 from spinppo.tools.test_policy import (
     load_onnx_policy_and_env,
     load_policy,
@@ -99,7 +100,7 @@ def recorded_observations(env_id: str, ac, n: int = 1000) -> np.ndarray:
     torch.manual_seed(1)
     while len(seen) < n:
         seen.append(obs)
-        action = ac.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+        action = ac.act(torch.as_tensor(obs, dtype=torch.float32)[None]).action[0].numpy()
         obs, _, terminated, truncated, _ = env.step(to_env(action))
         if terminated or truncated:
             obs, _ = env.reset()
@@ -109,7 +110,7 @@ def recorded_observations(env_id: str, ac, n: int = 1000) -> np.ndarray:
 
 def torch_actions(ac, obs: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return ac.act(torch.as_tensor(obs), deterministic=True).numpy()
+        return ac.act(torch.as_tensor(obs), deterministic=True).action.numpy()
 
 
 def assert_trained_statistics(ac) -> None:
@@ -149,7 +150,8 @@ def test_generic_form_acts_as_the_torch_policy(runs, tmp_path, name, env_id, dty
     obs = recorded_observations(env_id, ac)
     space = gym.make(env_id).action_space
     want = action_for_env(space)(torch_actions(ac, obs))
-    got = policy.act(obs, deterministic=True)
+    got, memory = policy.act(obs, deterministic=True)
+    assert memory is None
     assert got.dtype == want.dtype or dtype == "tensor(int64)"
     if dtype != "tensor(float)":
         np.testing.assert_array_equal(got, want)
@@ -176,7 +178,7 @@ def test_sampled_actions_follow_the_policy(runs, tmp_path):
         out = export_onnx(str(runs[name]), str(tmp_path / f"{name}.onnx"))
         ac, _ = load_policy(str(runs[name]))
         obs = recorded_observations(env_id, ac, 1)
-        samples = OnnxPolicy(out).act(np.repeat(obs, n, axis=0))
+        samples = OnnxPolicy(out).act(np.repeat(obs, n, axis=0)).action
         with torch.no_grad():
             head = ac.pi(ac._features(torch.as_tensor(obs)))[0].numpy()
         if name == "pendulum":

@@ -21,7 +21,8 @@ from spinppo.core.networks import MLPActorCritic
 from spinppo.envs.spaces import action_for_env
 from spinppo.run import main as run_main
 from spinppo.tools.export import export_onnx
-from spinppo.tools.onnx_policy import OnnxPolicy, gym_model, unity_model
+from spinppo.tools.onnx_runner import OnnxPolicy
+from spinppo.tools.onnx_writer import gym_model, unity_model
 from spinppo.tools.test_policy import load_onnx_policy_and_env, load_policy_and_env, run_policy
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import save_model
@@ -75,7 +76,7 @@ def onnx_actions(ac: MLPActorCritic, act_space: gym.Space, obs: np.ndarray) -> n
 
 def torch_actions(ac: MLPActorCritic, act_space: gym.Space, obs: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return action_for_env(act_space)(ac.act(torch.as_tensor(obs), deterministic=True).numpy())
+        return action_for_env(act_space)(ac.act(torch.as_tensor(obs), deterministic=True).action.numpy())
 
 
 CASES = [  # encoder, observation shape (CHW when the first dimension is the smallest), dtype
@@ -132,7 +133,7 @@ def test_export_and_replay_of_an_image_policy(tmp_path, capsys):
     policy = OnnxPolicy(out)
     assert policy.form == "gym" and policy.image_shape == [24, 24, 3] and policy.obs_dtype == np.uint8
     obs = np.stack([env.reset(seed=s)[0] for s in range(16)])
-    np.testing.assert_array_equal(policy.act(obs, True), torch_actions(ac, env.action_space, obs))
+    np.testing.assert_array_equal(policy.act(obs, True).action, torch_actions(ac, env.action_space, obs))
     episodes = []
     for onnx_file in (False, True):
         if onnx_file:
@@ -184,10 +185,7 @@ def test_dict_observations_export_in_both_forms_and_act_as_torch(memory_size):
         pixels = rng.integers(0, 256, (16, 20, 20, 3), dtype=np.uint8)
         vectors = rng.normal(1.0, 3.0, (16, 4)).astype(np.float32)
         batch = {"obs_0": torch.from_numpy(pixels), "obs_1": torch.from_numpy(vectors)}
-        if memory_size:
-            want, mine = ac.act(batch, deterministic=True, memory=mine)
-        else:
-            want = ac.act(batch, deterministic=True)
+        want, mine = ac.act(batch, deterministic=True, memory=mine)
         feeds = {
             "generic": {"obs.obs_0": pixels, "obs.obs_1": vectors},
             "unity": {

@@ -494,7 +494,7 @@ def test_recurrent_policies_export_to_onnx_in_both_forms(act_space):
     carried, onnxruntime gives the torch policy's deterministic actions and memories."""
     import onnxruntime as ort
 
-    from spinppo.tools.onnx_policy import gym_model, unity_model
+    from spinppo.tools.onnx_writer import gym_model, unity_model
 
     torch.manual_seed(3)
     ac = MLPActorCritic(OBS, act_space, hidden_sizes=(16,), memory_size=8, sequence_length=4)

@@ -21,8 +21,8 @@ def test_step_logp_equals_evaluate_logp_and_actions_fit_the_space(kind):
     space = SPACES[kind]
     ac = MLPActorCritic(OBS, space, hidden_sizes=(16, 16))
     obs = torch.randn(64, 5)
-    action, value, logp = ac.step(obs)
-    assert value.shape == (64,) and logp.shape == (64,)
+    action, value, logp, memory = ac.step(obs)
+    assert value.shape == (64,) and logp.shape == (64,) and memory is None
     if kind == "box":  # Gaussian samples are unbounded; the rollout clips them when it sends them
         assert action.shape == (64, 3)
     else:
@@ -48,7 +48,7 @@ def test_rebuilt_from_ctor_spec_acts_identically(kind):
     twin = build_actor_critic(ac.ctor_spec)
     twin.load_state_dict(ac.state_dict())
     obs = torch.randn(10, 5)
-    assert torch.equal(ac.act(obs, deterministic=True), twin.act(obs, deterministic=True))
+    assert torch.equal(ac.act(obs, deterministic=True).action, twin.act(obs, deterministic=True).action)
 
 
 CONFIGS = {
@@ -84,8 +84,8 @@ def test_rollout_policy_logp_and_values_are_those_of_evaluate(kind, config):
     policy = ac.rollout_policy()
     assert policy.in_numpy == (not config.endswith("-torch"))
     obs = np.random.randn(64, 5).astype(np.float32) * 3
-    action, value, logp = policy.step(obs)
-    assert isinstance(action, np.ndarray) and value.shape == (64,) and logp.shape == (64,)
+    action, value, logp, memory = policy.step(obs)
+    assert memory is None and isinstance(action, np.ndarray) and value.shape == (64,) and logp.shape == (64,)
     assert logp.dtype == np.float32 and value.dtype == np.float32
     if kind != "box":
         assert action.dtype.kind == "i"
@@ -104,9 +104,9 @@ def test_rollout_policy_samples_the_policy_distribution(kind):
     ac = random_policy(kind)
     n = 40000
     obs = np.repeat(np.random.randn(1, 5).astype(np.float32), n, axis=0)
-    action, _, _ = ac.rollout_policy().step(obs)
+    action = ac.rollout_policy().step(obs).action
     if kind == "box":
-        mean = ac.act(torch.from_numpy(obs[:1]), deterministic=True).numpy()[0]
+        mean = ac.act(torch.from_numpy(obs[:1]), deterministic=True).action.numpy()[0]
         std = ac.log_std.exp().detach().numpy()
         np.testing.assert_allclose(action.mean(0), mean, atol=4 * std.max() / np.sqrt(n))
         np.testing.assert_allclose(action.std(0), std, rtol=0.03)
@@ -134,14 +134,15 @@ def test_rollout_policy_draws_from_numpy_global_generator():
 def test_a_subclass_with_its_own_step_is_used_by_rollouts():
     class Greedy(MLPActorCritic):
         def step(self, obs):
-            return self.act(obs, deterministic=True), self.value(obs).detach(), torch.zeros(len(obs))
+            # a plain tuple, as a subclass written before PolicyStep returns it
+            return self.act(obs, deterministic=True).action, self.value(obs).detach(), torch.zeros(len(obs))
 
     ac = Greedy(OBS, SPACES["discrete"])
     policy = ac.rollout_policy()
     assert not policy.in_numpy
     obs = np.random.randn(6, 5).astype(np.float32)
     np.testing.assert_array_equal(
-        policy.step(obs)[0], ac.act(torch.from_numpy(obs), deterministic=True).numpy()
+        policy.step(obs).action, ac.act(torch.from_numpy(obs), deterministic=True).action.numpy()
     )
 
 
@@ -165,8 +166,8 @@ def test_known_options_run_in_numpy_and_act_as_torch(kind, config):
     policy = ac.rollout_policy()
     assert policy.in_numpy
     obs = np.random.randn(32, 5).astype(np.float32) * 3
-    action, value, _ = policy.step(obs)
-    torch_action, torch_value, _ = ac.step(torch.from_numpy(obs))
+    action, value, _, _ = policy.step(obs)
+    torch_action, torch_value, _, _ = ac.step(torch.from_numpy(obs))
     if kind == "box":
         np.testing.assert_allclose(action, torch_action.numpy(), rtol=1e-5, atol=1e-5)
     else:
@@ -193,15 +194,15 @@ def assert_runs_ac_step(ac: MLPActorCritic) -> None:
     got = policy.step(obs)
     torch.manual_seed(7)
     want = ac.step(torch.from_numpy(obs))
-    for g, w in zip(got, want, strict=True):
+    assert got.memory is None and want.memory is None
+    for g, w in zip(got[:3], want[:3], strict=True):
         np.testing.assert_array_equal(g, w.numpy())
     np.testing.assert_array_equal(policy.value(obs), ac.value(torch.from_numpy(obs)).detach().numpy())
 
 
-# Changes to a network's ctor_spec that RolloutPolicy does not know: each must send it to torch.
+# Changes to a network's ctor_spec that its description does not hold: each must send it to torch.
 SPEC_CHANGES = {
     "extra key": lambda spec: spec.update(squash_actions=True),
-    "unknown activation": lambda spec: spec.update(activation="mish"),
     "unknown action space key": lambda spec: spec["action"].update(low=-1.0),
     "unknown observation kind": lambda spec: spec["observation"].update(kind="image"),
     "unknown class": lambda spec: spec.update({"class": "CNNActorCritic"}),

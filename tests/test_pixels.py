@@ -120,14 +120,14 @@ def test_image_policy_replays_and_is_exported(tmp_path):
     uint8 HWC images in as stored)."""
     import onnxruntime as ort
 
-    from spinppo.tools.onnx_policy import gym_model
+    from spinppo.tools.onnx_writer import gym_model
     from spinppo.tools.test_policy import load_policy
 
     ac = train(str(tmp_path / "run"), epochs=2, save_freq=1)
     env = SideEnv()
     env.reset(seed=3)
     batch = np.stack([env.step(0)[0] for _ in range(16)])  # [16, 20, 20, 1] uint8
-    mine = ac.act(torch.as_tensor(batch), deterministic=True).numpy()
+    mine = ac.act(torch.as_tensor(batch), deterministic=True).action.numpy()
     loaded, get_action = load_policy(str(tmp_path / "run"), deterministic=True)
     assert loaded.ctor_spec["encoder"] == "simple"
     assert loaded.ctor_spec["observation"] == {"kind": "box", "shape": [SIZE, SIZE, 1], "dtype": "uint8"}
@@ -160,7 +160,7 @@ def test_dict_observations_train_checkpoint_and_resume(tmp_path):
     from spinppo.tools.test_policy import load_policy
 
     _, get_action = load_policy(str(out), deterministic=True)
-    want = ac.act(obs, deterministic=True).numpy()
+    want = ac.act(obs, deterministic=True).action.numpy()
     assert [get_action(s) for s in steps] == want.tolist()
     assert get_action({k: v.numpy() for k, v in obs.items()}).tolist() == want.tolist()
     train(

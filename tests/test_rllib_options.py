@@ -21,7 +21,7 @@ from spinppo.cli.flags import parse_algo_args
 from spinppo.core.encoders import ImageEncoder, check_conv_filters, conv_stack_sizes
 from spinppo.core.networks import MLPActorCritic, build_actor_critic
 from spinppo.envs.registry import EnvFactory, saved_env_spec
-from spinppo.tools.onnx_policy import gym_model, unity_model
+from spinppo.tools.onnx_writer import gym_model, unity_model
 from spinppo.utils.errors import UserError
 from tests.conftest import mpirun, rows_without_timing, run
 
@@ -240,7 +240,7 @@ def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_s
                 np.testing.assert_allclose(got[1], mine.numpy(), rtol=1e-4, atol=1e-4)
                 memory = got[1]
             else:
-                want = ac.act(torch.from_numpy(frames), True)
+                want = ac.act(torch.from_numpy(frames), True).action
         np.testing.assert_array_equal(got[0], want.numpy() + 1)
         actions += want.tolist()
     assert len(set(actions)) > 1  # the pixels matter
@@ -252,7 +252,7 @@ def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_s
     feeds = {"obs_0": pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255, "action_masks": np.ones((8, 3))}
     got = unity.run(["deterministic_discrete_actions"], {k: v.astype(np.float32) for k, v in feeds.items()})
     with torch.no_grad():
-        want = ac.act({"obs_0": torch.from_numpy(pixels)}, True)
+        want = ac.act({"obs_0": torch.from_numpy(pixels)}, True).action
     assert got[0].reshape(8).tolist() == want.tolist()
 
 

@@ -96,7 +96,7 @@ def replay_by_hand(
     for _ in range(episodes):
         ret, n, done = 0.0, 0, False
         while not done:
-            a = ac.act(torch.as_tensor(obs, dtype=torch.float32)[None], deterministic=True).numpy()[0]
+            a = ac.act(torch.as_tensor(obs, dtype=torch.float32)[None], deterministic=True).action.numpy()[0]
             if isinstance(env.action_space, gym.spaces.Box):
                 a = np.clip(a, env.action_space.low, env.action_space.high)
             obs, r, term, trunc, _ = env.step(a)
@@ -141,8 +141,10 @@ def test_reloaded_policy_acts_exactly_like_the_saved_one(runs, tmp_path, name, e
     obs += list(np.random.default_rng(0).normal(0, 3, size=(30, env.observation_space.shape[0])))
     batch = np.stack(obs).astype(np.float32)
     # Per observation and per batch (a batch's matrix products may round differently from one row's).
-    expected = np.stack([ac.act(torch.as_tensor(o)[None], deterministic=True)[0].numpy() for o in batch])
-    expected_batch = ac.act(torch.as_tensor(batch), deterministic=True).numpy()
+    expected = np.stack(
+        [ac.act(torch.as_tensor(o)[None], deterministic=True).action[0].numpy() for o in batch]
+    )
+    expected_batch = ac.act(torch.as_tensor(batch), deterministic=True).action.numpy()
 
     loaded_env, get_action = load_policy_and_env(str(run_dir), itr=7, deterministic=True)
     assert loaded_env.spec.id == env_id
@@ -159,7 +161,9 @@ def test_reloaded_policy_acts_exactly_like_the_saved_one(runs, tmp_path, name, e
     torch.manual_seed(3)
     sampled = np.stack([np.asarray(sample(o)) for o in obs])
     torch.manual_seed(3)
-    assert np.array_equal(sampled, np.stack([ac.act(torch.as_tensor(o)[None])[0].numpy() for o in batch]))
+    assert np.array_equal(
+        sampled, np.stack([ac.act(torch.as_tensor(o)[None]).action[0].numpy() for o in batch])
+    )
 
     # itr 'last' is pyt_save/model.pt (the trained policy), with its weights exactly.
     trained, _ = load_policy(str(run_dir))
@@ -256,7 +260,9 @@ def test_multidiscrete_policy_replays_as_saved(runs, tmp_path):
     torch.manual_seed(3)
     sampled = [sample(o) for o in obs]
     torch.manual_seed(3)
-    assert np.array_equal(np.stack(sampled), np.stack([ac.act(torch.as_tensor(o)[None])[0] for o in batch]))
+    assert np.array_equal(
+        np.stack(sampled), np.stack([ac.act(torch.as_tensor(o)[None]).action[0] for o in batch])
+    )
     assert all(a.shape == (2,) and loaded_env.action_space.contains(a) for a in sampled)
 
     # Episodes in the environment (it refuses anything but a MultiDiscrete([3, 2]) action).

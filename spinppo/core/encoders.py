@@ -54,6 +54,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from spinppo.core.network_spec import (
+    Activation,
+    ImageInput,
+    Residual,
+    Undescribable,
+    VectorInput,
+    describe_layers,
+)
 from spinppo.utils.errors import UserError
 
 # Observations as the rollout, the buffer and the network pass them around: one array (or tensor) for a
@@ -122,6 +130,12 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+
+    def describe_layer(self) -> Residual:
+        """This block as the network description's record (``core.network_spec``)."""
+        relu = Activation("relu")
+        conv0, conv1 = describe_layers([self.conv0, self.conv1])
+        return Residual((relu, conv0, relu, conv1))
 
 
 def _nature_convs(c: int) -> tuple[list[nn.Module], int, type[nn.Module]]:
@@ -377,6 +391,15 @@ class ImageEncoder(nn.Module):
             x = x * self.scale
         return self.dense(self.convs(x))
 
+    def describe(self, part: ObsPart) -> ImageInput:
+        """This encoder, for the image ``part`` it takes, as the network description's record."""
+        if type(self) is not ImageEncoder:  # its forward may not be this one
+            raise Undescribable(f"an image encoder {type(self).__name__}")
+        layers = describe_layers([*self.convs, *self.dense])
+        return ImageInput(
+            part.key, part.shape, part.dtype == np.uint8, self.channels_first, self.scale, layers
+        )
+
 
 # ------------------------------------------------------------------------------------ observation layout
 
@@ -534,6 +557,13 @@ class ObservationEncoder(nn.Module):
             if p.image
         )
         self.out_dim = sum(e.out_dim for e in self.images) + layout.vector_dim
+
+    def describe(self) -> tuple[VectorInput | ImageInput, ...]:
+        """The network description's inputs (``core.network_spec``): one per part, in the layout's order."""
+        images = iter(self.images)
+        return tuple(
+            next(images).describe(p) if p.image else VectorInput(p.key, p.shape) for p in self.layout.parts
+        )
 
     def forward(self, obs: Obs) -> torch.Tensor:
         if not self.layout.is_dict:

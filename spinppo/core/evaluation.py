@@ -76,11 +76,10 @@ class Evaluator:
         while running.any():
             idx = np.flatnonzero(running)
             batch = layout.to_torch(layout.take(obs, idx))
-            if memory is None:
-                actions = self.ac.act(batch, deterministic=True).numpy()
-            else:
-                actions, memory[idx] = self.ac.act(batch, deterministic=True, memory=memory[idx])
-                actions = actions.numpy()
+            out = self.ac.act(batch, deterministic=True, memory=None if memory is None else memory[idx])
+            if memory is not None:
+                memory[idx] = out.memory
+            actions = out.action.numpy()
             for k, i in enumerate(idx):
                 o, r, terminated, truncated, _ = self.envs[i].step(self.to_env_action(actions[k : k + 1])[0])
                 returns[i] += float(r)

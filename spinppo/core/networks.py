@@ -4,7 +4,9 @@ behind a convolutional encoder for image (and Dict) observations (``core.encoder
 ``step()`` samples actions for a batch of observations with plain tensor arithmetic rather than building
 ``torch.distributions`` objects, which cost as much as a MuJoCo step when made per observation.
 ``evaluate()`` is the update's path: log-probabilities, entropies and values for a minibatch, with gradients.
-The rollout's hot path is ``RolloutPolicy`` (``ac.rollout_policy()``): the same policy run in numpy.
+``network_spec()`` describes the layers in plain records (``core.network_spec``) for the other executors
+of the policy: the rollout's numpy ``RolloutPolicy`` (``ac.rollout_policy()``, ``core.rollout_policy``)
+and the ONNX writer.
 """
 
 from __future__ import annotations
@@ -28,7 +30,21 @@ from spinppo.core.encoders import (
     space_from_spec,
     space_spec,
 )
+from spinppo.core.network_spec import (
+    CategoricalHead,
+    GaussianHead,
+    Linear,
+    NetworkSpec,
+    Normalize,
+    Undescribable,
+    VectorInput,
+    array,
+    describe_layers,
+    describe_lstm,
+)
 from spinppo.core.normalize import RunningMeanStd
+from spinppo.core.policy_step import PolicyAct, PolicyStep
+from spinppo.core.rollout_policy import RolloutPolicy
 from spinppo.utils.errors import UserError
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -356,41 +372,79 @@ class MLPActorCritic(nn.Module):
         return self.v(self._sequence_features(obs, memory, starts, False)).view(starts.shape)
 
     @torch.no_grad()
-    def step(self, obs: Any, memory: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Sample actions for a batch of raw observations: ``(action, value, logp)``, no gradients.
-
-        A recurrent network takes the batch's ``memory`` and returns ``(action, value, logp, memory)``.
-        """
+    def step(self, obs: Any, memory: torch.Tensor | None = None) -> PolicyStep:
+        """Sample actions for a batch of raw observations: ``PolicyStep(action, value, logp, memory)``,
+        no gradients. A recurrent network takes the batch's ``memory`` and returns the next one; others
+        return None there."""
         if self.memory_size:
             feat, memory = self._memory_step(obs, memory)
         else:
-            feat = self._features(obs)
+            feat, memory = self._features(obs), None
         action, logp = self._sample(self.pi(feat))
-        value = self.v(feat).squeeze(-1)
-        return (action, value, logp) if not self.memory_size else (action, value, logp, memory)
+        return PolicyStep(action, self.v(feat).squeeze(-1), logp, memory)
 
     def rollout_policy(self) -> RolloutPolicy:
         """A ``RolloutPolicy``: this policy's ``step`` and ``value`` in numpy, for the current weights.
 
-        A subclass that overrides ``step`` or ``value`` gets a RolloutPolicy that calls its own methods.
+        A network it cannot run in numpy (see ``network_spec``) gets one that calls this module's own
+        methods, and a warning saying why, once.
         """
         return RolloutPolicy(self)
 
-    @torch.no_grad()
-    def act(
-        self, obs: Any, deterministic: bool = False, memory: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Actions only; ``deterministic`` takes the mean (Box) or the most likely action (Discrete).
+    def network_spec(self) -> NetworkSpec:
+        """This network's layers as plain records (``core.network_spec``), as the numpy rollout policy and
+        the ONNX writer run them. Weights are views of the parameters (in-place updates show in them);
+        the observation statistics are copies of the current ones. Undescribable when this network is
+        not what the description holds: an option it does not know, a module of another kind, a
+        subclass's own sampling or forward methods."""
+        cls = type(self)
+        own = [name for name in _DESCRIBED_METHODS if getattr(cls, name) is not getattr(MLPActorCritic, name)]
+        if own:
+            raise Undescribable(f"its own {', '.join(own)} ({cls.__name__})")
+        _check_described(self.ctor_spec)
+        if self.encoder is None:
+            inputs: tuple[Any, ...] = (VectorInput(None, self.layout.parts[0].shape),)
+        elif type(self.encoder) is not ObservationEncoder:
+            raise Undescribable(f"an encoder {type(self.encoder).__name__}")
+        else:
+            inputs = self.encoder.describe()
+        normalize = None
+        if self.norm_obs:
+            rms = self.obs_rms
+            with torch.no_grad():  # float32, as normalize_obs computes them
+                mean, inv_std = rms.mean.float().numpy(), torch.rsqrt(rms.var + rms.epsilon).float().numpy()
+            normalize = Normalize(mean, inv_std, rms.clip)
+        pi, v = describe_layers([self.pi]), describe_layers([self.v])
+        if not pi or not isinstance(pi[-1], Linear) or not v or not isinstance(v[-1], Linear):
+            raise Undescribable("a policy or value head that does not end in a Linear layer")
+        if self.discrete:
+            head: Any = CategoricalHead(tuple(int(n) for n in self.branches), self.act_shape)
+        else:
+            with torch.no_grad():
+                head = GaussianHead(array(self.log_std), self.log_std.exp().numpy(), self.act_shape)
+        return NetworkSpec(
+            inputs=inputs,
+            is_dict=self.layout.is_dict,
+            normalize=normalize,
+            lstm=None if self.lstm is None else describe_lstm(self.lstm),
+            trunk=describe_layers([self.trunk]),
+            pi=pi,
+            v=v,
+            head=head,
+        )
 
-        A recurrent network takes the batch's ``memory`` and returns ``(action, next memory)``.
-        """
+    @torch.no_grad()
+    def act(self, obs: Any, deterministic: bool = False, memory: torch.Tensor | None = None) -> PolicyAct:
+        """``PolicyAct(action, memory)`` for a batch of raw observations; ``deterministic`` takes the mean
+        (Box) or the most likely action (Discrete). A recurrent network takes the batch's ``memory`` and
+        returns the next one; others return None there."""
         if self.memory_size:
             feat, memory = self._memory_step(obs, memory)
             out = self.pi(feat)
-            return (self._mode(out) if deterministic else self._sample(out)[0]), memory
+            return PolicyAct(self._mode(out) if deterministic else self._sample(out)[0], memory)
         if not deterministic:
-            return self.step(obs)[0]
-        return self._mode(self.pi(self._features(obs)))
+            return PolicyAct(self.step(obs)[0])
+        return PolicyAct(self._mode(self.pi(self._features(obs))))
 
     def evaluate(
         self,
@@ -463,189 +517,65 @@ def build_actor_critic(ctor_spec: dict[str, Any]) -> MLPActorCritic:
     return MLPActorCritic(obs_space, act_space, **spec)
 
 
-# The activations in numpy, for RolloutPolicy; sigmoid(x) as 0.5 (1 + tanh(x / 2)), which cannot overflow.
-_NUMPY_ACTIVATIONS = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-    "silu": lambda x: x * (0.5 + 0.5 * np.tanh(0.5 * x)),
-    "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+# The methods whose computation ``network_spec`` states: a subclass that overrides any of them computes
+# something the description does not say, so its rollouts run in torch and the ONNX writer refuses it.
+_DESCRIBED_METHODS = (
+    "step",
+    "act",
+    "value",
+    "features",
+    "normalize_obs",
+    "_inputs",
+    "_features",
+    "_memory_step",
+    "_sample",
+    "_mode",
+)
+# Every ctor_spec option MLPActorCritic builds. Each shows in the modules network_spec walks, except
+# log_std_init (the initial log_std only) and sequence_length (the update's, not a step's). A new
+# option goes here once network_spec describes what it builds; an option not here (a subclass's, a
+# newer version's) makes network_spec refuse: a rollout then runs in torch, never a wrong policy.
+_DESCRIBED_OPTIONS = frozenset(
+    {
+        "class",
+        "observation",
+        "action",
+        "hidden_sizes",
+        "activation",
+        "layer_norm",
+        "shared_trunk",
+        "log_std_init",
+        "norm_obs",
+        "encoder",
+        "conv_filters",
+        "conv_activation",
+        "memory_size",
+        "sequence_length",
+    }
+)
+# The keys of a space's spec (``space_spec``) the description knows, by kind.
+_SPACE_KEYS = {
+    "box": {"kind", "shape", "dtype"},
+    "discrete": {"kind", "n"},
+    "multidiscrete": {"kind", "nvec"},
+    "dict": {"kind", "spaces"},
 }
-# The keys of a space's spec (space_spec) that RolloutPolicy knows, by kind.
-_NUMPY_SPACES = {"box": {"kind", "shape"}, "discrete": {"kind", "n"}, "multidiscrete": {"kind", "nvec"}}
-# Every ctor_spec key RolloutPolicy knows, with the values it runs in numpy. It runs in numpy only when
-# every key of a network's ctor_spec is here and accepts its value: an option added to MLPActorCritic
-# (or a subclass) but not here makes rollouts run the module's own ``step`` in torch, never a wrong policy.
-_NUMPY_SPEC = {
-    "class": lambda v: v == "MLPActorCritic",
-    "observation": lambda v: set(v) == _NUMPY_SPACES["box"] and v["kind"] == "box" and len(v["shape"]) == 1,
-    "action": lambda v: set(v) == _NUMPY_SPACES.get(v.get("kind")),
-    "hidden_sizes": lambda v: len(v) > 0,
-    "activation": lambda v: v in _NUMPY_ACTIVATIONS,
-    "layer_norm": lambda v: v is False,
-    "shared_trunk": lambda v: v is False,
-    "log_std_init": lambda v: True,  # the initial value of log_std only; the rollout reads log_std
-    "norm_obs": lambda v: v in (True, False),
-    "memory_size": lambda v: v > 0,  # a one-layer LSTM before the MLPs (checked below)
-    "sequence_length": lambda v: True,  # the update's, not the rollout's
-}
-# The methods of MLPActorCritic that RolloutPolicy's numpy path reproduces: a subclass overriding any of
-# them runs in torch.
-_NUMPY_METHODS = ("step", "value", "_features", "_inputs", "_sample", "_memory_step", "normalize_obs")
-# Image and Dict networks never run in numpy: their "observation" spec fails the check above (and they
-# have an "encoder" key it does not know), so they take the torch path, one batched call per step.
 
 
-def _runs_in_numpy(ac: MLPActorCritic) -> bool:
-    """Whether RolloutPolicy can run ``ac`` in numpy: every option and method one it knows (fail closed)."""
-    if not all(key in _NUMPY_SPEC and _NUMPY_SPEC[key](value) for key, value in ac.ctor_spec.items()):
+def _known_space(spec: Any) -> bool:
+    keys = _SPACE_KEYS.get(spec.get("kind")) if isinstance(spec, dict) else None
+    if keys is None or not set(spec) <= keys:
         return False
-    # And the modules are the ones those options build: Linear, activation, ..., Linear; no trunk.
-    layers = [nn.Linear, ACTIVATIONS[ac.ctor_spec["activation"]]] * len(ac.ctor_spec["hidden_sizes"])
-    return (
-        all(getattr(type(ac), name) is getattr(MLPActorCritic, name) for name in _NUMPY_METHODS)
-        and type(ac.trunk) is nn.Identity
-        and getattr(ac, "encoder", None) is None
-        and [type(m) for m in ac.pi] == [type(m) for m in ac.v] == [*layers, nn.Linear]
-        and all(p.dtype == torch.float32 for p in ac.parameters())
-        and (ac.lstm is None or plain_lstm(ac.lstm))
-    )
+    return spec["kind"] != "dict" or all(_known_space(s) for s in spec["spaces"].values())
 
 
-def plain_lstm(lstm: nn.Module) -> bool:
-    """Whether ``lstm`` is the one-layer, one-direction LSTM with biases that RolloutPolicy computes."""
-    return (
-        type(lstm) is nn.LSTM
-        and lstm.num_layers == 1
-        and not lstm.bidirectional
-        and lstm.bias
-        and lstm.proj_size == 0
-        and lstm.batch_first
-    )
-
-
-class RolloutPolicy:
-    """``ac.step`` and ``ac.value`` on numpy arrays, for a rollout: the weights stay fixed while it runs.
-
-    A rollout calls the policy once per environment step with only a few observations, so its time goes to
-    per-call overhead, not arithmetic, and between two calls the simulator pushes PyTorch's dispatch code
-    out of the CPU caches. Measured inside a Walker2d rollout with 8 environments, ``ac.step`` took 560-730
-    microseconds a call and this 100-140. It runs pi and v as ONE network in numpy (their first layers
-    stacked, later layers block-diagonal; the zero blocks cost nothing at this size) and draws its noise
-    from numpy's global generator, which checkpoints save. Same policy, same log-probabilities as
-    ``evaluate``. It fails closed: only a network whose every ``ctor_spec`` option (and value) and
-    sampling method it knows runs in numpy (``in_numpy``); any other (LayerNorm, a shared trunk, an
-    activation numpy lacks, an option it has not heard of, a subclass's own ``step``) runs ``ac.step``.
-
-    Build a new one with ``ac.rollout_policy()`` whenever the weights or observation statistics change.
-    """
-
-    def __init__(self, ac: MLPActorCritic) -> None:
-        self.ac = ac
-        self.in_numpy = _runs_in_numpy(ac)
-        if not self.in_numpy:
-            return
-        self.activation = _NUMPY_ACTIVATIONS[ac.ctor_spec["activation"]]
-        pi = [m for m in ac.pi if isinstance(m, nn.Linear)]
-        v = [m for m in ac.v if isinstance(m, nn.Linear)]
-        with torch.no_grad():
-            weights = [torch.cat([pi[0].weight, v[0].weight])]
-            weights += [torch.block_diag(a.weight, b.weight) for a, b in zip(pi[1:], v[1:], strict=True)]
-            biases = [torch.cat([a.bias, b.bias]) for a, b in zip(pi, v, strict=True)]
-            # x @ W.T + b, with W.T made contiguous once here rather than at every call
-            self.layers = [(w.T.contiguous().numpy(), b.numpy().copy()) for w, b in zip(weights, biases)]
-            rms = ac.obs_rms
-            self.norm = (
-                (rms.mean.float().numpy(), torch.rsqrt(rms.var + rms.epsilon).float().numpy(), rms.clip)
-                if ac.norm_obs
-                else None
-            )
-            if not ac.discrete:
-                self.std = ac.log_std.exp().numpy()
-                self.logp_const = float(-(ac.log_std.sum() + ac.log_std.numel() * _LOG_SQRT_2PI))
-            self.lstm = None
-            if ac.lstm is not None:  # gates = x W_ih^T + h W_hh^T + b, in torch's order i, f, g, o
-                lstm = ac.lstm
-                self.lstm = (
-                    lstm.weight_ih_l0.T.contiguous().numpy(),
-                    lstm.weight_hh_l0.T.contiguous().numpy(),
-                    (lstm.bias_ih_l0 + lstm.bias_hh_l0).numpy(),
-                    lstm.hidden_size,
-                )
-        self.out_dim = pi[-1].out_features
-
-    def _memory_step(self, x: np.ndarray, memory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One LSTM step in numpy: (output h [N, H], next memory [N, 2H]); sigmoid as 0.5 (1 + tanh(x/2))."""
-        w_ih, w_hh, bias, hidden = self.lstm
-        h, c = memory[:, :hidden], memory[:, hidden:]
-        gates = x @ w_ih + h @ w_hh + bias
-        i, f, g, o = np.split(gates, 4, axis=1)
-        c = (0.5 + 0.5 * np.tanh(0.5 * f)) * c + (0.5 + 0.5 * np.tanh(0.5 * i)) * np.tanh(g)
-        h = (0.5 + 0.5 * np.tanh(0.5 * o)) * np.tanh(c)
-        return h, np.concatenate([h, c], axis=1)
-
-    def _outputs(
-        self, obs: np.ndarray, memory: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The policy head's output, V(s) and (a recurrent network) the next memory, for raw float32
-        observations."""
-        x = obs
-        if self.norm is not None:
-            mean, inv_std, clip = self.norm
-            x = np.clip((x - mean) * inv_std, -clip, clip)
-        if self.lstm is not None:
-            x, memory = self._memory_step(x, memory)
-        for weight, bias in self.layers[:-1]:
-            x = self.activation(x @ weight + bias)
-        weight, bias = self.layers[-1]
-        x = x @ weight + bias
-        return x[:, : self.out_dim], x[:, self.out_dim], memory
-
-    def _torch_obs(self, obs: Any) -> Any:
-        """Observations for the torch path: float32 vectors as before; images (uint8) and Dicts as stored."""
-        layout = getattr(self.ac, "layout", None)
-        if layout is None or layout.flat:
-            return torch.from_numpy(np.asarray(obs, dtype=np.float32))
-        return layout.to_torch(obs)
-
-    def step(self, obs: np.ndarray, memory: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        """``(action, value, logp)`` for a batch of raw observations, as ``ac.step`` gives them, in numpy;
-        a recurrent network takes the batch's ``memory`` and returns ``(action, value, logp, memory)``."""
-        if not self.in_numpy:
-            with torch.no_grad():  # a subclass's own step may not turn gradients off
-                if memory is not None:
-                    return tuple(
-                        t.numpy() for t in self.ac.step(self._torch_obs(obs), torch.from_numpy(memory))
-                    )
-                action, value, logp = self.ac.step(self._torch_obs(obs))
-            return action.numpy(), value.numpy(), logp.numpy()
-        obs = np.asarray(obs, dtype=np.float32)
-        out, value, memory = self._outputs(obs, memory)
-        kept = () if memory is None else (memory,)
-        if not self.ac.discrete:
-            noise = np.random.standard_normal(out.shape).astype(np.float32)
-            action = out + noise * self.std
-            logp = np.einsum("ij,ij->i", noise, noise) * -0.5 + self.logp_const  # log N(action; out, std)
-            return action.reshape(-1, *self.ac.act_shape), value, logp.astype(np.float32), *kept
-        actions, logp = [], np.zeros(len(out), dtype=np.float32)
-        rows = np.arange(len(out))
-        for logits in np.split(out, np.cumsum(self.ac.branches)[:-1], axis=1):
-            z = logits - logits.max(axis=1, keepdims=True)
-            logp_all = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            # Inverse-CDF sampling; the min() guards against a cumulative sum that rounds below u.
-            cdf = np.cumsum(np.exp(logp_all), axis=1)
-            u = np.random.random_sample((len(out), 1))
-            a = np.minimum((cdf < u).sum(axis=1), logits.shape[1] - 1)
-            actions.append(a)
-            logp += logp_all[rows, a]
-        return np.stack(actions, axis=1).reshape(-1, *self.ac.act_shape), value, logp, *kept
-
-    def value(self, obs: np.ndarray, memory: np.ndarray | None = None) -> np.ndarray:
-        """V(s) for a batch of raw observations, shape [B], in numpy (a recurrent network: with its
-        ``memory``)."""
-        if not self.in_numpy:
-            with torch.no_grad():
-                if memory is not None:
-                    return self.ac.value(self._torch_obs(obs), torch.from_numpy(memory)).numpy()
-                return self.ac.value(self._torch_obs(obs)).numpy()
-        return self._outputs(np.asarray(obs, dtype=np.float32), memory)[1]
+def _check_described(ctor_spec: dict[str, Any]) -> None:
+    """Undescribable unless every option in ``ctor_spec`` is one ``network_spec`` describes."""
+    if ctor_spec.get("class") != "MLPActorCritic":
+        raise Undescribable(f"a class {ctor_spec.get('class')!r} in its ctor_spec")
+    unknown = sorted(set(ctor_spec) - _DESCRIBED_OPTIONS)
+    if unknown:
+        raise Undescribable(f"options the description does not hold: {', '.join(unknown)}")
+    for key in ("observation", "action"):
+        if not _known_space(ctor_spec[key]):
+            raise Undescribable(f"an {key} space the description does not hold: {ctor_spec[key]}")

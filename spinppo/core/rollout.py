@@ -78,13 +78,9 @@ class RolloutWorker:
         # The weights stay fixed for the whole rollout: the policy runs in numpy (RolloutPolicy).
         policy = self.ac.rollout_policy()
         obs, memory = self.obs, self.memory
-        next_memory = None
         while buf.ptr < buf.steps:
             t0 = time.perf_counter()
-            if memory is None:
-                act_np, val, logp = policy.step(obs)
-            else:
-                act_np, val, logp, next_memory = policy.step(obs, memory)
+            act_np, val, logp, next_memory = policy.step(obs, memory)  # next_memory: None without memory
             env_act = self.to_env_action(act_np)
             t1 = time.perf_counter()
             next_obs, rew, terminated, truncated, info = env.step(env_act)

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from spinppo.tools.onnx_policy import OnnxPolicy, check_network, gym_model, metadata_for, unity_model
+from spinppo.tools.onnx_runner import OnnxPolicy
+from spinppo.tools.onnx_writer import check_network, gym_model, metadata_for, unity_model
 from spinppo.tools.policies import check_spaces, find_checkpoint, load_policy, parse_itr, run_dir_and_file
 from spinppo.tools.replay import make_run_env, read_env_spec
 from spinppo.utils.errors import OneLineParser, UserError, first_line
@@ -134,26 +135,21 @@ def _compare(data: bytes, ac: Any, act_space: Any, obs: np.ndarray) -> None:
         f.write(data)
         f.flush()
         policy = OnnxPolicy(f.name)
-        steps = 4 if ac.memory_size else 1
-        memory = np.zeros((ac.layout.batch_size(obs), ac.memory_size), np.float32)
-        theirs = ac.initial_memory(ac.layout.batch_size(obs)) if ac.memory_size else None
         layout = ac.layout
         count = layout.batch_size(obs)
-        for step in range(steps):
+        # Both sides' memories (None without memory), carried from step to step
+        memory = np.zeros((count, ac.memory_size), np.float32) if ac.memory_size else None
+        theirs = ac.initial_memory(count) if ac.memory_size else None
+        for step in range(4 if ac.memory_size else 1):
             x = obs if step == 0 else layout.take(obs, np.random.default_rng(step).permutation(count))
             with torch.no_grad():
-                if theirs is None:
-                    want = ac.act(layout.to_torch(x), deterministic=True).numpy()
-                else:
-                    want, theirs = ac.act(layout.to_torch(x), deterministic=True, memory=theirs)
-                    want = want.numpy()
-            got = policy.act(x, deterministic=True, memory=memory) if ac.memory_size else policy.act(x, True)
-            if ac.memory_size:
-                got, memory = got
-                if not np.allclose(memory, theirs.numpy(), rtol=1e-4, atol=1e-4):
-                    raise RuntimeError(
-                        "the exported graph's memory differs from the torch policy's: please report"
-                    )
+                want, theirs = ac.act(layout.to_torch(x), deterministic=True, memory=theirs)
+            want = want.numpy()
+            got, memory = policy.act(x, deterministic=True, memory=memory)
+            if memory is not None and not np.allclose(memory, theirs.numpy(), rtol=1e-4, atol=1e-4):
+                raise RuntimeError(
+                    "the exported graph's memory differs from the torch policy's: please report"
+                )
             if act_space is None:  # the Unity form: clipped to [-1, 1], one column per branch
                 want = np.clip(want, -1, 1) if not ac.discrete else want.reshape(count, -1)
             else:

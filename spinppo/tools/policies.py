@@ -148,15 +148,14 @@ def _load_policy(file: str, deterministic: bool) -> tuple[Any, Callable[[Any], A
             x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
             single = x.ndim == obs_rank[None]
             batch = x.unsqueeze(0) if single else x
+        state = None
         if ac.memory_size:
             n = batch[next(iter(batch))].shape[0] if isinstance(batch, dict) else batch.shape[0]
-            action, next_memory = ac.act(
-                batch, deterministic=deterministic, memory=torch.from_numpy(memory.rows(n))
-            )
-            memory.keep(next_memory.numpy())
-            action = action.numpy()
-        else:
-            action = ac.act(batch, deterministic=deterministic).numpy()
+            state = torch.from_numpy(memory.rows(n))
+        result = ac.act(batch, deterministic=deterministic, memory=state)
+        if result.memory is not None:
+            memory.keep(result.memory.numpy())
+        action = result.action.numpy()
         if not single:
             return action
         return int(action[0]) if scalar else action[0]
@@ -278,7 +277,8 @@ def load_onnx_policy_and_env(
     import gymnasium as gym
 
     from spinppo.envs.registry import resolve_env
-    from spinppo.tools.onnx_policy import META_CTOR, OnnxPolicy
+    from spinppo.tools.onnx_runner import OnnxPolicy
+    from spinppo.tools.onnx_writer import META_CTOR
 
     if not osp.isfile(path):
         raise UserError(f"{path} does not exist: give an .onnx file written by export (or by ML-Agents)")
@@ -329,12 +329,14 @@ def load_onnx_policy_and_env(
             x = np.asarray(obs, dtype=np.float32)
             single = x.ndim == obs_rank
             batch = x[None] if single else x
+        state = None
         if policy.memory_size:
             n = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
-            action, next_memory = policy.act(batch, deterministic, memory=memory.rows(n))
-            memory.keep(next_memory)
-        else:
-            action = policy.act(batch, deterministic)
+            state = memory.rows(n)
+        result = policy.act(batch, deterministic, memory=state)
+        if result.memory is not None:
+            memory.keep(result.memory)
+        action = result.action
         if one_branch:
             action = action[:, 0]
         if not single:
