@@ -36,7 +36,7 @@ RUNS: dict[str, list[str]] = {
     "a2c-pong": ["a2c", *PONG],
     "vpg-pong": ["vpg", *PONG],
 }
-TIMING = ("Time", "MPITime", "InferenceTime", "EnvTime", "UpdateTime", "EvalTime", "StepsPerSecond")
+TIMING = ("Time", "MPITime", "InferenceTime", "EnvTime", "UpdateTime", "EvalTime", "StepsPerSec")
 
 
 def rows_without_timing(progress: Path) -> list[dict[str, str]]:
