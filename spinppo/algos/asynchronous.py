@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from spinppo.algos.a2c import A2CStats
 from spinppo.algos.checkpoint import Checkpointer
 from spinppo.algos.onpolicy import (
     EpochState,
@@ -87,8 +88,9 @@ class AsyncEpochState(EpochState):
     dropped: int = 0  # gradients too stale to apply
 
 
-# The algorithm's columns of A3C's row, after the evaluation's.
-LOG_KEYS = ["LossPi", "LossV", "Entropy", "Staleness"]
+# The algorithm's columns of A3C's row, after the evaluation's: the A2C loss's statistics (A3C's loss is
+# a2c_loss), then how stale the applied gradients were.
+LOG_KEYS = [*A2CStats._fields, "Staleness"]
 
 
 class AsyncTraining:
