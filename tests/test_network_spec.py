@@ -100,9 +100,8 @@ def test_a_vector_network_is_described_layer_by_layer():
     with torch.no_grad():  # normalize holds the statistics as the module applies them
         want = ac.normalize_obs(torch.ones(1, 5)).numpy()
     norm = spec.normalize
-    np.testing.assert_array_equal(
-        np.clip((np.ones((1, 5), np.float32) - norm.mean) * norm.inv_std, -10, 10), want
-    )
+    ones = np.ones((1, 5), np.float32)
+    np.testing.assert_array_equal(np.clip((ones - norm.mean) * norm.inv_std, -10, 10), want)
     # Weights are views of the parameters: an in-place update shows in the description.
     with torch.no_grad():
         ac.pi[0].weight[0, 0] = 123.0
