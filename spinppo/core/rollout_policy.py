@@ -90,8 +90,8 @@ def _warn_once(reason: str) -> None:
     _warned.add(reason)
     if proc_id() == 0:
         print(
-            f"spinppo: warning: the rollout runs the policy in torch, not numpy (slower): the network has "
-            f"{reason}",
+            f"spinppo: note: the rollout runs the policy in torch (one batched call a step), not numpy: the "
+            f"network has {reason}",
             file=sys.stderr,
             flush=True,
         )
