@@ -91,14 +91,18 @@ def cli(
     where the process itself is the point: signals, exit at interpreter shutdown, ``--cpu N`` (refused
     here), mpirun.
     """
+    import torch
+    from threadpoolctl import threadpool_limits
+
     import spinppo.cli.resume
     import spinppo.cli.train
 
     for module in (spinppo.cli.resume, spinppo.cli.train):
         monkeypatch.setattr(module, "mpi_fork", _refuse_to_fork)
     monkeypatch.chdir(REPO)  # where run() starts its processes
-    # One thread, as child_env gives a child: the run's numbers are a child's, and two spinning OpenMP
-    # threads on a busy 2-core machine made a short run 4 times slower.
+    # One thread a pool, as child_env gives a child (a training run reads OMP_NUM_THREADS; test_policy
+    # and export do not): the numbers are a child's, and two spinning OpenMP threads on a busy 2-core
+    # machine made a short run 4 times slower and a replay of Pong 40 times.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def call(*argv: str) -> subprocess.CompletedProcess:
@@ -108,7 +112,13 @@ def cli(
             for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
                 warnings.simplefilter("ignore", quiet)
             warnings.showwarning = _print_warning  # to stderr, in order, not to pytest's record
-            code = _spinppo_main(list(argv))
+            with threadpool_limits(1):
+                torch_threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    code = _spinppo_main(list(argv))
+                finally:
+                    torch.set_num_threads(torch_threads)
         out, err = capfd.readouterr()
         return subprocess.CompletedProcess(["python", "-m", "spinppo.run", *argv], code, out, err)
 
