@@ -24,7 +24,7 @@ def table(run_dir: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in rows[0]}
 
 
-def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path):
+def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path, cli):
     """2 ranks, 3 episodes (one rank plays two), every 2 epochs: EvalEpRet at epochs 1 and 3 only, the
     best kept, and every training column identical to the same run without evaluation."""
     mpirun(2, ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "off"])
@@ -46,22 +46,9 @@ def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_
     i = int(np.nanargmax(ret))
     assert best["epoch"] == i and best["eval_return"] == ret[i]
     # test_policy picks the best policy (and says so when a run has none).
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "spinppo.run",
-            "test_policy",
-            str(on),
-            "--itr",
-            "best",
-            "-n",
-            "1",
-            "--deterministic",
-        ]
-    )
-    assert "EpRet" in out.stdout
-    proc = run([sys.executable, "-m", "spinppo.run", "test_policy", str(off), "--itr", "best"], check=False)
+    out = cli("test_policy", str(on), "--itr", "best", "-n", "1", "--deterministic")
+    assert out.returncode == 0 and "EpRet" in out.stdout, out.stderr
+    proc = cli("test_policy", str(off), "--itr", "best")
     assert proc.returncode == 2 and "no pyt_save/model_best.pt" in proc.stderr
 
 
