@@ -374,7 +374,7 @@ def test_output_piped_into_head_ends_quietly(tmp_path, cpu):
 def test_a_discrete_space_that_does_not_start_at_zero_trains_and_replays(tmp_path, cli):
     """Discrete(3, start=-1): the policy's choices 0..2 reach the environment as -1..1, in training and in
     replay (the environment refuses anything else), and the policy learns to say the number shown (seed 0:
-    3.3 at epoch 0, past 8 from epoch 5, 9.55 at epoch 9)."""
+    3.3 at epoch 0, past 8 from epoch 4, 9.43 at epoch 9; 15 epochs ended at 9.84)."""
     args = ["ppo", "--env", "tests.multidiscrete_env:Shifted-v0"]
     args += ["--epochs", "10", "--steps_per_epoch", "1024", "--minibatch_size", "256", "--num_envs", "4"]
     assert cli(*args, "--data_dir", str(tmp_path), "--exp_name", "s").returncode == 0
