@@ -102,8 +102,10 @@ def cli(
     monkeypatch.chdir(REPO)  # where run() starts its processes
     # One thread a pool, as child_env gives a child (a training run reads OMP_NUM_THREADS; test_policy
     # and export do not): the numbers are a child's, and two spinning OpenMP threads on a busy 2-core
-    # machine made a short run 4 times slower and a replay of Pong 40 times.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # machine made a short run 4 times slower and a replay of Pong 40 times. (A run sets these variables
+    # for its own children: monkeypatch puts them back afterwards.)
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "1")
 
     def call(*argv: str) -> subprocess.CompletedProcess:
         capfd.readouterr()  # what came before is not this command's output
