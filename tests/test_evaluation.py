@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spinppo.run import main
-from tests.conftest import mpirun, rows_without_timing, run
+from tests.conftest import mpirun, rows_without_timing
 from tests.unity_standin.build import write_build
 
 TRAIN = ["--env", "CartPole", "--epochs", "4", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
@@ -115,12 +114,11 @@ def test_evaluator_is_repeatable_and_leaves_the_random_generators_alone():
     evaluator.close()
 
 
-def test_pictures_writes_the_curve_and_the_replay_video(tmp_path):
+def test_pictures_writes_the_curve_and_the_replay_video(tmp_path, cli):
     """`make run`'s ending, through the same flag on a short run."""
-    proc = run(
-        [sys.executable, "-m", "spinppo.run", "ppo", *TRAIN, "--epochs", "2", "--data_dir", str(tmp_path)]
-        + ["--exp_name", "p", "--pictures", "--tensorboard", "false"]
-    )
+    args = [*TRAIN, "--epochs", "2", "--data_dir", str(tmp_path), "--exp_name", "p", "--tensorboard", "false"]
+    proc = cli("ppo", *args, "--pictures")
+    assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "p" / "p_s0"
     curve, video = run_dir / "curve.png", run_dir / "replay.mp4"
     assert f"learning curve: {curve}" in proc.stdout and f"replay video: {video}" in proc.stdout
