@@ -51,7 +51,7 @@ def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_
     assert proc.returncode == 2 and "no pyt_save/model_best.pt" in proc.stderr
 
 
-def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, capsys):
+def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, cli):
     """Any return reaches -1: the run stops after epoch 1 (its first evaluation), with a checkpoint, and
     exits 0; a resume goes on training (and stops at its own first evaluation)."""
     args = [
@@ -65,15 +65,16 @@ def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, 
         "--tensorboard",
         "false",
     ]
-    assert main(["ppo", *args, "--eval_freq", "2", "--eval_episodes", "2", "--stop_at_return", "-1"]) == 0
-    out = capsys.readouterr().out
+    proc = cli("ppo", *args, "--eval_freq", "2", "--eval_episodes", "2", "--stop_at_return", "-1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert "reached --stop_at_return -1 after epoch 1" in out
     run_dir = tmp_path / "s" / "s_s0"
     assert table(run_dir)["Epoch"] == [0, 1]
     assert (run_dir / "checkpoints" / "ckpt-000001.pt").exists() and (
         run_dir / "pyt_save" / "model1.pt"
     ).exists()
-    assert main(["ppo", "--resume", str(run_dir)]) == 0
+    assert cli("ppo", "--resume", str(run_dir)).returncode == 0
     assert table(run_dir)["Epoch"] == [0, 1, 2, 3]
 
 
