@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,74 @@ def run(
 def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, **env: str | None):
     """``mpirun -np n python ARGS...`` with the virtualenv's MPI."""
     return run([MPIRUN, "-np", str(n), sys.executable, *args], timeout=timeout, check=check, **env)
+
+
+def _spinppo_main(argv: list[str]) -> int:
+    from spinppo.run import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's --help
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _refuse_to_fork(n: int) -> None:
+    if n > 1:  # mpi_fork would start this whole pytest command again under mpirun
+        raise AssertionError(f"--cpu {n} starts ranks: test it with run(), not cli()")
+
+
+@pytest.fixture
+def cli(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess]:
+    """``cli(*ARGV)``: ``python -m spinppo.run ARGV`` called in this process, as a CompletedProcess (its
+    return code, stdout and stderr) like ``run`` gives for a real one, without a new interpreter to start
+    and torch to import (about 3 s each on the 2-core machine).
+
+    stdout and stderr are captured at the file descriptors (as a child's pipes would be), and the warnings
+    a fresh interpreter would print (Python's default filters: not the deprecation ones) go to stderr
+    where they happen, so that "one line on stderr" means what it means for a real process. Use ``run``
+    where the process itself is the point: signals, exit at interpreter shutdown, ``--cpu N`` (refused
+    here), mpirun.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import spinppo.cli.resume
+    import spinppo.cli.train
+
+    for module in (spinppo.cli.resume, spinppo.cli.train):
+        monkeypatch.setattr(module, "mpi_fork", _refuse_to_fork)
+    monkeypatch.chdir(REPO)  # where run() starts its processes
+    # One thread a pool, as child_env gives a child (a training run reads OMP_NUM_THREADS; test_policy
+    # and export do not): the numbers are a child's, and two spinning OpenMP threads on a busy 2-core
+    # machine made a short run 4 times slower and a replay of Pong 40 times. (A run sets these variables
+    # for its own children: monkeypatch puts them back afterwards.)
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, "1")
+
+    def call(*argv: str) -> subprocess.CompletedProcess:
+        capfd.readouterr()  # what came before is not this command's output
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", quiet)
+            warnings.showwarning = _print_warning  # to stderr, in order, not to pytest's record
+            with threadpool_limits(1):
+                torch_threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    code = _spinppo_main(list(argv))
+                finally:
+                    torch.set_num_threads(torch_threads)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["python", "-m", "spinppo.run", *argv], code, out, err)
+
+    return call
 
 
 # Columns that measure time: they differ between otherwise identical runs.

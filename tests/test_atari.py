@@ -15,7 +15,7 @@ from spinppo.envs.atari import ClipReward, EpisodicLife, GameScore, StickyAction
 from spinppo.envs.registry import EnvChoice, EnvFactory, make_vector_env, resolve_env, saved_env_spec
 from spinppo.envs.state import get_env_state, get_vector_env_state, set_env_state, set_vector_env_state
 from spinppo.utils.errors import UserError
-from tests.conftest import rows_without_timing, run
+from tests.conftest import MPIRUN, rows_without_timing, run
 
 
 def wrapper(env: gym.Env, kind: type) -> gym.Env:
@@ -272,14 +272,15 @@ PY = [sys.executable, "-m", "spinppo.run"]
 FAST = ["--steps_per_epoch", "512", "--num_envs", "2", "--update_epochs", "1", "--minibatch_size", "256"]
 
 
-def test_train_resume_and_replay_breakout(tmp_path):
+def test_train_resume_and_replay_breakout(tmp_path, cli):
     """Two epochs on two ranks; a run stopped after its first epoch and resumed gives the same rows; the
     policy replays a whole game (the game's score) into a video."""
-    job = [*PY, "ppo", "--env", "Breakout", "--cpu", "2", *FAST, "--save_freq", "1", "--exp_name", "b"]
+    # mpirun itself rather than --cpu 2: a process less to start each time (--cpu: tests/test_cli.py).
+    job = [MPIRUN, "-np", "2", *PY, "ppo", "--env", "Breakout", *FAST, "--save_freq", "1", "--exp_name", "b"]
     run([*job, "--epochs", "2", "--data_dir", str(tmp_path / "whole")], timeout=300)
     run([*job, "--epochs", "1", "--data_dir", str(tmp_path / "part")], timeout=300)
     whole, part = tmp_path / "whole" / "b" / "b_s0", tmp_path / "part" / "b" / "b_s0"
-    out = run([*PY, "ppo", "--resume", str(part), "--epochs", "2"], timeout=300).stdout
+    out = run([MPIRUN, "-np", "2", *PY, "ppo", "--resume", str(part), "--epochs", "2"], timeout=300).stdout
     assert "Resumed from the checkpoint of epoch" in out
     assert rows_without_timing(part) == rows_without_timing(whole)
     assert json.loads((whole / "config.json").read_text())["env_fn"]["kind"] == "atari"
@@ -290,9 +291,8 @@ def test_train_resume_and_replay_breakout(tmp_path):
     assert len(rows) == 2 and games and all(ret >= 0 and length > 100 for ret, length in games)
 
     video = tmp_path / "out.mp4"
-    proc = run(
-        [*PY, "test_policy", str(whole), "--video", str(video), "-n", "1", "--len", "200"], timeout=300
-    )
+    proc = cli("test_policy", str(whole), "--video", str(video), "-n", "1", "--len", "200")
+    assert proc.returncode == 0, proc.stderr
     assert video.stat().st_size > 1000
     assert "Video saved to" in proc.stdout and "at 15 fps" in proc.stdout
 

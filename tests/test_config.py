@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from spinppo.run import main
-from tests.conftest import REPO, mpirun, rows_without_timing, run
+from tests.conftest import REPO, mpirun, rows_without_timing
 from tests.test_unity import free_ports, no_leftover_players  # noqa: F401 (a fixture)
 from tests.unity_standin.build import write_build
 
@@ -112,17 +111,19 @@ def test_none_turns_an_optional_number_off_but_is_a_name_for_a_text_flag(capsys)
     assert c["target_kl"] is None and c["exp_name"] == "none" and c["initialize_from"] is None
 
 
-def test_a_runs_config_json_repeats_the_run(tmp_path):
-    ppo = [sys.executable, "-m", "spinppo.run", "ppo"]
-    run([*ppo, *SHORT, "--seed", "5", "--hid", "16", "--data_dir", str(tmp_path / "a"), "--exp_name", "x"])
+def test_a_runs_config_json_repeats_the_run(tmp_path, cli):
+    first = cli(
+        "ppo", *SHORT, "--seed", "5", "--hid", "16", "--data_dir", str(tmp_path / "a"), "--exp_name", "x"
+    )
+    assert first.returncode == 0, first.stderr
     config = tmp_path / "a" / "x" / "x_s5" / "config.json"
-    proc = run([*ppo, "--config", str(config), "--data_dir", str(tmp_path / "b")])
-    assert "AverageEpRet" in proc.stdout
+    proc = cli("ppo", "--config", str(config), "--data_dir", str(tmp_path / "b"))
+    assert proc.returncode == 0 and "AverageEpRet" in proc.stdout, proc.stderr
     assert rows_without_timing(tmp_path / "a" / "x" / "x_s5") == rows_without_timing(
         tmp_path / "b" / "x" / "x_s5"
     )
     # The same file again, into the same place: the existing run is not replaced.
-    proc = run([*ppo, "--config", str(config)], check=False)
+    proc = cli("ppo", "--config", str(config))
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -15,7 +12,6 @@ from spinppo.core.encoders import ENCODERS, ImageEncoder, ObsLayout
 from spinppo.core.minibatches import MinibatchTable
 from spinppo.core.networks import MLPActorCritic, build_actor_critic
 from spinppo.utils.errors import UserError
-from tests.conftest import child_env
 
 DISCRETE = gym.spaces.Discrete(3)
 
@@ -79,14 +75,8 @@ def test_bad_images_are_one_line_errors():
         MLPActorCritic(gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), DISCRETE)
 
 
-def test_encoder_typo_on_the_command_line_is_exit_2():
-    proc = subprocess.run(
-        [sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--encoder", "bogus"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-    )
+def test_encoder_typo_on_the_command_line_is_exit_2(cli):
+    proc = cli("ppo", "--env", "CartPole-v1", "--encoder", "bogus")
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--encoder must be one of nature_cnn, simple, resnet" in lines[0], proc.stderr

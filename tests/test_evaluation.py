@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spinppo.run import main
-from tests.conftest import mpirun, rows_without_timing, run
+from tests.conftest import mpirun, rows_without_timing
 from tests.unity_standin.build import write_build
 
 TRAIN = ["--env", "CartPole", "--epochs", "4", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
@@ -24,7 +23,7 @@ def table(run_dir: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in rows[0]}
 
 
-def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path):
+def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path, cli):
     """2 ranks, 3 episodes (one rank plays two), every 2 epochs: EvalEpRet at epochs 1 and 3 only, the
     best kept, and every training column identical to the same run without evaluation."""
     mpirun(2, ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "off"])
@@ -46,26 +45,13 @@ def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_
     i = int(np.nanargmax(ret))
     assert best["epoch"] == i and best["eval_return"] == ret[i]
     # test_policy picks the best policy (and says so when a run has none).
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "spinppo.run",
-            "test_policy",
-            str(on),
-            "--itr",
-            "best",
-            "-n",
-            "1",
-            "--deterministic",
-        ]
-    )
-    assert "EpRet" in out.stdout
-    proc = run([sys.executable, "-m", "spinppo.run", "test_policy", str(off), "--itr", "best"], check=False)
+    out = cli("test_policy", str(on), "--itr", "best", "-n", "1", "--deterministic")
+    assert out.returncode == 0 and "EpRet" in out.stdout, out.stderr
+    proc = cli("test_policy", str(off), "--itr", "best")
     assert proc.returncode == 2 and "no pyt_save/model_best.pt" in proc.stderr
 
 
-def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, capsys):
+def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, cli):
     """Any return reaches -1: the run stops after epoch 1 (its first evaluation), with a checkpoint, and
     exits 0; a resume goes on training (and stops at its own first evaluation)."""
     args = [
@@ -79,15 +65,16 @@ def test_stop_at_return_stops_at_the_first_evaluation_that_reaches_it(tmp_path, 
         "--tensorboard",
         "false",
     ]
-    assert main(["ppo", *args, "--eval_freq", "2", "--eval_episodes", "2", "--stop_at_return", "-1"]) == 0
-    out = capsys.readouterr().out
+    proc = cli("ppo", *args, "--eval_freq", "2", "--eval_episodes", "2", "--stop_at_return", "-1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert "reached --stop_at_return -1 after epoch 1" in out
     run_dir = tmp_path / "s" / "s_s0"
     assert table(run_dir)["Epoch"] == [0, 1]
     assert (run_dir / "checkpoints" / "ckpt-000001.pt").exists() and (
         run_dir / "pyt_save" / "model1.pt"
     ).exists()
-    assert main(["ppo", "--resume", str(run_dir)]) == 0
+    assert cli("ppo", "--resume", str(run_dir)).returncode == 0
     assert table(run_dir)["Epoch"] == [0, 1, 2, 3]
 
 
@@ -128,12 +115,11 @@ def test_evaluator_is_repeatable_and_leaves_the_random_generators_alone():
     evaluator.close()
 
 
-def test_pictures_writes_the_curve_and_the_replay_video(tmp_path):
+def test_pictures_writes_the_curve_and_the_replay_video(tmp_path, cli):
     """`make run`'s ending, through the same flag on a short run."""
-    proc = run(
-        [sys.executable, "-m", "spinppo.run", "ppo", *TRAIN, "--epochs", "2", "--data_dir", str(tmp_path)]
-        + ["--exp_name", "p", "--pictures", "--tensorboard", "false"]
-    )
+    args = [*TRAIN, "--epochs", "2", "--data_dir", str(tmp_path), "--exp_name", "p", "--tensorboard", "false"]
+    proc = cli("ppo", *args, "--pictures")
+    assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "p" / "p_s0"
     curve, video = run_dir / "curve.png", run_dir / "replay.mp4"
     assert f"learning curve: {curve}" in proc.stdout and f"replay video: {video}" in proc.stdout

@@ -307,13 +307,13 @@ def test_replay_of_the_onnx_file_is_the_run_dirs(runs, tmp_path, name):
     assert [e.ret for e in episodes[1]] == pytest.approx([e.ret for e in episodes[0]], rel=1e-6)
 
 
-def test_policy_cli_on_an_onnx_file(runs, tmp_path):
+def test_policy_cli_on_an_onnx_file(runs, tmp_path, cli):
     """The command line: the file names its environment; without that metadata --env is needed."""
     out = export_onnx(str(runs["cartpole"]), str(tmp_path / "cartpole.onnx"))
     args = ["-n", "2", "-d", "--seed", "3"]
-    from_dir = run([sys.executable, "-m", "spinppo.run", "test_policy", str(runs["cartpole"]), *args]).stdout
-    from_file = run([sys.executable, "-m", "spinppo.run", "test_policy", out, *args]).stdout
-    assert from_file == from_dir and "EpRet" in from_file
+    from_dir, from_file = cli("test_policy", str(runs["cartpole"]), *args), cli("test_policy", out, *args)
+    assert from_dir.returncode == 0 and from_file.returncode == 0, from_dir.stderr + from_file.stderr
+    assert from_file.stdout == from_dir.stdout and "EpRet" in from_file.stdout
     model = onnx.load(out)
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"

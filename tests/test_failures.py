@@ -128,16 +128,14 @@ def test_cpu_flag_passes_a_signal_to_the_ranks_and_waits_for_them(tmp_path, sign
     assert not left.stdout.split(), "ranks were left running"
 
 
-def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
+def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path, cli):
     job = [*PY, "ppo", "--env", "CartPole", "--epochs", "200", *FAST, "--exp_name", "b"]
     job += ["--data_dir", str(tmp_path)]
     run_dir = tmp_path / "b" / "b_s0"
     first = start(job)
     wait_rows(run_dir / "progress.txt", 2, first)
     # --overwrite while the first run still writes there: refused, and the first run's files stay.
-    second = subprocess.run(
-        [*job, "--overwrite"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120
-    )
+    second = cli(*job[len(PY) :], "--overwrite")
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(lines) == 1, second.stderr
     assert lines[0].startswith("spinppo: error: another run (pid ") and f"pid {first.pid}@" in lines[0]
@@ -146,7 +144,7 @@ def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
     wait_rows(run_dir / "progress.txt", rows + 1, first)  # still training
     os.killpg(first.pid, signal.SIGKILL)  # the lock goes with the process, however it ends
     first.wait()
-    run([*job, "--overwrite", "--epochs", "1"], timeout=120)
+    assert cli(*job[len(PY) :], "--overwrite", "--epochs", "1").returncode == 0
     assert len(rows_without_timing(run_dir)) == 2  # the header and the new run's one epoch
 
 
@@ -187,26 +185,9 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     assert str(victim) in out + err
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    proc = run(
-        [
-            *PY,
-            "ppo",
-            "--env",
-            "tests.failing_env:NanReward-v0",
-            "--epochs",
-            "5",
-            "--num_envs",
-            "1",
-            *FAST,
-            "--data_dir",
-            str(tmp_path),
-            "--exp_name",
-            "n",
-        ],
-        check=False,
-        timeout=120,
-    )
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cli):
+    args = ["ppo", "--env", "tests.failing_env:NanReward-v0", "--epochs", "5", "--num_envs", "1", *FAST]
+    proc = cli(*args, "--data_dir", str(tmp_path), "--exp_name", "n")
     assert proc.returncode == 1
     assert "non-finite" in proc.stderr and "last good checkpoint" in proc.stderr
     run_dir = tmp_path / "n" / "n_s0"
@@ -215,29 +196,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     state = torch.load(run_dir / "checkpoints" / ckpts[0], weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
     # NaN within the first epoch: no checkpoint to point to, and the message does not claim one.
-    first = [*PY, "ppo", "--env", "tests.failing_env:NanReward-v0", "--epochs", "2", "--num_envs", "1"]
+    first = ["ppo", "--env", "tests.failing_env:NanReward-v0", "--epochs", "2", "--num_envs", "1"]
     first += [*FAST, "--steps_per_epoch", "2048", "--data_dir", str(tmp_path), "--exp_name", "n0"]
-    proc = run(first, check=False, timeout=120)
+    proc = cli(*first)
     assert proc.returncode == 1 and "in epoch 0" in proc.stderr, proc.stderr
     assert "no checkpoint had been saved yet" in proc.stderr and "last good" not in proc.stderr
 
 
-def test_bad_input_each_one_line_and_exit_2(tmp_path):
-    run(
-        [
-            *PY,
-            "ppo",
-            "--env",
-            "CartPole",
-            "--epochs",
-            "2",
-            *FAST,
-            "--data_dir",
-            str(tmp_path),
-            "--exp_name",
-            "ok",
-        ]
-    )
+def test_bad_input_each_one_line_and_exit_2(tmp_path, cli):
+    ok = ["ppo", "--env", "CartPole", "--epochs", "2", *FAST, "--data_dir", str(tmp_path), "--exp_name", "ok"]
+    assert cli(*ok).returncode == 0
     good = tmp_path / "ok" / "ok_s0"
     damaged = tmp_path / "damaged"
     subprocess.run(["cp", "-r", str(good), str(damaged)], check=True)
@@ -263,7 +231,7 @@ def test_bad_input_each_one_line_and_exit_2(tmp_path):
         (["ppo", "--env", "CartPole", "--data_dir", str(blocker / "sub")], "cannot write the run directory"),
     ]
     for args, message in cases:
-        proc = run([*PY, *args], check=False, timeout=120)
+        proc = cli(*args)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(lines) == 1 and lines[0].startswith("spinppo: error: ") and message in lines[0], (
@@ -272,6 +240,9 @@ def test_bad_input_each_one_line_and_exit_2(tmp_path):
         )
 
     # The disk fills up while a checkpoint is written: a clear error, and the previous checkpoint intact.
+    # (A copy of the run: this process trained it, and holds its directory's lock until it ends.)
+    good = tmp_path / "full"
+    subprocess.run(["cp", "-r", str(tmp_path / "ok" / "ok_s0"), str(good)], check=True)
     before = (good / "checkpoints" / "ckpt-000001.pt").read_bytes()
     proc = run(
         [sys.executable, "tests/fsize_limited.py", "60000", "ppo", "--resume", str(good), "--epochs", "4"],

@@ -25,12 +25,14 @@ def train(tmp_path, algo, env, **kwargs):
 
 
 # A uniformly random CartPole policy averages about 22; it never averages 150 over an epoch's episodes.
+# Seed 1, last two epochs (measured): PPO 244 (15 epochs; its lr anneals over them, and 12 end at 133); VPG
+# 417 (10 epochs; 25 reach 500); A2C 141 (8 epochs: 128-145 from epoch 1, then 51 at epoch 8 before 500).
 @pytest.mark.parametrize(
     "algo, kwargs, threshold",
     [
         ("ppo", dict(epochs=15, steps_per_epoch=2048, minibatch_size=128), 150),
-        ("vpg", dict(epochs=25, steps_per_epoch=2000, num_envs=2, pi_lr=0.01, train_v_iters=20), 100),
-        ("a2c", dict(epochs=12, steps_per_epoch=8000, lr=1e-3), 100),
+        ("vpg", dict(epochs=10, steps_per_epoch=2000, num_envs=2, pi_lr=0.01, train_v_iters=20), 100),
+        ("a2c", dict(epochs=8, steps_per_epoch=8000, lr=1e-3), 100),
     ],
 )
 def test_learns_cartpole(tmp_path, algo, kwargs, threshold):
@@ -42,9 +44,10 @@ def test_learns_cartpole(tmp_path, algo, kwargs, threshold):
 
 
 def test_ppo_improves_on_continuous_inverted_pendulum(tmp_path):
-    # Random actions keep MuJoCo's InvertedPendulum up for about 5-10 steps (return 5-10).
+    # Random actions keep MuJoCo's InvertedPendulum up for about 5-10 steps (return 5-10). Measured (8
+    # epochs): 9.9 at epoch 0, 134 and 136 at epochs 6 and 7.
     returns = train(
-        tmp_path, "ppo", "InvertedPendulum-v5", seed=0, epochs=10, steps_per_epoch=2048, minibatch_size=128
+        tmp_path, "ppo", "InvertedPendulum-v5", seed=0, epochs=8, steps_per_epoch=2048, minibatch_size=128
     )
     assert returns[0] < 30, returns
     # An epoch in which no episode ends (the pole stays up for longer than an epoch) logs nan.

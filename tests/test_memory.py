@@ -56,7 +56,7 @@ def column(run_dir: Path, name: str) -> list[float]:
     return [float(r[rows[0].index(name)]) for r in rows[1:]]
 
 
-def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tmp_path):
+def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tmp_path, cli):
     """Under mpirun -np 2: the LSTM policy clearly solves the task, also in deterministic evaluation
     episodes and in test_policy's replay (both carry the memory; without it they would score ~0), and
     the same run with --memory_size 0 stays at chance. The ranks' parameters are identical at the end."""
@@ -81,20 +81,16 @@ def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tm
     assert column(none, "EvalEpRet")[-1] <= 0.5
     config = json.loads((lstm / "config.json").read_text())
     assert config["ac_kwargs"]["memory_size"] == 32 and config["ac_kwargs"]["sequence_length"] == 8
-    replay = run(
-        [*PY, "test_policy", str(lstm), "--episodes", "20", "--deterministic"], timeout=120, check=False
-    )
+    replay = cli("test_policy", str(lstm), "--episodes", "20", "--deterministic")
     assert replay.returncode == 0, replay.stderr
     mean = float(replay.stdout.split("EpRet mean")[1].split()[0])
     assert mean >= 0.9, replay.stdout
     # Exported to ONNX (memory_in -> memory_out), the file replays as well: its memory is carried too.
     onnx_file = tmp_path / "lstm.onnx"
-    export = run([*PY, "export", str(lstm), "--onnx", str(onnx_file)], timeout=120, check=False)
+    export = cli("export", str(lstm), "--onnx", str(onnx_file))
     assert export.returncode == 0, export.stderr
     assert "memory_in ['batch', 32]" in export.stdout and "memory_out ['batch', 32]" in export.stdout
-    replay = run(
-        [*PY, "test_policy", str(onnx_file), "--episodes", "20", "--deterministic"], timeout=120, check=False
-    )
+    replay = cli("test_policy", str(onnx_file), "--episodes", "20", "--deterministic")
     assert replay.returncode == 0, replay.stderr
     assert float(replay.stdout.split("EpRet mean")[1].split()[0]) >= 0.9, replay.stdout
 
@@ -415,43 +411,22 @@ def test_padded_steps_change_no_gradient(algo):
         (["--memory_size", "16", "--sequence_length", "0"], "--sequence_length must be a positive number"),
     ],
 )
-def test_bad_memory_flags_are_one_line_errors(tmp_path, flags, message):
-    proc = run([*PY, "ppo", *CUE, *flags, "--data_dir", str(tmp_path)], timeout=60, check=False)
+def test_bad_memory_flags_are_one_line_errors(tmp_path, cli, flags, message):
+    proc = cli("ppo", *CUE, *flags, "--data_dir", str(tmp_path))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())  # refused before any run directory was made
 
 
-def test_initialize_from_refuses_another_memory(tmp_path):
-    run(
-        [
-            *PY,
-            "ppo",
-            *CUE,
-            "--memory_size",
-            "16",
-            "--epochs",
-            "1",
-            "--data_dir",
-            str(tmp_path),
-            "--exp_name",
-            "x",
-        ]
+def test_initialize_from_refuses_another_memory(tmp_path, cli):
+    recurrent = cli(
+        "ppo", *CUE, "--memory_size", "16", "--epochs", "1", "--data_dir", str(tmp_path), "--exp_name", "x"
     )
+    assert recurrent.returncode == 0, recurrent.stderr
     # A feed-forward run cannot start from a recurrent policy: the one line names the option.
-    proc = run(
-        [
-            *PY,
-            "ppo",
-            *CUE,
-            "--initialize_from",
-            str(tmp_path / "x" / "x_s0"),
-            "--data_dir",
-            str(tmp_path / "y"),
-        ],
-        timeout=60,
-        check=False,
+    proc = cli(
+        "ppo", *CUE, "--initialize_from", str(tmp_path / "x" / "x_s0"), "--data_dir", str(tmp_path / "y")
     )
     assert proc.returncode == 2 and "memory_size 16 (this run: None)" in proc.stderr, proc.stderr
 

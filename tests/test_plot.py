@@ -51,8 +51,16 @@ def progress(run_dir: Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
-def plot_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "spinppo.run", "plot", *args], check=False, **env)
+@pytest.fixture
+def plot_cli(cli, monkeypatch):
+    """``plot_cli(*ARGS, **ENV)``: ``python -m spinppo.run plot ARGS`` (in this process) with ENV set."""
+
+    def call(*args: str, **env: str) -> subprocess.CompletedProcess:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return cli("plot", *args)
+
+    return call
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -115,10 +123,12 @@ def test_the_figure_draws_those_curves(root):
         assert np.allclose(np.sort(np.unique(ys)), np.sort(np.unique(np.r_[a.mean - a.std, a.mean + a.std])))
 
 
-def test_cli_writes_a_png_of_the_requested_size_beside_the_data(root):
+def test_cli_writes_a_png_of_the_requested_size_beside_the_data(root, plot_cli):
     import matplotlib.image as mpimg
 
-    proc = plot_cli(str(root), "--size", "6", "4", "--dpi", "50", DISPLAY="", WAYLAND_DISPLAY="")
+    # A real process (matplotlib picks its backend when it starts); the others run in this one.
+    plot = [sys.executable, "-m", "spinppo.run", "plot", str(root), "--size", "6", "4", "--dpi", "50"]
+    proc = run(plot, check=False, DISPLAY="", WAYLAND_DISPLAY="")
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.strip().splitlines()
     path = Path(line.removeprefix("Plot saved to "))
@@ -142,7 +152,7 @@ def test_cli_writes_a_png_of_the_requested_size_beside_the_data(root):
     assert Path(proc.stdout.strip().removeprefix("Plot saved to ")).is_file()
 
 
-def test_select_exclude_count_legend_and_prefixes(root):
+def test_select_exclude_count_legend_and_prefixes(root, plot_cli):
     def names(runs):
         return sorted(Path(r.path).name for r in runs)
 
@@ -183,7 +193,7 @@ def test_select_exclude_count_legend_and_prefixes(root):
     assert proc.returncode == 0 and (root / "count.png").is_file(), proc.stderr
 
 
-def test_runs_in_progress_and_of_one_epoch(root, tmp_path):
+def test_runs_in_progress_and_of_one_epoch(root, plot_cli, tmp_path):
     src = root / "cart-a" / "cart-a_s0"
     lines = (src / "progress.txt").read_text().splitlines(keepends=True)
     live = tmp_path / "live" / "live_s0"
@@ -212,7 +222,7 @@ def test_runs_in_progress_and_of_one_epoch(root, tmp_path):
     assert "skipped" in proc.stderr and "live_s0" in proc.stderr
 
 
-def test_bad_input_is_one_line_and_exit_2(root, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(root, plot_cli, tmp_path):
     assert "does not exist" in one_line_error(plot_cli(str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     assert "no progress.txt" in one_line_error(plot_cli(str(tmp_path / "empty")))
@@ -245,7 +255,7 @@ def test_epochs_without_a_finished_episode_do_not_break_the_line(root, tmp_path)
     assert len(drawn) == len(rows) - 1 and np.all(np.isfinite(drawn))
 
 
-def test_config_json_is_optional_but_checked(root, tmp_path):
+def test_config_json_is_optional_but_checked(root, plot_cli, tmp_path):
     """A run without config.json plots under its directory's name; a damaged one is one line naming it."""
     run_dir = tmp_path / "bare" / "bare_s7"
     shutil.copytree(root / "cart-a" / "cart-a_s0", run_dir)

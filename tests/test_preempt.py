@@ -118,12 +118,8 @@ def test_preemption_with_memory_and_tiny_minibatches_and_a_fraction_that_never_p
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
-def test_a_bad_preempt_is_a_one_line_error(tmp_path, value):
-    proc = run(
-        [*PY, "ppo", "--env", "CartPole", "--preempt", value, "--data_dir", str(tmp_path)],
-        timeout=60,
-        check=False,
-    )
+def test_a_bad_preempt_is_a_one_line_error(tmp_path, cli, value):
+    proc = cli("ppo", "--env", "CartPole", "--preempt", value, "--data_dir", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"spinppo: error: --preempt must be a fraction of the ranks in (0, 1], such as 0.6 (DD-PPO's), or "

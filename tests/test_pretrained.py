@@ -6,23 +6,13 @@ that a change to any of them would break. Measured with the committed policy: 10
 from __future__ import annotations
 
 import re
-import sys
 
-from tests.conftest import REPO, run
+from tests.conftest import REPO
 
 
-def test_the_pretrained_pong_policy_wins_a_whole_game():
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "spinppo.run",
-            "test_policy",
-            str(REPO / "pretrained" / "pong-ppo"),
-            "-n",
-            "1",
-        ],
-        timeout=300,
-    ).stdout
+def test_the_pretrained_pong_policy_wins_a_whole_game(cli):
+    proc = cli("test_policy", str(REPO / "pretrained" / "pong-ppo"), "-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     score = float(re.search(r"EpRet (-?[\d.]+)", out)[1])
     assert score > 0, out  # a game ends at 21 points: a positive score is the policy's 21 first

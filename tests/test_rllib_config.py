@@ -3,7 +3,6 @@ as written, each key's mapping, grid_search, and one-line errors."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from spinppo.cli.config_file import read_config_file
 from spinppo.cli.flags import parse_algo_args
 from spinppo.utils.errors import UserError
-from tests.conftest import mpirun, run
+from tests.conftest import mpirun
 
 SEEDS = Path(__file__).parents[1] / "configs" / "rllib"  # the lecture notes' two files, as they print them
 
@@ -203,12 +202,12 @@ def test_grid_search_anywhere_makes_a_grid(tmp_path):
         ({"a": experiment()["exp"], "b": experiment()["exp"]}, "ppo", "holds 2 experiments"),
     ],
 )
-def test_what_spinppo_cannot_follow_is_a_one_line_error(doc, algo, message, tmp_path):
+def test_what_spinppo_cannot_follow_is_a_one_line_error(doc, algo, message, tmp_path, cli):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_config_file(algo, str(path), [])
-    proc = run([sys.executable, "-m", "spinppo.run", algo, "--config", str(path)], check=False)
+    proc = cli(algo, "--config", str(path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, (
         proc.stderr
     )
@@ -221,15 +220,15 @@ def test_command_line_flags_override_the_file(tmp_path):
     assert grid["lr"] == [0.01] and grid["update_epochs"] == [3]
 
 
-def test_vf_clip_param_caps_each_squared_value_error(tmp_path):
+def test_vf_clip_param_caps_each_squared_value_error(tmp_path, cli):
     """PPO's --vf_clip_param (RLlib's): every sample's squared error is capped, so the logged value loss
     (half the mean) stays under half the cap; without it, CartPole's first returns give far more."""
 
     def loss_v(*flags: str) -> float:
-        args = [sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", "--epochs", "1"]
+        args = ["ppo", "--env", "CartPole-v1", "--epochs", "1"]
         args += ["--steps_per_epoch", "512", "--minibatch_size", "128", "--norm_reward", "false"]
         args += ["--data_dir", str(tmp_path), "--exp_name", f"v{len(flags)}", *flags]
-        run(args)
+        assert cli(*args).returncode == 0
         lines = next((tmp_path / f"v{len(flags)}").rglob("progress.txt")).read_text().splitlines()
         return float(lines[1].split("\t")[lines[0].split("\t").index("LossV")])
 
@@ -239,7 +238,7 @@ def test_vf_clip_param_caps_each_squared_value_error(tmp_path):
         (["--vf_clip_param", "0"], "--vf_clip_param must be positive"),
         (["--vf_clip_param", "1", "--clip_vloss", "true"], "choose one"),
     ):
-        proc = run([sys.executable, "-m", "spinppo.run", "ppo", "--env", "CartPole-v1", *flags], check=False)
+        proc = cli("ppo", "--env", "CartPole-v1", *flags)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -23,9 +22,8 @@ from spinppo.core.networks import MLPActorCritic, build_actor_critic
 from spinppo.envs.registry import EnvFactory, saved_env_spec
 from spinppo.tools.onnx_writer import gym_model, unity_model
 from spinppo.utils.errors import UserError
-from tests.conftest import mpirun, rows_without_timing, run
+from tests.conftest import mpirun, rows_without_timing
 
-PY = [sys.executable, "-m", "spinppo.run"]
 A3C = [[32, [3, 3], 2]] * 4  # RLlib's pong-a3c conv_filters (with conv_activation elu)
 FRAMES_42 = gym.spaces.Box(0, 255, (4, 42, 42), np.uint8)
 
@@ -195,8 +193,8 @@ def test_frame_size_makes_42_pixel_frames_and_is_saved_with_the_run():
         (["--env", "Pong", "--kl_target", "0"], "--kl_target must be positive"),
     ],
 )
-def test_bad_flags_are_one_line_and_exit_2(tmp_path, args, message):
-    proc = run([*PY, "ppo", *args, "--data_dir", str(tmp_path)], check=False, timeout=60)
+def test_bad_flags_are_one_line_and_exit_2(tmp_path, cli, args, message):
+    proc = cli("ppo", *args, "--data_dir", str(tmp_path))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())
@@ -287,26 +285,26 @@ def test_kl_is_the_exact_kl_of_the_action_distributions(action):
         torch.testing.assert_close(ac.kl(old, new), want)
 
 
-def test_the_kl_coefficient_is_kept_in_the_checkpoint_and_resume_is_exact(tmp_path):
+def test_the_kl_coefficient_is_kept_in_the_checkpoint_and_resume_is_exact(tmp_path, cli):
     """3 epochs, against 1 then a resume for two more: the same rows, KLCoeff halving each update (the
     KL stays under kl_target / 2); the coefficient for the next update is in the checkpoint. Without
     --kl_coeff the columns are not there (the run as before)."""
-    job = [*PY, "ppo", "--env", "CartPole", "--hid", "16", "--steps_per_epoch", "512", "--num_envs", "2",
+    job = ["ppo", "--env", "CartPole", "--hid", "16", "--steps_per_epoch", "512", "--num_envs", "2",
            "--minibatch_size", "128", "--update_epochs", "2", "--save_freq", "1", "--exp_name", "k",
            "--kl_coeff", "0.5", "--kl_target", "1.0", "--tensorboard", "false"]  # fmt: skip
-    run([*job, "--epochs", "3", "--data_dir", str(tmp_path / "whole")], timeout=120)
-    run([*job, "--epochs", "1", "--data_dir", str(tmp_path / "part")], timeout=120)
+    assert cli(*job, "--epochs", "3", "--data_dir", str(tmp_path / "whole")).returncode == 0
+    assert cli(*job, "--epochs", "1", "--data_dir", str(tmp_path / "part")).returncode == 0
     whole, part = tmp_path / "whole" / "k" / "k_s0", tmp_path / "part" / "k" / "k_s0"
     ckpt = torch.load(part / "checkpoints" / "ckpt-000000.pt", weights_only=True)
     assert ckpt["run_state"]["kl_coeff"] == 0.25  # 0.5 used, 0.25 next
-    run([*PY, "ppo", "--resume", str(part), "--epochs", "3"], timeout=120)
+    assert cli("ppo", "--resume", str(part), "--epochs", "3").returncode == 0
     rows = rows_without_timing(whole)
     assert rows == rows_without_timing(part)
     header = rows[0]
     assert [float(r[header.index("KLCoeff")]) for r in rows[1:]] == [0.5, 0.25, 0.125]
     assert all(0 < float(r[header.index("PolicyKL")]) < 0.5 for r in rows[1:])
     plain = [a for a in job if a not in ("--kl_coeff", "0.5", "--kl_target", "1.0")]
-    run([*plain, "--epochs", "1", "--data_dir", str(tmp_path / "plain")], timeout=120)
+    assert cli(*plain, "--epochs", "1", "--data_dir", str(tmp_path / "plain")).returncode == 0
     header = rows_without_timing(tmp_path / "plain" / "k" / "k_s0")[0]
     assert "KLCoeff" not in header and "PolicyKL" not in header
 
@@ -323,29 +321,31 @@ def test_the_kl_coefficient_is_the_same_on_every_rank(tmp_path):
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def test_pong_at_42_pixels_trains_replays_exports_and_resumes(tmp_path):
+def test_pong_at_42_pixels_trains_replays_exports_and_resumes(tmp_path, cli):
     """RLlib's pong-a3c network (42-pixel frames, four 3x3 ELU convolutions, an LSTM) with the KL
     penalty: one epoch, replayed from the run directory and from its .onnx file (with and without
     --env), resumed for a second."""
-    job = [*PY, "ppo", "--env", "Pong", "--frame_size", "42", "--encoder", "rllib", "--conv_filters",
+    job = ["ppo", "--env", "Pong", "--frame_size", "42", "--encoder", "rllib", "--conv_filters",
            json.dumps(A3C), "--conv_activation", "elu", "--memory_size", "32", "--sequence_length", "8",
            "--hid", "[]", "--kl_coeff", "0.5", "--steps_per_epoch", "128", "--num_envs", "2",
            "--minibatch_size", "64", "--update_epochs", "1", "--exp_name", "p", "--data_dir", str(tmp_path),
            "--tensorboard", "false"]  # fmt: skip
-    out = run([*job, "--epochs", "1"], timeout=300).stdout
+    trained = cli(*job, "--epochs", "1")
+    assert trained.returncode == 0, trained.stderr
+    out = trained.stdout
     assert "Atari ALE/Pong-v5 (ale-py, 42x42 grayscale" in out
     run_dir = tmp_path / "p" / "p_s0"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_fn"]["frame_size"] == 42 and config["ac_kwargs"]["conv_filters"] == A3C
-    replay = run([*PY, "test_policy", str(run_dir), "-n", "1", "--len", "30"], timeout=300).stdout
-    assert "EpLen 30" in replay
+    replay = cli("test_policy", str(run_dir), "-n", "1", "--len", "30")
+    assert replay.returncode == 0 and "EpLen 30" in replay.stdout, replay.stderr
     onnx_file = tmp_path / "p.onnx"
-    exported = run([*PY, "export", str(run_dir), "--onnx", str(onnx_file)], timeout=300).stdout
-    assert "obs ['batch', 4, 42, 42] tensor(uint8)" in exported
+    exported = cli("export", str(run_dir), "--onnx", str(onnx_file))
+    assert exported.returncode == 0 and "obs ['batch', 4, 42, 42] tensor(uint8)" in exported.stdout
     for env in ([], ["--env", "Pong"]):  # the file's own environment, or the game named (42 from the input)
-        replay = run([*PY, "test_policy", str(onnx_file), *env, "-n", "1", "--len", "30"], timeout=300)
-        assert "EpLen 30" in replay.stdout
-    resumed = run([*PY, "ppo", "--resume", str(run_dir), "--epochs", "2"], timeout=300).stdout
-    assert "Resumed from the checkpoint of epoch 0" in resumed
-    proc = run([*PY, "ppo", "--resume", str(run_dir), "--frame_size", "84"], check=False, timeout=60)
+        replay = cli("test_policy", str(onnx_file), *env, "-n", "1", "--len", "30")
+        assert replay.returncode == 0 and "EpLen 30" in replay.stdout, replay.stderr
+    resumed = cli("ppo", "--resume", str(run_dir), "--epochs", "2")
+    assert resumed.returncode == 0 and "Resumed from the checkpoint of epoch 0" in resumed.stdout
+    proc = cli("ppo", "--resume", str(run_dir), "--frame_size", "84")
     assert proc.returncode == 2 and "contradicts the run's saved frame_size 42" in proc.stderr

@@ -92,23 +92,28 @@ def test_ml_agents_users_find_their_tags(data):
         assert tag in tags, tag
 
 
-def test_resume_replaces_the_events_of_epochs_made_again(data, tmp_path):
+def test_resume_replaces_the_events_of_epochs_made_again(data, tmp_path, cli):
     """A run killed after logging epoch 2 but before its checkpoint resumes from epoch 1: TensorBoard must
     then hold the new epoch 2 (its timings differ), not the lost one's."""
     run_dir = tmp_path / "tb_s0"
     shutil.copytree(data / "tb" / "tb_s0", run_dir)
     lost = progress(run_dir)
     os.unlink(run_dir / "checkpoints" / "ckpt-000002.pt")
-    ppo("--resume", str(run_dir), "--epochs", "4")
+    assert cli("ppo", "--resume", str(run_dir), "--epochs", "4").returncode == 0
     table = progress(run_dir)
     assert table["Epoch"].tolist() == [0, 1, 2, 3]
     assert table["Time"][2] != lost["Time"][2]  # epoch 2 was made again
     assert_events_equal_progress(run_dir)
 
 
-def test_overwrite_leaves_only_the_new_runs_events(data, tmp_path):
+def test_overwrite_leaves_only_the_new_runs_events(data, tmp_path, cli):
     shutil.copytree(data / "tb", tmp_path / "tb")
-    ppo(*TINY, "--epochs", "2", "--lam", "0.9", "--overwrite", "--data_dir", str(tmp_path))
+    assert (
+        cli(
+            "ppo", *TINY, "--epochs", "2", "--lam", "0.9", "--overwrite", "--data_dir", str(tmp_path)
+        ).returncode
+        == 0
+    )
     assert progress(tmp_path / "tb" / "tb_s0")["Epoch"].tolist() == [0, 1]  # the run was replaced
     assert_events_equal_progress(tmp_path / "tb" / "tb_s0")
     # Nor may the replaced run's epoch-2 checkpoints stay (--resume and test_policy --itr would use them).

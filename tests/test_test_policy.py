@@ -62,11 +62,25 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {name: data / name / f"{name}_s0" for name in envs}
 
 
-def test_policy_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+def test_policy_process(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m spinppo.run test_policy ARGS`` as a real process (for videos: MuJoCo and pygame pick
+    their rendering when they start)."""
     return run([sys.executable, "-m", "spinppo.run", "test_policy", *args], check=False, **env)
 
 
-test_policy_cli.__test__ = False  # a helper, not a test
+test_policy_process.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture
+def policy_cli(cli, monkeypatch):
+    """``policy_cli(*ARGS, **ENV)``: ``python -m spinppo.run test_policy ARGS`` in this process, ENV set."""
+
+    def call(*args: str, **env: str) -> subprocess.CompletedProcess:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return cli("test_policy", *args)
+
+    return call
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -175,8 +189,8 @@ def test_reloaded_policy_acts_exactly_like_the_saved_one(runs, tmp_path, name, e
     loaded_env.close()
 
 
-def test_printed_returns_are_the_environments(runs):
-    proc = test_policy_cli(str(runs["cartpole"]), "-n", "3", "-d", "--seed", "5")
+def test_printed_returns_are_the_environments(runs, policy_cli):
+    proc = policy_cli(str(runs["cartpole"]), "-n", "3", "-d", "--seed", "5")
     assert proc.returncode == 0, proc.stderr
     got = printed_episodes(proc.stdout)
     expected = replay_by_hand(runs["cartpole"], "CartPole-v1", seed=5, episodes=3)
@@ -186,7 +200,7 @@ def test_printed_returns_are_the_environments(runs):
     assert f"3 episodes: EpRet mean {mean:.3f}" in proc.stdout
 
     # --len cuts episodes; Box actions are clipped to the bounds as in training.
-    proc = test_policy_cli(str(runs["cartpole"]), "--episodes", "2", "-d", "--seed", "5", "--len", "20")
+    proc = policy_cli(str(runs["cartpole"]), "--episodes", "2", "-d", "--seed", "5", "--len", "20")
     assert printed_episodes(proc.stdout) == replay_by_hand(runs["cartpole"], "CartPole-v1", 5, 2, max_len=20)
     assert [n for _, n in printed_episodes(proc.stdout)] == [20, 20]
 
@@ -198,7 +212,7 @@ def test_video_has_one_frame_per_step(runs, tmp_path):
     video = tmp_path / "pendulum.mp4"
     args = [str(runs["pendulum"]), "-n", "2", "-d", "--seed", "2", "--len", "20", "--video", str(video)]
     # No display and MUJOCO_GL unset: test_policy itself picks headless EGL before MuJoCo loads.
-    proc = test_policy_cli(*args, MUJOCO_GL="", DISPLAY="", WAYLAND_DISPLAY="")
+    proc = test_policy_process(*args, MUJOCO_GL="", DISPLAY="", WAYLAND_DISPLAY="")
     assert proc.returncode == 0, proc.stderr
     episodes = printed_episodes(proc.stdout)
     np.testing.assert_allclose(
@@ -229,7 +243,7 @@ def test_video_has_one_frame_per_step(runs, tmp_path):
     assert reference.mean() > 1 and np.abs(first - reference).mean() < 2
 
 
-def test_multidiscrete_policy_replays_as_saved(runs, tmp_path):
+def test_multidiscrete_policy_replays_as_saved(runs, tmp_path, policy_cli):
     """Several discrete action branches (MultiDiscrete, as a Unity build's): one action per branch."""
     run_dir = tmp_path / "branches"
     shutil.copytree(runs["branches"], run_dir)
@@ -272,10 +286,10 @@ def test_multidiscrete_policy_replays_as_saved(runs, tmp_path):
     assert [n for _, n in episodes] == [10, 10]
 
     # The command line, with the trained policy: deterministic, then sampled.
-    proc = test_policy_cli(str(run_dir), "-n", "2", "-d", "--seed", "1")
+    proc = policy_cli(str(run_dir), "-n", "2", "-d", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert printed_episodes(proc.stdout) == replay_by_hand(run_dir, BRANCHES, seed=1, episodes=2)
-    proc = test_policy_cli(str(run_dir), "-n", "1", "--seed", "1")
+    proc = policy_cli(str(run_dir), "-n", "1", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert [n for _, n in printed_episodes(proc.stdout)] == [10]
 
@@ -284,7 +298,7 @@ def test_cartpole_video(runs, tmp_path):
     """Classic-control environments render with pygame (a dependency: gymnasium[classic-control])."""
     video = tmp_path / "cartpole.mp4"
     args = [str(runs["cartpole"]), "-n", "1", "--len", "20", "--video", str(video)]
-    proc = test_policy_cli(*args, DISPLAY="", WAYLAND_DISPLAY="")
+    proc = test_policy_process(*args, DISPLAY="", WAYLAND_DISPLAY="")
     assert proc.returncode == 0, proc.stderr
     assert video.is_file() and video.stat().st_size > 0
 
@@ -318,7 +332,7 @@ def _players(marker: str) -> list[int]:
     return pids
 
 
-def test_unity_run_replays_through_the_adapter(tmp_path, capsys):
+def test_unity_run_replays_through_the_adapter(tmp_path, capfd, policy_cli):
     """A run of a Unity build (the stand-in player's scripted task): every agent's episodes are counted.
 
     Its agents earn their action per step and end after scripted lengths, so a policy whose mean action
@@ -345,42 +359,40 @@ def test_unity_run_replays_through_the_adapter(tmp_path, capsys):
     finally:
         env.close()
     assert episodes == [(1.5, 3), (2.0, 4), (1.0, 2), (2.5, 5)]
-    assert "Episode 3 \t EpRet 2.500 \t EpLen 5" in capsys.readouterr().out
+    assert "Episode 3 \t EpRet 2.500 \t EpLen 5" in capfd.readouterr().out
     deadline = time.monotonic() + 10
     while _players(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _players(str(tmp_path)), "the player was left running"
 
     assert "--len and --video are for gymnasium runs" in one_line_error(
-        test_policy_cli(str(run_dir), "--len", "5")
+        policy_cli(str(run_dir), "--len", "5")
     )
     shutil.rmtree(tmp_path / "build")
-    assert "is not there any more" in one_line_error(test_policy_cli(str(run_dir)))
+    assert "is not there any more" in one_line_error(policy_cli(str(run_dir)))
 
 
-def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, policy_cli):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["cartpole"], run_dir)
     (tmp_path / "empty").mkdir()
-    assert "not a run directory" in one_line_error(test_policy_cli(str(tmp_path / "empty")))
-    msg = one_line_error(test_policy_cli(str(runs["cartpole"].parent.parent)))
+    assert "not a run directory" in one_line_error(policy_cli(str(tmp_path / "empty")))
+    msg = one_line_error(policy_cli(str(runs["cartpole"].parent.parent)))
     assert "holds several runs" not in msg and "not a run directory" in msg  # data/: experiments, not runs
-    one_seed = test_policy_cli(str(runs["cartpole"].parent), "--episodes", "1")  # its only run
+    one_seed = policy_cli(str(runs["cartpole"].parent), "--episodes", "1")  # its only run
     assert one_seed.returncode == 0 and len(printed_episodes(one_seed.stdout)) == 1, one_seed.stderr
     shutil.copytree(runs["cartpole"], tmp_path / "exp" / "cartpole_s0")
     shutil.copytree(runs["cartpole"], tmp_path / "exp" / "cartpole_s1")
     assert "holds several runs (cartpole_s0, cartpole_s1)" in one_line_error(
-        test_policy_cli(str(tmp_path / "exp"))
+        policy_cli(str(tmp_path / "exp"))
     )
-    msg = one_line_error(test_policy_cli(str(run_dir), "--itr", "99"))
+    msg = one_line_error(policy_cli(str(run_dir), "--itr", "99"))
     assert "no checkpoint for --itr 99" in msg and "it has --itr last, 2" in msg
-    assert "--video must end in .mp4 or .gif" in one_line_error(
-        test_policy_cli(str(run_dir), "--video", "x.avi")
-    )
-    msg = one_line_error(test_policy_cli(str(run_dir), "--render", DISPLAY="", WAYLAND_DISPLAY=""))
+    assert "--video must end in .mp4 or .gif" in one_line_error(policy_cli(str(run_dir), "--video", "x.avi"))
+    msg = one_line_error(policy_cli(str(run_dir), "--render", DISPLAY="", WAYLAND_DISPLAY=""))
     assert "--render needs a display" in msg
     (run_dir / "pyt_save" / "model.pt").write_bytes(b"not a checkpoint")
-    assert "cannot read checkpoint" in one_line_error(test_policy_cli(str(run_dir)))
+    assert "cannot read checkpoint" in one_line_error(policy_cli(str(run_dir)))
 
     # The same errors from Python are UserErrors.
     with pytest.raises(UserError, match="does not exist"):
@@ -401,9 +413,7 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
         load_policy_and_env(str(run_dir))
     config["env_fn"]["env"] = "no_such_module_here:Thing-v0"  # trained with a module this machine lacks
     (run_dir / "config.json").write_text(json.dumps(config))
-    assert "cannot import 'no_such_module_here' for environment" in one_line_error(
-        test_policy_cli(str(run_dir))
-    )
+    assert "cannot import 'no_such_module_here' for environment" in one_line_error(policy_cli(str(run_dir)))
     payload = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)
     payload["ctor"]["hidden_sizes"] = [7]
     torch.save(payload, run_dir / "pyt_save" / "model.pt")
@@ -426,7 +436,7 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
         ('{"env_fn": {"kind": "gym", "env": "CartPo', "cannot read"),
     ],
 )
-def test_damaged_config_json_is_one_line_naming_file_and_key(runs, tmp_path, text, key):
+def test_damaged_config_json_is_one_line_naming_file_and_key(runs, tmp_path, text, key, policy_cli):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["cartpole"], run_dir)
     config = run_dir / "config.json"
@@ -434,15 +444,15 @@ def test_damaged_config_json_is_one_line_naming_file_and_key(runs, tmp_path, tex
     with pytest.raises(UserError) as e:
         load_policy_and_env(str(run_dir))
     assert str(config) in str(e.value) and key in str(e.value) and "\n" not in str(e.value)
-    msg = one_line_error(test_policy_cli(str(run_dir), "-n", "1"))
+    msg = one_line_error(policy_cli(str(run_dir), "-n", "1"))
     assert str(config) in msg and key in msg
 
 
-def test_itr_that_is_not_a_number(runs):
-    msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "newest"))
+def test_itr_that_is_not_a_number(runs, policy_cli):
+    msg = one_line_error(policy_cli(str(runs["cartpole"]), "--itr", "newest"))
     assert "--itr takes an iteration number, 'last' or 'best', not 'newest'" in msg
     # 'best' is a name, of the policy --eval_freq keeps: a run without evaluation has none.
-    msg = one_line_error(test_policy_cli(str(runs["cartpole"]), "--itr", "best"))
+    msg = one_line_error(policy_cli(str(runs["cartpole"]), "--itr", "best"))
     assert "no pyt_save/model_best.pt" in msg and "--eval_freq" in msg
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from spinppo.core.networks import MLPActorCritic
 from spinppo.core.rollout import RolloutWorker
 from spinppo.tools.test_policy import load_policy, run_policy
 from spinppo.utils.logx import save_model
-from tests.conftest import mpirun, run
+from tests.conftest import mpirun
 from tests.test_unity import free_ports, launch, no_leftover_players  # noqa: F401 (a fixture)
 from tests.unity_standin.build import write_build
 
@@ -176,7 +175,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_recurrent_ppo_under_mpirun_then_replay(tmp_path):
+def test_recurrent_ppo_under_mpirun_then_replay(tmp_path, cli):
     """PPO with --memory_size 16 --sequence_length 3 on two ranks, each with its own stand-in (3 agents
     whose episodes end at different steps; rollouts of 8 steps: sequences of 3, 3 and 2 padded): both ranks
     end with the same parameters, the saved policy is recurrent, and test_policy replays it on the build
@@ -204,9 +203,8 @@ def test_recurrent_ppo_under_mpirun_then_replay(tmp_path):
     assert hashlib.sha256(state).hexdigest() == digests[0]  # the saved policy is the ranks' policy
 
     replay_flags = ["-n", "5", "--base_port", str(free_ports())]
-    replay = run(
-        [sys.executable, "-m", "spinppo.run", "test_policy", str(run_dir), *replay_flags], timeout=60
-    )
+    replay = cli("test_policy", str(run_dir), *replay_flags)
+    assert replay.returncode == 0, replay.stderr
     episodes = re.findall(r"Episode (\d+) \t EpRet (\S+) \t EpLen (\d+)", replay.stdout)
     assert [int(e[0]) for e in episodes] == list(range(5)), replay.stdout
     # Over the first 6 steps the episodes end after 2 (slot 0), 4 (slot 1), 3 (slot 0) and 6 (slot 2) steps.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import re
-import sys
 from collections import namedtuple
 
 import numpy as np
@@ -24,7 +23,7 @@ from spinppo.core.networks import MLPActorCritic
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.unity.vector_env import SensorLayout, UnityVectorEnv
 from spinppo.utils.errors import UserError
-from tests.conftest import mpirun, run
+from tests.conftest import mpirun
 from tests.test_unity import free_ports, launch, no_leftover_players  # noqa: F401 (a fixture)
 from tests.test_unity_memory import DIGESTS
 from tests.unity_standin.build import write_build
@@ -230,7 +229,7 @@ def test_rollout_stores_images_and_bootstraps_truncations_with_final_images(tmp_
         assert final["obs_2"][:, 0, 0, 2].tolist() == [6] * len(slots)
 
 
-def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
+def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path, cli):
     """Task "side" (8 agents per rank, 20x20 grayscale camera sent as PNG; the side to name is only in
     the image, the vector is the episode step; the players get graphics, by default, for the camera): PPO
     with --encoder simple on two ranks, 10 epochs of 320
@@ -262,9 +261,8 @@ def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     assert returns[0] < 6.5, returns  # it started near chance
 
     replay_flags = ["-n", "16", "--base_port", str(free_ports())]
-    replay = run(
-        [sys.executable, "-m", "spinppo.run", "test_policy", str(run_dir), *replay_flags], timeout=60
-    )
+    replay = cli("test_policy", str(run_dir), *replay_flags)
+    assert replay.returncode == 0, replay.stderr
     episodes = re.findall(r"Episode (\d+) \t EpRet (\S+) \t EpLen (\d+)", replay.stdout)
     assert len(episodes) == 16 and {int(e[2]) for e in episodes} == {10}, replay.stdout
     assert np.mean([float(e[1]) for e in episodes]) >= 8.0, replay.stdout
@@ -272,22 +270,11 @@ def test_ppo_learns_from_unity_pixels_under_mpirun_then_replays(tmp_path):
     # Exported in ML-Agents' form (the camera as Unity feeds it, NCHW floats, beside the vector sensor), the
     # file replays on the build as well.
     onnx_file = tmp_path / "p.onnx"
-    export = run([sys.executable, "-m", "spinppo.run", "export", str(run_dir), "--onnx", str(onnx_file)])
+    export = cli("export", str(run_dir), "--onnx", str(onnx_file))
+    assert export.returncode == 0, export.stderr
     assert re.search(r"input  obs_\d \['batch', 1, 20, 20\] tensor\(float\)", export.stdout), export.stdout
-    replay = run(
-        [
-            sys.executable,
-            "-m",
-            "spinppo.run",
-            "test_policy",
-            str(onnx_file),
-            "-n",
-            "16",
-            "--base_port",
-            str(free_ports()),
-        ],
-        timeout=60,
-    )
+    replay = cli("test_policy", str(onnx_file), "-n", "16", "--base_port", str(free_ports()))
+    assert replay.returncode == 0, replay.stderr
     episodes = re.findall(r"Episode (\d+) \t EpRet (\S+) \t EpLen (\d+)", replay.stdout)
     assert len(episodes) == 16 and np.mean([float(e[1]) for e in episodes]) >= 8.0, replay.stdout
 
