@@ -253,6 +253,10 @@ def _parse_mapping(flag: str, tokens: list[str]) -> dict[str, Any]:
     return out
 
 
+# An example value for the error message of a flag whose value is JSON.
+JSON_EXAMPLES = {"conv_filters": "'[[16,[4,4],2],[32,[4,4],2],[256,[11,11],1]]'"}
+
+
 def _parse_json(flag: str, tokens: list[str], kind: Any, optional: bool) -> list[Any]:
     """Each token one JSON value (a grid), ``None`` for None; tokens that are one value only together (a
     list typed with spaces, unquoted) are that value. What the values mean is the algorithm's check."""
@@ -270,7 +274,8 @@ def _parse_json(flag: str, tokens: list[str], kind: Any, optional: bool) -> list
     try:
         return [json.loads(text)]
     except json.JSONDecodeError as e:
-        raise UserError(f"--{flag} takes JSON (see --help), not {text!r} ({e.msg})") from None
+        such_as = f"such as {JSON_EXAMPLES[flag]}" if flag in JSON_EXAMPLES else "(see --help)"
+        raise UserError(f"--{flag} takes JSON {such_as}, not {text!r} ({e.msg})") from None
 
 
 def fits(value: Any, tp: Any) -> bool:
