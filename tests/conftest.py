@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -57,6 +59,18 @@ def run(
 def mpirun(n: int, args: list[str], timeout: float = 300, check: bool = True, **env: str | None):
     """``mpirun -np n python ARGS...`` with the virtualenv's MPI."""
     return run([MPIRUN, "-np", str(n), sys.executable, *args], timeout=timeout, check=check, **env)
+
+
+def mpirun_commands(
+    n: int, commands: list[list[str]], timeout: float = 300, **env: str | None
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Several ``python -m spinppo.run`` commands, one after another, in one ``mpirun -np n`` job
+    (tests/commands.py): the ranks start once for the runs a test compares. Fails unless every command
+    exits 0; returns the job and each command's stdout (rank 0's)."""
+    proc = mpirun(n, ["tests/commands.py", json.dumps(commands)], timeout=timeout, **env)
+    outputs = re.split(r"^=== COMMAND \d+ ===\n", proc.stdout, flags=re.M)[1:]
+    assert len(outputs) == len(commands), proc.stdout
+    return proc, outputs
 
 
 def _spinppo_main(argv: list[str]) -> int:

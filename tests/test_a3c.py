@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import MPIRUN, REPO, run
+from tests.conftest import MPIRUN, REPO, mpirun_commands, run
 from tests.test_failures import rank_pid, start, wait_rows
 
 PY = [sys.executable, "-m", "spinppo.run"]
@@ -84,17 +84,16 @@ def test_no_rank_waits_for_a_slow_one(tmp_path):
     """Three ranks whose every step sleeps (2 ms; rank 1's 6 ms, three times as long). Under A2C every
     rollout ends together, so ranks 0 and 2 step at the slow rank's pace; under A3C at their own: at least
     1.8 times faster (measured on 2 busy cores: 265 and 300 steps/s against 118, 2.2-2.5 times)."""
-    rates = {}
+    commands = []
     for algo in ("a2c", "a3c"):
-        record = tmp_path / f"{algo}.jsonl"
         env = ["--env", "tests.slow_env:SlowCartPole-v0", "--env_kwargs", "slow_rank=1", "delay=0.006"]
-        env += ["base_delay=0.002", f"record={record}"]
-        mpi(
-            3,
+        env += ["base_delay=0.002", f"record={tmp_path / f'{algo}.jsonl'}"]
+        commands.append(
             [algo, *env, "--epochs", "2", "--steps_per_epoch", "1800", "--num_envs", "2"]
-            + ["--n_steps", "5", "--data_dir", str(tmp_path), "--exp_name", algo],
+            + ["--n_steps", "5", "--data_dir", str(tmp_path), "--exp_name", algo]
         )
-        rates[algo] = step_rates(record)
+    mpirun_commands(3, commands)  # one job, one after the other
+    rates = {algo: step_rates(tmp_path / f"{algo}.jsonl") for algo in ("a2c", "a3c")}
     for fast in (0, 2):
         assert rates["a3c"][fast] >= 1.8 * rates["a2c"][fast], rates
     t = table(tmp_path / "a3c" / "a3c_s0")
@@ -106,8 +105,8 @@ def test_gradients_older_than_max_staleness_are_dropped_and_counted(tmp_path):
     sending at once most are not. A bound no gradient of this short run can pass (1000 versions) drops
     none. (The default, 4 x ranks, drops a few when a rank of three on two cores waits for a core.)"""
     common = ["--env", "CartPole", "--epochs", "2", "--steps_per_epoch", "2400", "--data_dir", str(tmp_path)]
-    mpi(3, ["a3c", *common, "--max_staleness", "0", "--exp_name", "strict"])
-    mpi(3, ["a3c", *common, "--max_staleness", "1000", "--exp_name", "lenient"])
+    strict = ["a3c", *common, "--max_staleness", "0", "--exp_name", "strict"]
+    mpirun_commands(3, [strict, ["a3c", *common, "--max_staleness", "1000", "--exp_name", "lenient"]])
     strict, lenient = table(tmp_path / "strict" / "strict_s0"), table(tmp_path / "lenient" / "lenient_s0")
     assert sum(strict["Dropped"]) > 5, strict
     assert all(s == 0 or math.isnan(s) for s in strict["Staleness"]), strict  # (NaN: none applied)
@@ -124,7 +123,7 @@ def test_resume_continues_from_the_saved_parameters_and_counts(tmp_path):
     assert saved["run_state"]["total_steps"] == table(run_dir)["TotalEnvInteracts"][-1]
     model = torch.load(run_dir / "pyt_save" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(model[k], saved["model"][k]) for k in model)
-    out = run([*PY, "a3c", "--resume", str(run_dir), "--epochs", "5"], timeout=300).stdout
+    out = mpi(2, ["a3c", "--resume", str(run_dir), "--epochs", "5"]).stdout
     assert "Resumed from the checkpoint of epoch 2" in out
     t = table(run_dir)
     assert t["Epoch"] == [0, 1, 2, 3, 4]

@@ -15,7 +15,7 @@ from spinppo.envs.atari import ClipReward, EpisodicLife, GameScore, StickyAction
 from spinppo.envs.registry import EnvChoice, EnvFactory, make_vector_env, resolve_env, saved_env_spec
 from spinppo.envs.state import get_env_state, get_vector_env_state, set_env_state, set_vector_env_state
 from spinppo.utils.errors import UserError
-from tests.conftest import MPIRUN, rows_without_timing, run
+from tests.conftest import MPIRUN, mpirun_commands, rows_without_timing, run
 
 
 def wrapper(env: gym.Env, kind: type) -> gym.Env:
@@ -275,10 +275,11 @@ FAST = ["--steps_per_epoch", "512", "--num_envs", "2", "--update_epochs", "1", "
 def test_train_resume_and_replay_breakout(tmp_path, cli):
     """Two epochs on two ranks; a run stopped after its first epoch and resumed gives the same rows; the
     policy replays a whole game (the game's score) into a video."""
-    # mpirun itself rather than --cpu 2: a process less to start each time (--cpu: tests/test_cli.py).
-    job = [MPIRUN, "-np", "2", *PY, "ppo", "--env", "Breakout", *FAST, "--save_freq", "1", "--exp_name", "b"]
-    run([*job, "--epochs", "2", "--data_dir", str(tmp_path / "whole")], timeout=300)
-    run([*job, "--epochs", "1", "--data_dir", str(tmp_path / "part")], timeout=300)
+    # mpirun itself rather than --cpu 2 (a process less to start; --cpu: tests/test_cli.py), and the
+    # whole and the partial run from one job (the ranks start once); the resume is a new job.
+    job = ["ppo", "--env", "Breakout", *FAST, "--save_freq", "1", "--exp_name", "b"]
+    whole_run = [*job, "--epochs", "2", "--data_dir", str(tmp_path / "whole")]
+    mpirun_commands(2, [whole_run, [*job, "--epochs", "1", "--data_dir", str(tmp_path / "part")]])
     whole, part = tmp_path / "whole" / "b" / "b_s0", tmp_path / "part" / "b" / "b_s0"
     out = run([MPIRUN, "-np", "2", *PY, "ppo", "--resume", str(part), "--epochs", "2"], timeout=300).stdout
     assert "Resumed from the checkpoint of epoch" in out

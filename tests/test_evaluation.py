@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from spinppo.run import main
-from tests.conftest import mpirun, rows_without_timing
+from tests.conftest import mpirun_commands, rows_without_timing
 from tests.unity_standin.build import write_build
 
 TRAIN = ["--env", "CartPole", "--epochs", "4", "--steps_per_epoch", "1024", "--minibatch_size", "256"]
@@ -26,13 +26,10 @@ def table(run_dir: Path) -> dict[str, list[float]]:
 def test_evaluation_columns_best_policy_and_training_unchanged_under_mpirun(tmp_path, cli):
     """2 ranks, 3 episodes (one rank plays two), every 2 epochs: EvalEpRet at epochs 1 and 3 only, the
     best kept, and every training column identical to the same run without evaluation."""
-    mpirun(2, ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "off"])
-    proc = mpirun(
-        2,
-        ["-m", "spinppo.run", "ppo", *TRAIN, "--data_dir", str(tmp_path), "--exp_name", "on"]
-        + ["--eval_freq", "2", "--eval_episodes", "3"],
-    )
-    assert "Epoch 4 of 4:" in proc.stdout and "left" in proc.stdout  # where the run is
+    run = ["ppo", *TRAIN, "--data_dir", str(tmp_path)]
+    evaluated = [*run, "--exp_name", "on", "--eval_freq", "2", "--eval_episodes", "3"]
+    _, (_, out) = mpirun_commands(2, [[*run, "--exp_name", "off"], evaluated])  # one job, one after the other
+    assert "Epoch 4 of 4:" in out and "left" in out  # where the run is
     on, off = tmp_path / "on" / "on_s0", tmp_path / "off" / "off_s0"
     t = table(on)
     ret, length = t["EvalEpRet"], t["EvalEpLen"]

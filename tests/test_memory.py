@@ -25,7 +25,7 @@ import torch
 
 from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.networks import MLPActorCritic
-from tests.conftest import MPIRUN, mpirun, rows_without_timing, run
+from tests.conftest import MPIRUN, mpirun, mpirun_commands, rows_without_timing, run
 from tests.test_failures import start, wait_rows
 
 PY = [sys.executable, "-m", "spinppo.run"]
@@ -71,8 +71,9 @@ def test_an_lstm_solves_the_cue_task_and_the_same_run_without_memory_does_not(tm
         "--eval_episodes",
         "20",
     ]
-    mpirun(2, ["-m", "spinppo.run", "ppo", *common, "--memory_size", "32", "--exp_name", "lstm"], timeout=300)
-    mpirun(2, ["-m", "spinppo.run", "ppo", *common, "--memory_size", "0", "--exp_name", "plain"], timeout=300)
+    runs = [["ppo", *common, "--memory_size", "32", "--exp_name", "lstm"]]
+    runs.append(["ppo", *common, "--memory_size", "0", "--exp_name", "plain"])
+    mpirun_commands(2, runs)  # one job, one after the other
     lstm, none = tmp_path / "lstm" / "lstm_s0", tmp_path / "plain" / "plain_s0"
     learned, control = last_epret(lstm), last_epret(none)
     assert learned >= 0.8, (learned, control)
@@ -126,11 +127,25 @@ def train_and_compare(out: str, algo: str, epochs: int, sequence_length: int = 8
         json.dump({"digest": digest}, f)
 
 
-@pytest.mark.parametrize(
-    ("algo", "epochs", "sequence_length"),
-    [("a2c", 14, 8), ("vpg", 20, 8), ("a3c", 14, 8), ("ppo", 10, 10), ("a2c", 14, 5)],
-)
-def test_every_algorithm_learns_with_memory_and_ranks_end_identical(tmp_path, algo, epochs, sequence_length):
+MEMORY_RUNS = [("a2c", 14, 8), ("vpg", 20, 8), ("a3c", 14, 8), ("ppo", 10, 10), ("a2c", 14, 5)]
+
+
+@pytest.fixture(scope="module")
+def memory_runs(tmp_path_factory) -> Path:
+    """The runs of MEMORY_RUNS (algorithm, epochs, sequence length), one after the other in one
+    ``mpirun -np 2`` job (the ranks start once), each into its own directory ALGO-EPOCHS-LENGTH."""
+    root = tmp_path_factory.mktemp("memory_runs")
+    calls = "; ".join(
+        f"train_and_compare({str(root / f'{a}-{e}-{n}')!r}, {a!r}, {e}, {n})" for a, e, n in MEMORY_RUNS
+    )
+    mpirun(2, ["-c", f"from tests.test_memory import train_and_compare; {calls}"], timeout=600)
+    return root
+
+
+@pytest.mark.parametrize(("algo", "epochs", "sequence_length"), MEMORY_RUNS)
+def test_every_algorithm_learns_with_memory_and_ranks_end_identical(
+    memory_runs, algo, epochs, sequence_length
+):
     """A2C (n_steps 8 = one sequence per rollout) and VPG (pi_lr 0.01) with an LSTM learn the cue task too
     (trials in one process, memory 32, seed 0: A2C passed 0.9 at epoch 5 and VPG at epoch 14, counting from
     0); both ranks end with the same parameters, bit for bit. A3C as A2C, asynchronously (its rank 0 cuts
@@ -138,18 +153,10 @@ def test_every_algorithm_learns_with_memory_and_ranks_end_identical(tmp_path, al
     sequence lengths that do not divide the rollout, so that each environment's last sequence is padded
     and masked: PPO with 10 over rollouts of 128 steps (12 sequences and 8 steps), A2C with 5 over
     n_steps 8 (5 steps and 3)."""
-    out = str(tmp_path)
-    mpirun(
-        2,
-        [
-            "-c",
-            "from tests.test_memory import train_and_compare; "
-            f"train_and_compare({out!r}, {algo!r}, {epochs}, {sequence_length})",
-        ],
-    )
-    digests = [json.loads((tmp_path / f"rank{r}.json").read_text())["digest"] for r in range(2)]
+    out = memory_runs / f"{algo}-{epochs}-{sequence_length}"
+    digests = [json.loads((out / f"rank{r}.json").read_text())["digest"] for r in range(2)]
     assert digests[0] == digests[1]
-    assert last_epret(tmp_path) >= 0.8
+    assert last_epret(out) >= 0.8
 
 
 def test_exact_resume_with_memory_after_sigkill(tmp_path):
@@ -166,7 +173,7 @@ def test_exact_resume_with_memory_after_sigkill(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks, with no chance to clean up
     proc.communicate()
     assert len(rows_without_timing(broken)) < 6, "the run finished before it could be killed"
-    run([*PY, "ppo", "--resume", str(broken)], timeout=300)
+    run([MPIRUN, "-np", "2", *PY, "ppo", "--resume", str(broken)], timeout=300)
     assert rows_without_timing(broken) == rows_without_timing(tmp_path / "whole" / "r" / "r_s0")
     ckpt = torch.load(sorted((broken / "checkpoints").glob("ckpt-*.pt"))[-1], weights_only=True)
     assert ckpt["epoch"] == 4

@@ -97,17 +97,19 @@ def last_epret(run_dir: Path) -> float:
     return float(rows[-1][rows[0].index("AverageEpRet")])
 
 
-def mpi_train(out: Path, **kw) -> None:
-    """``train(out, **kw)`` on two ranks under a real mpirun."""
-    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
-    mpirun(2, ["-c", f"from tests.test_pixels import train; train({str(out)!r}, {args})"], timeout=240)
+def mpi_train(*runs: tuple[Path, dict]) -> None:
+    """``train(out, **kw)`` for each (out, kw) of ``runs``, one after the other, on two ranks under one
+    real mpirun (the ranks start once)."""
+    calls = "; ".join(
+        f"train({str(out)!r}, {', '.join(f'{k}={v!r}' for k, v in kw.items())})" for out, kw in runs
+    )
+    mpirun(2, ["-c", f"from tests.test_pixels import train; {calls}"], timeout=240)
 
 
 def test_ppo_learns_from_pixels_and_not_from_noise(tmp_path):
     """Two ranks, 16 epochs of 320 steps each: the real task reaches EpRet >= 9 of 10 (chance: 5); the
     same run on noise images stays <= 6.5, so the learning came through the encoder from the pixels."""
-    mpi_train(tmp_path / "pixels", epochs=16)
-    mpi_train(tmp_path / "noise", epochs=16, noise=True)
+    mpi_train((tmp_path / "pixels", {"epochs": 16}), (tmp_path / "noise", {"epochs": 16, "noise": True}))
     learned, control = last_epret(tmp_path / "pixels"), last_epret(tmp_path / "noise")
     assert learned >= 9.0, (learned, control)
     assert control <= 6.5, (learned, control)

@@ -16,7 +16,7 @@ import torch
 
 from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.minibatches import MinibatchTable
-from tests.conftest import MPIRUN, run
+from tests.conftest import MPIRUN, mpirun_commands, run
 
 PY = [sys.executable, "-m", "spinppo.run"]
 SLOW = ["--env", "tests.slow_env:SlowCartPole-v0", "--env_kwargs", "slow_rank=1", "delay=0.003"]
@@ -41,8 +41,9 @@ def test_preemption_cuts_the_stragglers_rollout_and_the_epoch_time(tmp_path):
     TotalEnvInteracts counts the steps really collected."""
     common = [*SLOW, "--epochs", "4", "--steps_per_epoch", "3072", "--minibatch_size", "384"]
     common += ["--data_dir", str(tmp_path)]
-    mpi(3, ["ppo", *common, "--exp_name", "wait"])
-    mpi(3, ["ppo", *common, "--preempt", "0.6", "--exp_name", "cut"])
+    mpirun_commands(
+        3, [["ppo", *common, "--exp_name", "wait"], ["ppo", *common, "--preempt", "0.6", "--exp_name", "cut"]]
+    )
     wait, cut = table(tmp_path / "wait" / "wait_s0"), table(tmp_path / "cut" / "cut_s0")
     epoch_time = {k: statistics.median(np.diff(t["Time"])) for k, t in (("wait", wait), ("cut", cut))}
     assert epoch_time["cut"] < 0.6 * epoch_time["wait"], epoch_time
@@ -58,8 +59,9 @@ def test_ppo_and_a2c_with_preemption_still_learn_cartpole(tmp_path):
     A2C's epochs 3-7 146-189 (the cut points depend on timing, so runs differ)."""
     slow = [*SLOW[:-1], "delay=0.001", "--preempt", "0.5", "--data_dir", str(tmp_path)]
     ppo = ["--epochs", "15", "--steps_per_epoch", "2048", "--minibatch_size", "256"]
-    mpi(2, ["ppo", *slow, *ppo, "--exp_name", "ppo"])
-    mpi(2, ["a2c", *slow, "--epochs", "8", "--exp_name", "a2c"])
+    mpirun_commands(
+        2, [["ppo", *slow, *ppo, "--exp_name", "ppo"], ["a2c", *slow, "--epochs", "8", "--exp_name", "a2c"]]
+    )
     for name, threshold in (("ppo", 120), ("a2c", 80)):
         returns = table(tmp_path / name / f"{name}_s0")["AverageEpRet"]
         assert statistics.mean(returns[-5:]) >= threshold, (name, returns)
@@ -105,11 +107,11 @@ def test_preemption_with_memory_and_tiny_minibatches_and_a_fraction_that_never_p
         "1",
     ]
     common = [*SLOW, "--steps_per_epoch", "2048", "--epochs", "2", "--data_dir", str(tmp_path)]
-    mpi(2, ["ppo", *common, *memory, "--preempt", "0.5", "--exp_name", "lstm"])
+    lstm = ["ppo", *common, *memory, "--preempt", "0.5", "--exp_name", "lstm"]
+    proc, _ = mpirun_commands(2, [lstm, ["ppo", *common, "--preempt", "0.6", "--exp_name", "all"]])
     cut = table(tmp_path / "lstm" / "lstm_s0")
     assert all(p > 0 for p in cut["Preempted"]), cut["Preempted"]
-    proc = mpi(2, ["ppo", *common, "--preempt", "0.6", "--exp_name", "all"])
-    warnings = [line for line in proc.stderr.splitlines() if "--preempt" in line]
+    warnings = [line for line in proc.stderr.splitlines() if "--preempt" in line]  # (the job's: both runs)
     assert warnings == [
         "spinppo: warning: --preempt 0.6 with 2 ranks waits for all of them and never preempts; give at "
         "most 0.5"

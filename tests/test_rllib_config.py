@@ -11,7 +11,7 @@ import yaml
 from spinppo.cli.config_file import read_config_file
 from spinppo.cli.flags import parse_algo_args
 from spinppo.utils.errors import UserError
-from tests.conftest import mpirun
+from tests.conftest import mpirun_commands
 
 SEEDS = Path(__file__).parents[1] / "configs" / "rllib"  # the lecture notes' two files, as they print them
 
@@ -32,18 +32,36 @@ def experiment(config: dict | None = None, env: str = "CartPole-v1", run_: str =
     return {"exp": {"env": env, "run": run_, "config": config or {}, **extra}}
 
 
-@pytest.mark.parametrize("name,algo", [("pong-ppo", "ppo"), ("pong-a3c", "a3c")])
-def test_the_lecture_notes_files_train_two_short_epochs_under_mpirun(name, algo, tmp_path):
+LECTURE = [("pong-ppo", "ppo"), ("pong-a3c", "a3c")]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """This file's runs under ``mpirun -np 2``, one after the other in one job (the ranks start once):
+    each one's data directory and stdout, by name (the lecture notes' files; stop-ALGO)."""
+    root = tmp_path_factory.mktemp("runs")
+    commands = {}
+    for name, algo in LECTURE:
+        # The files as the notes print them; only the epoch's size is made small from the command line.
+        args = ["--config", str(SEEDS / f"{name}.yaml"), "--epochs", "2", "--steps_per_epoch", "800"]
+        commands[name] = [*args, *(["--minibatch_size", "200"] if algo == "ppo" else [])]
+    for algo in ("ppo", "a3c"):
+        args = [algo, "--env", "CartPole-v1", "--epochs", "40", "--steps_per_epoch", "2000"]
+        commands[f"stop-{algo}"] = [*args, "--stop_at_train_return", "30", "--exp_name", algo]
+    for name, args in commands.items():
+        args += ["--data_dir", str(root / name)]
+    _, outputs = mpirun_commands(2, list(commands.values()), timeout=600)
+    return {name: (root / name, out) for name, out in zip(commands, outputs, strict=True)}
+
+
+@pytest.mark.parametrize("name,algo", LECTURE)
+def test_the_lecture_notes_files_train_two_short_epochs_under_mpirun(two_rank_runs, name, algo):
     """The files as the notes print them; only the epoch's size is made small from the command line.
     ``python -m spinppo.run --config FILE`` takes the algorithm from the file's run:."""
-    args = ["-m", "spinppo.run", "--config", str(SEEDS / f"{name}.yaml"), "--epochs", "2"]
-    args += ["--steps_per_epoch", "800", "--data_dir", str(tmp_path)]
-    if algo == "ppo":
-        args += ["--minibatch_size", "200"]
-    out = mpirun(2, args, timeout=240).stdout
-    progress = next(tmp_path.rglob("progress.txt")).read_text().splitlines()
+    data, out = two_rank_runs[name]
+    progress = next(data.rglob("progress.txt")).read_text().splitlines()
     assert len(progress) == 3, out
-    assert f"{algo}-pongnoframeskip-v4" in str(next(tmp_path.rglob("progress.txt")))
+    assert f"{algo}-pongnoframeskip-v4" in str(next(data.rglob("progress.txt")))
     assert "42x42 grayscale" in out
     assert "ignored Ray settings that change nothing in training: framework" in out
 
@@ -254,18 +272,16 @@ def test_the_training_return_window_is_rllibs_last_100_episodes():
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a3c"])
-def test_stop_at_train_return_ends_the_run_with_a_checkpoint(algo, tmp_path):
+def test_stop_at_train_return_ends_the_run_with_a_checkpoint(two_rank_runs, algo):
     """CartPole's random policy averages about 22: a run asked to stop at 30 stops within a few epochs,
     on every rank, saying why, with the window in its checkpoint."""
     import torch
 
-    args = ["-m", "spinppo.run", algo, "--env", "CartPole-v1", "--epochs", "40", "--steps_per_epoch", "2000"]
-    args += ["--stop_at_train_return", "30", "--data_dir", str(tmp_path), "--exp_name", algo]
-    out = mpirun(2, args, timeout=240).stdout
+    data, out = two_rank_runs[f"stop-{algo}"]
     assert (
         "training episodes" in out and "reached --stop_at_train_return 30: stopped with a checkpoint" in out
     )
-    run_dir = tmp_path / algo / f"{algo}_s0"
+    run_dir = data / algo / f"{algo}_s0"
     rows = (run_dir / "progress.txt").read_text().splitlines()[1:]
     assert 1 <= len(rows) < 40, out
     last = max(run_dir.glob("checkpoints/ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
