@@ -65,9 +65,10 @@ def mpirun_commands(
     n: int, commands: list[list[str]], timeout: float = 300, **env: str | None
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Several ``python -m spinppo.run`` commands, one after another, in one ``mpirun -np n`` job
-    (tests/commands.py): the ranks start once for the runs a test compares. Fails unless every command
-    exits 0; returns the job and each command's stdout (rank 0's)."""
-    proc = mpirun(n, ["tests/commands.py", json.dumps(commands)], timeout=timeout, **env)
+    (``python -m tests.commands``, so that the ``tests.*`` environments import): the ranks start once for
+    the runs a test compares. Fails unless every command exits 0; returns the job and each command's
+    stdout (rank 0's)."""
+    proc = mpirun(n, ["-m", "tests.commands", json.dumps(commands)], timeout=timeout, **env)
     outputs = re.split(r"^=== COMMAND \d+ ===\n", proc.stdout, flags=re.M)[1:]
     assert len(outputs) == len(commands), proc.stdout
     return proc, outputs
