@@ -1,7 +1,8 @@
 """The committed Pong policy (pretrained/pong-ppo) still wins a whole game: a guard on the Atari pipeline
 (42-pixel frames, 4-frame skip with max-pooling, 4 frames stacked, the network rebuilt from config.json)
-that a change to any of them would break. Measured with the committed policy: 10 of 10 games won, scores
-3 to 20 (test_policy -n 10, sampled actions, first reset seeded 0); its first game ends 21-7."""
+that a change to any of them would break. Measured with the committed policy (epoch 3197 of the Pong42
+run): 10 of 10 games won, scores 17 to 21, mean 20.3 (test_policy -n 10, sampled actions, first reset
+seeded 0)."""
 
 from __future__ import annotations
 
