@@ -379,10 +379,13 @@ def summarize(runs: list[Run]) -> list[str]:
 
 def _other(algo: str, env: str) -> str:
     """The OTHER_REFERENCES cell of a row: each source's figure, its spread and its metric."""
-    return "; ".join(
-        f"{name} {value:g}{'' if std is None else f' ± {std:g}'} ({what})"
-        for name, value, std, what in OTHER_REFERENCES.get((algo, env), [])
-    ) or "-"
+    return (
+        "; ".join(
+            f"{name} {value:g}{'' if std is None else f' ± {std:g}'} ({what})"
+            for name, value, std, what in OTHER_REFERENCES.get((algo, env), [])
+        )
+        or "-"
+    )
 
 
 def plot_suite(runs: list[Run], out: str) -> str | None:

@@ -56,7 +56,9 @@ def small_problem(kind: str, dtype: torch.dtype = torch.float64, n: int = 24, se
     return ac, params, Batch(obs, act, adv, torch.randn(n, dtype=dtype), logp, torch.zeros(n, dtype=dtype))
 
 
-def fisher_by_jacobian(ac: MLPActorCritic, params: list[torch.nn.Parameter], obs: torch.Tensor) -> torch.Tensor:
+def fisher_by_jacobian(
+    ac: MLPActorCritic, params: list[torch.nn.Parameter], obs: torch.Tensor
+) -> torch.Tensor:
     """The Fisher matrix of the policy at ``obs`` (the module docstring's construction)."""
     out = ac.evaluate(obs, torch.zeros(len(obs), *ac.act_shape), with_dist=True)[3]
     size = sum(p.numel() for p in params)
@@ -162,33 +164,33 @@ def test_line_search_takes_the_first_fraction_that_improves_within_the_radius():
     assert never == (0.0, 3, 1.0, 0.0)
 
 
-def test_memory_and_image_policies_take_trpo_steps(tmp_path):
-    """An LSTM policy (sequences padded: 8 does not divide 36) and an image policy (the simple encoder,
-    part of the policy's parameters) train a short TRPO run each in this process: finite rows, KL within
-    delta."""
+def test_memory_image_and_multidiscrete_policies_take_trpo_steps(tmp_path):
+    """An LSTM policy (sequences padded: 8 does not divide 36), an image policy (the simple encoder, part
+    of the policy's parameters) and a MultiDiscrete one (two branches) train a short TRPO run each in this
+    process: finite rows, the KL within delta."""
     import tests.memory_env  # noqa: F401  (registers Cue-v0)
     from spinppo.algos.trpo import trpo
+    from tests.multidiscrete_env import Branches
     from tests.test_pixels import SideEnv
 
-    common = dict(num_envs=4, epochs=2, train_v_iters=5)
-    trpo(
-        lambda: gym.make("Cue-v0"),
-        ac_kwargs=dict(hidden_sizes=(16,), memory_size=8, sequence_length=8),
-        steps_per_epoch=144,
-        logger_kwargs=dict(output_dir=str(tmp_path / "lstm"), tensorboard=False),
-        **common,
-    )
-    trpo(
-        SideEnv,
-        ac_kwargs=dict(hidden_sizes=(16,), encoder="simple"),
-        steps_per_epoch=160,
-        logger_kwargs=dict(output_dir=str(tmp_path / "image"), tensorboard=False),
-        **common,
-    )
-    for name in ("lstm", "image"):
+    cases = {
+        "lstm": (lambda: gym.make("Cue-v0"), dict(memory_size=8, sequence_length=8), 144),
+        "image": (SideEnv, dict(encoder="simple"), 160),
+        "branches": (Branches, {}, 160),
+    }
+    for name, (env_fn, ac_kwargs, steps) in cases.items():
+        trpo(
+            env_fn,
+            ac_kwargs=dict(hidden_sizes=(16,), **ac_kwargs),
+            steps_per_epoch=steps,
+            num_envs=4,
+            epochs=2,
+            train_v_iters=5,
+            logger_kwargs=dict(output_dir=str(tmp_path / name), tensorboard=False),
+        )
         rows = table(tmp_path / name)
-        assert len(rows) == 2 and all(np.isfinite(r["LossV"]) for r in rows), rows
-        assert all(0 <= r["KL"] <= 0.01 and r["BacktrackIters"] <= 10 for r in rows), rows
+        assert len(rows) == 2 and all(np.isfinite(r["LossV"]) for r in rows), (name, rows)
+        assert all(0 <= r["KL"] <= 0.01 and r["BacktrackIters"] <= 10 for r in rows), (name, rows)
 
 
 def table(run_dir: Path) -> list[dict[str, float]]:

@@ -20,7 +20,8 @@ sync = onpolicy.sync_params
 
 
 def recording(module, root=0):
-    seen.append(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in module.parameters())).hexdigest())
+    weights = b"".join(p.detach().numpy().tobytes() for p in module.parameters())
+    seen.append(hashlib.sha256(weights).hexdigest())
     sync(module, root)
 
 

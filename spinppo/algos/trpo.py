@@ -1,7 +1,7 @@
 """Trust Region Policy Optimization and the Natural Policy Gradient (Spinning Up's TRPO and NPG), over MPI.
 
-    L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ]               the surrogate; LossPi = -L (``surrogate_loss``)
-    D(theta) = E[ KL(pi_old(.|s) || pi_theta(.|s)) ]             the mean KL, exact (``mean_kl``)
+    L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ]         the surrogate; LossPi = -L (``surrogate_loss``)
+    D(theta) = E[ KL(pi_old(.|s) || pi_theta(.|s)) ]       the mean KL, exact (``mean_kl``)
     maximise L(theta) subject to D(theta) <= delta
 
 Taking L to first order and D to second order at theta_old (where D and its gradient are 0) gives, with
@@ -26,7 +26,7 @@ The collectives of one update, logged as ``Collectives``:
     1 (g, LossPi) + cg_iters + 1 (x^T H x) + the line search's evaluations (TRPO: BacktrackIters + 1, or
     backtrack_iters when none is accepted; NPG: 1) + train_v_iters (the value steps' gradients)
 
-that is 2 + 10 + 1 + 80 = 93 with the defaults when the full step is accepted, and cg_iters + 1 = 11
+that is 1 + 10 + 1 + 1 + 80 = 93 with the defaults when the full step is accepted, and cg_iters + 1 = 11
 Fisher-vector products. (Beyond these, every algorithm's rollout normalises advantages over the ranks and
 ``after_update`` broadcasts the parameters once.)
 """
