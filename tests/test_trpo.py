@@ -216,22 +216,23 @@ def test_ranks_take_identical_steps_under_mpirun(tmp_path):
     assert all(r["BacktrackIters"] == 0 and r["Collectives"] == 13 + 5 for r in npg_rows)
 
 
-# Measured for the threshold (TRPO's defaults but the batch; 2 ranks, --hid 32, 2000 steps an epoch, 2
-# environments a rank, 12 epochs; last two epochs' AverageEpRet): see the test's docstring.
 CARTPOLE = ["--env", "CartPole", "--hid", "32", "--num_envs", "2"]
 
 
 def test_trpo_learns_cartpole_and_its_run_replays_and_exports(tmp_path, cli):
-    """TRPO learns CartPole under mpirun -np 2. Seeds 0, 1, 2 (measured): the mean AverageEpRet of the last
-    two of 12 epochs was MEASURED; threshold 150 (a random policy averages ~22). The run's policy replays
-    (test_policy) and exports (ONNX), and its evaluation columns are there."""
+    """TRPO learns CartPole under mpirun -np 2, with Spinning Up's settings but the batch (2000 steps an
+    epoch, 2 environments a rank) and --hid 32. Measured (2026-12-06, 12 epochs, seeds 0-4): epoch 0 at
+    21-24 (a random policy); the mean AverageEpRet of the last two epochs 296, 321, 287, 228, 130 and the
+    best epoch 500, 380, 430, 360, 238 (TRPO on CartPole rises, then drifts down). Thresholds, for seed 1:
+    the last two epochs above 100 and the best epoch above 200. The run's policy replays (test_policy)
+    and exports (ONNX), and its evaluation columns are there; 12 s a run on 2 cores."""
     args = [*CARTPOLE, "--steps_per_epoch", "2000", "--epochs", "12", "--seed", "1"]
     args += ["--eval_freq", "12", "--eval_episodes", "4"]
     run([MPIRUN, "-np", "2", *PY, "trpo", *args, "--data_dir", str(tmp_path), "--exp_name", "c"], timeout=300)
     run_dir = tmp_path / "c" / "c_s1"
     rows = table(run_dir)
     returns = [r["AverageEpRet"] for r in rows]
-    assert returns[0] < 40 and np.mean(returns[-2:]) > 150, returns
+    assert returns[0] < 40 and np.mean(returns[-2:]) > 100 and max(returns) > 200, returns
     assert np.isfinite(rows[-1]["EvalEpRet"])
     replay = cli("test_policy", str(run_dir), "--episodes", "2", "--deterministic")
     assert replay.returncode == 0 and "EpRet mean" in replay.stdout, replay.stderr
