@@ -225,7 +225,8 @@ def test_trpo_learns_cartpole_and_its_run_replays_and_exports(tmp_path, cli):
     21-24 (a random policy); the mean AverageEpRet of the last two epochs 296, 321, 287, 228, 130 and the
     best epoch 500, 380, 430, 360, 238 (TRPO on CartPole rises, then drifts down). Thresholds, for seed 1:
     the last two epochs above 100 and the best epoch above 200. The run's policy replays (test_policy)
-    and exports (ONNX), and its evaluation columns are there; 12 s a run on 2 cores."""
+    and exports (ONNX), its evaluation columns are there, and its TensorBoard files and a plot of its
+    columns; 12 s a run on 2 cores."""
     args = [*CARTPOLE, "--steps_per_epoch", "2000", "--epochs", "12", "--seed", "1"]
     args += ["--eval_freq", "12", "--eval_episodes", "4"]
     run([MPIRUN, "-np", "2", *PY, "trpo", *args, "--data_dir", str(tmp_path), "--exp_name", "c"], timeout=300)
@@ -238,6 +239,9 @@ def test_trpo_learns_cartpole_and_its_run_replays_and_exports(tmp_path, cli):
     assert replay.returncode == 0 and "EpRet mean" in replay.stdout, replay.stderr
     export = cli("export", str(run_dir), "--onnx", str(tmp_path / "c.onnx"))
     assert export.returncode == 0, export.stderr
+    assert list((run_dir / "tb").glob("events.out.tfevents*"))  # TensorBoard, on by default
+    plot = cli("plot", str(run_dir), "--value", "KL", "BacktrackIters", "--out", str(tmp_path / "kl.png"))
+    assert plot.returncode == 0 and (tmp_path / "kl.png").stat().st_size > 0, plot.stderr
 
 
 def test_exact_resume_after_sigkill(tmp_path):
