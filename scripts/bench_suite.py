@@ -5,6 +5,7 @@
     nohup nice -n 19 python scripts/bench_suite.py --data_dir /work/bench_suite > /work/bench_suite.log 2>&1 &
     python scripts/bench_suite.py --data_dir /work/bench_suite --summarize     # table + docs/img/suite.png
     python scripts/bench_suite.py --envs Walker2d Hopper --algos ppo --seeds 100 101
+    python scripts/bench_suite.py --algos trpo npg --data_dir /work/bench_suite     # issue 31: TRPO, NPG
 
 The order is fixed: PPO first, then A2C, then VPG; within an algorithm one seed of every environment before
 the next seed, so that a partial suite covers every environment. Each run is
@@ -12,6 +13,12 @@ the next seed, so that a partial suite covers every environment. Each run is
     python -m spinppo.run ppo --config configs/mujoco/<Env>.yaml --seed S --cpu 2 --save_freq 5 \\
         --data_dir DATA --exp_name ppo-<env>
     python -m spinppo.run a2c --env <Env> --epochs 250 --seed S --cpu 2 --save_freq 5 ...   (A2C, VPG)
+    python -m spinppo.run trpo --env <Env> --epochs 250 --seed S --cpu 2 --save_freq 5 \\
+        --eval_freq 10 --eval_episodes 10 ...                                         (TRPO, NPG)
+
+TRPO and NPG (issue 31) run only when asked (``--algos trpo npg``), on the three environments A2C and VPG
+run, with Spinning Up's defaults; their runs evaluate the policy every 10 epochs (10 deterministic
+episodes), so that the table can also give Tianshou's metric, the best evaluation over training.
 
 in ``DATA/<algo>-<env>/<algo>-<env>_s<S>``, its output in ``DATA/logs/``. A run whose progress.txt reaches
 its last epoch is done and skipped; one with a checkpoint (``checkpoints/ckpt-*.pt``) is continued with
@@ -58,13 +65,15 @@ ENVS = [
     "Reacher",
     "InvertedDoublePendulum",
 ]
-ALGOS = ["ppo", "a2c", "vpg"]
-SMALL_ENVS = ["Hopper", "Walker2d", "HalfCheetah"]  # A2C and VPG run only these
+ALGOS = ["ppo", "a2c", "vpg"]  # the default suite
+EXTRA_ALGOS = ["trpo", "npg"]  # issue 31: only with --algos
+SMALL_ENVS = ["Hopper", "Walker2d", "HalfCheetah"]  # A2C, VPG, TRPO and NPG run only these
 SEEDS = [100, 101, 102, 103, 104]  # seeds 0-14 chose the defaults
 # Epochs per algorithm for ~1M steps: PPO's 4096 steps per epoch (999,424 steps, as docs/benchmarks.md's
 # earlier runs), A2C's and VPG's 4000 (1,000,000).
-EPOCHS = {"ppo": 244, "a2c": 250, "vpg": 250}
-STEPS_PER_EPOCH = {"ppo": 4096, "a2c": 4000, "vpg": 4000}
+EPOCHS = {"ppo": 244, "a2c": 250, "vpg": 250, "trpo": 250, "npg": 250}
+STEPS_PER_EPOCH = {"ppo": 4096, "a2c": 4000, "vpg": 4000, "trpo": 4000, "npg": 4000}
+EVAL_FREQ = {"trpo": 10, "npg": 10}  # epochs between evaluations during training (Tianshou's metric)
 CPU = 2
 SAVE_FREQ = 5
 TAIL_FROM = 900_000  # the training return is over the epochs with more interactions than this
@@ -94,6 +103,33 @@ REFERENCES: dict[tuple[str, str], dict[str, Reference]] = {
     ("a2c", "Hopper"): {"zoo": (733.454, 376.574, "v3, 1M")},
     ("a2c", "Walker2d"): {"zoo": (581.835, 127.597, "v3, 1M")},
     ("a2c", "HalfCheetah"): {"zoo": (3041.174, 157.265, "v3, 1M")},
+}
+# TRPO's and NPG's published figures (issue 31), each with its metric; the standard deviation is over seeds
+# (None where the figure is read off a graph). Sources: thu-ml/tianshou examples/mujoco/README.md, "TRPO"
+# and "NPG" (gym v3 environments, 1M steps, 10 seeds; the best over training of the mean of 10 test
+# episodes), whose TRPO table also reads OpenAI Baselines' trpo_mpi 1M benchmark
+# (openai/baselines benchmarks_mujoco1M.htm: the training return) and Spinning Up's TRPO curves
+# (spinningup.openai.com bench.html, TensorFlow: the epoch's training return) at 1M steps off their graphs
+# ("~"), in those projects' own (older) environment versions.
+OTHER_REFERENCES: dict[tuple[str, str], list[tuple[str, float, float | None, str]]] = {
+    ("trpo", "HalfCheetah"): [
+        ("Baselines trpo_mpi", 1350, None, "~, train return, 1M"),
+        ("Spinning Up", 850, None, "~, train return, 1M"),
+        ("Tianshou", 4471.2, 804.9, "best eval, v3, 1M"),
+    ],
+    ("trpo", "Hopper"): [
+        ("Baselines trpo_mpi", 2200, None, "~, train return, 1M"),
+        ("Spinning Up", 1200, None, "~, train return, 1M"),
+        ("Tianshou", 2046.0, 1037.9, "best eval, v3, 1M"),
+    ],
+    ("trpo", "Walker2d"): [
+        ("Baselines trpo_mpi", 2350, None, "~, train return, 1M"),
+        ("Spinning Up", 600, None, "~, train return, 1M"),
+        ("Tianshou", 3826.7, 782.7, "best eval, v3, 1M"),
+    ],
+    ("npg", "HalfCheetah"): [("Tianshou", 3485.2, 716.6, "best eval, v3, 1M")],
+    ("npg", "Hopper"): [("Tianshou", 1915.2, 550.5, "best eval, v3, 1M")],
+    ("npg", "Walker2d"): [("Tianshou", 2503.2, 963.3, "best eval, v3, 1M")],
 }
 
 
@@ -183,6 +219,8 @@ def command(run: Run, how: str) -> list[str]:
     if run.epochs != EPOCHS[run.algo] or not run.config:
         cmd += ["--epochs", str(run.epochs)]
     cmd += ["--seed", str(run.seed), "--cpu", str(CPU), "--save_freq", str(SAVE_FREQ)]
+    if run.algo in EVAL_FREQ:
+        cmd += ["--eval_freq", str(EVAL_FREQ[run.algo]), "--eval_episodes", str(EVAL_EPISODES)]
     cmd += ["--data_dir", run.data_dir, "--exp_name", run.name]
     return cmd + (["--overwrite"] if how == "restart" else [])
 
@@ -285,6 +323,12 @@ def train_score(rows: list[dict[str, float]]) -> float:
     return total / weight if weight else math.nan
 
 
+def best_eval(rows: list[dict[str, float]]) -> float:
+    """Tianshou's metric: the best EvalEpRet over the run's evaluations during training (NaN without)."""
+    evals = [r["EvalEpRet"] for r in rows if math.isfinite(r.get("EvalEpRet", math.nan))]
+    return max(evals) if evals else math.nan
+
+
 def _fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -301,17 +345,19 @@ def summarize(runs: list[Run]) -> list[str]:
         groups.setdefault((r.env, r.algo), []).append(r)
     lines = [
         "| environment (v5) | algo | config | seeds done | train return, last 100k: median / mean "
-        "| final det. eval: median / mean | CleanRL | SB3 zoo |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| final det. eval: median / mean | CleanRL | SB3 zoo | best eval during training: median / mean "
+        "| other published |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for env in ENVS:
-        for algo in ALGOS:
+        for algo in ALGOS + EXTRA_ALGOS:
             members = groups.get((env, algo))
             if not members:
                 continue
             done = [r for r in members if is_finished(r)]
             scores = [train_score(read_progress(r.dir)) for r in done]
             evals = [e["mean"] for e in (read_eval(r) for r in done) if e is not None]
+            b_med, b_mean = _stat([best_eval(read_progress(r.dir)) for r in done])
             t_med, t_mean = _stat(scores)
             e_med, e_mean = _stat(evals)
             ref = REFERENCES.get((algo, env), {})
@@ -326,9 +372,20 @@ def summarize(runs: list[Run]) -> list[str]:
                 f"| {env} | {algo.upper()} | {config} | {len(done)}/{len(members)}"
                 f"{f' ({seeds})' if done else ''} | {_fmt(t_med)} / {_fmt(t_mean)} "
                 f"| {_fmt(e_med)} / {_fmt(e_mean)}{f' ({len(evals)})' if len(evals) != len(done) else ''} "
-                f"| {cols[0]} | {cols[1]} |"
+                f"| {cols[0]} | {cols[1]} | {_fmt(b_med)} / {_fmt(b_mean)} | {_other(algo, env)} |"
             )
     return lines
+
+
+def _other(algo: str, env: str) -> str:
+    """The OTHER_REFERENCES cell of a row: each source's figure, its spread and its metric."""
+    return (
+        "; ".join(
+            f"{name} {value:g}{'' if std is None else f' ± {std:g}'} ({what})"
+            for name, value, std, what in OTHER_REFERENCES.get((algo, env), [])
+        )
+        or "-"
+    )
 
 
 def plot_suite(runs: list[Run], out: str) -> str | None:
@@ -364,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--data_dir", default="/tmp/bench_suite", help="where the runs go")
     p.add_argument("--envs", nargs="+", default=ENVS, choices=ENVS, metavar="ENV", help=" ".join(ENVS))
-    p.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    p.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS + EXTRA_ALGOS)
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     p.add_argument("--epochs", type=int, help="every run this many epochs instead (a short trial suite)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")

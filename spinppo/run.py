@@ -1,4 +1,4 @@
-"""The command line: ``python -m spinppo.run {ppo,vpg,a2c,plot,test_policy,export} ...``.
+"""The command line: ``python -m spinppo.run {ppo,vpg,a2c,a3c,trpo,npg,plot,test_policy,export} ...``.
 
     python -m spinppo.run ppo --env Walker --cpu 2
     mpirun -np 8 python -m spinppo.run ppo --env Walker --hid 256 256 --seed 0 10 20
@@ -31,6 +31,8 @@ commands:
   vpg           train with Vanilla Policy Gradient
   a2c           train with Advantage Actor-Critic
   a3c           train with Asynchronous Advantage Actor-Critic (2 or more MPI ranks)
+  trpo          train with Trust Region Policy Optimization
+  npg           train with the Natural Policy Gradient (TRPO without the line search)
   plot          plot runs' progress.txt files
   test_policy   replay a saved policy (a run directory or an exported .onnx file)
   export        write a run's policy as an ONNX file (ML-Agents' form for Unity runs)

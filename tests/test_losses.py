@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from spinppo.algos import a2c, a3c, ppo, vpg
+from spinppo.algos import a2c, a3c, ppo, trpo, vpg
 from spinppo.algos.a2c import a2c_loss
 from spinppo.algos.ppo import ppo_loss
 from spinppo.algos.vpg import value_loss, vpg_loss
@@ -169,6 +169,23 @@ def test_vpg_losses_are_their_formulas(recurrent):
     assert float(ent) == pytest.approx(np.mean(ENTROPY), rel=1e-6)
     assert loss_pi.item() == pytest.approx(-np.mean(LOGP * ADV) - 0.1 * np.mean(ENTROPY), rel=1e-5)
     assert float(value_loss(t(V), t(RET))) == pytest.approx(np.mean((V - RET) ** 2), rel=1e-6)
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["flat", "padded"])
+def test_trpo_surrogate_is_its_formula(recurrent):
+    """LossPi = -E[exp(logp - logp_old) A], and its gradient in logp -exp(logp - logp_old) A / n at the real
+    steps (0 at padded ones)."""
+    shape = padded if recurrent else (lambda x: x)
+    batch = padded_batch() if recurrent else flat_batch()
+    logp = t(shape(LOGP), grad=True)
+    loss = trpo.surrogate_loss(batch, logp)
+    ratio = np.exp(LOGP - LOGP_OLD)
+    assert loss.item() == pytest.approx(-np.mean(ratio * ADV), rel=1e-5)
+    loss.backward()
+    grad = logp.grad[torch.from_numpy(MASK)] if recurrent else logp.grad
+    assert grad.numpy() == pytest.approx(-ratio * ADV / 6, rel=1e-5)
+    if recurrent:
+        assert not logp.grad[~torch.from_numpy(MASK)].any()
 
 
 def test_a3c_takes_a2cs_loss():

@@ -55,7 +55,7 @@ def algo_of_file(path: str) -> str:
         return rllib_config.file_algo(doc, path)
     raise UserError(
         f"--config {path} does not name its algorithm: python -m spinppo.run ppo --config {path} (or vpg, "
-        "a2c, a3c)"
+        "a2c, a3c, trpo, npg)"
     )
 
 

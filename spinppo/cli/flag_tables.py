@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-ALGOS = ("ppo", "vpg", "a2c", "a3c")
+ALGOS = ("ppo", "vpg", "a2c", "a3c", "trpo", "npg")
 # Keywords of an algorithm that are not flags: the command line builds them.
 NOT_FLAGS = ("env_fn", "actor_critic", "ac_kwargs", "logger_kwargs")
 

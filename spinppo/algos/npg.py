@@ -1,0 +1,87 @@
+"""The Natural Policy Gradient (Spinning Up's ``trpo(algo='npg')``): TRPO without the line search.
+
+Each update takes the full natural step theta_old - sqrt(2 delta / (x^T H x)) x, x = H^-1 g by conjugate
+gradient, whatever the surrogate and the KL turn out to be there (BacktrackIters is always 0). The math, the
+MPI averaging and the epoch loop are TRPO's: ``spinppo.algos.trpo``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from spinppo.algos.trpo import check_flags, natural_gradient_run
+from spinppo.core.networks import MLPActorCritic
+
+__all__ = ["check_flags", "npg"]
+
+
+def npg(
+    env_fn: Callable[[], Any],
+    actor_critic: type[MLPActorCritic] = MLPActorCritic,
+    ac_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    steps_per_epoch: int = 4000,
+    epochs: int = 50,
+    num_envs: int = 1,
+    gamma: float = 0.99,
+    lam: float = 0.97,
+    delta: float = 0.01,
+    vf_lr: float = 1e-3,
+    train_v_iters: int = 80,
+    damping_coeff: float = 0.1,
+    cg_iters: int = 10,
+    norm_reward: bool = False,
+    time_horizon: int = 0,
+    reward_scale: float = 1.0,
+    initialize_from: str | None = None,
+    eval_freq: int = 0,
+    eval_episodes: int = 10,
+    stop_at_return: float | None = None,
+    stop_at_train_return: float | None = None,
+    logger_kwargs: dict[str, Any] | None = None,
+    save_freq: int = 10,
+    keep_checkpoints: int = 5,
+) -> MLPActorCritic:
+    """Train a policy with the Natural Policy Gradient (TRPO's full natural step, no line search); returns
+    the trained actor-critic.
+
+    Args:
+        env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
+        actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
+        ac_kwargs: hidden_sizes, activation, layer_norm, log_std_init, norm_obs, encoder, memory_size,
+            sequence_length.
+        seed: random seed; rank r uses seed + 10000 r.
+        steps_per_epoch: environment steps per epoch over all ranks and environments.
+        epochs: number of epochs (rollout + update) to run.
+        num_envs: environments each rank steps together with one batched policy call.
+        gamma: discount factor.
+        lam: GAE lambda.
+        delta: the KL radius: each step is scaled so that its quadratic model of the mean KL(old || new)
+            is delta (Spinning Up's delta; no line search checks the true KL).
+        vf_lr: value-function learning rate (Adam).
+        train_v_iters: value-function gradient steps per epoch.
+        damping_coeff: the damping added to the Fisher matrix, H + damping_coeff I, for the conjugate
+            gradient's stability.
+        cg_iters: conjugate-gradient iterations (Fisher-vector products) of the natural-gradient solve.
+        norm_reward: scale rewards by the running std of the discounted return.
+        time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
+            ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
+        reward_scale: multiply every reward by this before any normalisation (ML-Agents'
+            reward_signals.extrinsic.strength); EpRet stays the environment's own return.
+        initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
+            of random weights (ML-Agents' initialize_from); the network must have the same shape.
+        eval_freq: every this many epochs (and at the last) play eval_episodes deterministic episodes on
+            separate copies of the environment: EvalEpRet, EvalEpLen, and the best policy kept as
+            pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
+        eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
+        stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
+        stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
+            training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).
+        logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
+        save_freq: save a checkpoint every this many epochs (and at the end).
+        keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
+    """
+    config = dict(locals())
+    check_flags(config)
+    return natural_gradient_run("npg", config)
