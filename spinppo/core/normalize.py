@@ -71,7 +71,7 @@ class RunningMeanStd(nn.Module):
 
     def _merge(self, batch_mean: np.ndarray, batch_var: np.ndarray, n: float) -> None:
         # Chan et al.'s parallel algorithm for combining two sets of moments.
-        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
+        mean, var, count = self.mean.cpu().numpy(), self.var.cpu().numpy(), float(self.count)
         total = count + n
         delta = batch_mean - mean
         new_mean = mean + delta * n / total
