@@ -57,6 +57,14 @@ def raw_stepping(ranks: int, num_envs: int, log: Path) -> float | None:
     return float(proc.stdout.split("RATE")[1].split()[0])
 
 
+def grads_bench(ranks: int, device: str, log: Path) -> list[str]:
+    """bench_mpi_avg_grads.py's lines for ``device`` at ``ranks`` ranks (one per network size)."""
+    args = [MPIRUN, "-np", str(ranks), PY, "scripts/bench_mpi_avg_grads.py", "--device", device]
+    proc = sh([*args, "--reps", "300"], 120, log)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("mpi_avg_grads")]
+    return lines or [f"mpi_avg_grads --device {device}: failed (exit {proc.returncode})"]
+
+
 def train(name: str, config: str, device: str, ranks: int, epochs: int, out: Path, log: Path) -> dict:
     """One short run; its figures (or why there are none)."""
     runs = out / "runs"
@@ -120,6 +128,8 @@ def main() -> int:
         f"Pong raw stepping, {args.ranks} ranks x {pong_envs} envs: "
         + (f"{raw:.0f} steps/s" if raw else "failed")
     )
+    grads = [line for d in devices for line in grads_bench(args.ranks, d, log)]
+    print("\n".join(grads), flush=True)
     results = []
     plan = [("pong", "configs/atari/Pong.yaml", d, args.pong_epochs) for d in devices]
     plan += [("walker2d", "configs/mujoco/Walker2d.yaml", d, args.walker_epochs) for d in [*devices, "auto"]]
@@ -146,6 +156,7 @@ def main() -> int:
                 flush=True,
             )
     summary = {"torch": torch.__version__, "gpu": gpu, "ranks": args.ranks, "pong_raw": raw, "runs": results}
+    summary["mpi_avg_grads"] = grads
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [
         f"GPU: {gpu or 'none'}; torch {torch.__version__}; mpirun -np {args.ranks}; Pong raw stepping "
@@ -166,6 +177,7 @@ def main() -> int:
             + " | ".join(cells)
             + f" | {r['ranks']} |"
         )
+    lines += ["", "```", *grads, "```"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     bad = [r for r in results if r["exit"] or not ranks_ok(r["ranks"])]

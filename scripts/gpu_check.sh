@@ -13,7 +13,8 @@
 # Everything it prints goes to OUTDIR/gpu_check.log too; OUTDIR/summary.md is the table for
 # docs/benchmarks.md, OUTDIR/summary.json the same figures, OUTDIR/runs the runs' progress.txt.
 # Without CUDA it says so and does the CPU parts. Environment: PYTHON, WHEELS (.gpu_wheels), PREFIX (where
-# the wheels go, /tmp/spinppo-gpu-prefix), RANKS (4), INSTALL_ONLY=1 (stop after step 1).
+# the wheels go, /tmp/spinppo-gpu-prefix), RANKS (4), PONG_EPOCHS (12), WALKER_EPOCHS (8), INSTALL_ONLY=1
+# (stop after step 1).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -62,7 +63,8 @@ timeout 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -
 TESTS=$?
 
 step "3. Pong and Walker2d on cuda and on the CPU, mpirun -np $RANKS"
-timeout 330 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS"
+timeout 330 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
+    --walker_epochs "${WALKER_EPOCHS:-8}"
 RUNS=$?
 
 step "done: tests exit $TESTS, runs exit $RUNS; log and figures in $OUT"

@@ -584,7 +584,7 @@ class OnPolicyRun:
             # --device (a GPU per rank, DD-PPO's rule): the actor-critic lives there from here on, and
             # its optimisers are built over the parameters there.
             spec = requested_device() if algo != "a3c" else "cpu"  # A3C's ranks exchange numpy gradients
-            self.device = rank_device(spec, self.ac.prefers_gpu)
+            self.device = rank_device(spec, getattr(self.ac, "prefers_gpu", False))
             use_device(self.device)
             self.ac.to(self.device)
             self.logger = open_logger(logger_kwargs, config, self.env, algo, self.resume)

@@ -2,8 +2,8 @@
 
 The run's own config.json says how it was made; flags typed beside ``--resume`` must agree with it, except
 ``--epochs`` (to extend the run), ``--device`` (a GPU run resumes on the CPU and the reverse) and the Unity
-launch options. The rank count must be the one the run was
-made with: the checkpoint holds every rank's state.
+launch options. The rank count must be the one the run was made with: the checkpoint holds every rank's
+state.
 """
 
 from __future__ import annotations
