@@ -176,8 +176,9 @@ def _retag(path: Path, tag: str, monkeypatch) -> None:
 def test_a_checkpoint_saved_on_a_gpu_resumes_replays_and_exports_on_the_cpu(tmp_path, cli, monkeypatch):
     """A GPU run's files (their tensors tagged cuda:0) on this machine: resume continues exactly as an
     uninterrupted run, test_policy replays the policy and export writes it."""
-    whole = train(cli, tmp_path, "whole", "--epochs", "3")
-    part = train(cli, tmp_path, "part", "--epochs", "2")
+    fixed = ["--anneal_lr", "false", "--anneal_ent", "false"]  # (schedules that do not depend on --epochs)
+    whole = train(cli, tmp_path, "whole", "--epochs", "3", *fixed)
+    part = train(cli, tmp_path, "part", "--epochs", "2", *fixed)
     files = [*sorted((part / "checkpoints").glob("ckpt-*.pt")), part / "pyt_save" / "model.pt"]
     for f in files:
         _retag(f, "cuda:0", monkeypatch)
@@ -213,6 +214,7 @@ def test_a_recurrent_run_on_cuda_keeps_ranks_identical_resumes_exactly_and_conti
     epochs; the checkpoint holds host tensors (a process that sees no GPU loads it plainly); and the run
     goes on with --device cpu."""
     check = [str(REPO / "scripts" / "rank_check.py"), "ppo", *CUE, "--device", "cuda", "--save_freq", "1"]
+    check += ["--anneal_lr", "false", "--anneal_ent", "false"]
     whole = mpirun(2, [*check, "--epochs", "3", "--data_dir", str(tmp_path), "--exp_name", "w"], timeout=240)
     assert "ranks identical before 3 of 3 updates" in whole.stdout, whole.stdout
     mpirun(2, [*check, "--epochs", "2", "--data_dir", str(tmp_path), "--exp_name", "p"], timeout=240)
