@@ -51,7 +51,7 @@ def sh(args: list[str], timeout: float, log: Path) -> subprocess.CompletedProces
 def raw_stepping(ranks: int, num_envs: int, log: Path) -> float | None:
     """Pong's environments (the training stack, random actions) in agent steps per second, all ranks."""
     args = [MPIRUN, "-np", str(ranks), PY, "scripts/bench_atari.py", "--child", "raw", "--env", "Pong"]
-    proc = sh([*args, "--steps", "6000", "--num_envs", str(num_envs)], 180, log)
+    proc = sh([*args, "--steps", "6000", "--num_envs", str(num_envs)], 60, log)
     if proc.returncode or "RATE" not in proc.stdout:
         return None
     return float(proc.stdout.split("RATE")[1].split()[0])
@@ -60,7 +60,7 @@ def raw_stepping(ranks: int, num_envs: int, log: Path) -> float | None:
 def grads_bench(ranks: int, device: str, log: Path) -> list[str]:
     """bench_mpi_avg_grads.py's lines for ``device`` at ``ranks`` ranks (one per network size)."""
     args = [MPIRUN, "-np", str(ranks), PY, "scripts/bench_mpi_avg_grads.py", "--device", device]
-    proc = sh([*args, "--reps", "300"], 120, log)
+    proc = sh([*args, "--reps", "300"], 60, log)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("mpi_avg_grads")]
     return lines or [f"mpi_avg_grads --device {device}: failed (exit {proc.returncode})"]
 
@@ -72,7 +72,7 @@ def train(name: str, config: str, device: str, ranks: int, epochs: int, out: Pat
     args += ["--device", device, "--epochs", str(epochs), "--data_dir", str(runs), "--exp_name", name]
     args += ["--tensorboard", "false", "--save_freq", "1000"]
     started = time.time()
-    proc = sh(args, 240, log)
+    proc = sh(args, 90, log)  # (the whole check must end within 8 minutes)
     result: dict = {"run": name, "device": device, "exit": proc.returncode, "wall_s": time.time() - started}
     identical = [line for line in proc.stdout.splitlines() if line.startswith("rank_check:")]
     result["ranks"] = identical[-1].removeprefix("rank_check: ") if identical else "no check (the run failed)"

@@ -49,8 +49,8 @@ else
     have || { echo "the wheels are installed but gymnasium, ale-py, mujoco or mpirun still cannot be found"; exit 2; }
     echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels into $PREFIX"
 fi
-"$PY" -c "import torch, gymnasium, ale_py, mujoco, mpi4py; print('torch', torch.__version__, '(CUDA', torch.version.cuda, \
-'available)' if torch.cuda.is_available() else 'absent)', '| gymnasium', gymnasium.__version__, '| ale-py', \
+"$PY" -c "import torch, gymnasium, ale_py, mujoco, mpi4py; print('torch', torch.__version__, '(CUDA build', \
+torch.version.cuda, '| GPUs', torch.cuda.device_count(), ') | gymnasium', gymnasium.__version__, '| ale-py', \
 ale_py.__version__, '| mujoco', mujoco.__version__, '| mpi4py', mpi4py.__version__)" || exit 2
 SIZE=$(mpirun -np 2 "$PY" -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())" | sort -u)
 echo "mpirun: $(command -v mpirun); mpirun -np 2 gives ranks of a world of size $SIZE"
@@ -59,11 +59,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,com
 [ "${INSTALL_ONLY:-0}" = "1" ] && { step "done (INSTALL_ONLY)"; exit 0; }
 
 step "2. the tests marked gpu"
-timeout 200 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -rs
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -rs
 TESTS=$?
 
 step "3. Pong and Walker2d on cuda and on the CPU, mpirun -np $RANKS"
-timeout 330 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
+timeout 280 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
     --walker_epochs "${WALKER_EPOCHS:-8}"
 RUNS=$?
 
