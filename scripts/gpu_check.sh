@@ -52,7 +52,7 @@ fi
 "$PY" -c "import torch, gymnasium, ale_py, mujoco, mpi4py; print('torch', torch.__version__, '(CUDA build', \
 torch.version.cuda, '| GPUs', torch.cuda.device_count(), ') | gymnasium', gymnasium.__version__, '| ale-py', \
 ale_py.__version__, '| mujoco', mujoco.__version__, '| mpi4py', mpi4py.__version__)" || exit 2
-SIZE=$(mpirun -np 2 "$PY" -c "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())" | sort -u)
+SIZE=$(mpirun -np 2 "$PY" -c "from mpi4py import MPI; w = MPI.COMM_WORLD; w.Get_rank() or print(w.Get_size())")
 echo "mpirun: $(command -v mpirun); mpirun -np 2 gives ranks of a world of size $SIZE"
 [ "$SIZE" = "2" ] || { echo "mpi4py does not use mpirun's MPI (world size $SIZE, not 2)"; exit 2; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,compute_mode --format=csv
