@@ -342,7 +342,7 @@ def _with(path: str, value) -> dict:
         ("env_settings.env_args", ["--x"], "env_settings.env_args is not supported"),
         ("engine_settings.width", 640, "engine_settings.width is not supported"),
         ("checkpoint_settings.inference", True, "checkpoint_settings.inference is not supported"),
-        ("torch_settings.device", "cuda", "torch_settings.device 'cuda'"),
+        ("torch_settings.device", "mps", "torch_settings.device 'mps'"),  # (cuda is --device cuda)
         ("curriculum", {}, "unknown top-level key 'curriculum'"),
         # ML-Agents drops framework from a trainer section only (the next test); elsewhere it refuses it.
         ("framework", "pytorch", "unknown top-level key 'framework'"),

@@ -5,10 +5,16 @@ rank's own state (random generators, environments, the episodes in progress, the
 pickled bytes; the last ``keep`` of them are kept. ``pyt_save/model.pt`` and ``pyt_save/model<epoch>.pt``
 hold the policy alone, for ``test_policy``. Rank 0 writes, atomically; a resume reads the latest
 checkpoint on rank 0 and hands every rank its part.
+
+Files are device-independent: tensors are written from host copies (a GPU run's too) and read with
+``map_location="cpu"``; loading a state_dict copies it to wherever the module and optimisers are. So a
+GPU run resumes on a CPU machine and the reverse; on the same device a resume stays exact (a GPU rank's
+CUDA generator is saved with its other generators).
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -118,6 +124,25 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
     return file
 
 
+def on_host(value: Any) -> Any:
+    """``value`` (a state_dict, or lists and dicts of them) with every tensor on the CPU. What is on the
+    CPU already comes back as it is, the same objects, so a CPU run writes the bytes it always wrote; a
+    dict that changes keeps its type and attributes (a state_dict's ``_metadata``)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, (dict, list, tuple)):
+        pairs = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        moved = [(k, on_host(v)) for k, v in pairs]
+        if all(new is old for (_, new), (_, old) in zip(moved, pairs, strict=True)):
+            return value
+        if isinstance(value, dict):
+            out = copy.copy(value)
+            out.update(moved)
+            return out
+        return type(value)(v for _, v in moved)
+    return value
+
+
 class Checkpointer:
     """Saves and restores one run's parts, all given here: ``logger`` (the run directory), ``ac``, the
     ``worker`` (environments, episodes in progress), the ``reward_scaler`` (or None), the ``optimizers``
@@ -149,7 +174,10 @@ class Checkpointer:
 
     def _rank_state(self) -> dict[str, Any]:
         worker = self.worker
+        device = self.ac.device
+        cuda_rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         return {
+            **cuda_rng,  # (only on a GPU: a CPU run's checkpoints hold what they always held)
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
@@ -190,8 +218,8 @@ class Checkpointer:
             "elapsed": elapsed,
             "num_procs": num_procs(),
             "ctor": self.ac.ctor_spec,
-            "model": self.ac.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "model": on_host(self.ac.state_dict()),
+            "optimizers": {k: on_host(o.state_dict()) for k, o in self.optimizers.items()},
             "lessons": None if self.parameter_manager is None else self.parameter_manager.state_dict(),
             "best_eval": self.best_eval,
             "run_state": self.run_state,  # the run's own counters (TotalEnvInteracts)
@@ -268,6 +296,8 @@ class Checkpointer:
             return int(shared["epoch"]), float(shared["elapsed"])
         state = pickle.loads(mine)
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.ac.device.type == "cuda":  # (a GPU run resumed on a GPU)
+            torch.cuda.set_rng_state(state["cuda_rng"], self.ac.device)
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         worker = self.worker

@@ -46,6 +46,7 @@ from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.registry import make_vector_env
+from spinppo.utils.device import rank_device, requested_device, use_device
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
@@ -580,6 +581,12 @@ class OnPolicyRun:
             init_file = (
                 initialize_policy(self.ac, initialize_from) if initialize_from and not self.resume else None
             )
+            # --device (a GPU per rank, DD-PPO's rule): the actor-critic lives there from here on, and
+            # its optimisers are built over the parameters there.
+            spec = requested_device() if algo != "a3c" else "cpu"  # A3C's ranks exchange numpy gradients
+            self.device = rank_device(spec, getattr(self.ac, "prefers_gpu", False))
+            use_device(self.device)
+            self.ac.to(self.device)
             self.logger = open_logger(logger_kwargs, config, self.env, algo, self.resume)
             if init_file:
                 self.logger.log(f"Initialised from {init_file}")
@@ -597,6 +604,8 @@ class OnPolicyRun:
             self.run_state: dict[str, Any] = {"total_steps": 0}
             self.lessons = curriculum(self.env)
             log_start(self.logger, threads, self.ac, self.num_envs, self.rollout_steps)
+            if self.device.type != "cpu":
+                self.logger.log(f"Device: rank 0 trains on {self.device} (--device {spec})")
         except BaseException:
             self.close()
             raise
@@ -695,7 +704,8 @@ class OnPolicyRun:
         else:
             self.preemption.collect(self.worker, self.buf, self.logger)
         self.epoch_state.steps += self.buf.filled * self.num_envs
-        batch = self.buf.get(normalize_adv=self.norm_adv)
+        # (on a GPU: copied there once, for every minibatch of the update)
+        batch = self.buf.get(normalize_adv=self.norm_adv).to(self.device)
         self.epoch_state.update_started = time.perf_counter()
         return batch
 

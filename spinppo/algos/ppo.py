@@ -312,10 +312,10 @@ def ppo(
                 rows_now = ac.layout.batch_size(obs)  # (fewer than rows after a preemption)
                 dist_old = old_distributions(obs, batch, rows_now, minibatch_rows)
             table = MinibatchTable(batch, obs=obs, dist_old=dist_old)
-            stats = StatSums(*PPOStats._fields)
+            stats = StatSums(*PPOStats._fields, device=run.device)
             passes = max(1, rows // minibatch_rows)  # minibatches per pass over the batch
             stop_iter, kl = update_epochs, 0.0
-            policy_kl, steps = torch.zeros(()), 0  # the exact KL summed over the minibatches; their count
+            policy_kl, steps = torch.zeros((), device=run.device), 0  # the exact KL summed, minibatches
             for i in range(update_epochs):
                 # Statistics of the last pass only (and of every pass when target_kl needs its KL).
                 track = target_kl is not None or i == update_epochs - 1

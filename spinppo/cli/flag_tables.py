@@ -135,6 +135,12 @@ RUN_FLAGS: dict[str, RunFlag] = {
     "cpu": RunFlag(
         1, int, "MPI ranks to start on this host (runs itself under mpirun); 'auto' for one per core"
     ),
+    "device": RunFlag(
+        "auto",
+        str,
+        "where each rank trains: cpu; cuda (GPU local rank mod GPU count, DD-PPO's rule) or cuda:N; auto: "
+        "a GPU for image and recurrent policies when CUDA is present, else the CPU",
+    ),
     "tensorboard": RunFlag(True, bool, "also write TensorBoard event files in the run directory"),
     "pictures": RunFlag(
         False,

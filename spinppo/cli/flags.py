@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 from spinppo.cli.config_file import merge_config_files
 from spinppo.cli.flag_tables import AC_FLAGS, NOT_FLAGS, RUN_FLAGS
+from spinppo.utils.device import parse_device
 from spinppo.utils.errors import OneLineParser, UserError
 from spinppo.utils.mpi_tools import available_cores
 
@@ -410,6 +411,8 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
     from spinppo.envs.unity.launch import listen_host
 
     listen_host(options["unity_listen"])  # a bad address fails before any rank starts
+    with file_named("device"):  # (its spelling; whether this host has the device: before ranks start)
+        parse_device(options["device"])
     # The network's options are checked by the network's own check, here already so that a typo fails
     # before --cpu starts any rank (the grid's pre-check runs it again with the other flags).
     from spinppo.core.encoders import check_conv_filters

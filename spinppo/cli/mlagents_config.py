@@ -27,6 +27,7 @@ import os.path as osp
 from collections.abc import Mapping
 from typing import Any
 
+from spinppo.utils.device import DEVICE_CHOICES, parse_device
 from spinppo.utils.errors import UserError
 
 # ML-Agents' defaults (release 20 settings.py and ppo/optimizer_torch.py PPOSettings).
@@ -143,10 +144,15 @@ def translate(
     _checkpoint_settings(_section(doc, "checkpoint_settings", where), where, values, derived)
     torch_settings = _section(doc, "torch_settings", where)
     _known(torch_settings, {"device": None}, where, "torch_settings")
-    if torch_settings.get("device") not in (None, "cpu"):
-        raise UserError(
-            f"{where}: torch_settings.device {torch_settings['device']!r}: spinppo trains on the CPU"
-        )
+    device = torch_settings.get("device")
+    if device is not None:  # (null: ML-Agents' own choice, a GPU when there is one; spinppo's auto)
+        try:
+            parse_device(device)
+        except UserError:
+            raise UserError(
+                f"{where}: torch_settings.device {device!r}: spinppo trains on {DEVICE_CHOICES}"
+            ) from None
+        values["device"] = str(device)
     if doc.get("debug") not in (None, False):
         raise UserError(f"{where}: debug: {doc['debug']!r} is not supported (spinppo has no debug mode)")
     extras: dict[str, Any] = {"notes": notes, "behavior": name, "mlagents": derived}

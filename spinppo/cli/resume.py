@@ -1,8 +1,9 @@
 """``python -m spinppo.run ALGO --resume RUN_DIR``: continue a run from its last checkpoint.
 
 The run's own config.json says how it was made; flags typed beside ``--resume`` must agree with it, except
-``--epochs`` (to extend the run) and the Unity launch options. The rank count must be the one the run was
-made with: the checkpoint holds every rank's state.
+``--epochs`` (to extend the run), ``--device`` (a GPU run resumes on the CPU and the reverse) and the Unity
+launch options. The rank count must be the one the run was made with: the checkpoint holds every rank's
+state.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 from spinppo.cli.flag_tables import AC_FLAGS
 from spinppo.cli.flags import algo_function, algo_keywords, fits
-from spinppo.cli.ranks import check_cpu_flag
+from spinppo.cli.ranks import check_cpu_flag, check_device_flag
 from spinppo.core.encoders import check_conv_filters
 from spinppo.envs.registry import EnvFactory, saved_env_spec
+from spinppo.utils.device import requested
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import read_run_config
 from spinppo.utils.mpi_tools import broadcast, local_rank, mpi_fork, num_procs, proc_id, under_mpi_launcher
@@ -69,7 +71,8 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
     )
     if proc_id() == 0:
         print(f"Resuming {run_dir} on {num_procs()} rank(s)", flush=True)
-    fn(**kwargs)
+    with requested(options["device"]):
+        fn(**kwargs)
     return run_dir
 
 
@@ -194,5 +197,6 @@ def start_ranks(options: dict[str, Any], config: dict[str, Any]) -> None:
             f"the run was made with {saved_procs} ranks; resume it with the same number "
             f"({how} {saved_procs}), not {ranks}"
         )
+    check_device_flag(options, config.get("algo", "ppo"), cpu)
     if not under_mpi_launcher():
         mpi_fork(cpu)

@@ -24,6 +24,7 @@ import itertools
 import math
 from typing import Any
 
+from spinppo.utils.device import cuda_count
 from spinppo.utils.errors import UserError
 
 RUN_TO_ALGO = {"PPO": "ppo", "A2C": "a2c", "A3C": "a3c", "PG": "vpg"}
@@ -348,10 +349,17 @@ def _experiment_flags(experiment: dict[str, Any], where: str, algo: str, notes: 
     ignored = [k for k in config if k in MACHINERY]
     if ignored:
         notes.append(f"{where}: ignored Ray settings that change nothing in training: {', '.join(ignored)}")
-    if config.get("num_gpus"):
-        notes.append(f"{where}: num_gpus {config['num_gpus']}: spinppo trains on the CPU")
+    gpus = config.get("num_gpus")
+    if gpus is not None and not (isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and gpus >= 0):
+        raise UserError(f"{where}: num_gpus must be a number of GPUs (0, 1, 0.5...), not {gpus!r}")
 
     values: dict[str, Any] = {}
+    if gpus == 0:
+        values["device"] = "cpu"
+    elif gpus and cuda_count():  # spinppo's GPU rule: each rank on one (DD-PPO's), not RLlib's learner
+        values["device"] = "cuda"
+    elif gpus:  # a shipped file on a machine without CUDA still trains, as before
+        notes.append(f"{where}: num_gpus {gpus}: no CUDA device on this host: spinppo trains on the CPU")
     image = _environment(env, settings, where, values, notes)
     values["seed"] = settings["seed"] if settings["seed"] is not None else 0
     values["cpu"] = max(1, _int(settings["num_workers"], where, "num_workers", 0))

@@ -16,9 +16,10 @@ from spinppo.cli.config_file import dump_config, resolved_config
 from spinppo.cli.flag_tables import AC_FLAGS
 from spinppo.cli.flags import algo_function, check_algo_flags, parse_algo_args
 from spinppo.cli.grid import ExperimentGrid
-from spinppo.cli.ranks import check_cpu_flag
+from spinppo.cli.ranks import check_cpu_flag, check_device_flag
 from spinppo.cli.resume import resume_algo
 from spinppo.envs.registry import EnvFactory
+from spinppo.utils.device import requested
 from spinppo.utils.errors import UserError
 from spinppo.utils.logx import existing_run_message, run_files, setup_logger_kwargs
 from spinppo.utils.mpi_tools import broadcast, local_rank, mpi_fork, proc_id
@@ -56,6 +57,7 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
             **_unity_options(env, options),
         )
     check_cpu_flag(options)
+    check_device_flag(options, algo)
     mpi_fork(options["cpu"])
 
     # Every run directory is known, and checked, before the first run starts: a clash found after an
@@ -106,7 +108,8 @@ def run_algo(algo: str, argv: Sequence[str]) -> list[str]:
     for env_fn, variant, ac_kwargs, logger_kwargs in plan:
         if proc_id() == 0:
             print(f"Environment: {env_fn.describe()}", flush=True)
-        fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
+        with requested(options["device"]):
+            fn(env_fn=env_fn, ac_kwargs=ac_kwargs, logger_kwargs=logger_kwargs, **variant)
         dirs.append(logger_kwargs["output_dir"])
     if options["pictures"]:
         write_pictures(dirs)

@@ -19,7 +19,7 @@ A ``sequence_length`` longer than the rollout makes each environment's rollout o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,19 @@ class Batch:
     memory: torch.Tensor | None = None  # recurrent: [S, memory_size], the memory before each sequence
     starts: torch.Tensor | None = None  # recurrent: [S, L] bool, True where a step begins an episode
     mask: torch.Tensor | None = None  # recurrent and padded: [S, L] bool, True at the real steps
+
+    def to(self, device: torch.device) -> Batch:
+        """This batch with every tensor on ``device``: one copy each, once per rollout (itself when it is
+        there already: the CPU's)."""
+        if device.type == "cpu":
+            return self
+
+        def move(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: v.to(device) for k, v in x.items()}
+            return None if x is None else x.to(device)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
 class GAEBuffer:

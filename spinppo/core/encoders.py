@@ -487,9 +487,10 @@ class ObsLayout:
         """Stored observations reshaped to ``n`` rows of single observations ([n, *shape] per part)."""
         return self.map(lambda p, x: x.reshape(n, *p.shape), obs)
 
-    def to_torch(self, obs: Obs) -> Obs:
-        """Numpy observations as tensors (sharing memory where the dtype already fits)."""
-        return self.map(lambda p, x: torch.as_tensor(np.asarray(x, dtype=p.dtype)), obs)
+    def to_torch(self, obs: Obs, device: torch.device | None = None) -> Obs:
+        """Numpy observations as tensors (sharing memory where the dtype already fits), on ``device`` (one
+        copy there) when given."""
+        return self.map(lambda p, x: torch.as_tensor(np.asarray(x, dtype=p.dtype), device=device), obs)
 
     def batch_size(self, obs: Obs) -> int:
         """The number of observations in a batch (the leading axis)."""

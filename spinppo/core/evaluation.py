@@ -73,13 +73,15 @@ class Evaluator:
         running = np.ones(n, dtype=bool)
         # A recurrent policy's memory of each episode, empty at its start.
         memory = self.ac.initial_memory(n) if getattr(self.ac, "memory_size", 0) else None
+        device = next(self.ac.parameters()).device  # (the policy's: a GPU's with --device cuda)
         while running.any():
             idx = np.flatnonzero(running)
-            batch = layout.to_torch(layout.take(obs, idx))
-            out = self.ac.act(batch, deterministic=True, memory=None if memory is None else memory[idx])
+            rows = torch.from_numpy(idx).to(device)
+            batch = layout.to_torch(layout.take(obs, idx), device)
+            out = self.ac.act(batch, deterministic=True, memory=None if memory is None else memory[rows])
             if memory is not None:
-                memory[idx] = out.memory
-            actions = out.action.numpy()
+                memory[rows] = out.memory
+            actions = out.action.cpu().numpy()
             for k, i in enumerate(idx):
                 o, r, terminated, truncated, _ = self.envs[i].step(self.to_env_action(actions[k : k + 1])[0])
                 returns[i] += float(r)

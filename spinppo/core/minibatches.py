@@ -66,7 +66,8 @@ class MinibatchTable:
         self.table = torch.cat(columns, dim=1)
 
     def shuffled(self, size: int, count: int | None = None) -> Iterator[Minibatch]:
-        """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``).
+        """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``, drawn on the CPU
+        whatever the table's device: the same order, from the same generator, on a GPU).
 
         Rows left over when ``size`` does not divide the batch are not used in this pass. ``count``: the
         number of minibatches wanted (every rank must take as many gradient steps); a batch too short for
@@ -74,7 +75,7 @@ class MinibatchTable:
         and one shorter than ``count`` rows gives one row to each, rows taken again in turn (never an empty
         minibatch).
         """
-        perm = torch.randperm(self.n)
+        perm = torch.randperm(self.n).to(self.table.device)
         count = self.n // size if count is None else count
         if self.n >= count * size:
             chunks = [perm[start : start + size] for start in range(0, count * size, size)]
@@ -100,11 +101,12 @@ class MinibatchTable:
 
 
 class StatSums:
-    """Statistics summed over minibatches in one tensor: ``add(LossPi=..., KL=...)``, ``means(count)``."""
+    """Statistics summed over minibatches in one tensor: ``add(LossPi=..., KL=...)``, ``means(count)``;
+    the tensor on ``device``, where the statistics are computed (read back once, by ``mean``/``means``)."""
 
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, device: torch.device | str = "cpu") -> None:
         self.names = names
-        self.sums = torch.zeros(len(names))
+        self.sums = torch.zeros(len(names), device=device)
 
     def zero(self) -> None:
         """Start a new sum (a new pass over the batch)."""

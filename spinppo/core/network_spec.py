@@ -221,8 +221,8 @@ def _layer_arrays(layers: Iterable[Layer]) -> Iterator[np.ndarray]:
 
 
 def array(t: torch.Tensor) -> np.ndarray:
-    """A parameter as a numpy view of its memory (no copy)."""
-    return t.detach().numpy()
+    """A parameter as a numpy view of its memory (no copy; a copy of one on a GPU)."""
+    return t.detach().cpu().numpy()
 
 
 _ACTIVATION_NAMES: dict[type[nn.Module], str] = {

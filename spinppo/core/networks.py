@@ -244,6 +244,18 @@ class MLPActorCritic(nn.Module):
 
     # ----------------------------------------------------------------------------------------- helpers
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (``ac.to(device)`` moves them, and the observation statistics)."""
+        return next(self.parameters()).device
+
+    @property
+    def prefers_gpu(self) -> bool:
+        """Whether ``--device auto`` puts this network on a GPU when there is one: image encoders and
+        LSTMs do enough arithmetic per call; a small MLP does not (Spinning Up #208), and its rollout runs
+        in numpy on the CPU."""
+        return self.encoder is not None or self.lstm is not None
+
     def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
         """Raw observations as the networks see them (standardised by ``obs_rms`` when ``norm_obs``).
 
@@ -267,8 +279,9 @@ class MLPActorCritic(nn.Module):
     # ------------------------------------------------------------------------------------------ memory
 
     def initial_memory(self, n: int) -> torch.Tensor:
-        """The memory at an episode's start for ``n`` environments: zeros, [n, memory_size]."""
-        return torch.zeros(n, self.memory_size)
+        """The memory at an episode's start for ``n`` environments: zeros, [n, memory_size], on the
+        module's device."""
+        return torch.zeros(n, self.memory_size, device=self.device)
 
     def _memory_step(self, obs: Any, memory: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the LSTM for a batch: (trunk features [N, F], next memory [N, memory_size])."""
@@ -412,7 +425,8 @@ class MLPActorCritic(nn.Module):
         if self.norm_obs:
             rms = self.obs_rms
             with torch.no_grad():  # float32, as normalize_obs computes them
-                mean, inv_std = rms.mean.float().numpy(), torch.rsqrt(rms.var + rms.epsilon).float().numpy()
+                mean = rms.mean.float().cpu().numpy()
+                inv_std = torch.rsqrt(rms.var + rms.epsilon).float().cpu().numpy()
             normalize = Normalize(mean, inv_std, rms.clip)
         pi, v = describe_layers([self.pi]), describe_layers([self.v])
         if not pi or not isinstance(pi[-1], Linear) or not v or not isinstance(v[-1], Linear):
@@ -421,7 +435,7 @@ class MLPActorCritic(nn.Module):
             head: Any = CategoricalHead(tuple(int(n) for n in self.branches), self.act_shape)
         else:
             with torch.no_grad():
-                head = GaussianHead(array(self.log_std), self.log_std.exp().numpy(), self.act_shape)
+                head = GaussianHead(array(self.log_std), self.log_std.exp().cpu().numpy(), self.act_shape)
         return NetworkSpec(
             inputs=inputs,
             is_dict=self.layout.is_dict,

@@ -29,12 +29,12 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
         self.epsilon = epsilon
         self.clip = clip
-        self._cache: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[tuple[int, int, torch.device], torch.Tensor, torch.Tensor] | None = None
 
     def _scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         # float32 copies made once per change of the statistics, not on every call. Tensor versions
         # count in-place writes, so loads and sync_params invalidate the copies too.
-        key = (self.mean._version, self.var._version)
+        key = (self.mean._version, self.var._version, self.mean.device)  # (.to() makes new tensors)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.mean.float(), torch.rsqrt(self.var + self.epsilon).float())
         return self._cache[1], self._cache[2]
@@ -71,7 +71,7 @@ class RunningMeanStd(nn.Module):
 
     def _merge(self, batch_mean: np.ndarray, batch_var: np.ndarray, n: float) -> None:
         # Chan et al.'s parallel algorithm for combining two sets of moments.
-        mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
+        mean, var, count = self.mean.cpu().numpy(), self.var.cpu().numpy(), float(self.count)
         total = count + n
         delta = batch_mean - mean
         new_mean = mean + delta * n / total

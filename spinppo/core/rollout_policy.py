@@ -112,13 +112,20 @@ class RolloutPolicy:
     from numpy's global generator, which checkpoints save. Same policy, same log-probabilities as
     ``evaluate``. A network it cannot run (``numpy_verdict``: images, LayerNorm, a shared trunk, an
     activation numpy lacks, a layer or option the description cannot hold, a subclass's own ``step``)
-    runs ``ac.step`` in torch, and says why once, on stderr; ``in_numpy`` tells which.
+    runs ``ac.step`` in torch, and says why once, on stderr; ``in_numpy`` tells which. A network on a GPU
+    (``--device cuda``) runs there in torch, one batched call a step: observations go to the device,
+    actions, values and log-probabilities come back as numpy arrays.
 
     Build a new one with ``ac.rollout_policy()`` whenever the weights or observation statistics change.
     """
 
     def __init__(self, ac: Any) -> None:
         self.ac = ac
+        first = next(ac.parameters(), None)
+        self.device = torch.device("cpu") if first is None else first.device
+        if self.device.type != "cpu":  # (the numpy policy would copy every weight to the host)
+            self.in_numpy = False
+            return
         try:
             spec = ac.network_spec()
             reason = numpy_verdict(spec)
@@ -190,13 +197,13 @@ class RolloutPolicy:
         """Observations for the torch path: float32 vectors as before; images (uint8) and Dicts as stored."""
         layout = getattr(self.ac, "layout", None)
         if layout is None or layout.flat:
-            return torch.from_numpy(np.asarray(obs, dtype=np.float32))
-        return layout.to_torch(obs)
+            return torch.from_numpy(np.asarray(obs, dtype=np.float32)).to(self.device)
+        return layout.to_torch(obs, self.device)
 
     def _torch_args(self, obs: Any, memory: np.ndarray | None) -> tuple[Any, ...]:
         # Without memory, the call a subclass's own step(obs) takes too.
         x = self._torch_obs(obs)
-        return (x,) if memory is None else (x, torch.from_numpy(memory))
+        return (x,) if memory is None else (x, torch.from_numpy(memory).to(self.device))
 
     def step(self, obs: Any, memory: np.ndarray | None = None) -> PolicyStep:
         """``PolicyStep(action, value, logp, memory)`` for a batch of raw observations, as ``ac.step``
@@ -205,7 +212,7 @@ class RolloutPolicy:
         if not self.in_numpy:
             with torch.no_grad():  # a subclass's own step may not turn gradients off
                 out = self.ac.step(*self._torch_args(obs, memory))
-            return PolicyStep(*(None if t is None else t.numpy() for t in out))
+            return PolicyStep(*(None if t is None else t.cpu().numpy() for t in out))
         obs = np.asarray(obs, dtype=np.float32)
         out, value, memory = self._outputs(obs, memory)
         if not self.discrete:
@@ -231,5 +238,5 @@ class RolloutPolicy:
         ``memory``)."""
         if not self.in_numpy:
             with torch.no_grad():
-                return self.ac.value(*self._torch_args(obs, memory)).numpy()
+                return self.ac.value(*self._torch_args(obs, memory)).cpu().numpy()
         return self._outputs(np.asarray(obs, dtype=np.float32), memory)[1]

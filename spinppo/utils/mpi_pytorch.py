@@ -11,6 +11,10 @@ The pattern::
 ``flatten_parameters(module)`` (optional, before building the optimiser) is a speed trick: every weight
 and gradient becomes a view of one flat tensor, so that Adam, gradient clipping and zeroing are one
 operation per step instead of one per layer. Read its contract before using it.
+
+On a GPU (``--device cuda``) the names keep their meaning: the gradients live in one flat tensor on the
+device, copied once into a pinned host buffer, summed by one Allreduce and copied back once; parameters
+are broadcast as one host array per dtype. CPU tensors take no copy at all (the buffer is the host's).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def thread_report() -> dict[str, int]:
 
 
 def sync_params(module: torch.nn.Module, root: int = 0) -> None:
-    """Copy rank ``root``'s parameters and buffers to every rank, bitwise (one Bcast per dtype)."""
+    """Copy rank ``root``'s parameters and buffers to every rank, bitwise (one Bcast per dtype; on a GPU,
+    one copy to the host and one back per dtype)."""
     if num_procs() == 1:
         return
     vectors = state_vectors(module)
@@ -74,10 +79,11 @@ def sync_params(module: torch.nn.Module, root: int = 0) -> None:
 
 def state_vectors(module: torch.nn.Module) -> list[np.ndarray]:
     """The module's parameters and buffers as one flat array per dtype, in first-seen order (the same on
-    every rank): what ``sync_params`` broadcasts and A3C's rank 0 sends."""
+    every rank): what ``sync_params`` broadcasts and A3C's rank 0 sends. Host arrays wherever the module
+    is (a GPU's tensors are joined there and copied once)."""
     tensors = [p.data for p in module.parameters()] + list(module.buffers())
     return [
-        torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).numpy()
+        torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).cpu().numpy()
         for dtype in dict.fromkeys(t.dtype for t in tensors)
     ]
 
@@ -88,7 +94,8 @@ def load_state_vectors(module: torch.nn.Module, vectors: list[np.ndarray]) -> No
     dtypes = list(dict.fromkeys(t.dtype for t in tensors))
     for dtype, flat in zip(dtypes, vectors, strict=True):
         group = [t for t in tensors if t.dtype == dtype]
-        values = torch.from_numpy(flat).split([t.numel() for t in group])
+        # (one copy to the module's device; on the CPU none)
+        values = torch.from_numpy(flat).to(group[0].device).split([t.numel() for t in group])
         for t, value in zip(group, values, strict=True):
             t.copy_(value.view_as(t))
 
@@ -105,7 +112,8 @@ def mpi_avg_grads(module: torch.nn.Module) -> None:
     of it, so backward accumulates straight into it and a call copies nothing: one Allreduce of the
     buffer, one scaling. A gradient that was replaced since (``zero_grad()`` sets them to None) is copied
     in once and the view adopted again. For a module given to ``flatten_parameters`` the buffer holds the
-    flat Parameter's ``.grad``.
+    flat Parameter's ``.grad``. On a GPU the buffer is on the device and the Allreduce works on a pinned
+    host copy of it: one copy out, one Allreduce, one copy back.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(
@@ -131,19 +139,31 @@ class _GradientBuffer:
 
     ``views[i]`` is parameter i's slice, shaped like it; the parameters' ``.grad`` are made those views
     (when the dtypes agree: with mixed dtypes the buffer is float64 and gradients are copied in and out).
+
+    ``flat`` lives on the parameters' device. The Allreduce works on ``host``: ``flat`` itself on the CPU
+    (no copy), else a host tensor of the same size (pinned on CUDA, so that the copies run at full speed)
+    that ``average`` copies into and back out of (``staged``). ``staged=True`` takes that path for CPU
+    parameters too: the tests check the GPU's plumbing on a machine without one.
     """
 
-    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+    def __init__(self, params: list[torch.nn.Parameter], staged: bool | None = None) -> None:
         self.params = params
         dtype = params[0].dtype if len({p.dtype for p in params}) == 1 else torch.float64
+        device = params[0].device
         self.total = sum(p.numel() for p in params)
-        self.flat = torch.zeros(self.total + len(params), dtype=dtype)
+        self.flat = torch.zeros(self.total + len(params), dtype=dtype, device=device)
         self.views = [
             v.view_as(p)
             for p, v in zip(params, self.flat[: self.total].split([p.numel() for p in params]), strict=True)
         ]
-        self.flat_np = self.flat.numpy()  # shares memory; numpy's scalar writes are far cheaper than torch's
-        self.flags = self.flat_np[self.total :]
+        self.staged = device.type != "cpu" if staged is None else staged
+        self.host = (
+            torch.zeros(self.total + len(params), dtype=dtype, pin_memory=device.type == "cuda")
+            if self.staged
+            else self.flat
+        )
+        self.host_np = self.host.numpy()  # shares memory; numpy's scalar writes are far cheaper than torch's
+        self.flags = self.host_np[self.total :]  # (on the host: no device write per parameter)
         self.adopt = all(p.dtype == dtype for p in params)
 
     def __deepcopy__(self, memo: dict) -> None:
@@ -168,8 +188,14 @@ class _GradientBuffer:
                 if p.grad.data_ptr() != view.data_ptr():
                     view.copy_(p.grad)
                 self.flags[i] = 1.0
-        COMM.Allreduce(MPI.IN_PLACE, self.flat_np, op=MPI.SUM)
-        self.flat[: self.total].mul_(1.0 / num_procs())
+        if self.staged:  # one copy out (it waits for backward's kernels)
+            self.host[: self.total].copy_(self.flat[: self.total])
+        COMM.Allreduce(MPI.IN_PLACE, self.host_np, op=MPI.SUM)
+        self.host[: self.total].mul_(1.0 / num_procs())  # (on the host: the same rounding on any device)
+        if self.staged:
+            # One copy back, queued before the optimiser's kernels on the same stream. The next call's
+            # copy out is queued after it, so the host buffer is never overwritten while being read.
+            self.flat[: self.total].copy_(self.host[: self.total], non_blocking=True)
         for any_rank, p, view in zip(self.flags.tolist(), self.params, self.views, strict=True):
             if not any_rank:
                 continue  # no rank had a gradient: it stays None everywhere

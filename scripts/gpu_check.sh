@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One call checks spinppo on a lent GPU machine (about 4-5 minutes; under 8):
+#
+#   scripts/gpu_check.sh OUTDIR
+#
+# 1. packages: when $PYTHON (python3) lacks gymnasium, ale-py, mujoco or mpirun, installs the cp312 wheels
+#    carried in .gpu_wheels/ (scripts/gpu_wheels.sh fills it; no network is needed) into a prefix of their
+#    own beside the machine's torch, mpi4py, numpy and opencv; spinppo itself runs from this checkout;
+# 2. the tests marked gpu (tests/test_device.py; they skip without CUDA);
+# 3. scripts/gpu_check.py: Pong's raw stepping, then short Pong and Walker2d runs on cuda and on the CPU
+#    (Walker2d under auto too) under mpirun -np 4, each checked for identical ranks, with end-to-end steps/s.
+#
+# Everything it prints goes to OUTDIR/gpu_check.log too; OUTDIR/summary.md is the table for
+# docs/benchmarks.md, OUTDIR/summary.json the same figures, OUTDIR/runs the runs' progress.txt.
+# Without CUDA it says so and does the CPU parts. Environment: PYTHON, WHEELS (.gpu_wheels), PREFIX (where
+# the wheels go, /tmp/spinppo-gpu-prefix), RANKS (4), PONG_EPOCHS (12), WALKER_EPOCHS (8), INSTALL_ONLY=1
+# (stop after step 1).
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-$REPO/.gpu_wheels}
+PREFIX=${PREFIX:-/tmp/spinppo-gpu-prefix}
+RANKS=${RANKS:-4}
+START=$(date +%s)
+step() { echo; echo "== [$(($(date +%s) - START)) s] $*"; }
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+step "1. packages ($("$PY" -V 2>&1), $(command -v "$PY"))"
+have() { "$PY" -c "import gymnasium, ale_py, mujoco, threadpoolctl, yaml, pytest" 2>/dev/null && command -v mpirun >/dev/null; }
+PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
+if have; then
+    echo "gymnasium, ale-py, mujoco, pytest and mpirun are already there: nothing to install"
+else
+    ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run scripts/gpu_wheels.sh first"; exit 2; }
+    # --prefix (not a venv): the machine's own torch and mpi4py stay in use wherever they are installed.
+    "$PY" -m pip install --quiet --no-index --no-deps --ignore-installed --no-warn-script-location \
+        --prefix "$PREFIX" "$WHEELS"/*.whl || { echo "installing the wheels failed"; exit 2; }
+    SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '$PREFIX', 'platbase': '$PREFIX'}))")
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    export PATH="$PREFIX/bin:$PATH"
+    # mpi4py loads the MPI library the mpich wheel brought (the launcher's own).
+    export MPI4PY_LIBMPI="$PREFIX/lib/libmpi.so.12" LD_LIBRARY_PATH="$PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    have || { echo "the wheels are installed but gymnasium, ale-py, mujoco or mpirun still cannot be found"; exit 2; }
+    echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels into $PREFIX"
+fi
+"$PY" -c "import torch, gymnasium, ale_py, mujoco, mpi4py; print('torch', torch.__version__, '(CUDA build', \
+torch.version.cuda, '| GPUs', torch.cuda.device_count(), ') | gymnasium', gymnasium.__version__, '| ale-py', \
+ale_py.__version__, '| mujoco', mujoco.__version__, '| mpi4py', mpi4py.__version__)" || exit 2
+SIZE=$(mpirun -np 2 "$PY" -c "from mpi4py import MPI; w = MPI.COMM_WORLD; w.Get_rank() or print(w.Get_size())")
+echo "mpirun: $(command -v mpirun); mpirun -np 2 gives ranks of a world of size $SIZE"
+[ "$SIZE" = "2" ] || { echo "mpi4py does not use mpirun's MPI (world size $SIZE, not 2)"; exit 2; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,compute_mode --format=csv
+[ "${INSTALL_ONLY:-0}" = "1" ] && { step "done (INSTALL_ONLY)"; exit 0; }
+
+step "2. the tests marked gpu"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -rs
+TESTS=$?
+
+step "3. Pong and Walker2d on cuda and on the CPU, mpirun -np $RANKS"
+timeout 280 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
+    --walker_epochs "${WALKER_EPOCHS:-8}"
+RUNS=$?
+
+step "done: tests exit $TESTS, runs exit $RUNS; log and figures in $OUT"
+[ "$TESTS" = 0 ] && [ "$RUNS" = 0 ]
