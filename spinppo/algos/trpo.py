@@ -104,7 +104,8 @@ class RankMean:
         self.count += 1
         if num_procs() == 1:
             return x.detach()
-        return torch.from_numpy(mpi_avg(x.detach().numpy())).to(x.dtype)
+        # Through the host: on a GPU (--device) one copy out and one back, on the CPU no copy.
+        return torch.from_numpy(mpi_avg(x.detach().cpu().numpy())).to(device=x.device, dtype=x.dtype)
 
 
 def flat_grad(output: torch.Tensor, params: list[torch.nn.Parameter], **kwargs: Any) -> torch.Tensor:
