@@ -228,3 +228,62 @@ def test_a_recurrent_run_on_cuda_keeps_ranks_identical_resumes_exactly_and_conti
     on_cpu = ["-m", "spinppo.run", "ppo", "--resume", str(part), "--epochs", "4", "--device", "cpu"]
     mpirun(2, on_cpu, timeout=240)
     assert len(rows_without_timing(part)) == 5  # the header and 4 epochs
+
+
+def train_every_algorithm(tmp_path: Path, device: str) -> dict[str, list[dict[str, float]]]:
+    """Short in-process runs of every synchronous algorithm under ``--device device``, each with a network
+    that takes another path there: an LSTM (PPO, A2C, TRPO, NPG: the natural gradient's double backward),
+    images through the simple and rllib encoders beside a normalised vector (PPO, VPG, TRPO), an MLP with
+    RLlib's KL penalty; evaluation and a checkpoint every epoch. Returns each run's progress rows."""
+    import gymnasium as gym
+
+    import tests.memory_env  # noqa: F401  (registers Cue-v0)
+    from spinppo.algos.a2c import a2c
+    from spinppo.algos.npg import npg
+    from spinppo.algos.ppo import ppo
+    from spinppo.algos.trpo import trpo
+    from spinppo.algos.vpg import vpg
+    from spinppo.utils.device import requested
+    from tests.test_pixels import SideEnv
+
+    cue = (lambda: gym.make("Cue-v0"), dict(memory_size=8, sequence_length=8))
+    pixels = (lambda: SideEnv(with_vector=True), dict(encoder="simple"))
+    rllib = (SideEnv, dict(encoder="rllib", conv_filters=[[8, [4, 4], 2], [16, [10, 10], 1]]))
+    mlp = (lambda: gym.make("CartPole-v1"), {})
+    small = dict(steps_per_epoch=128, num_envs=4, epochs=2, eval_freq=1, eval_episodes=2, save_freq=1)
+    runs = {
+        "ppo-lstm": (ppo, cue, dict(minibatch_size=64, update_epochs=2)),
+        "ppo-pixels": (ppo, pixels, dict(minibatch_size=64, update_epochs=2)),
+        "ppo-mlp-kl": (ppo, mlp, dict(minibatch_size=64, update_epochs=2, kl_coeff=0.2)),
+        "a2c-lstm": (a2c, cue, dict(n_steps=8)),
+        "vpg-rllib": (vpg, rllib, dict(train_v_iters=3)),
+        "trpo-lstm": (trpo, cue, dict(train_v_iters=3)),
+        "trpo-pixels": (trpo, pixels, dict(train_v_iters=3)),
+        "npg-lstm": (npg, cue, dict(train_v_iters=3)),
+    }
+    rows = {}
+    for name, (algo, (env_fn, ac_kwargs), flags) in runs.items():
+        out = tmp_path / name
+        with requested(device):
+            ac = algo(
+                env_fn,
+                ac_kwargs=dict(hidden_sizes=(16,), **ac_kwargs),
+                logger_kwargs=dict(output_dir=str(out), tensorboard=False),
+                **small,
+                **flags,
+            )
+        assert next(ac.parameters()).device.type == torch.device(device).type, name
+        lines = (out / "progress.txt").read_text().splitlines()
+        rows[name] = [dict(zip(lines[0].split("\t"), map(float, line.split("\t")))) for line in lines[1:]]
+        assert len(rows[name]) == 2, name
+        assert (out / "pyt_save" / "model_best.pt").is_file(), name
+    return rows
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_every_algorithm_trains_on_cuda_with_lstm_image_and_mlp_policies(tmp_path):
+    import math
+
+    for name, rows in train_every_algorithm(tmp_path, "cuda").items():
+        assert all(math.isfinite(r["LossV"]) for r in rows), (name, rows)

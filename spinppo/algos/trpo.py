@@ -33,7 +33,8 @@ Fisher-vector products. (Beyond these, every algorithm's rollout normalises adva
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -213,6 +214,50 @@ def natural_gradient_step(
     """One TRPO policy update of the policy parameters ``params`` (those of ``ac`` that are the policy's)
     on ``batch``, with every mean over ranks through ``rank_mean`` (the module docstring); without
     ``line_search_on``, NPG's: the full natural step. The parameters are left at the step taken."""
+    with twice_differentiable(ac):
+        return _natural_gradient_step(
+            ac,
+            params,
+            batch,
+            rank_mean,
+            delta,
+            damping_coeff,
+            cg_iters,
+            backtrack_iters,
+            backtrack_coeff,
+            line_search_on,
+        )
+
+
+@contextlib.contextmanager
+def twice_differentiable(ac: MLPActorCritic) -> Iterator[None]:
+    """cuDNN's LSTM has no double backward ("Double backwards is not supported for CuDNN RNNs"), which
+    the Fisher-vector products need: a recurrent policy on a GPU runs the policy step with cuDNN off
+    (PyTorch's own LSTM kernels, twice differentiable), as PyTorch's message advises. Elsewhere (the CPU,
+    networks without an LSTM: cuDNN's convolutions have a double backward) nothing changes."""
+    if getattr(ac, "lstm", None) is None or ac.device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
+
+
+def _natural_gradient_step(
+    ac: MLPActorCritic,
+    params: list[torch.nn.Parameter],
+    batch: Batch,
+    rank_mean: RankMean,
+    delta: float,
+    damping_coeff: float,
+    cg_iters: int,
+    backtrack_iters: int,
+    backtrack_coeff: float,
+    line_search_on: bool,
+) -> PolicyStep:
     seq = {"memory": batch.memory, "starts": batch.starts}  # None without memory
     obs = ac.normalize_obs(batch.obs)  # the observation statistics are fixed during the update
     logp, entropy, _, dist = ac.evaluate(obs, batch.act, obs_normalized=True, with_dist=True, **seq)
