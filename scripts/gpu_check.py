@@ -18,11 +18,13 @@ OUTDIR/summary.md (the table for docs/benchmarks.md), and keeps each run's progr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,16 +35,56 @@ PY = sys.executable
 MPIRUN = shutil.which("mpirun") or str(Path(PY).parent / "mpirun")
 
 
+class Clock:
+    """The check's time budget: every command gets what is left of it (``--budget`` seconds in all), so
+    that the check writes its summary before gpu_check.sh's outer time limit ends it."""
+
+    def __init__(self, budget: float) -> None:
+        self.deadline = time.monotonic() + budget
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+CLOCK = Clock(float("inf"))
+
+
 def sh(args: list[str], timeout: float, log: Path) -> subprocess.CompletedProcess:
     """Run ``args`` in the repository, its output appended to ``log``; the CompletedProcess (never
-    raises: a failed or timed-out run is reported, and the check goes on)."""
+    raises: a failed, timed-out or skipped run is reported, and the check goes on). The time limit is
+    ``timeout`` or what is left of the check's budget; at the limit the command's whole process group
+    (mpirun and its ranks, which would otherwise hold the GPU and the cores) is ended."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    try:
-        proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        proc = subprocess.CompletedProcess(args, 124, out, f"timed out after {timeout:.0f} s")
+    timeout = min(timeout, CLOCK.left() - 5)
+    if timeout < 10:
+        proc = subprocess.CompletedProcess(args, 124, "", "skipped: the check's time budget is spent")
+    else:
+        child = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # (its own process group: mpirun's ranks are ended with it)
+        )
+        try:
+            out, err = child.communicate(timeout=timeout)
+            proc = subprocess.CompletedProcess(args, child.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, sig)
+                try:
+                    out, err = child.communicate(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    out, err = "", ""
+            proc = subprocess.CompletedProcess(
+                args, 124, out or "", f"{err or ''}timed out after {timeout:.0f} s"
+            )
     with log.open("a") as f:
         f.write(f"$ {' '.join(args)}\n{proc.stdout}{proc.stderr}\n[exit {proc.returncode}]\n")
     return proc
@@ -82,8 +124,12 @@ def train(name: str, config: str, device: str, ranks: int, epochs: int, out: Pat
     if proc.returncode or not progress.is_file():
         result["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
         return result
-    with progress.open() as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f, delimiter="\t")]
+    try:
+        with progress.open() as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f, delimiter="\t")]
+    except (OSError, ValueError) as e:
+        result["error"] = f"progress.txt unreadable: {e}"[:300]
+        return result
     later = rows[1:]
     if not later:
         result["error"] = "only one epoch: no steady-state figure"
@@ -103,63 +149,14 @@ def ranks_ok(line: str) -> bool:
     return bool(m) and m[1] == m[2] and int(m[2]) > 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outdir")
-    parser.add_argument("--ranks", type=int, default=4)
-    parser.add_argument("--pong_epochs", type=int, default=12)
-    parser.add_argument("--walker_epochs", type=int, default=8)
-    args = parser.parse_args()
-    out = Path(args.outdir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "runs.log"
-    import torch
-
-    cuda = torch.cuda.is_available()
-    gpu = torch.cuda.get_device_name(0) if cuda else None
-    print(
-        f"torch {torch.__version__}, CUDA "
-        + (f"available: {gpu}" if cuda else "absent: the cuda runs are skipped")
-    )
-    devices = (["cuda"] if cuda else []) + ["cpu"]
-    pong_envs = 4  # configs/atari/Pong.yaml's num_envs per rank
-    raw = raw_stepping(args.ranks, pong_envs, log)
-    print(
-        f"Pong raw stepping, {args.ranks} ranks x {pong_envs} envs: "
-        + (f"{raw:.0f} steps/s" if raw else "failed")
-    )
-    grads = [line for d in devices for line in grads_bench(args.ranks, d, log)]
-    print("\n".join(grads), flush=True)
-    results = []
-    plan = [("pong", "configs/atari/Pong.yaml", d, args.pong_epochs) for d in devices]
-    plan += [("walker2d", "configs/mujoco/Walker2d.yaml", d, args.walker_epochs) for d in [*devices, "auto"]]
-    for env, config, device, epochs in plan:
-        r = train(f"{env}-{device}", config, device, args.ranks, epochs, out, log)
-        r["env"] = env
-        if env == "pong" and raw and "steps_per_s" in r:
-            r["of_raw"] = r["steps_per_s"] / raw
-        results.append(r)
-        if "steps_per_s" in r:
-            parts = ", ".join(
-                f"{k} {r[k]:.2f}" for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
-            )
-            share = f" ({r['of_raw']:.0%} of raw stepping)" if "of_raw" in r else ""
-            print(
-                f"{env} --device {device} ({r['device_used']}): {r['steps_per_s']:.0f} steps/s end to end"
-                f"{share}; "
-                f"an epoch {r['epoch_s']:.2f} s: {parts} s; {r['ranks']}",
-                flush=True,
-            )
-        else:
-            print(
-                f"{env} --device {device}: FAILED (exit {r['exit']}): {r.get('error')}; {r['ranks']}",
-                flush=True,
-            )
-    summary = {"torch": torch.__version__, "gpu": gpu, "ranks": args.ranks, "pong_raw": raw, "runs": results}
-    summary["mpi_avg_grads"] = grads
+def write_summary(out: Path, head: dict, results: list[dict], grads: list[str]) -> None:
+    """OUTDIR/summary.json and summary.md from what was measured so far (written after every step, so
+    that a check cut short still leaves its figures)."""
+    summary = {**head, "runs": results, "mpi_avg_grads": grads}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    raw, gpu = head.get("pong_raw"), head.get("gpu")
     lines = [
-        f"GPU: {gpu or 'none'}; torch {torch.__version__}; mpirun -np {args.ranks}; Pong raw stepping "
+        f"GPU: {gpu or 'none'}; torch {head['torch']}; mpirun -np {head['ranks']}; Pong raw stepping "
         + (f"{raw:.0f} steps/s" if raw else "not measured"),
         "",
         "| run | device | steps/s | of raw | epoch s | EnvTime | InferenceTime | UpdateTime | MPITime "
@@ -179,7 +176,76 @@ def main() -> int:
         )
     lines += ["", "```", *grads, "```"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def main() -> int:
+    global CLOCK
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir")
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--pong_epochs", type=int, default=12)
+    parser.add_argument("--walker_epochs", type=int, default=8)
+    parser.add_argument("--budget", type=float, default=250, help="seconds for the whole check")
+    args = parser.parse_args()
+    CLOCK = Clock(args.budget)
+    out = Path(args.outdir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.log"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    try:
+        gpu = torch.cuda.get_device_name(0) if cuda else None
+    except RuntimeError as e:  # (a driver that torch cannot use: the cuda runs will say more)
+        gpu = f"unnamed ({str(e).splitlines()[0][:80]})"
+    print(
+        f"torch {torch.__version__}, CUDA "
+        + (f"available: {gpu}" if cuda else "absent: the cuda runs are skipped")
+    )
+    devices = (["cuda"] if cuda else []) + ["cpu"]
+    head = {"torch": torch.__version__, "gpu": gpu, "ranks": args.ranks, "pong_raw": None}
+    results: list[dict] = []
+    grads: list[str] = []
+    write_summary(out, head, results, grads)
+    pong_envs = 4  # configs/atari/Pong.yaml's num_envs per rank
+    raw = head["pong_raw"] = raw_stepping(args.ranks, pong_envs, log)
+    print(
+        f"Pong raw stepping, {args.ranks} ranks x {pong_envs} envs: "
+        + (f"{raw:.0f} steps/s" if raw else "failed"),
+        flush=True,
+    )
+    write_summary(out, head, results, grads)
+    # The runs first (Pong on the GPU is the issue's question), the gradient benchmark after them.
+    plan = [("pong", "configs/atari/Pong.yaml", d, args.pong_epochs) for d in devices]
+    plan += [("walker2d", "configs/mujoco/Walker2d.yaml", d, args.walker_epochs) for d in [*devices, "auto"]]
+    for env, config, device, epochs in plan:
+        r = train(f"{env}-{device}", config, device, args.ranks, epochs, out, log)
+        r["env"] = env
+        if env == "pong" and raw and "steps_per_s" in r:
+            r["of_raw"] = r["steps_per_s"] / raw
+        results.append(r)
+        write_summary(out, head, results, grads)
+        if "steps_per_s" in r:
+            parts = ", ".join(
+                f"{k} {r[k]:.2f}" for k in ("EnvTime", "InferenceTime", "UpdateTime", "MPITime")
+            )
+            share = f" ({r['of_raw']:.0%} of raw stepping)" if "of_raw" in r else ""
+            print(
+                f"{env} --device {device} ({r['device_used']}): {r['steps_per_s']:.0f} steps/s end to end"
+                f"{share}; "
+                f"an epoch {r['epoch_s']:.2f} s: {parts} s; {r['ranks']}",
+                flush=True,
+            )
+        else:
+            print(
+                f"{env} --device {device}: FAILED (exit {r['exit']}): {r.get('error')}; {r['ranks']}",
+                flush=True,
+            )
+    for d in devices:
+        grads += grads_bench(args.ranks, d, log)
+        write_summary(out, head, results, grads)
+    print("\n".join(grads), flush=True)
+    print((out / "summary.md").read_text())
     bad = [r for r in results if r["exit"] or not ranks_ok(r["ranks"])]
     return 1 if bad else 0
 

@@ -59,12 +59,13 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,com
 [ "${INSTALL_ONLY:-0}" = "1" ] && { step "done (INSTALL_ONLY)"; exit 0; }
 
 step "2. the tests marked gpu"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -rs
+timeout -k 10 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_device.py -rs --durations=0
 TESTS=$?
 
 step "3. Pong and Walker2d on cuda and on the CPU, mpirun -np $RANKS"
-timeout 280 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
-    --walker_epochs "${WALKER_EPOCHS:-8}"
+# (its own budget, 250 s, ends its commands in time to write the summary before this limit)
+timeout -k 10 270 "$PY" scripts/gpu_check.py "$OUT" --ranks "$RANKS" --pong_epochs "${PONG_EPOCHS:-12}" \
+    --walker_epochs "${WALKER_EPOCHS:-8}" --budget 250
 RUNS=$?
 
 step "done: tests exit $TESTS, runs exit $RUNS; log and figures in $OUT"
