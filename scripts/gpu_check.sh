@@ -39,13 +39,48 @@ if have; then
 else
     ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run scripts/gpu_wheels.sh first"; exit 2; }
     # --prefix (not a venv): the machine's own torch and mpi4py stay in use wherever they are installed.
-    "$PY" -m pip install --quiet --no-index --no-deps --ignore-installed --no-warn-script-location \
-        --prefix "$PREFIX" "$WHEELS"/*.whl || { echo "installing the wheels failed"; exit 2; }
-    SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '$PREFIX', 'platbase': '$PREFIX'}))")
-    export PYTHONPATH="$PYTHONPATH:$SITE"
-    export PATH="$PREFIX/bin:$PATH"
+    if "$PY" -m pip --version >/dev/null 2>&1; then
+        "$PY" -m pip install --quiet --no-index --no-deps --ignore-installed --no-warn-script-location \
+            --prefix "$PREFIX" "$WHEELS"/*.whl || { echo "installing the wheels failed"; exit 2; }
+    else  # (no pip: the wheels unpacked as pip would lay them out under a posix prefix)
+        echo "no pip for $PY: unpacking the wheels into $PREFIX"
+        "$PY" - "$PREFIX" "$WHEELS"/*.whl <<'UNPACK' || { echo "unpacking the wheels failed"; exit 2; }
+import os, sys, sysconfig, zipfile
+prefix = sys.argv[1]
+site = sysconfig.get_path("purelib", "posix_prefix", {"base": prefix, "platbase": prefix})
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.endswith("/"):
+                continue
+            top, _, rest = name.partition("/")
+            if top.endswith(".data"):
+                kind, _, rest = rest.partition("/")
+                base = {"scripts": os.path.join(prefix, "bin"), "data": prefix}.get(kind, site)
+                if kind == "headers":
+                    continue
+            else:
+                base, rest = site, name
+            dest = os.path.join(base, rest)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as src, open(dest, "wb") as out:
+                out.write(src.read())
+            if os.sep + "bin" + os.sep in dest:
+                os.chmod(dest, 0o755)
+UNPACK
+    fi
+    # Where they went depends on the interpreter's install scheme (a Debian-style Python adds local/, a
+    # lib64 platform splits purelib and platlib): found, not assumed.
+    SITES=$(find "$PREFIX" -maxdepth 6 -type d \( -name site-packages -o -name dist-packages \) | paste -sd:)
+    MPIRUN_BIN=$(find "$PREFIX" -path '*/bin/mpirun' | head -1)
+    LIBMPI=$(find "$PREFIX" -name 'libmpi.so.12' | head -1)
+    [ -n "$SITES" ] && [ -n "$MPIRUN_BIN" ] && [ -n "$LIBMPI" ] || {
+        echo "the wheels went somewhere unexpected under $PREFIX (site dirs '$SITES', mpirun '$MPIRUN_BIN', libmpi '$LIBMPI')"; exit 2; }
+    export PYTHONPATH="$PYTHONPATH:$SITES"
+    export PATH="$(dirname "$MPIRUN_BIN"):$PATH"
     # mpi4py loads the MPI library the mpich wheel brought (the launcher's own).
-    export MPI4PY_LIBMPI="$PREFIX/lib/libmpi.so.12" LD_LIBRARY_PATH="$PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    LIBDIR=$(dirname "$LIBMPI")
+    export MPI4PY_LIBMPI="$LIBMPI" LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     have || { echo "the wheels are installed but gymnasium, ale-py, mujoco or mpirun still cannot be found"; exit 2; }
     echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels into $PREFIX"
 fi
