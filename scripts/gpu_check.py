@@ -193,11 +193,14 @@ def main() -> int:
     log = out / "runs.log"
     import torch
 
-    cuda = torch.cuda.is_available()
-    try:
-        gpu = torch.cuda.get_device_name(0) if cuda else None
-    except RuntimeError as e:  # (a driver that torch cannot use: the cuda runs will say more)
-        gpu = f"unnamed ({str(e).splitlines()[0][:80]})"
+    cuda = torch.cuda.is_available()  # (no CUDA context here: a GPU in exclusive mode stays the runs')
+    gpu = None
+    if cuda:
+        smi = shutil.which("nvidia-smi")
+        names = (
+            sh([smi, "--query-gpu=name", "--format=csv,noheader"], 20, log).stdout.split("\n") if smi else []
+        )
+        gpu = (names[0].strip() if names else "") or "a CUDA device"
     print(
         f"torch {torch.__version__}, CUDA "
         + (f"available: {gpu}" if cuda else "absent: the cuda runs are skipped")
