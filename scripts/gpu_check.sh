@@ -20,6 +20,8 @@ OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+# A check that stops early (no packages, no MPI) still leaves a summary saying where it stopped.
+trap 'code=$?; [ -f "$OUT/summary.md" ] || echo "The GPU check stopped (exit $code) before its runs: see gpu_check.log" > "$OUT/summary.md"' EXIT
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-python3}
@@ -87,7 +89,7 @@ fi
 "$PY" -c "import torch, gymnasium, ale_py, mujoco, mpi4py; print('torch', torch.__version__, '(CUDA build', \
 torch.version.cuda, '| GPUs', torch.cuda.device_count(), ') | gymnasium', gymnasium.__version__, '| ale-py', \
 ale_py.__version__, '| mujoco', mujoco.__version__, '| mpi4py', mpi4py.__version__)" || exit 2
-SIZE=$(mpirun -np 2 "$PY" -c "from mpi4py import MPI; w = MPI.COMM_WORLD; w.Get_rank() or print(w.Get_size())")
+SIZE=$(timeout -k 5 60 mpirun -np 2 "$PY" -c "from mpi4py import MPI; w = MPI.COMM_WORLD; w.Get_rank() or print(w.Get_size())")
 echo "mpirun: $(command -v mpirun); mpirun -np 2 gives ranks of a world of size $SIZE"
 [ "$SIZE" = "2" ] || { echo "mpi4py does not use mpirun's MPI (world size $SIZE, not 2)"; exit 2; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,compute_mode --format=csv
