@@ -293,3 +293,18 @@ def test_a_config_file_sets_trpo_flags(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr
     assert "delta: 0.02\n" in proc.stdout and "cg_iters: 15\n" in proc.stdout
     assert "backtrack_coeff: 0.5\n" in proc.stdout and "env: Hopper\n" in proc.stdout
+
+
+def test_a_recurrent_policy_on_a_gpu_takes_its_step_without_cudnn():
+    """cuDNN's LSTM has no double backward, so TRPO's step turns cuDNN off for a recurrent policy on a
+    GPU, and only there (the flag's handling; tests/test_device.py trains such a policy on a real GPU)."""
+    from types import SimpleNamespace
+
+    from spinppo.algos.trpo import twice_differentiable
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cases = [((object(), cuda), False), ((None, cuda), True), ((object(), cpu), True)]
+    for (lstm, device), enabled in cases:
+        with twice_differentiable(SimpleNamespace(lstm=lstm, device=device)):
+            assert torch.backends.cudnn.enabled == enabled, (lstm, device)
+        assert torch.backends.cudnn.enabled
