@@ -47,6 +47,7 @@ def a3c(
     initialize_from: str | None = None,
     eval_freq: int = 0,
     eval_episodes: int = 10,
+    eval_deterministic: bool = True,
     stop_at_return: float | None = None,
     stop_at_train_return: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
@@ -84,11 +85,16 @@ def a3c(
             reward_signals.extrinsic.strength); EpRet stays the environment's own return.
         initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
             of random weights (ML-Agents' initialize_from); the network must have the same shape.
-        eval_freq: every this many epochs (and at the last) rank 0 plays eval_episodes deterministic
-            episodes with the shared parameters on separate copies of the environment (the other ranks
-            wait for it after their rollout in hand): EvalEpRet, EvalEpLen, and the best policy kept as
-            pyt_save/model_best.pt. 0 turns evaluation off.
+        eval_freq: every this many epochs (and at the last) rank 0 plays eval_episodes episodes (see
+            eval_deterministic) with the shared parameters on separate copies of the environment (the
+            other ranks wait for it after their rollout in hand): EvalEpRet, EvalEpLen, and the best
+            policy kept as pyt_save/model_best.pt. 0 turns evaluation off.
         eval_episodes: evaluation episodes (seeded alike at every evaluation).
+        eval_deterministic: how the evaluation's episodes act: true, the policy's deterministic action
+            (the Gaussian's mean, each branch's most likely action); false, actions sampled from its
+            distribution as in training (Tianshou's test episodes), from random generators of the
+            evaluation's own seeded by seed and the epoch (rank 0's training generators are left alone).
+            The best policy is chosen by EvalEpRet either way.
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
         stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
             training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).
@@ -145,6 +151,7 @@ def a3c(
             seed,
             stop_at_train_return,
             steps_per_epoch,  # a row whenever the ranks' steps add up to this
+            eval_deterministic=eval_deterministic,
         )
         try:
             training.train(gradient, epochs, save_freq)

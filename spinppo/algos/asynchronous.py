@@ -118,6 +118,7 @@ class AsyncTraining:
         seed: int = 0,
         stop_at_train_return: float | None = None,
         steps_per_epoch: int = 4000,
+        eval_deterministic: bool = True,
     ) -> None:
         self.run, self.ac = run, run.ac
         self.comm = TimedComm(MPI.COMM_WORLD.Dup())  # a collective: every rank builds one
@@ -146,7 +147,14 @@ class AsyncTraining:
             run.logger.across_ranks = False
             if eval_freq:
                 self.evaluation = Evaluation(
-                    env_fn, self.shared, eval_freq, eval_episodes, seed, stop_at_return, alone=True
+                    env_fn,
+                    self.shared,
+                    eval_freq,
+                    eval_episodes,
+                    seed,
+                    stop_at_return,
+                    alone=True,
+                    deterministic=eval_deterministic,
                 )
             self.applied_by_rank = np.zeros(num_procs(), dtype=np.int64)
             self.stop_reason: str | None = None  # "done", "signal", "return" or "diverged"

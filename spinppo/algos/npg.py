@@ -37,6 +37,7 @@ def npg(
     initialize_from: str | None = None,
     eval_freq: int = 0,
     eval_episodes: int = 10,
+    eval_deterministic: bool = True,
     stop_at_return: float | None = None,
     stop_at_train_return: float | None = None,
     logger_kwargs: dict[str, Any] | None = None,
@@ -71,10 +72,15 @@ def npg(
             reward_signals.extrinsic.strength); EpRet stays the environment's own return.
         initialize_from: start from the policy of this run directory (or pyt_save/model*.pt file) instead
             of random weights (ML-Agents' initialize_from); the network must have the same shape.
-        eval_freq: every this many epochs (and at the last) play eval_episodes deterministic episodes on
-            separate copies of the environment: EvalEpRet, EvalEpLen, and the best policy kept as
-            pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
+        eval_freq: every this many epochs (and at the last) play eval_episodes episodes (see
+            eval_deterministic) on separate copies of the environment: EvalEpRet, EvalEpLen, and the
+            best policy kept as pyt_save/model_best.pt (test_policy --itr best). 0 turns evaluation off.
         eval_episodes: evaluation episodes, split over the ranks (seeded alike at every evaluation).
+        eval_deterministic: how the evaluation's episodes act: true, the policy's deterministic action
+            (the Gaussian's mean, each branch's most likely action); false, actions sampled from its
+            distribution as in training (Tianshou's test episodes), from random generators of the
+            evaluation's own seeded by seed and the epoch: the training rows are unchanged and a rerun or
+            resume samples the same. The best policy is chosen by EvalEpRet either way.
         stop_at_return: end the run, with a checkpoint, once EvalEpRet reaches this (needs eval_freq).
         stop_at_train_return: end the run, with a checkpoint, once the mean return of the last 100
             training episodes (over all ranks) reaches this (RLlib's stop: episode_reward_mean).

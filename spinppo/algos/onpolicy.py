@@ -367,10 +367,12 @@ def rollout_vectors(buf: GAEBuffer) -> np.ndarray | None:
 
 class Evaluation:
     """Evaluation during training, on environments of its own: every ``freq`` epochs and at the last,
-    ``episodes`` deterministic episodes of ``ac`` (split over the ranks, or all on this one when
-    ``alone``, A3C's rank 0), seeded far from the training ones and alike at every evaluation; their mean
-    is the row's ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it is kept in
-    ``pyt_save/model_best.pt``, and reaching ``stop_at_return`` ends the run."""
+    ``episodes`` episodes of ``ac`` (split over the ranks, or all on this one when ``alone``, A3C's rank
+    0), seeded far from the training ones and alike at every evaluation; their mean is the row's
+    ``EvalEpRet``/``EvalEpLen`` (NaN in the other rows), the best policy by it is kept in
+    ``pyt_save/model_best.pt``, and reaching ``stop_at_return`` ends the run. ``deterministic``: the
+    policy's deterministic actions; False: sampled ones, from generators of the evaluation's own, seeded
+    by the epoch (the training's are left alone, and a rerun or resume samples the same)."""
 
     def __init__(
         self,
@@ -381,8 +383,11 @@ class Evaluation:
         seed: int,
         stop_at_return: float | None,
         alone: bool = False,
+        deterministic: bool = True,
     ) -> None:
-        self.evaluator = Evaluator(env_fn, ac, episodes, seed + 1_000_000, alone=alone)
+        self.evaluator = Evaluator(
+            env_fn, ac, episodes, seed + 1_000_000, alone=alone, deterministic=deterministic
+        )
         self.freq, self.stop_at_return = freq, stop_at_return
 
     def log(self, epoch: int, last: bool, logger: EpochLogger, checkpointer: Checkpointer) -> str | None:
@@ -392,7 +397,7 @@ class Evaluation:
         due = (epoch + 1) % self.freq == 0 or last
         ret = length = float("nan")
         if due:
-            returns, lengths = self.evaluator.evaluate()
+            returns, lengths = self.evaluator.evaluate(draw=epoch)
             ret, length = float(np.mean(returns)), float(np.mean(lengths))
             if ret > checkpointer.best_eval:
                 checkpointer.save_best(epoch, ret)
@@ -549,6 +554,7 @@ class OnPolicyRun:
         initialize_from: str | None = None,
         eval_freq: int = 0,
         eval_episodes: int = 10,
+        eval_deterministic: bool = True,
         stop_at_return: float | None = None,
         stop_at_train_return: float | None = None,
         preempt: float | None = None,
@@ -577,7 +583,15 @@ class OnPolicyRun:
             # Before the run directory exists (a Unity build cannot be copied, a policy that does not fit:
             # both bad input). A resume continues from its own checkpoint instead of initialize_from.
             if eval_freq:
-                self.evaluation = Evaluation(env_fn, self.ac, eval_freq, eval_episodes, seed, stop_at_return)
+                self.evaluation = Evaluation(
+                    env_fn,
+                    self.ac,
+                    eval_freq,
+                    eval_episodes,
+                    seed,
+                    stop_at_return,
+                    deterministic=eval_deterministic,
+                )
             init_file = (
                 initialize_policy(self.ac, initialize_from) if initialize_from and not self.resume else None
             )

@@ -38,7 +38,9 @@ def resume_algo(algo: str, grid: dict[str, list[Any]], options: dict[str, Any]) 
     env = saved_env_spec(config, where)
     fn = algo_function(algo)
     kwargs = saved_algo_kwargs(fn, config, where)
-    check_flags_agree(grid, options, config, env, kwargs)
+    # A keyword an older config.json lacks (--eval_deterministic) runs with its default: compared as such.
+    defaults = {name: keyword.default for name, keyword in algo_keywords(fn).items()}
+    check_flags_agree(grid, options, config, env, {**defaults, **kwargs})
     start_ranks(options, config)
     if "epochs" in options["given"]:
         kwargs["epochs"] = grid["epochs"][0]

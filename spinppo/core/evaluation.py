@@ -1,16 +1,20 @@
-"""Deterministic evaluation episodes during training, on copies of the environment of their own.
+"""Evaluation episodes during training, on copies of the environment of their own.
 
 The training environments, their episodes in progress and every random generator training draws from are
-left alone: the policy acts deterministically (the Gaussian's mean, each branch's most likely action), the
-observation statistics are read, not updated, and each evaluation episode is seeded by its number. So a
-run's training rows are the same with evaluation on or off, and every evaluation starts its episodes
-from the same states, which makes evaluations of different epochs comparable.
+left alone: the policy acts deterministically (the Gaussian's mean, each branch's most likely action) or,
+with ``deterministic=False`` (``--eval_deterministic false``), samples its actions inside a fork of torch's
+generators (the CPU's and the policy's GPU's) seeded from the evaluator's seed, the evaluation's draw
+number (the epoch) and the rank's episodes; the observation statistics are read, not updated, and each
+evaluation episode is seeded by its number. So a run's training rows are the same with evaluation on or
+off, sampled or not, every evaluation starts its episodes from the same states, which makes evaluations of
+different epochs comparable, and a sampled evaluation is the same on a rerun with the same seed and ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -25,22 +29,35 @@ from spinppo.utils.mpi_tools import allgather, num_procs, proc_id
 
 # An episode of an environment without a time limit stops here (counted as it stands).
 MAX_EPISODE_STEPS = 100_000
+MASK64 = (1 << 64) - 1  # (SeedSequence takes no negative seed)
 
 
 class Evaluator:
-    """``episodes`` deterministic episodes per evaluation, split over the ranks: rank r plays episodes r,
-    r + R, r + 2R, ... on its own copies of ``env_fn()``, all at once with one batched policy call per step.
-    Episode i is reset with seed ``seed + i``. ``evaluate()`` is a collective and returns every rank's
-    episodes, merged in episode order.
+    """``episodes`` episodes per evaluation, split over the ranks: rank r plays episodes r, r + R, r + 2R,
+    ... on its own copies of ``env_fn()``, all at once with one batched policy call per step. Episode i is
+    reset with seed ``seed + i``. ``evaluate(draw)`` is a collective and returns every rank's episodes,
+    merged in episode order.
+
+    ``deterministic`` (the default): the policy's deterministic action (the Gaussian's mean, each branch's
+    most likely action). False: actions sampled from the policy's distribution, as in training, from
+    torch's generators forked and seeded by (``seed``, ``draw``, the rank's first episode): the caller's
+    generators are left as they were, and the same ``draw`` samples the same actions again.
 
     An ``env_fn`` with a ``training`` keyword (EnvFactory) is called with ``training=False``: the game as
     it is scored (an Atari game without episodic life or reward clipping), not as it is trained on.
     """
 
     def __init__(
-        self, env_fn: Callable[[], Any], ac: MLPActorCritic, episodes: int, seed: int, alone: bool = False
+        self,
+        env_fn: Callable[[], Any],
+        ac: MLPActorCritic,
+        episodes: int,
+        seed: int,
+        alone: bool = False,
+        deterministic: bool = True,
     ) -> None:
         self.ac = ac
+        self.deterministic = deterministic
         self.alone = alone  # this rank plays every episode, without collectives (A3C's rank 0)
         self.episode_ids = list(range(episodes)) if alone else list(range(proc_id(), episodes, num_procs()))
         self.seed = seed
@@ -78,7 +95,9 @@ class Evaluator:
             idx = np.flatnonzero(running)
             rows = torch.from_numpy(idx).to(device)
             batch = layout.to_torch(layout.take(obs, idx), device)
-            out = self.ac.act(batch, deterministic=True, memory=None if memory is None else memory[rows])
+            out = self.ac.act(
+                batch, deterministic=self.deterministic, memory=None if memory is None else memory[rows]
+            )
             if memory is not None:
                 memory[rows] = out.memory
             actions = out.action.cpu().numpy()
@@ -91,16 +110,37 @@ class Evaluator:
                     running[i] = False
         return [(i, float(returns[k]), int(lengths[k])) for k, i in enumerate(self.episode_ids)]
 
-    def evaluate(self) -> tuple[list[float], list[int]]:
-        """Play every rank's episodes; (returns, lengths) of all of them, in episode order, on every rank."""
+    def evaluate(self, draw: int = 0) -> tuple[list[float], list[int]]:
+        """Play every rank's episodes; (returns, lengths) of all of them, in episode order, on every rank.
+        ``draw`` (the epoch, during training) seeds the sampled actions when not ``deterministic``."""
         was_training = self.ac.training
         self.ac.eval()
         try:
-            mine = self._play_mine()
+            if self.deterministic:
+                mine = self._play_mine()
+            else:
+                with self._own_generators(draw):
+                    mine = self._play_mine()
         finally:
             self.ac.train(was_training)
         played = sorted(mine if self.alone else [e for rank in allgather(mine) for e in rank])
         return [r for _, r, _ in played], [n for _, _, n in played]
+
+    @contextlib.contextmanager
+    def _own_generators(self, draw: int) -> Iterator[None]:
+        """torch's generators that sampling draws from (the CPU's and, for a policy on a GPU, that GPU's)
+        seeded for this ``draw`` and this rank's episodes, and put back as they were afterwards: training
+        draws exactly what it would have drawn without this evaluation."""
+        device = next(self.ac.parameters()).device
+        first = self.episode_ids[0] if self.episode_ids else 0
+        seed = int(np.random.SeedSequence([self.seed & MASK64, draw, first]).generate_state(1, np.uint64)[0])
+        on_gpu = device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if on_gpu else []):
+            torch.default_generator.manual_seed(seed)
+            if on_gpu:  # (torch.manual_seed would reseed every GPU, not only the forked one)
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
+            yield
 
     def close(self) -> None:
         """Close the evaluation environments."""
