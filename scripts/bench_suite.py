@@ -11,14 +11,18 @@ The order is fixed: PPO first, then A2C, then VPG; within an algorithm one seed 
 the next seed, so that a partial suite covers every environment. Each run is
 
     python -m spinppo.run ppo --config configs/mujoco/<Env>.yaml --seed S --cpu 2 --save_freq 5 \\
-        --data_dir DATA --exp_name ppo-<env>
-    python -m spinppo.run a2c --env <Env> --epochs 250 --seed S --cpu 2 --save_freq 5 ...   (A2C, VPG)
-    python -m spinppo.run trpo --env <Env> --epochs 250 --seed S --cpu 2 --save_freq 5 \\
-        --eval_freq 10 --eval_episodes 10 ...                                         (TRPO, NPG)
+        --eval_freq 10 --eval_episodes 10 --eval_deterministic false --data_dir DATA --exp_name ppo-<env>
+    python -m spinppo.run a2c --env <Env> --epochs 250 --seed S ...     (A2C, VPG, TRPO, NPG: the same flags)
 
+(an algorithm other than PPO takes configs/mujoco/<algo>/<Env>.yaml when there is one). Every run evaluates
+its policy every 10 epochs, 10 episodes with sampled actions as Tianshou's test collector plays them, so
+that the table can give Tianshou's metric: the peak of the seed-averaged evaluation curve (issues 31, 32).
 TRPO and NPG (issue 31) run only when asked (``--algos trpo npg``), on the three environments A2C and VPG
-run, with Spinning Up's defaults; their runs evaluate the policy every 10 epochs (10 deterministic
-episodes), so that the table can also give Tianshou's metric, the best evaluation over training.
+run, with Spinning Up's defaults. A settings trial runs the same suite with flags over the config files
+under a name of its own (issue 32):
+
+    python scripts/bench_suite.py --envs HalfCheetah --algos ppo --seeds 100 101 102 --tag mb64 \\
+        --extra '--steps_per_epoch 2048 --epochs 488 --minibatch_size 64' --data_dir /work/search
 
 in ``DATA/<algo>-<env>/<algo>-<env>_s<S>``, its output in ``DATA/logs/``. A run whose progress.txt reaches
 its last epoch is done and skipped; one with a checkpoint (``checkpoints/ckpt-*.pt``) is continued with
@@ -46,6 +50,7 @@ import glob
 import json
 import math
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -73,7 +78,11 @@ SEEDS = [100, 101, 102, 103, 104]  # seeds 0-14 chose the defaults
 # earlier runs), A2C's and VPG's 4000 (1,000,000).
 EPOCHS = {"ppo": 244, "a2c": 250, "vpg": 250, "trpo": 250, "npg": 250}
 STEPS_PER_EPOCH = {"ppo": 4096, "a2c": 4000, "vpg": 4000, "trpo": 4000, "npg": 4000}
-EVAL_FREQ = {"trpo": 10, "npg": 10}  # epochs between evaluations during training (Tianshou's metric)
+# Evaluation during training, for Tianshou's metric: every 10 epochs (about 40k steps; Tianshou tests every
+# 30,720), 10 episodes with sampled actions as Tianshou's test collector plays them (its figures predate its
+# deterministic_eval option). The training rows are the same with and without it.
+EVAL_FREQ = 10
+EVAL_SAMPLED = True
 CPU = 2
 SAVE_FREQ = 5
 TAIL_FROM = 900_000  # the training return is over the epochs with more interactions than this
@@ -132,6 +141,28 @@ OTHER_REFERENCES: dict[tuple[str, str], list[tuple[str, float, float | None, str
     ("npg", "Walker2d"): [("Tianshou", 2503.2, 963.3, "best eval, v3, 1M")],
 }
 
+# Issue 32's goals: the best published on-policy figure at 1M steps per task, by each reference's metric
+# (sources, commits and settings in docs/benchmarks.md, "The best on-policy figures at 1M (issue 32)").
+#   "peak":  Tianshou (thu-ml/tianshou examples/mujoco/README.md; gym v3, Reacher and IDP v2; 10 seeds): the
+#            maximum over training of the mean over seeds of 10 test episodes with sampled actions;
+#   "final": SB3 zoo (benchmark.md at 22e3ff24; v3; one agent): the final policy's deterministic return,
+#            against our mean over seeds of final_eval.json;
+#   "train": CleanRL (1M, v4): the training return, against our mean over seeds of the last 100k steps.
+Goal = tuple[str, str, float]  # (metric, who, figure)
+GOALS: dict[tuple[str, str], list[Goal]] = {
+    ("ppo", "Hopper"): [("peak", "Tianshou PPO", 2609.3), ("final", "zoo TRPO", 3618.386)],
+    ("ppo", "Walker2d"): [("peak", "Tianshou TRPO", 3826.7), ("final", "zoo TRPO", 4933.148)],
+    ("ppo", "HalfCheetah"): [("peak", "Tianshou PPO", 5783.9), ("final", "zoo PPO", 5819.099)],
+    ("ppo", "Ant"): [("peak", "Tianshou A2C", 3485.4), ("final", "zoo TRPO", 4982.301)],
+    ("ppo", "Humanoid"): [("peak", "Tianshou A2C", 1726.0), ("train", "CleanRL PPO", 716.11)],
+    ("ppo", "Swimmer"): [("peak", "Tianshou PPO", 66.7), ("final", "zoo TRPO", 365.663)],
+    ("ppo", "Reacher"): [("peak", "Tianshou PPO", -4.1)],
+    ("ppo", "InvertedDoublePendulum"): [("peak", "Tianshou A2C", 9257.7)],
+    ("a2c", "Hopper"): [("final", "zoo A2C", 733.454), ("peak", "Tianshou A2C", 1253.2)],
+    ("a2c", "Walker2d"): [("final", "zoo A2C", 581.835), ("peak", "Tianshou A2C", 1091.6)],
+    ("a2c", "HalfCheetah"): [("final", "zoo A2C", 3041.174), ("peak", "Tianshou A2C", 1829.9)],
+}
+
 
 @dataclass
 class Run:
@@ -140,10 +171,12 @@ class Run:
     seed: int
     data_dir: str
     epochs: int
+    tag: str = ""  # a settings trial's name: the runs go to <algo>-<env>-<tag>
+    extra: tuple[str, ...] = ()  # its flags, over the config file's
 
     @property
     def name(self) -> str:
-        return f"{self.algo}-{self.env.lower()}"
+        return f"{self.algo}-{self.env.lower()}" + (f"-{self.tag}" if self.tag else "")
 
     @property
     def dir(self) -> str:
@@ -151,20 +184,33 @@ class Run:
 
     @property
     def config(self) -> str | None:
-        """The PPO config file the run uses (relative to the repository), None for A2C and VPG."""
-        return f"configs/mujoco/{self.env}.yaml" if self.algo == "ppo" else None
+        """The config file the run uses (relative to the repository): configs/mujoco/<Env>.yaml for PPO,
+        configs/mujoco/<algo>/<Env>.yaml for another algorithm that has one; None: its defaults."""
+        path = (
+            f"configs/mujoco/{self.env}.yaml"
+            if self.algo == "ppo"
+            else f"configs/mujoco/{self.algo}/{self.env}.yaml"
+        )
+        return path if self.algo == "ppo" or os.path.exists(os.path.join(ROOT, path)) else None
 
     def log(self) -> str:
         return os.path.join(self.data_dir, "logs", f"{self.name}_s{self.seed}.log")
 
 
 def plan(
-    data_dir: str, algos: list[str], envs: list[str], seeds: list[int], epochs: int | None = None
+    data_dir: str,
+    algos: list[str],
+    envs: list[str],
+    seeds: list[int],
+    epochs: int | None = None,
+    tag: str = "",
+    extra: tuple[str, ...] = (),
 ) -> list[Run]:
     """Every run of the suite in the order they are made: by algorithm, then seed, then environment.
-    ``epochs`` replaces every run's EPOCHS (short trial suites)."""
+    ``epochs`` replaces every run's EPOCHS (short trial suites); ``tag`` and ``extra`` make a settings
+    trial (its own run names, flags over the config files)."""
     return [
-        Run(algo, env, seed, data_dir, epochs or EPOCHS[algo])
+        Run(algo, env, seed, data_dir, epochs or EPOCHS[algo], tag, extra)
         for algo in algos
         for seed in seeds
         for env in envs
@@ -195,8 +241,14 @@ def checkpoints(run_dir: str) -> list[str]:
 
 
 def is_finished(run: Run) -> bool:
+    """Whether the run's progress.txt reaches its last epoch (config.json's, when --extra changed it)."""
     rows = read_progress(run.dir)
-    return bool(rows) and rows[-1]["Epoch"] >= run.epochs - 1
+    epochs = run.epochs
+    config = os.path.join(run.dir, "config.json")
+    if os.path.exists(config):
+        with open(config) as f:
+            epochs = json.load(f).get("epochs", epochs)
+    return bool(rows) and rows[-1]["Epoch"] >= epochs - 1
 
 
 def state(run: Run) -> str:
@@ -219,10 +271,31 @@ def command(run: Run, how: str) -> list[str]:
     if run.epochs != EPOCHS[run.algo] or not run.config:
         cmd += ["--epochs", str(run.epochs)]
     cmd += ["--seed", str(run.seed), "--cpu", str(CPU), "--save_freq", str(SAVE_FREQ)]
-    if run.algo in EVAL_FREQ:
-        cmd += ["--eval_freq", str(EVAL_FREQ[run.algo]), "--eval_episodes", str(EVAL_EPISODES)]
+    cmd += ["--eval_freq", str(EVAL_FREQ), "--eval_episodes", str(EVAL_EPISODES)]
+    if EVAL_SAMPLED:
+        cmd += ["--eval_deterministic", "false"]
     cmd += ["--data_dir", run.data_dir, "--exp_name", run.name]
-    return cmd + (["--overwrite"] if how == "restart" else [])
+    return with_extra(cmd, run.extra) + (["--overwrite"] if how == "restart" else [])
+
+
+def with_extra(cmd: list[str], extra: list[str]) -> list[str]:
+    """``cmd`` with the flags of ``extra`` added, each replacing the same flag (and its values) in ``cmd``."""
+
+    def flags(args: list[str]) -> list[tuple[str, list[str]]]:
+        out: list[tuple[str, list[str]]] = []
+        for a in args:
+            if a.startswith("--"):
+                out.append((a, []))
+            elif out:
+                out[-1][1].append(a)
+            else:
+                raise SystemExit(f"bench_suite: --extra must start with a flag, got {a!r}")
+        return out
+
+    head = cmd[:4]  # python -m spinppo.run ALGO
+    given = dict(flags(extra))
+    kept = [(f, v) for f, v in flags(cmd[4:]) if f not in given]
+    return head + [x for f, v in kept + list(given.items()) for x in (f, *v)]
 
 
 class Stopper:
@@ -324,9 +397,23 @@ def train_score(rows: list[dict[str, float]]) -> float:
 
 
 def best_eval(rows: list[dict[str, float]]) -> float:
-    """Tianshou's metric: the best EvalEpRet over the run's evaluations during training (NaN without)."""
+    """The best EvalEpRet over the run's evaluations during training (NaN without)."""
     evals = [r["EvalEpRet"] for r in rows if math.isfinite(r.get("EvalEpRet", math.nan))]
     return max(evals) if evals else math.nan
+
+
+def best_of_mean_curve(runs_rows: list[list[dict[str, float]]]) -> float:
+    """Tianshou's metric exactly: the maximum over evaluation points of the mean over seeds of EvalEpRet
+    (the peak of the seed-averaged evaluation curve; its analysis.py), over the points every run has.
+    Never above the mean of each seed's best (best_eval). NaN without evaluations."""
+    curves = [
+        {r["TotalEnvInteracts"]: r["EvalEpRet"] for r in rows if math.isfinite(r.get("EvalEpRet", math.nan))}
+        for rows in runs_rows
+    ]
+    if not curves or not all(curves):
+        return math.nan
+    common = set.intersection(*(set(c) for c in curves))
+    return max((statistics.fmean(c[x] for c in curves) for x in common), default=math.nan)
 
 
 def _fmt(x: float | None, digits: int = 0) -> str:
@@ -346,8 +433,8 @@ def summarize(runs: list[Run]) -> list[str]:
     lines = [
         "| environment (v5) | algo | config | seeds done | train return, last 100k: median / mean "
         "| final det. eval: median / mean | CleanRL | SB3 zoo | best eval during training: median / mean "
-        "| other published |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| peak of the seed-mean eval curve | other published |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for env in ENVS:
         for algo in ALGOS + EXTRA_ALGOS:
@@ -358,6 +445,7 @@ def summarize(runs: list[Run]) -> list[str]:
             scores = [train_score(read_progress(r.dir)) for r in done]
             evals = [e["mean"] for e in (read_eval(r) for r in done) if e is not None]
             b_med, b_mean = _stat([best_eval(read_progress(r.dir)) for r in done])
+            peak = best_of_mean_curve([read_progress(r.dir) for r in done])
             t_med, t_mean = _stat(scores)
             e_med, e_mean = _stat(evals)
             ref = REFERENCES.get((algo, env), {})
@@ -367,12 +455,51 @@ def summarize(runs: list[Run]) -> list[str]:
             ]
             first = members[0]
             config = f"`{first.config}`" if first.config else f"defaults, `--epochs {first.epochs}`"
+            if first.extra:
+                config += f" + `{' '.join(first.extra)}`"
             seeds = ", ".join(str(r.seed) for r in done)
             lines.append(
                 f"| {env} | {algo.upper()} | {config} | {len(done)}/{len(members)}"
                 f"{f' ({seeds})' if done else ''} | {_fmt(t_med)} / {_fmt(t_mean)} "
                 f"| {_fmt(e_med)} / {_fmt(e_mean)}{f' ({len(evals)})' if len(evals) != len(done) else ''} "
-                f"| {cols[0]} | {cols[1]} | {_fmt(b_med)} / {_fmt(b_mean)} | {_other(algo, env)} |"
+                f"| {cols[0]} | {cols[1]} | {_fmt(b_med)} / {_fmt(b_mean)} | {_fmt(peak)} "
+                f"| {_other(algo, env)} |"
+            )
+    return lines
+
+
+def goals_table(runs: list[Run]) -> list[str]:
+    """Issue 32's goals against the finished runs of ``runs``, each by its reference's own metric."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        if is_finished(r):
+            groups.setdefault((r.algo, r.env), []).append(r)
+    lines = [
+        "| environment (v5) | algo | seeds | metric | reference | ours | met |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+    for (algo, env), goals in GOALS.items():
+        done = groups.get((algo, env))
+        if not done:
+            continue
+        rows = [read_progress(r.dir) for r in done]
+        finals = [e["mean"] for e in (read_eval(r) for r in done) if e is not None]
+        ours = {
+            "peak": best_of_mean_curve(rows),
+            "final": statistics.fmean(finals) if len(finals) == len(done) else math.nan,
+            "train": statistics.fmean(train_score(x) for x in rows),
+        }
+        what = {
+            "peak": "peak of the seed-mean sampled eval",
+            "final": "final det. eval, mean",
+            "train": "train return, last 100k, mean",
+        }
+        for metric, who, figure in goals:
+            mine = ours[metric]
+            met = "-" if not math.isfinite(mine) else ("yes" if mine >= figure else "no")
+            lines.append(
+                f"| {env} | {algo.upper()} | {len(done)} ({', '.join(str(r.seed) for r in done)}) "
+                f"| {what[metric]} | {who} {figure:g} | {_fmt(mine, 1)} | {met} |"
             )
     return lines
 
@@ -430,12 +557,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "suite.png"), help="with --summarize")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate finished runs")
+    p.add_argument("--tag", default="", help="a settings trial: its runs go to <algo>-<env>-<tag>")
+    p.add_argument(
+        "--extra",
+        default="",
+        help="a settings trial's flags over the config files, one string: --extra '--lr 3e-4 --ent_coef 0'",
+    )
     args = p.parse_args(argv)
+    if args.extra and not args.tag:
+        p.error("--extra needs --tag (a trial's runs must not mix with the suite's)")
     data_dir = os.path.abspath(args.data_dir)
-    runs = plan(data_dir, args.algos, args.envs, args.seeds, args.epochs)
+    runs = plan(
+        data_dir, args.algos, args.envs, args.seeds, args.epochs, args.tag, tuple(shlex.split(args.extra))
+    )
 
     if args.summarize:
         print("\n".join(summarize(runs)))
+        print("\nIssue 32's goals, each by its reference's metric:\n")
+        print("\n".join(goals_table(runs)))
         todo = [r for r in runs if not is_finished(r)]
         if todo:
             print(f"\nnot finished ({len(todo)}): " + ", ".join(f"{r.name} s{r.seed}" for r in todo))
