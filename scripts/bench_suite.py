@@ -115,24 +115,24 @@ REFERENCES: dict[tuple[str, str], dict[str, Reference]] = {
 }
 # TRPO's and NPG's published figures (issue 31), each with its metric; the standard deviation is over seeds
 # (None where the figure is read off a graph). Sources: thu-ml/tianshou examples/mujoco/README.md, "TRPO"
-# and "NPG" (gym v3 environments, 1M steps, 10 seeds; the best over training of the mean of 10 test
-# episodes), whose TRPO table also reads OpenAI Baselines' trpo_mpi 1M benchmark
-# (openai/baselines benchmarks_mujoco1M.htm: the training return) and Spinning Up's TRPO curves
-# (spinningup.openai.com bench.html, TensorFlow: the epoch's training return) at 1M steps off their graphs
-# ("~"), in those projects' own (older) environment versions.
+# and "NPG" (gym v3 environments, 1M steps, 10 seeds; the peak over training of the seed-mean of 10 test
+# episodes with sampled actions); OpenAI Baselines' trpo_mpi 1M benchmark (openai/baselines
+# benchmarks_mujoco1M.htm, results at baselines ea68f3b: "Reward (avg. 6 seeds)", the training return at
+# 1M); Spinning Up's TRPO curves (spinningup.openai.com bench.html, TensorFlow: the epoch's training
+# return), read at 1M steps off the graph ("~") by Tianshou's TRPO table; older environment versions.
 OTHER_REFERENCES: dict[tuple[str, str], list[tuple[str, float, float | None, str]]] = {
     ("trpo", "HalfCheetah"): [
-        ("Baselines trpo_mpi", 1350, None, "~, train return, 1M"),
+        ("Baselines trpo_mpi", 1289.7, None, "train return, 6 seeds, 1M"),
         ("Spinning Up", 850, None, "~, train return, 1M"),
         ("Tianshou", 4471.2, 804.9, "best eval, v3, 1M"),
     ],
     ("trpo", "Hopper"): [
-        ("Baselines trpo_mpi", 2200, None, "~, train return, 1M"),
+        ("Baselines trpo_mpi", 1912.9, None, "train return, 6 seeds, 1M"),
         ("Spinning Up", 1200, None, "~, train return, 1M"),
         ("Tianshou", 2046.0, 1037.9, "best eval, v3, 1M"),
     ],
     ("trpo", "Walker2d"): [
-        ("Baselines trpo_mpi", 2350, None, "~, train return, 1M"),
+        ("Baselines trpo_mpi", 2342.63, None, "train return, 6 seeds, 1M"),
         ("Spinning Up", 600, None, "~, train return, 1M"),
         ("Tianshou", 3826.7, 782.7, "best eval, v3, 1M"),
     ],
