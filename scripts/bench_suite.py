@@ -78,10 +78,10 @@ SEEDS = [100, 101, 102, 103, 104]  # seeds 0-14 chose the defaults
 # earlier runs), A2C's and VPG's 4000 (1,000,000).
 EPOCHS = {"ppo": 244, "a2c": 250, "vpg": 250, "trpo": 250, "npg": 250}
 STEPS_PER_EPOCH = {"ppo": 4096, "a2c": 4000, "vpg": 4000, "trpo": 4000, "npg": 4000}
-# Evaluation during training, for Tianshou's metric: every 10 epochs (about 40k steps; Tianshou tests every
-# 30,720), 10 episodes with sampled actions as Tianshou's test collector plays them (its figures predate its
-# deterministic_eval option). The training rows are the same with and without it.
-EVAL_FREQ = 10
+# Evaluation during training, for Tianshou's metric: about every 40k steps (every 10 epochs of 4000 or 4096
+# steps; Tianshou tests every 30,720), 10 episodes with sampled actions as Tianshou's test collector plays
+# them (its figures predate its deterministic_eval option). The training rows are the same with and without.
+EVAL_EVERY_STEPS = 40_000
 EVAL_SAMPLED = True
 CPU = 2
 SAVE_FREQ = 5
@@ -196,6 +196,17 @@ class Run:
     def log(self) -> str:
         return os.path.join(self.data_dir, "logs", f"{self.name}_s{self.seed}.log")
 
+    def steps_per_epoch(self) -> int:
+        """The run's steps per epoch: --extra's, else its config file's, else the suite's default."""
+        if "--steps_per_epoch" in self.extra:
+            return int(self.extra[self.extra.index("--steps_per_epoch") + 1])
+        if self.config:
+            import yaml
+
+            with open(os.path.join(ROOT, self.config)) as f:
+                return int(yaml.safe_load(f).get("steps_per_epoch", STEPS_PER_EPOCH[self.algo]))
+        return STEPS_PER_EPOCH[self.algo]
+
 
 def plan(
     data_dir: str,
@@ -271,7 +282,8 @@ def command(run: Run, how: str) -> list[str]:
     if run.epochs != EPOCHS[run.algo] or not run.config:
         cmd += ["--epochs", str(run.epochs)]
     cmd += ["--seed", str(run.seed), "--cpu", str(CPU), "--save_freq", str(SAVE_FREQ)]
-    cmd += ["--eval_freq", str(EVAL_FREQ), "--eval_episodes", str(EVAL_EPISODES)]
+    eval_freq = max(1, round(EVAL_EVERY_STEPS / run.steps_per_epoch()))
+    cmd += ["--eval_freq", str(eval_freq), "--eval_episodes", str(EVAL_EPISODES)]
     if EVAL_SAMPLED:
         cmd += ["--eval_deterministic", "false"]
     cmd += ["--data_dir", run.data_dir, "--exp_name", run.name]
