@@ -642,6 +642,9 @@ def test_shipped_configs_load(path, capsys):
     if "rllib" in path.parts:  # RLlib's tuned examples name their algorithm (run:)
         assert main(["--config", str(path), "--print_config"]) == 0
         config = yaml.safe_load(capsys.readouterr().out)
+    elif path.parent.name in ("a2c", "vpg", "trpo", "npg"):  # configs/mujoco/<algo>/<Env>.yaml
+        assert main([path.parent.name, "--config", str(path), "--print_config"]) == 0
+        config = yaml.safe_load(capsys.readouterr().out)
     else:
         extra = ["--env", "CartPole"] if "unity" in path.parts else []
         config = printed(capsys, "--config", str(path), *extra)
