@@ -567,7 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--summarize", action="store_true", help="print the table of finished runs, write the plot"
     )
-    p.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "suite.png"), help="with --summarize")
+    p.add_argument(
+        "--plot",
+        help="with --summarize: the plot's file (default: docs/img/suite.png for the whole default suite, "
+        "none for a trial or a subset, so that they never overwrite the suite's plot)",
+    )
     p.add_argument("--no-eval", action="store_true", help="do not evaluate finished runs")
     p.add_argument("--tag", default="", help="a settings trial: its runs go to <algo>-<env>-<tag>")
     p.add_argument(
@@ -576,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a settings trial's flags over the config files, one string: --extra '--lr 3e-4 --ent_coef 0'",
     )
     args = p.parse_args(argv)
+    whole_suite = not args.tag and args.envs == ENVS and args.algos == ALGOS and args.seeds == SEEDS
+    if args.plot is None and whole_suite:
+        args.plot = os.path.join(ROOT, "docs", "img", "suite.png")
     if args.extra and not args.tag:
         p.error("--extra needs --tag (a trial's runs must not mix with the suite's)")
     data_dir = os.path.abspath(args.data_dir)
@@ -590,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         todo = [r for r in runs if not is_finished(r)]
         if todo:
             print(f"\nnot finished ({len(todo)}): " + ", ".join(f"{r.name} s{r.seed}" for r in todo))
+        if not args.plot:
+            print("\nno plot written: a trial or a subset of the suite writes one only with --plot FILE")
+            return 0
         written = plot_suite(runs, args.plot)
         print(f"\nplot: {written}" if written else "\nno run has a logged epoch yet: no plot")
         return 0
