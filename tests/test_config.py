@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from spinppo.cli.flag_tables import ALGOS
 from spinppo.run import main
 from tests.conftest import REPO, mpirun, rows_without_timing
 from tests.test_unity import free_ports, no_leftover_players  # noqa: F401 (a fixture)
@@ -642,7 +643,7 @@ def test_shipped_configs_load(path, capsys):
     if "rllib" in path.parts:  # RLlib's tuned examples name their algorithm (run:)
         assert main(["--config", str(path), "--print_config"]) == 0
         config = yaml.safe_load(capsys.readouterr().out)
-    elif path.parent.name in ("a2c", "vpg", "trpo", "npg"):  # configs/mujoco/<algo>/<Env>.yaml
+    elif path.parent.name in ALGOS:  # configs/mujoco/<algo>/<Env>.yaml
         assert main([path.parent.name, "--config", str(path), "--print_config"]) == 0
         config = yaml.safe_load(capsys.readouterr().out)
     else:
