@@ -1,6 +1,7 @@
-"""Run by tests/test_trpo.py under mpirun: TRPO on a Box task and NPG on a Discrete one, recording a digest
-of every rank's parameters after each update and before ``after_update``'s ``sync_params`` (which would make
-them identical anyway); rank 0 prints the records once every rank's agree bit for bit.
+"""Run by tests/test_trpo.py under mpirun: TRPO on a Box task and NPG on a Discrete one (its value steps
+on minibatches), recording a digest of every rank's parameters after each update and before
+``after_update``'s ``sync_params`` (which would make them identical anyway); rank 0 prints the records
+once every rank's agree bit for bit.
 
 usage: trpo_ranks.py OUT_DIR
 """
@@ -28,7 +29,9 @@ def recording(module, root=0):
 onpolicy.sync_params = recording
 small = dict(ac_kwargs=dict(hidden_sizes=(16,)), steps_per_epoch=512, num_envs=2, train_v_iters=5)
 trpo(EnvFactory("Pendulum-v1"), epochs=3, logger_kwargs=dict(output_dir=f"{sys.argv[1]}/trpo"), **small)
-npg(EnvFactory("CartPole-v1"), epochs=2, logger_kwargs=dict(output_dir=f"{sys.argv[1]}/npg"), **small)
+# NPG's value steps on minibatches: 128 over the ranks, 64 of each rank's 256 steps, 4 steps a pass.
+npg_out = dict(output_dir=f"{sys.argv[1]}/npg")
+npg(EnvFactory("CartPole-v1"), epochs=2, vf_minibatch_size=128, logger_kwargs=npg_out, **small)
 # The first call of each run is OnPolicyRun's, before training: the ranks' random initialisations differ.
 updates = seen[1:4] + seen[5:]
 everyone = allgather(updates)

@@ -29,6 +29,7 @@ def npg(
     delta: float = 0.01,
     vf_lr: float = 1e-3,
     train_v_iters: int = 80,
+    vf_minibatch_size: int = 0,
     damping_coeff: float = 0.1,
     cg_iters: int = 10,
     norm_reward: bool = False,
@@ -61,7 +62,11 @@ def npg(
         delta: the KL radius: each step is scaled so that its quadratic model of the mean KL(old || new)
             is delta (Spinning Up's delta; no line search checks the true KL).
         vf_lr: value-function learning rate (Adam).
-        train_v_iters: value-function gradient steps per epoch.
+        train_v_iters: value-function gradient steps per epoch, or with vf_minibatch_size passes over the
+            batch.
+        vf_minibatch_size: samples per value-function step over all ranks: each of the train_v_iters
+            passes takes a step on each shuffled minibatch of this size (SB3-contrib's TRPO: 20 passes
+            of 128). 0: one step on the whole batch (Spinning Up's).
         damping_coeff: the damping added to the Fisher matrix, H + damping_coeff I, for the conjugate
             gradient's stability.
         cg_iters: conjugate-gradient iterations (Fisher-vector products) of the natural-gradient solve.

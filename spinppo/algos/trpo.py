@@ -15,7 +15,9 @@ g = grad LossPi and H = the Hessian of D (the Fisher information matrix):
     NPG:  theta = theta_old - step           (the full natural step, no line search)
 
 V is fitted to the lambda-returns by ``train_v_iters`` Adam steps (``vf_lr``) on L_v = E[(V - R)^2]
-(``vpg.value_loss``). Every E is over the batch's real steps: a recurrent batch's padded steps are left out.
+(``vpg.value_loss``), each on the whole batch (Spinning Up's), or with ``vf_minibatch_size`` each a pass of
+steps on shuffled minibatches (SB3-contrib's TRPO: ``n_critic_updates`` epochs of ``batch_size``). Every E
+is over the batch's real steps: a recurrent batch's padded steps are left out.
 
 Over MPI each rank computes on its own rollout, and every quantity a decision depends on is a mean over the
 ranks, one Allreduce each (``RankMean``): g (with LossPi beside it), every Fisher-vector product (the
@@ -24,7 +26,8 @@ Every rank therefore computes the same x and accepts the same step, and the para
 The collectives of one update, logged as ``Collectives``:
 
     1 (g, LossPi) + cg_iters + 1 (x^T H x) + the line search's evaluations (TRPO: BacktrackIters + 1, or
-    backtrack_iters when none is accepted; NPG: 1) + train_v_iters (the value steps' gradients)
+    backtrack_iters when none is accepted; NPG: 1) + the value steps' gradients (train_v_iters, times the
+    minibatches of a pass with vf_minibatch_size)
 
 that is 1 + 10 + 1 + 1 + 80 = 93 with the defaults when the full step is accepted, and cg_iters + 1 = 11
 Fisher-vector products. (Beyond these, every algorithm's rollout normalises advantages over the ranks and
@@ -42,6 +45,7 @@ import torch
 from spinppo.algos.onpolicy import OnPolicyRun, check_common_flags
 from spinppo.algos.vpg import value_loss
 from spinppo.core.buffer import Batch, real_steps
+from spinppo.core.minibatches import shuffled_rows
 from spinppo.core.networks import MLPActorCritic
 from spinppo.utils.errors import UserError
 from spinppo.utils.mpi_pytorch import mpi_avg_grads
@@ -318,6 +322,7 @@ def trpo(
     delta: float = 0.01,
     vf_lr: float = 1e-3,
     train_v_iters: int = 80,
+    vf_minibatch_size: int = 0,
     damping_coeff: float = 0.1,
     cg_iters: int = 10,
     backtrack_iters: int = 10,
@@ -350,7 +355,11 @@ def trpo(
         lam: GAE lambda.
         delta: the KL radius: the step's mean KL(old || new) may not exceed it (Spinning Up's delta).
         vf_lr: value-function learning rate (Adam).
-        train_v_iters: value-function gradient steps per epoch.
+        train_v_iters: value-function gradient steps per epoch, or with vf_minibatch_size passes over the
+            batch.
+        vf_minibatch_size: samples per value-function step over all ranks: each of the train_v_iters
+            passes takes a step on each shuffled minibatch of this size (SB3-contrib's TRPO: 20 passes
+            of 128). 0: one step on the whole batch (Spinning Up's).
         damping_coeff: the damping added to the Fisher matrix, H + damping_coeff I, for the conjugate
             gradient's stability.
         cg_iters: conjugate-gradient iterations (Fisher-vector products) of the natural-gradient solve.
@@ -421,9 +430,13 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
         vf_optimizer = torch.optim.Adam(ac.v.parameters(), lr=c["vf_lr"], fused=True)
         cg_iters, train_v_iters = c["cg_iters"], c["train_v_iters"]
         backtrack_iters = c.get("backtrack_iters", 0)
+        # The value steps of a pass: one on the whole batch, or one per minibatch of each rank's share.
+        local_steps = c["steps_per_epoch"] // num_procs()
+        vf_minibatch = c.get("vf_minibatch_size", 0) // num_procs() or local_steps
+        vf_steps = max(1, local_steps // vf_minibatch)
         run.logger.log(
             f"{algo.upper()} update: {cg_iters + 1} Fisher-vector products and {cg_iters + 2} + line search "
-            f"+ {train_v_iters} Allreduces (the Collectives column)"
+            f"+ {train_v_iters * vf_steps} Allreduces (the Collectives column)"
         )
 
         def update(batch: Batch) -> dict[str, float]:
@@ -447,14 +460,20 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
             (ret,) = real_steps(batch.mask, batch.ret)
             with torch.no_grad():
                 (feat,) = real_steps(batch.mask, ac.features(batch.obs, **seq))
-            loss_v_first = None
+            with torch.no_grad():
+                loss_v_first = value_loss(ac.v(feat).squeeze(-1), ret).item()
             for _ in range(train_v_iters):
-                loss_v = value_loss(ac.v(feat).squeeze(-1), ret)
-                vf_optimizer.zero_grad(set_to_none=False)
-                loss_v.backward()
-                mpi_avg_grads(ac.v)  # one Allreduce: the value head's gradients only
-                vf_optimizer.step()
-                loss_v_first = loss_v.item() if loss_v_first is None else loss_v_first
+                # Every rank takes vf_steps steps (a preempted rollout's shorter batch: smaller ones).
+                minibatches = (
+                    [None] if vf_steps == 1 else shuffled_rows(len(ret), vf_minibatch, vf_steps, ret.device)
+                )
+                for rows in minibatches:
+                    f, r = (feat, ret) if rows is None else (feat[rows], ret[rows])
+                    loss_v = value_loss(ac.v(f).squeeze(-1), r)
+                    vf_optimizer.zero_grad(set_to_none=False)
+                    loss_v.backward()
+                    mpi_avg_grads(ac.v)  # one Allreduce: the value head's gradients only
+                    vf_optimizer.step()
             with torch.no_grad():
                 loss_v_last = value_loss(ac.v(feat).squeeze(-1), ret).item()
             return TRPOStats(
@@ -465,7 +484,7 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
                 DeltaLossV=loss_v_last - loss_v_first,
                 BacktrackIters=step.backtrack_iters,
                 Entropy=step.entropy,
-                Collectives=rank_mean.count + train_v_iters,
+                Collectives=rank_mean.count + train_v_iters * vf_steps,
             )._asdict()
 
         for epoch in run.epochs(c["epochs"], c["save_freq"], {"vf_optimizer": vf_optimizer}):
@@ -482,7 +501,13 @@ def check_flags(config: dict[str, Any]) -> None:
     positive = ("delta", "vf_lr", "train_v_iters", "cg_iters")
     if "backtrack_iters" in config:
         positive += ("backtrack_iters",)
-    check_common_flags(config, positive=positive, nonnegative=("damping_coeff",))
+    check_common_flags(config, positive=positive, nonnegative=("damping_coeff", "vf_minibatch_size"))
+    vf_minibatch, steps_per_epoch = config.get("vf_minibatch_size", 0), config["steps_per_epoch"]
+    if vf_minibatch and (vf_minibatch % num_procs() or vf_minibatch > steps_per_epoch):
+        raise UserError(
+            f"--vf_minibatch_size {vf_minibatch} must divide among {num_procs()} ranks and not exceed "
+            f"--steps_per_epoch {steps_per_epoch} (or be 0: one value step on the whole batch)"
+        )
     coeff = config.get("backtrack_coeff", 0.5)
     if not 0 < coeff < 1:
         raise UserError(f"--backtrack_coeff must be in (0, 1), such as 0.8 (Spinning Up's), not {coeff}")

@@ -75,16 +75,7 @@ class MinibatchTable:
         and one shorter than ``count`` rows gives one row to each, rows taken again in turn (never an empty
         minibatch).
         """
-        perm = torch.randperm(self.n).to(self.table.device)
-        count = self.n // size if count is None else count
-        if self.n >= count * size:
-            chunks = [perm[start : start + size] for start in range(0, count * size, size)]
-        elif self.n >= count:
-            edges = [self.n * i // count for i in range(count + 1)]
-            chunks = [perm[a:b] for a, b in zip(edges[:-1], edges[1:])]
-        else:
-            chunks = [perm[i % self.n : i % self.n + 1] for i in range(count)]
-        for rows in chunks:
+        for rows in shuffled_rows(self.n, size, count, self.table.device):
             size = len(rows)
             parts = self.table.index_select(0, rows).split(self.widths, 1)
             fields = {
@@ -98,6 +89,26 @@ class MinibatchTable:
                     else f.index_select(0, rows)
                 )
             yield Minibatch(**fields)  # (the fields that are None keep their default)
+
+
+def shuffled_rows(
+    n: int, size: int, count: int | None = None, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """The row indices of minibatches of ``size`` of ``n`` rows, in a fresh random order (one
+    ``torch.randperm``, drawn on the CPU, then moved to ``device``): ``n // size`` of them, or ``count``.
+
+    Rows left over when ``size`` does not divide ``n`` are not used. Every rank must take as many gradient
+    steps, so a batch too short for ``count`` minibatches of ``size`` (a preempted rollout) is split into
+    ``count`` nearly equal ones, and one shorter than ``count`` rows gives one row to each, rows taken again
+    in turn (never an empty minibatch)."""
+    perm = torch.randperm(n).to(device)
+    count = n // size if count is None else count
+    if n >= count * size:
+        return [perm[start : start + size] for start in range(0, count * size, size)]
+    if n >= count:
+        edges = [n * i // count for i in range(count + 1)]
+        return [perm[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    return [perm[i % n : i % n + 1] for i in range(count)]
 
 
 class StatSums:
