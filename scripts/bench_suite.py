@@ -470,7 +470,7 @@ def summarize(runs: list[Run]) -> list[str]:
             if first.extra:
                 config += f" + `{' '.join(first.extra)}`"
             elif first.tag:  # summarised without --extra: the trial's flags are in each run's config.json
-                config += f" + trial `{first.tag}`'s flags (config.json)"
+                config = f"trial `{first.tag}` (its flags: each run's config.json)"
             seeds = ", ".join(str(r.seed) for r in done)
             lines.append(
                 f"| {env} | {algo.upper()} | {config} | {len(done)}/{len(members)}"
