@@ -460,8 +460,8 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
             (ret,) = real_steps(batch.mask, batch.ret)
             with torch.no_grad():
                 (feat,) = real_steps(batch.mask, ac.features(batch.obs, **seq))
-            with torch.no_grad():
-                loss_v_first = value_loss(ac.v(feat).squeeze(-1), ret).item()
+                # L_v before the value steps; on whole-batch steps the first step's own loss is that.
+                loss_v_first = value_loss(ac.v(feat).squeeze(-1), ret).item() if vf_steps > 1 else None
             for _ in range(train_v_iters):
                 # Every rank takes vf_steps steps (a preempted rollout's shorter batch: smaller ones).
                 minibatches = (
@@ -470,6 +470,8 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
                 for rows in minibatches:
                     f, r = (feat, ret) if rows is None else (feat[rows], ret[rows])
                     loss_v = value_loss(ac.v(f).squeeze(-1), r)
+                    if loss_v_first is None:
+                        loss_v_first = loss_v.item()
                     vf_optimizer.zero_grad(set_to_none=False)
                     loss_v.backward()
                     mpi_avg_grads(ac.v)  # one Allreduce: the value head's gradients only
