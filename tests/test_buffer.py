@@ -105,3 +105,28 @@ def test_time_horizon_cuts_trajectories_and_bootstraps_them():
         plain.store(np.zeros((1, 1)), np.zeros((1, 1)), [rew[t]], [val[t]], [0.0], [bool(term[t])], [False])
     plain.finish(np.array([last_v], dtype=np.float32))
     assert not np.allclose(plain.adv[:3, 0], a1)
+
+
+def test_scaled_values_give_the_same_advantages_and_returns_in_the_critics_units():
+    """--norm_value: the buffer holds the critic's outputs (values / s); GAE must see values in the
+    rewards' units (the truncation's V(final obs) and the epoch cut's V(next obs) too), and the returns
+    it gives back are the critic's targets, lambda-returns / s."""
+    rew = [1.0, 2.0, 3.0, 0.5, -1.0, 2.0, 1.5]
+    val = [0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1]
+    term = [0, 0, 1, 0, 0, 0, 0]
+    trunc = [0, 0, 0, 0, 1, 0, 0]
+    final_v_b, last_v, s = 5.0, 7.0, 4.0
+    buf = GAEBuffer(obs_dim=2, act_shape=(1,), num_envs=1, steps=7, gamma=GAMMA, lam=LAM)
+    buf.value_scale = s
+    for t in range(7):
+        final_val = np.array([final_v_b / s if trunc[t] else np.nan], dtype=np.float32)
+        buf.store(np.zeros((1, 2)), np.zeros((1, 1)), [rew[t]], [val[t] / s], [0.0], [bool(term[t])],
+                  [bool(trunc[t])], final_val)  # fmt: skip
+    buf.finish(np.array([last_v / s]))
+    adv_a, ret_a = hand_gae(rew[0:3], val[0:3], 0.0)
+    adv_b, ret_b = hand_gae(rew[3:5], val[3:5], final_v_b)
+    adv_c, ret_c = hand_gae(rew[5:7], val[5:7], last_v)
+    np.testing.assert_allclose(buf.adv[:, 0], np.concatenate([adv_a, adv_b, adv_c]), rtol=1e-5)
+    np.testing.assert_allclose(buf.ret[:, 0], np.concatenate([ret_a, ret_b, ret_c]) / s, rtol=1e-5)
+    data = buf.get(normalize_adv=False)
+    np.testing.assert_allclose(data.v_old.numpy(), np.float32(val) / s)  # the critic's own outputs

@@ -187,6 +187,8 @@ class Checkpointer:
             "ep_len": worker.ep_len,
             "memory": worker.memory,  # a recurrent policy's memory of the episodes in progress (or None)
             "reward_scaler": None if self.reward_scaler is None else self.reward_scaler.state_dict(),
+            # (--norm_value only: other runs' checkpoints hold what they always held)
+            **({} if worker.value_norm is None else {"value_norm": worker.value_norm.state_dict()}),
         }
 
     def save(self, epoch: int, elapsed: float) -> None:
@@ -313,6 +315,8 @@ class Checkpointer:
                 worker.memory[:] = 0.0  # new episodes, empty memories
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if worker.value_norm is not None and state.get("value_norm") is not None:
+            worker.value_norm.load_state_dict(state["value_norm"])
         return int(shared["epoch"]), float(shared["elapsed"])
 
     def _fresh_start(self, seed: int) -> None:

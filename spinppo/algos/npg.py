@@ -33,6 +33,7 @@ def npg(
     damping_coeff: float = 0.1,
     cg_iters: int = 10,
     norm_reward: bool = False,
+    norm_value: bool = False,
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
@@ -71,6 +72,9 @@ def npg(
             gradient's stability.
         cg_iters: conjugate-gradient iterations (Fisher-vector products) of the natural-gradient solve.
         norm_reward: scale rewards by the running std of the discounted return.
+        norm_value: the critic learns the lambda-returns divided by their running standard deviation
+            and its outputs are scaled back wherever they enter a return (Tianshou's rew_norm); rewards
+            stay unscaled, so it is meant with norm_reward false.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
             ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
         reward_scale: multiply every reward by this before any normalisation (ML-Agents'

@@ -43,7 +43,7 @@ from spinppo.core.buffer import Batch, GAEBuffer
 from spinppo.core.encoders import ObsLayout
 from spinppo.core.evaluation import Evaluator
 from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
-from spinppo.core.normalize import RewardScaler
+from spinppo.core.normalize import RewardScaler, ValueNormalizer
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.registry import make_vector_env
 from spinppo.utils.device import rank_device, requested_device, use_device
@@ -548,6 +548,7 @@ class OnPolicyRun:
         gamma: float = 0.99,
         lam: float = 0.95,
         norm_reward: bool = True,
+        norm_value: bool = False,
         norm_adv: bool = True,
         time_horizon: int = 0,
         reward_scale: float = 1.0,
@@ -607,7 +608,10 @@ class OnPolicyRun:
             sync_params(self.ac)
             self.buf = make_buffer(self.env, self.ac, self.rollout_steps, gamma, lam, time_horizon)
             self.reward_scaler = RewardScaler(self.num_envs, gamma) if norm_reward else None
-            self.worker = RolloutWorker(self.env, self.ac, self.seed, self.reward_scaler, reward_scale)
+            value_norm = ValueNormalizer() if norm_value else None
+            self.worker = RolloutWorker(
+                self.env, self.ac, self.seed, self.reward_scaler, reward_scale, value_norm
+            )
             self.preemption = (
                 PreemptibleRollouts(preempt, self.rollout_steps, self.buf.sequence_length)
                 if preempt is not None and num_procs() > 1
@@ -739,6 +743,8 @@ class OnPolicyRun:
             self.ac.obs_rms.update(vectors)
         if self.reward_scaler is not None:
             self.reward_scaler.sync()
+        if self.worker.value_norm is not None:  # this rollout's lambda-returns, in the rewards' units
+            self.worker.value_norm.update(self.buf.ret[: self.buf.filled] * self.buf.value_scale)
 
     def end_epoch(self, epoch: int, log_keys: list[str]) -> None:
         """Log the epoch's row (returns, the algorithm's ``log_keys``, timings); save a checkpoint every

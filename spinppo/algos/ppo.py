@@ -165,6 +165,7 @@ def ppo(
     kl_target: float = 0.01,
     norm_adv: bool = True,
     norm_reward: bool = True,
+    norm_value: bool = False,
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
@@ -218,6 +219,9 @@ def ppo(
         kl_target: the KL the adaptive penalty aims at (RLlib's kl_target).
         norm_adv: normalise advantages over the batch (over all ranks).
         norm_reward: scale rewards by the running std of the discounted return.
+        norm_value: the critic learns the lambda-returns divided by their running standard deviation
+            and its outputs are scaled back wherever they enter a return (Tianshou's rew_norm); rewards
+            stay unscaled, so it is meant with norm_reward false.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
             ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
         reward_scale: multiply every reward by this before any normalisation (ML-Agents'
@@ -255,6 +259,7 @@ def ppo(
         gamma=gamma,
         lam=lam,
         norm_reward=norm_reward,
+        norm_value=norm_value,
         norm_adv=norm_adv,
         time_horizon=time_horizon,
         reward_scale=reward_scale,

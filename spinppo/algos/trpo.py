@@ -328,6 +328,7 @@ def trpo(
     backtrack_iters: int = 10,
     backtrack_coeff: float = 0.8,
     norm_reward: bool = False,
+    norm_value: bool = False,
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
@@ -367,6 +368,9 @@ def trpo(
             full natural step are tried until one improves the surrogate within the KL radius.
         backtrack_coeff: how much each backtracking step shrinks the step, in (0, 1).
         norm_reward: scale rewards by the running std of the discounted return.
+        norm_value: the critic learns the lambda-returns divided by their running standard deviation
+            and its outputs are scaled back wherever they enter a return (Tianshou's rew_norm); rewards
+            stay unscaled, so it is meant with norm_reward false.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
             ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
         reward_scale: multiply every reward by this before any normalisation (ML-Agents'
@@ -411,6 +415,7 @@ def natural_gradient_run(algo: str, config: dict[str, Any]) -> MLPActorCritic:
         gamma=c["gamma"],
         lam=c["lam"],
         norm_reward=c["norm_reward"],
+        norm_value=c["norm_value"],
         time_horizon=c["time_horizon"],
         reward_scale=c["reward_scale"],
         initialize_from=c["initialize_from"],

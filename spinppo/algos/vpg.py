@@ -70,6 +70,7 @@ def vpg(
     train_v_iters: int = 80,
     ent_coef: float = 0.0,
     norm_reward: bool = False,
+    norm_value: bool = False,
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
@@ -100,6 +101,9 @@ def vpg(
         train_v_iters: value-function gradient steps per epoch.
         ent_coef: entropy bonus coefficient.
         norm_reward: scale rewards by the running std of the discounted return.
+        norm_value: the critic learns the lambda-returns divided by their running standard deviation
+            and its outputs are scaled back wherever they enter a return (Tianshou's rew_norm); rewards
+            stay unscaled, so it is meant with norm_reward false.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
             ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
         reward_scale: multiply every reward by this before any normalisation (ML-Agents'
@@ -136,6 +140,7 @@ def vpg(
         gamma=gamma,
         lam=lam,
         norm_reward=norm_reward,
+        norm_value=norm_value,
         time_horizon=time_horizon,
         reward_scale=reward_scale,
         initialize_from=initialize_from,

@@ -113,6 +113,9 @@ class GAEBuffer:
         )
         self.ptr = 0
         self.filled = 0  # steps in the batch at the last finish()
+        # Stored values are the critic's outputs; times value_scale they are in the rewards' units
+        # (--norm_value: the critic learns returns / value_scale; 1.0 otherwise).
+        self.value_scale = 1.0
 
     @property
     def rows(self) -> int:
@@ -156,7 +159,8 @@ class GAEBuffer:
         if bootstrap.any():
             if final_val is None:
                 raise ValueError("a truncated episode needs final_val, V(final observation), to bootstrap")
-            rew = rew + self.gamma * np.where(bootstrap, final_val, 0.0).astype(np.float32)
+            final_val = np.where(bootstrap, final_val, 0.0).astype(np.float32) * self.value_scale
+            rew = rew + self.gamma * final_val
         self.rew[t] = rew
         self.done[t] = np.logical_or(terminated, truncated)
         self.ptr += 1
@@ -166,21 +170,27 @@ class GAEBuffer:
 
         Normally after all ``steps`` steps; a rollout cut short (DD-PPO's preemption) may finish after
         fewer: the batch then holds the ``filled`` steps stored, every trajectory bootstrapped where it
-        stopped, as at the end of a full rollout."""
+        stopped, as at the end of a full rollout.
+
+        With ``value_scale`` (``--norm_value``) the advantages are computed from the values times it and
+        ``ret`` holds the lambda-returns divided by it: the critic's targets in its own units."""
         assert 0 < self.ptr <= self.steps, f"buffer holds {self.ptr} of {self.steps} steps"
         self.filled = self.ptr
-        next_val = np.asarray(last_val, dtype=np.float32)
+        # Values in the rewards' units; the returns, the critic's targets, in its own (value_scale).
+        scale = self.value_scale
+        val = self.val[: self.filled] * scale
+        next_val = np.asarray(last_val, dtype=np.float32) * scale
         gae = np.zeros(self.num_envs, dtype=np.float32)
         discount = self.gamma * self.lam
         # Where the lambda-return stops after step t: an episode end, and with a time horizon a cut.
         stop = self.done if not self.time_horizon else self.done | self._horizon_cuts()
         for t in reversed(range(self.filled)):
             not_done = 1.0 - self.done[t]
-            delta = self.rew[t] + self.gamma * next_val * not_done - self.val[t]
+            delta = self.rew[t] + self.gamma * next_val * not_done - val[t]
             gae = delta + discount * (1.0 - stop[t]) * gae
             self.adv[t] = gae
-            next_val = self.val[t]
-        self.ret[: self.filled] = self.adv[: self.filled] + self.val[: self.filled]
+            next_val = val[t]
+        self.ret[: self.filled] = (self.adv[: self.filled] + val) / scale
 
     def _horizon_cuts(self) -> np.ndarray:
         """[steps, envs] True after the step that makes a trajectory ``time_horizon`` steps long."""

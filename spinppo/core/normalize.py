@@ -122,3 +122,34 @@ class RewardScaler:
         self.rms.load_state_dict(state["rms"])
         self.returns = np.array(state["returns"], dtype=np.float64)
         self._std = float(state["std"])
+
+
+class ValueNormalizer:
+    """Value-target normalisation, as Tianshou's ``rew_norm`` (OpenAI Baselines' value normalisation,
+    without its mean): the critic learns the lambda-returns divided by their running standard deviation,
+    and its outputs are multiplied back by it (``scale``) wherever a value enters a return (GAE, the
+    bootstrap of a truncated episode). Rewards stay as the environment gives them.
+
+    ``scale`` stays fixed during a rollout and its update; ``update(returns)`` then folds in the rollout's
+    returns (unnormalised) from every rank (a collective) and gives the next rollout's ``scale``. The critic's
+    weights are not rescaled when ``scale`` changes (no PopArt), as in Tianshou.
+    """
+
+    def __init__(self, epsilon: float = 1e-8) -> None:
+        self.rms = RunningMeanStd(())
+        self.epsilon = epsilon
+        self.scale = 1.0
+
+    def update(self, returns: np.ndarray, across_ranks: bool = True) -> None:
+        """Fold in ``returns`` of all ranks (with ``across_ranks=False``: this rank's, no collective)."""
+        self.rms.update(returns, across_ranks)
+        self.scale = float(np.sqrt(self.rms.var.item() + self.epsilon))
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue after a resume."""
+        return {"rms": self.rms.state_dict(), "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.rms.load_state_dict(state["rms"])
+        self.scale = float(state["scale"])

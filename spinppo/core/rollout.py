@@ -11,7 +11,7 @@ import numpy as np
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.encoders import ObsLayout
 from spinppo.core.networks import MLPActorCritic
-from spinppo.core.normalize import RewardScaler
+from spinppo.core.normalize import RewardScaler, ValueNormalizer
 from spinppo.envs.spaces import action_for_env
 
 
@@ -42,8 +42,10 @@ class RolloutWorker:
         seed: int,
         reward_scaler: RewardScaler | None = None,
         reward_scale: float = 1.0,
+        value_norm: ValueNormalizer | None = None,
     ) -> None:
         self.env, self.ac, self.reward_scaler = env, ac, reward_scaler
+        self.value_norm = value_norm  # --norm_value: the critic's outputs times value_norm.scale are values
         self.reward_scale = reward_scale  # ML-Agents' extrinsic strength: what is learned, not what is logged
         self.layout = ObsLayout.from_space(env.single_observation_space)
         self.game_score = bool(getattr(env, "reports_game_score", False))
@@ -75,6 +77,7 @@ class RolloutWorker:
         ``stop(steps_so_far)``, asked after every step, may end the rollout early (DD-PPO's preemption):
         the buffer is finished with the steps it holds and the episodes in progress go on next time."""
         env = self.env
+        buf.value_scale = 1.0 if self.value_norm is None else self.value_norm.scale
         # The weights stay fixed for the whole rollout: the policy runs in numpy (RolloutPolicy).
         policy = self.ac.rollout_policy()
         obs, memory = self.obs, self.memory
@@ -125,4 +128,5 @@ class RolloutWorker:
                 break
         self.obs, self.memory = obs, memory
         buf.finish(policy.value(obs, memory))
-        logger.store(VVals=buf.val[: buf.filled].reshape(-1))  # (a preempted rollout: the steps it has)
+        # (a preempted rollout: the steps it has; in the rewards' units)
+        logger.store(VVals=buf.val[: buf.filled].reshape(-1) * buf.value_scale)
