@@ -107,6 +107,7 @@ def test_env_kwargs_reach_the_environment_and_the_config(tmp_path, cli):
             "--steps_per_epoch 1026 must be a positive multiple of 8",
         ),
         (["ppo", "--env", "CartPole", "--exp_name", "a/b"], "--exp_name must be a plain name"),
+        (["a2c", "--env", "CartPole", "--precision", "fp16"], "--precision must be fp32 or bf16, not 'fp16'"),
         (["ppo", "--env", "CartPole", "--seed", "3", "3"], "two runs of this grid would share"),
         (
             ["ppo", "--env", "Hopper", "--env_kwargs", "frame_skip=0"],

@@ -23,7 +23,7 @@ import torch
 from spinppo.core.buffer import GAEBuffer
 from spinppo.core.encoders import ObsLayout
 from spinppo.core.networks import MLPActorCritic
-from tests.conftest import mpirun
+from tests.conftest import mpirun, rows_without_timing
 
 SIZE = 20
 EPISODE = 10
@@ -233,3 +233,47 @@ def test_evaluation_builds_its_environments_for_scoring():
     returns, lengths = evaluator.evaluate()
     evaluator.close()
     assert calls == [False] * 3 and lengths == [EPISODE] * 3 and len(returns) == 3
+
+
+def test_bf16_precision_learns_resumes_exactly_and_replays_in_float32(tmp_path):
+    """--precision bf16: the encoder computes in bfloat16 (its features still float32, close to the float32
+    network's but not equal), PPO still learns the pixel task, a resumed run gives the uninterrupted run's
+    rows, and the saved policy loads as a float32 network that acts as the trained one mostly does."""
+    from spinppo.tools.test_policy import load_policy
+
+    env = SideEnv()
+    ac = MLPActorCritic(env.observation_space, env.action_space, hidden_sizes=(32,), encoder="simple")
+    assert not MLPActorCritic(gym.spaces.Box(-1, 1, (3,)), env.action_space).set_precision("bf16")
+    env.reset(seed=1)
+    batch = torch.as_tensor(np.stack([env.step(0)[0] for _ in range(64)]))
+    full = ac.encoder(batch)
+    assert ac.set_precision("bf16")
+    half = ac.encoder(batch)
+    assert half.dtype == torch.float32
+    assert not torch.equal(half, full)  # bfloat16 arithmetic really ran
+    torch.testing.assert_close(half, full, rtol=0.05, atol=0.02)
+    half.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ac.encoder.parameters())
+
+    learned = train(str(tmp_path / "learn"), epochs=12, precision="bf16")
+    assert last_epret(tmp_path / "learn") >= 9.0
+    assert learned.encoder.images[0].compute_dtype == torch.bfloat16
+    config = json.loads((tmp_path / "learn" / "config.json").read_text())
+    assert config["precision"] == "bf16"
+
+    fixed = {"anneal_lr": False, "anneal_ent": False}  # a 2-epoch run's schedule is a 3-epoch run's
+    train(str(tmp_path / "whole"), epochs=3, precision="bf16", **fixed)
+    train(str(tmp_path / "split"), epochs=2, precision="bf16", save_freq=1, **fixed)
+    resume = {"output_dir": str(tmp_path / "split"), "tensorboard": False, "resume": True}
+    train(str(tmp_path / "split"), epochs=3, precision="bf16", logger_kwargs=resume, **fixed)
+    whole = rows_without_timing(tmp_path / "whole")
+    assert rows_without_timing(tmp_path / "split") == whole
+    train(str(tmp_path / "fp32"), epochs=3, **fixed)
+    assert rows_without_timing(tmp_path / "fp32") != whole  # the flag changed the arithmetic
+
+    loaded, get_action = load_policy(str(tmp_path / "learn"), deterministic=True)
+    assert loaded.encoder.images[0].compute_dtype is None  # replay computes in float32
+    env.reset(seed=2)
+    frames = np.stack([env.step(0)[0] for _ in range(200)])
+    trained = learned.act(torch.as_tensor(frames), deterministic=True).action.numpy()
+    assert (get_action(frames) == trained).mean() >= 0.95

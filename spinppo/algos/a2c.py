@@ -81,6 +81,7 @@ def a2c(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     eval_deterministic: bool = True,
+    precision: str = "fp32",
     stop_at_return: float | None = None,
     stop_at_train_return: float | None = None,
     preempt: float | None = None,
@@ -132,6 +133,10 @@ def a2c(
         preempt: DD-PPO's preemption for each n-step rollout: once this fraction of the ranks (e.g. 0.6)
             has collected its n steps, the others stop (after at least a quarter of theirs) and the
             gradient step uses what was collected. None: off, and a run is reproducible from its seed.
+        precision: the arithmetic of the image encoders' layers: fp32, or bf16 (bfloat16 under
+            autocast, for CPUs with AVX-512 BF16 or AMX and for GPUs: about half the update's time on
+            pixels; the features, heads, losses and optimiser stay float32). A training setting, not
+            saved with the network: a replayed or exported policy computes in float32.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -165,6 +170,7 @@ def a2c(
         config=config,
         algo="a2c",
         keep_checkpoints=keep_checkpoints,
+        precision=precision,
     ) as run:
         ac = run.ac
         optimizer = torch.optim.RMSprop(ac.parameters(), lr=lr, alpha=0.99, eps=1e-5, foreach=True)

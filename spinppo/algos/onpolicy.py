@@ -46,7 +46,7 @@ from spinppo.core.networks import MLPActorCritic, check_ac_kwargs
 from spinppo.core.normalize import RewardScaler, ValueNormalizer
 from spinppo.core.rollout import RolloutWorker
 from spinppo.envs.registry import make_vector_env
-from spinppo.utils.device import rank_device, requested_device, use_device
+from spinppo.utils.device import bf16_is_native, check_precision, rank_device, requested_device, use_device
 from spinppo.utils.errors import TrainingDiverged, TrainingStopped, UserError
 from spinppo.utils.logx import EpochLogger
 from spinppo.utils.mpi_pytorch import setup_pytorch_for_mpi, sync_params
@@ -95,6 +95,7 @@ def check_common_flags(
     # count: OnPolicyRun checks that once the environment exists).
     if getattr(getattr(config.get("env_fn"), "choice", None), "kind", None) in ("gym", "atari"):
         rollout_length(config["steps_per_epoch"], config["num_envs"])
+    check_precision(config.get("precision", "fp32"))
     if config.get("eval_freq", 0) < 0 or config.get("eval_episodes", 1) < 1:
         raise UserError(
             f"--eval_freq must be 0 (off) or a number of epochs and --eval_episodes at least 1, not "
@@ -563,6 +564,7 @@ class OnPolicyRun:
         config: dict[str, Any] | None = None,
         algo: str = "ppo",
         keep_checkpoints: int = 5,
+        precision: str = "fp32",
     ) -> None:
         threads = setup_pytorch_for_mpi()  # before the environments: their processes inherit the limit
         self.algo, self.resume = algo, bool((logger_kwargs or {}).get("resume"))
@@ -602,7 +604,21 @@ class OnPolicyRun:
             self.device = rank_device(spec, getattr(self.ac, "prefers_gpu", False))
             use_device(self.device)
             self.ac.to(self.device)
+            # --precision bf16: the image encoders compute in bfloat16 (an update on pixels takes about
+            # half the time); rollout, update and evaluation alike, so logp_old and logp agree.
+            set_precision = getattr(self.ac, "set_precision", None)
+            precision_applies = set_precision(precision) if set_precision and precision != "fp32" else None
             self.logger = open_logger(logger_kwargs, config, self.env, algo, self.resume)
+            if precision_applies is False or (precision != "fp32" and set_precision is None):
+                self.logger.log(
+                    f"Note: --precision {precision} acts on image encoders only; this network has none, "
+                    "so it computes in float32"
+                )
+            elif precision_applies and not bf16_is_native(self.device):
+                self.logger.log(
+                    f"Note: --precision {precision}: {self.device} has no bfloat16 instructions (AVX-512 "
+                    "BF16 or AMX), so the encoders emulate them, slower than fp32: --precision fp32 is faster"
+                )
             if init_file:
                 self.logger.log(f"Initialised from {init_file}")
             sync_params(self.ac)

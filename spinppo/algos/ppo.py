@@ -172,6 +172,7 @@ def ppo(
     eval_freq: int = 0,
     eval_episodes: int = 10,
     eval_deterministic: bool = True,
+    precision: str = "fp32",
     stop_at_return: float | None = None,
     stop_at_train_return: float | None = None,
     preempt: float | None = None,
@@ -243,6 +244,10 @@ def ppo(
         preempt: DD-PPO's preemption: once this fraction of the ranks (e.g. 0.6) has collected its share
             of an epoch, the others stop collecting (after at least a quarter of theirs) and the update
             uses what was collected. None: off, and a run is reproducible from its seed; with it, not.
+        precision: the arithmetic of the image encoders' layers: fp32, or bf16 (bfloat16 under
+            autocast, for CPUs with AVX-512 BF16 or AMX and for GPUs: about half the update's time on
+            pixels; the features, heads, losses and optimiser stay float32). A training setting, not
+            saved with the network: a replayed or exported policy computes in float32.
         logger_kwargs: EpochLogger arguments (output_dir, exp_name, ...).
         save_freq: save a checkpoint every this many epochs (and at the end).
         keep_checkpoints: how many of the latest checkpoints to keep (ML-Agents' name).
@@ -274,6 +279,7 @@ def ppo(
         config=config,
         algo="ppo",
         keep_checkpoints=keep_checkpoints,
+        precision=precision,
     ) as run:
         ac = run.ac
         local_minibatch = minibatch_size // num_procs()  # each rank's share of a minibatch

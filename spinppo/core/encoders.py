@@ -353,6 +353,11 @@ class ImageEncoder(nn.Module):
     # turns this off to compare). The conversion is made on the uint8 pixels, the cheap copy, and is none
     # for HWC images, whose permuted view is NHWC already.
     channels_last = True
+    # --precision bf16 (``MLPActorCritic.set_precision``): the layers run in bfloat16 under autocast (oneDNN's
+    # AMX / AVX-512 BF16 kernels on a CPU, tensor cores on a GPU), which halves an Atari update's time here
+    # (docs/benchmarks.md, "Mixed precision"); the features come back float32, so everything after the
+    # encoder (heads, losses, Adam's state) stays float32. None: float32 throughout.
+    compute_dtype: torch.dtype | None = None
 
     def __init__(
         self,
@@ -389,7 +394,10 @@ class ImageEncoder(nn.Module):
         x = x.float()
         if self.scale is not None:
             x = x * self.scale
-        return self.dense(self.convs(x))
+        if self.compute_dtype is None:
+            return self.dense(self.convs(x))
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            return self.dense(self.convs(x)).float()
 
     def describe(self, part: ObsPart) -> ImageInput:
         """This encoder, for the image ``part`` it takes, as the network description's record."""

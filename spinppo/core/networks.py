@@ -23,6 +23,7 @@ from torch import nn
 from spinppo.core.encoders import (
     ACTIVATIONS,
     ENCODER_NAMES,
+    ImageEncoder,
     ObservationEncoder,
     ObsLayout,
     check_conv_filters,
@@ -45,6 +46,7 @@ from spinppo.core.network_spec import (
 from spinppo.core.normalize import RunningMeanStd
 from spinppo.core.policy_step import PolicyAct, PolicyStep
 from spinppo.core.rollout_policy import RolloutPolicy
+from spinppo.utils.device import PRECISIONS
 from spinppo.utils.errors import UserError
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -248,6 +250,17 @@ class MLPActorCritic(nn.Module):
     def device(self) -> torch.device:
         """Where the parameters are (``ac.to(device)`` moves them, and the observation statistics)."""
         return next(self.parameters()).device
+
+    def set_precision(self, precision: str) -> bool:
+        """``--precision``: "bf16" runs the image encoders' layers in bfloat16 (autocast; their features, the
+        heads and the losses stay float32), "fp32" (the default) in float32. Returns whether the network
+        has an image encoder for it to act on (an MLP's layers always compute in float32). A training
+        setting, not part of ``ctor_spec``: a loaded or exported policy computes in float32."""
+        dtype = PRECISIONS[precision]
+        encoders = [m for m in self.modules() if isinstance(m, ImageEncoder)]
+        for encoder in encoders:
+            encoder.compute_dtype = dtype
+        return bool(encoders)
 
     @property
     def prefers_gpu(self) -> bool:

@@ -148,3 +148,24 @@ def use_device(device: torch.device) -> None:
             f"{device} refused this rank ({str(e).splitlines()[0][:120]}): start fewer ranks a host, or use "
             "--device cpu"
         ) from None
+
+
+# --precision: the arithmetic of the image encoders (``MLPActorCritic.set_precision``).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def check_precision(value: str) -> None:
+    """A UserError (one line) for a ``--precision`` that is not one of ``PRECISIONS``."""
+    if value not in PRECISIONS:
+        raise UserError(f"--precision must be {' or '.join(PRECISIONS)}, not {value!r}")
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CPU with AVX-512 BF16 or AMX (oneDNN's kernels),
+    or a GPU that supports it. Elsewhere bfloat16 is emulated, and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
