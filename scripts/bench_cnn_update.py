@@ -7,6 +7,7 @@ layouts oneDNN takes: NCHW (as the buffer stores Atari frames) and NHWC (channel
     python scripts/bench_cnn_update.py --encoder rllib --frame_size 42 --batch 256     # RLlib's 42x42 stack
     python scripts/bench_cnn_update.py --encoder rllib --frame_size 42 --conv_activation elu \
         --conv_filters '[[32,[3,3],2],[32,[3,3],2],[32,[3,3],2],[32,[3,3],2]]'       # RLlib's pong-a3c
+    python scripts/bench_cnn_update.py --compare precision --batch 256    # fp32 against --precision bf16
 
 Each measurement builds spinppo's actor-critic for 4x84x84 (``--frame_size``) uint8 frames and 4 actions
 with linear heads
@@ -15,6 +16,8 @@ step) on one random minibatch; the layouts alternate ``--repeat`` times and the 
 milliseconds per sample (a forward and a backward pass), and the policy call of 4 environments
 (``step``) in milliseconds per call. One thread, as each MPI rank runs. NHWC is what training uses
 (``ImageEncoder.channels_last``); NCHW is the same network with that conversion turned off.
+``--compare precision`` alternates float32 and ``--precision bf16`` (``MLPActorCritic.set_precision``)
+instead, both NHWC.
 """
 
 from __future__ import annotations
@@ -34,10 +37,16 @@ from spinppo.core.networks import MLPActorCritic
 
 
 def measure(
-    channels_last: bool, encoder: str, batch: int, steps: int, size: int = 84, **conv: Any
+    channels_last: bool,
+    encoder: str,
+    batch: int,
+    steps: int,
+    size: int = 84,
+    precision: str = "fp32",
+    **conv: Any,
 ) -> tuple[float, float]:
-    """(update ms per sample, policy ms per call of 4 environments) with NCHW or NHWC pixels; ``conv``:
-    ``--encoder rllib``'s conv_filters and conv_activation."""
+    """(update ms per sample, policy ms per call of 4 environments) with NCHW or NHWC pixels, in
+    ``precision`` (fp32 or bf16); ``conv``: ``--encoder rllib``'s conv_filters and conv_activation."""
     torch.manual_seed(0)
     space = gym.spaces.Box(0, 255, (4, size, size), np.uint8)
     ac = MLPActorCritic(space, gym.spaces.Discrete(4), hidden_sizes=[], encoder=encoder, **conv)
@@ -47,6 +56,7 @@ def measure(
     for module in ac.modules():
         if isinstance(module, ImageEncoder):
             module.channels_last = channels_last
+    ac.set_precision(precision)
 
     def update() -> None:
         logp, entropy, value = ac.evaluate(frames, actions)
@@ -79,17 +89,24 @@ def main() -> None:
     parser.add_argument("--conv_activation", default="relu", help="--encoder rllib's")
     parser.add_argument("--batch", type=int, default=128, help="minibatch per rank (256 / 2 ranks)")
     parser.add_argument("--steps", type=int, default=8, help="timed update steps per measurement")
-    parser.add_argument("--repeat", type=int, default=3, help="alternations of the two layouts")
+    parser.add_argument("--repeat", type=int, default=3, help="alternations of the two variants")
+    parser.add_argument(
+        "--compare", choices=["layout", "precision"], default="layout", help="NCHW/NHWC or fp32/bf16"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results: dict[str, list[tuple[float, float]]] = {"NCHW": [], "NHWC": []}
+    names = ["NCHW", "NHWC"] if args.compare == "layout" else ["fp32", "bf16"]
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     conv = {}
     if args.encoder == "rllib":
         conv = dict(conv_filters=args.conv_filters, conv_activation=args.conv_activation)
     for _ in range(args.repeat):
         for name in results:
-            nhwc = name == "NHWC"
-            results[name].append(measure(nhwc, args.encoder, args.batch, args.steps, args.frame_size, **conv))
+            nhwc = name != "NCHW"
+            precision = "bf16" if name == "bf16" else "fp32"
+            results[name].append(
+                measure(nhwc, args.encoder, args.batch, args.steps, args.frame_size, precision, **conv)
+            )
     for name, runs in results.items():
         update = statistics.median(r[0] for r in runs)
         policy = statistics.median(r[1] for r in runs)
