@@ -458,3 +458,25 @@ def test_a_saved_value_fits_its_flags_type():
     assert fits(None, float | None) and not fits(None, float)
     assert fits("exact", Literal["fast", "exact"]) and not fits("slow", Literal["fast", "exact"])
     assert fits({"a": 1}, dict[str, Any]) and not fits([1], dict[str, Any])
+
+
+def test_precision_bf16_on_an_mlp_says_in_one_line_that_it_does_nothing(tmp_path, cli):
+    """--precision bf16 acts on image encoders: an MLP-only run says so and trains as in float32."""
+    common = (
+        "ppo",
+        "--env",
+        "CartPole",
+        "--epochs",
+        "1",
+        "--steps_per_epoch",
+        "1024",
+        "--minibatch_size",
+        "256",
+    )
+    bf16 = cli(*common, "--precision", "bf16", "--data_dir", str(tmp_path / "bf16"))
+    assert bf16.returncode == 0, bf16.stderr
+    assert "Note: --precision bf16 acts on image encoders only; this network has none" in bf16.stdout
+    fp32 = cli(*common, "--data_dir", str(tmp_path / "fp32"))
+    assert "--precision" not in fp32.stdout
+    run = "ppo-cartpole/ppo-cartpole_s0"
+    assert rows_without_timing(tmp_path / "bf16" / run) == rows_without_timing(tmp_path / "fp32" / run)
