@@ -9,7 +9,8 @@ the first epoch (which pays for start-up: process start, CUDA context, the first
 seconds per epoch in the environments, the rollout's policy, the update and MPI. Pong's raw stepping (its
 environments with random actions, no policy, ``bench_atari.py``'s "raw") at the same rank count is the
 yardstick of the issue's goal: end to end at least 50% of it on the GPU. Walker2d runs under ``auto`` too,
-which must be no slower than the CPU (for an MLP, auto is the CPU).
+which must be no slower than the CPU (for an MLP, auto is the CPU). With CUDA, Pong runs a third time on
+the GPU with ``--precision bf16`` (the encoder under autocast, on the tensor cores).
 
 Without CUDA the cuda runs are skipped, with a line saying so. Writes OUTDIR/summary.json and
 OUTDIR/summary.md (the table for docs/benchmarks.md), and keeps each run's progress.txt under OUTDIR/runs.
@@ -107,10 +108,20 @@ def grads_bench(ranks: int, device: str, log: Path) -> list[str]:
     return lines or [f"mpi_avg_grads --device {device}: failed (exit {proc.returncode})"]
 
 
-def train(name: str, config: str, device: str, ranks: int, epochs: int, out: Path, log: Path) -> dict:
-    """One short run; its figures (or why there are none)."""
+def train(
+    name: str,
+    config: str,
+    device: str,
+    ranks: int,
+    epochs: int,
+    out: Path,
+    log: Path,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """One short run (``extra``: more flags, e.g. ``--precision bf16``); its figures (or why there are
+    none)."""
     runs = out / "runs"
-    args = [MPIRUN, "-np", str(ranks), PY, "scripts/rank_check.py", "ppo", "--config", config]
+    args = [MPIRUN, "-np", str(ranks), PY, "scripts/rank_check.py", "ppo", "--config", config, *extra]
     args += ["--device", device, "--epochs", str(epochs), "--data_dir", str(runs), "--exp_name", name]
     args += ["--tensorboard", "false", "--save_freq", "1000"]
     started = time.time()
@@ -219,12 +230,18 @@ def main() -> int:
     )
     write_summary(out, head, results, grads)
     # The runs first (Pong on the GPU is the issue's question), the gradient benchmark after them.
-    plan = [("pong", "configs/atari/Pong.yaml", d, args.pong_epochs) for d in devices]
-    plan += [("walker2d", "configs/mujoco/Walker2d.yaml", d, args.walker_epochs) for d in [*devices, "auto"]]
-    for env, config, device, epochs in plan:
-        r = train(f"{env}-{device}", config, device, args.ranks, epochs, out, log)
-        r["env"] = env
-        if env == "pong" and raw and "steps_per_s" in r:
+    # Pong in bfloat16 on the GPU too (--precision bf16: the encoder under autocast, tensor cores).
+    bf16 = ("--precision", "bf16")
+    plan = [("pong", "configs/atari/Pong.yaml", d, args.pong_epochs, ()) for d in devices]
+    plan += [("pong", "configs/atari/Pong.yaml", "cuda", args.pong_epochs, bf16)] if cuda else []
+    plan += [
+        ("walker2d", "configs/mujoco/Walker2d.yaml", d, args.walker_epochs, ()) for d in [*devices, "auto"]
+    ]
+    for env, config, device, epochs, extra in plan:
+        name = f"{env}-{device}" + ("-bf16" if extra else "")
+        r = train(name, config, device, args.ranks, epochs, out, log, extra)
+        r["env"] = env + (" bf16" if extra else "")
+        if env == "pong" and raw and "steps_per_s" in r:  # (both precisions)
             r["of_raw"] = r["steps_per_s"] / raw
         results.append(r)
         write_summary(out, head, results, grads)
