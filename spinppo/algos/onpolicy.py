@@ -606,15 +606,15 @@ class OnPolicyRun:
             self.ac.to(self.device)
             # --precision bf16: the image encoders compute in bfloat16 (an update on pixels takes about
             # half the time); rollout, update and evaluation alike, so logp_old and logp agree.
-            set_precision = getattr(self.ac, "set_precision", None)
-            precision_applies = set_precision(precision) if set_precision and precision != "fp32" else None
+            set_precision = getattr(self.ac, "set_precision", lambda _: False)  # (another actor_critic)
+            reduced = precision != "fp32" and set_precision(precision)
             self.logger = open_logger(logger_kwargs, config, self.env, algo, self.resume)
-            if precision_applies is False or (precision != "fp32" and set_precision is None):
+            if precision != "fp32" and not reduced:
                 self.logger.log(
                     f"Note: --precision {precision} acts on image encoders only; this network has none, "
                     "so it computes in float32"
                 )
-            elif precision_applies and not bf16_is_native(self.device):
+            elif reduced and not bf16_is_native(self.device):
                 self.logger.log(
                     f"Note: --precision {precision}: {self.device} has no bfloat16 instructions (AVX-512 "
                     "BF16 or AMX), so the encoders emulate them, slower than fp32: --precision fp32 is faster"
