@@ -93,6 +93,36 @@ def test_sticky_actions_are_the_ids_own_and_drawn_outside_ale():
     assert wrapper(off, StickyActions).p == 0.0
 
 
+def test_steps_straight_to_the_emulator_give_what_ale_pys_own_step_gives():
+    """StickyActions skips AtariEnv.step (its full-colour screen copy at every frame) on gym.make's plain
+    stack: frames, rewards, ends and infos must stay those of the step through AtariEnv, sticky actions,
+    lost lives and game ends included."""
+    fast, slow = EnvFactory("Breakout")(), EnvFactory("Breakout")()
+    assert wrapper(fast, StickyActions)._direct is fast.unwrapped
+    wrapper(slow, StickyActions)._direct = None  # through env.step, as any other stack goes
+    actions = np.random.default_rng(0).integers(0, fast.action_space.n, 3000)
+    obs_fast, _ = fast.reset(seed=5)
+    obs_slow, _ = slow.reset(seed=5)
+    np.testing.assert_array_equal(obs_fast, obs_slow)
+    ends = 0
+    for a in actions:
+        out_fast, out_slow = fast.step(a), slow.step(a)
+        np.testing.assert_array_equal(out_fast[0], out_slow[0])
+        assert out_fast[1:] == out_slow[1:]
+        if out_fast[2] or out_fast[3]:
+            ends += 1
+            np.testing.assert_array_equal(fast.reset()[0], slow.reset()[0])
+    assert ends >= 5  # lost lives (EpisodicLife) and whole games were crossed
+
+
+def test_a_time_limit_from_env_kwargs_is_honoured_through_env_step():
+    env = EnvFactory("PongNoFrameskip-v4", {"max_episode_steps": 40})()  # gym.make adds a TimeLimit
+    assert wrapper(env, StickyActions)._direct is None
+    env.reset(seed=0)
+    truncated = [env.step(0)[3] for _ in range(10)]
+    assert any(truncated)  # 40 emulator frames, the reset's no-ops among them: at most 10 agent steps
+
+
 # ------------------------------------------------------------------------------------------ preprocessing
 
 

@@ -86,18 +86,38 @@ def atari_short_names() -> dict[str, str]:
 class StickyActions(gym.Wrapper):
     """ALE's sticky actions on a one-frame-per-step game: at every frame, with probability ``p`` the
     previous frame's action is sent again instead of the new one; NOOP (action 0) after a reset. The draws
-    come from the game's ``np_random`` (seeded by ``reset(seed=...)``, saved by ``envs.state``)."""
+    come from the game's ``np_random`` (seeded by ``reset(seed=...)``, saved by ``envs.state``).
+
+    Its steps return no observation (None): the wrapper above, AtariPreprocessing, reads the screens it
+    needs from the emulator itself. On a game as ``gym.make`` gives it (no wrappers but OrderEnforcing and
+    PassiveEnvChecker, one frame a step, discrete actions), a step goes straight to the emulator, as
+    ale-py's ``AtariEnv.step`` does, without the full-colour copy of the screen that AtariEnv makes at
+    every frame and the wrappers' calls: about a third of an agent step's time (docs/benchmarks.md).
+    The rewards, ends and frames are the same; any other stack steps through ``env.step``."""
 
     def __init__(self, env: gym.Env, p: float) -> None:
         super().__init__(env)
         self.p = float(p)
         self.last_action: Any = 0
+        game = env.unwrapped
+        chain, inner = [], env
+        while isinstance(inner, gym.Wrapper):
+            chain.append(type(inner))
+            inner = inner.env
+        plain = set(chain) <= {gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker}
+        direct = plain and getattr(game, "_frameskip", None) == 1 and not getattr(game, "continuous", True)
+        self._direct = game if direct else None
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        game = self._direct
         if self.p > 0 and self.env.unwrapped.np_random.random() < self.p:
             action = self.last_action
         self.last_action = action
-        return self.env.step(action)
+        if game is None:
+            return None, *self.env.step(action)[1:]
+        ale = game.ale  # what AtariEnv.step does with frameskip 1, less the screen copy
+        reward = 0.0 + ale.act(game._action_set[action], 1.0)
+        return None, reward, ale.game_over(with_truncation=False), ale.game_truncated(), game._get_info()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         self.last_action = 0
