@@ -277,3 +277,37 @@ def test_bf16_precision_learns_resumes_exactly_and_replays_in_float32(tmp_path):
     frames = np.stack([env.step(0)[0] for _ in range(200)])
     trained = learned.act(torch.as_tensor(frames), deterministic=True).action.numpy()
     assert (get_action(frames) == trained).mean() >= 0.95
+
+
+def test_a_bf16_rollout_casts_the_encoders_weights_once_and_acts_as_casting_at_every_call(tmp_path):
+    """RolloutWorker.collect keeps an autocast region open for the whole rollout, so that --precision
+    bf16 casts the encoder's weights to bfloat16 once, not at every policy call: the same steps, actions,
+    values and log-probabilities as the rollout that casts at every call, and far fewer casts."""
+    from torch.profiler import profile
+
+    from spinppo.core.rollout import RolloutWorker
+    from spinppo.utils.logx import EpochLogger
+
+    def rollout(name: str, whole: bool) -> tuple[GAEBuffer, int, int]:
+        env = gym.vector.SyncVectorEnv([SideEnv] * 3, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        torch.manual_seed(0)
+        ac = MLPActorCritic(env.single_observation_space, env.single_action_space, encoder="simple")
+        assert ac.set_precision("bf16")
+        buf = GAEBuffer(ObsLayout.from_space(env.single_observation_space), (), 3, 2 * EPISODE, discrete=True)
+        logger = EpochLogger(output_dir=str(tmp_path / name), tensorboard=False)
+        worker = RolloutWorker(env, ac, seed=0)
+        torch.manual_seed(1)  # the torch policy's sampling
+        with profile() as prof:
+            if whole:
+                worker.collect(buf, logger)
+            else:  # the rollout without collect's region: each policy call casts the weights anew
+                worker._collect(buf, logger, None)
+        logger.close()
+        casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        return buf, casts, len(list(ac.encoder.parameters()))
+
+    once, casts_once, weights = rollout("once", whole=True)
+    every, casts_every, _ = rollout("every", whole=False)
+    for key in ("obs", "act", "val", "logp", "rew"):
+        np.testing.assert_array_equal(getattr(once, key), getattr(every, key))
+    assert casts_every - casts_once >= weights * (2 * EPISODE - 1)  # every weight again at every later step
