@@ -338,6 +338,15 @@ def check_image_fits(
     return None
 
 
+def weights_cast_once(device_type: str) -> torch.autocast:
+    """An autocast region to hold open while a network's weights stay fixed (a rollout, an evaluation):
+    within it a ``--precision bf16`` encoder casts its weights to bfloat16 once, at its first call, not at
+    every call (leaving the outermost autocast region empties autocast's cache of casts; each encoder
+    call opens and leaves its own). It turns autocast off, so nothing computes differently; the casts
+    are dropped when it closes. ``device_type``: the network's ("cpu", "cuda")."""
+    return torch.autocast(device_type, enabled=False)
+
+
 class ImageEncoder(nn.Module):
     """One image observation to features: ``forward(images)`` takes a batch [B, *shape] as stored (uint8
     or float, channels-first or -last) and returns [B, ``out_dim``] float32 features.

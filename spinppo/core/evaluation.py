@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from spinppo.core.encoders import ObsLayout
+from spinppo.core.encoders import ObsLayout, weights_cast_once
 from spinppo.core.networks import MLPActorCritic
 from spinppo.envs.spaces import action_for_env
 from spinppo.utils.errors import UserError
@@ -91,23 +91,25 @@ class Evaluator:
         # A recurrent policy's memory of each episode, empty at its start.
         memory = self.ac.initial_memory(n) if getattr(self.ac, "memory_size", 0) else None
         device = next(self.ac.parameters()).device  # (the policy's: a GPU's with --device cuda)
-        while running.any():
-            idx = np.flatnonzero(running)
-            rows = torch.from_numpy(idx).to(device)
-            batch = layout.to_torch(layout.take(obs, idx), device)
-            out = self.ac.act(
-                batch, deterministic=self.deterministic, memory=None if memory is None else memory[rows]
-            )
-            if memory is not None:
-                memory[rows] = out.memory
-            actions = out.action.cpu().numpy()
-            for k, i in enumerate(idx):
-                o, r, terminated, truncated, _ = self.envs[i].step(self.to_env_action(actions[k : k + 1])[0])
-                returns[i] += float(r)
-                lengths[i] += 1
-                layout.assign(obs, i, o)
-                if terminated or truncated or lengths[i] >= MAX_EPISODE_STEPS:
-                    running[i] = False
+        with weights_cast_once(device.type):  # (--precision bf16: the encoders' weights cast once)
+            while running.any():
+                idx = np.flatnonzero(running)
+                rows = torch.from_numpy(idx).to(device)
+                batch = layout.to_torch(layout.take(obs, idx), device)
+                out = self.ac.act(
+                    batch, deterministic=self.deterministic, memory=None if memory is None else memory[rows]
+                )
+                if memory is not None:
+                    memory[rows] = out.memory
+                actions = out.action.cpu().numpy()
+                for k, i in enumerate(idx):
+                    action = self.to_env_action(actions[k : k + 1])[0]
+                    o, r, terminated, truncated, _ = self.envs[i].step(action)
+                    returns[i] += float(r)
+                    lengths[i] += 1
+                    layout.assign(obs, i, o)
+                    if terminated or truncated or lengths[i] >= MAX_EPISODE_STEPS:
+                        running[i] = False
         return [(i, float(returns[k]), int(lengths[k])) for k, i in enumerate(self.episode_ids)]
 
     def evaluate(self, draw: int = 0) -> tuple[list[float], list[int]]:

@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from spinppo.core.buffer import GAEBuffer
-from spinppo.core.encoders import ObsLayout
+from spinppo.core.encoders import ObsLayout, weights_cast_once
 from spinppo.core.networks import MLPActorCritic
 from spinppo.core.normalize import RewardScaler, ValueNormalizer
 from spinppo.envs.spaces import action_for_env
@@ -77,11 +76,8 @@ class RolloutWorker:
 
         ``stop(steps_so_far)``, asked after every step, may end the rollout early (DD-PPO's preemption):
         the buffer is finished with the steps it holds and the episodes in progress go on next time."""
-        # --precision bf16: an autocast region open for the whole rollout keeps the encoders' weights cast
-        # to bfloat16 from the first policy call to the last (each call's own region empties autocast's
-        # cache of casts on leaving, unless an outer one is open). It turns autocast off: nothing else
-        # changes, and the casts are dropped before the update changes the weights.
-        with torch.autocast(self.ac.device.type, enabled=False):
+        # (--precision bf16: the encoders' weights cast once a rollout, dropped before the update)
+        with weights_cast_once(self.ac.device.type):
             self._collect(buf, logger, stop)
 
     def _collect(self, buf: GAEBuffer, logger, stop: Callable[[int], bool] | None) -> None:
