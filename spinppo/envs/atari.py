@@ -105,7 +105,10 @@ class StickyActions(gym.Wrapper):
             chain.append(type(inner))
             inner = inner.env
         plain = set(chain) <= {gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker}
-        direct = plain and getattr(game, "_frameskip", None) == 1 and not getattr(game, "continuous", True)
+        # (ale-py 0.12's AtariEnv: its private names are checked, so another version steps through env.step)
+        ale_py_012 = all(hasattr(game, name) for name in ("ale", "_action_set", "_get_info"))
+        one_frame = getattr(game, "_frameskip", None) == 1 and not getattr(game, "continuous", True)
+        direct = plain and ale_py_012 and one_frame
         self._direct = game if direct else None
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
