@@ -6,7 +6,8 @@ preprocessed frames, ``(4, 84, 84)`` uint8, channels first. The stack, from the 
 - ``gym.make(id, frameskip=1, full_action_space=False, repeat_action_probability=0)``: the raw game, one
   emulator frame per step (the frame skip is the next wrappers'). ``env_kwargs`` go here too (``mode``,
   ``difficulty``...), except ``repeat_action_probability``, which goes to
-- ``StickyActions`` (ours): sticky actions, as ALE draws them, but in Python (see below).
+- ``StickyActions`` (ours): sticky actions, as ALE draws them, but in Python (see below); it also steps
+  the emulator itself, without the full-colour screen copy ale-py's step makes at every frame.
 - ``AtariPreprocessing(noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)``: a random number
   (1-30) of no-ops at every reset, each action repeated 4 frames with the last two frames max-pooled
   (sprites that flicker), 84x84 grayscale by area interpolation (``frame_size=42``: 42x42, RLlib's
