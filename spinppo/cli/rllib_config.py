@@ -519,8 +519,9 @@ def _model(model: dict[str, Any], where: str, values: dict[str, Any], image: boo
         values["conv_activation"] = _activation(model["conv_activation"], where, "conv_activation")
         values["hid"] = list(model["post_fcnet_hiddens"])
         values["act"] = _activation(model["post_fcnet_activation"], where, "post_fcnet_activation")
-        # grayscale and zero_mean: DeepMind's preprocessing (RLlib's default for Atari) ignores them too;
-        # frames are grey and scaled to [0, 1] inside the network.
+        # grayscale and zero_mean: DeepMind's preprocessing (RLlib's default for Atari) ignores them too.
+        # Not RLlib's: its VisionNetwork takes the frames' 0-255 values unscaled into Xavier-initialised
+        # layers; spinppo's network scales them to [0, 1] and starts orthogonal (docs/config.md).
     else:
         if model["conv_filters"] is not None:
             raise UserError(f"{where}: model.conv_filters: {values['env']} does not give images")
