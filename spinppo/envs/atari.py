@@ -46,6 +46,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
+from spinppo.envs.state import wrapper_chain
 from spinppo.utils.errors import UserError
 
 FRAME_SKIP = 4
@@ -93,7 +94,7 @@ class StickyActions(gym.Wrapper):
     needs from the emulator itself. On a game as ``gym.make`` gives it (no wrappers but OrderEnforcing and
     PassiveEnvChecker, one frame a step, discrete actions), a step goes straight to the emulator, as
     ale-py's ``AtariEnv.step`` does, without the full-colour copy of the screen that AtariEnv makes at
-    every frame and the wrappers' calls: about a third of an agent step's time (docs/benchmarks.md).
+    every frame and the wrappers' calls: about a fifth of an environment's time (docs/benchmarks.md).
     The rewards, ends and frames are the same; any other stack steps through ``env.step``."""
 
     def __init__(self, env: gym.Env, p: float) -> None:
@@ -101,11 +102,8 @@ class StickyActions(gym.Wrapper):
         self.p = float(p)
         self.last_action: Any = 0
         game = env.unwrapped
-        chain, inner = [], env
-        while isinstance(inner, gym.Wrapper):
-            chain.append(type(inner))
-            inner = inner.env
-        plain = set(chain) <= {gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker}
+        chain = {type(w) for w in wrapper_chain(env)}
+        plain = chain <= {gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker}
         # (ale-py 0.12's AtariEnv: its private names are checked, so another version steps through env.step)
         ale_py_012 = all(hasattr(game, name) for name in ("ale", "_action_set", "_get_info"))
         one_frame = getattr(game, "_frameskip", None) == 1 and not getattr(game, "continuous", True)

@@ -29,7 +29,8 @@ import numpy as np
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def _wrappers(env: gym.Env) -> list[gym.Wrapper]:
+def wrapper_chain(env: gym.Env) -> list[gym.Wrapper]:
+    """``env``'s wrappers, outermost first (the unwrapped environment not among them)."""
     chain = []
     while isinstance(env, gym.Wrapper):
         chain.append(env)
@@ -58,7 +59,7 @@ def _saved(value: Any) -> bool:
 
 def get_env_state(env: gym.Env) -> bytes | None:
     """A snapshot of ``env`` (bytes), or None when it cannot be taken."""
-    wrappers = [{k: v for k, v in vars(w).items() if _saved(v)} for w in _wrappers(env)]
+    wrappers = [{k: v for k, v in vars(w).items() if _saved(v)} for w in wrapper_chain(env)]
     inner = env.unwrapped
     try:
         if _is_ale(inner):
@@ -83,7 +84,7 @@ def get_env_state(env: gym.Env) -> bytes | None:
 def set_env_state(env: gym.Env, blob: bytes) -> None:
     """Put ``env`` back into the state ``get_env_state`` captured (same environment id and kwargs)."""
     snapshot = pickle.loads(blob)
-    for w, attrs in zip(_wrappers(env), snapshot["wrappers"], strict=True):
+    for w, attrs in zip(wrapper_chain(env), snapshot["wrappers"], strict=True):
         for k, v in attrs.items():
             setattr(w, k, v)
     inner = env.unwrapped
