@@ -162,3 +162,89 @@ def test_a_rebuilt_dict_space_keeps_the_order_of_its_parts():
     assert [p.key for p in ObsLayout.from_space(rebuilt).parts] == [
         p.key for p in ObsLayout.from_space(space).parts
     ]
+
+
+def test_pixel_scale_sets_what_pixels_are_multiplied_by():
+    """--pixel_scale 1 (RLlib's unscaled frames): the network sees the 0-255 values, where the default
+    divides by 255; it is kept in ctor_spec (a rebuilt network scales as the saved one), and networks
+    without it keep their old ctor_spec."""
+    space = image_space((4, 42, 42))
+    torch.manual_seed(0)
+    unscaled = MLPActorCritic(space, DISCRETE, hidden_sizes=(), encoder="rllib", pixel_scale=1)
+    default = MLPActorCritic(space, DISCRETE, hidden_sizes=(), encoder="rllib")
+    default.load_state_dict(unscaled.state_dict())
+    assert unscaled.ctor_spec["pixel_scale"] == 1.0 and "pixel_scale" not in default.ctor_spec
+    pixels = torch.randint(0, 256, (3, 4, 42, 42), dtype=torch.uint8)
+    with torch.no_grad():
+        got = unscaled.encoder(pixels)
+        torch.testing.assert_close(got, default.encoder(pixels.float() * 255), rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(got, default.encoder(pixels))
+        rebuilt = build_actor_critic(unscaled.ctor_spec)
+        rebuilt.load_state_dict(unscaled.state_dict())
+        torch.testing.assert_close(rebuilt.encoder(pixels), got)
+    with pytest.raises(UserError, match="--pixel_scale must be a positive number") as e:
+        MLPActorCritic(space, DISCRETE, encoder="rllib", pixel_scale=0)
+    assert "\n" not in str(e.value)
+
+
+def _row_norms(weight: torch.Tensor) -> torch.Tensor:
+    return weight.pow(2).sum(1).sqrt()
+
+
+def _xavier_bound(weight: torch.Tensor) -> float:
+    fan_out, fan_in = weight.shape[0], weight[0].numel()
+    receptive = weight[0, 0].numel()
+    return float(np.sqrt(6.0 / (fan_in + fan_out * receptive)))
+
+
+def _assert_xavier(weight: torch.Tensor) -> None:
+    """Uniform in Xavier's bound: inside it, and filling it (the largest within 5% of it), mean ~ 0."""
+    bound = _xavier_bound(weight)
+    top = weight.abs().max().item()
+    assert bound * 0.95 < top <= bound
+    assert abs(weight.mean().item()) < 0.1 * bound
+
+
+def test_rllib_weight_init_starts_as_rllibs_vision_network():
+    """--weight_init rllib: Xavier-uniform convolutions and logits, the value head's rows of norm 0.01
+    (normc), zero biases; with dense layers the first is Xavier, the rest and the logits normc(1.0); an
+    LSTM as Keras' (forget-gate bias 1). The default stays orthogonal (a value head of gain 1)."""
+    space = image_space((4, 42, 42))
+    torch.manual_seed(0)
+    ac = MLPActorCritic(space, gym.spaces.Discrete(6), hidden_sizes=(), encoder="rllib", weight_init="rllib")
+    convs = [m for m in ac.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3  # RLlib's 42x42 stack
+    for conv in convs:
+        _assert_xavier(conv.weight)
+        assert not conv.bias.any()
+    _assert_xavier(ac.pi[-1].weight)
+    torch.testing.assert_close(_row_norms(ac.v[-1].weight), torch.tensor([0.01]))
+    assert not ac.pi[-1].bias.any() and not ac.v[-1].bias.any()
+    assert "weight_init" not in ac.ctor_spec  # initial weights only: not part of the function
+    torch.manual_seed(0)
+    hidden = MLPActorCritic(
+        space, gym.spaces.Discrete(6), hidden_sizes=(64, 32), encoder="rllib", shared_trunk=True,
+        weight_init="rllib",
+    )  # fmt: skip
+    first, second = [m for m in hidden.trunk.modules() if isinstance(m, torch.nn.Linear)]
+    _assert_xavier(first.weight)
+    torch.testing.assert_close(_row_norms(second.weight), torch.ones(32))
+    torch.testing.assert_close(_row_norms(hidden.pi[-1].weight), torch.ones(6))
+    torch.testing.assert_close(_row_norms(hidden.v[-1].weight), torch.tensor([0.01]))
+    recurrent = MLPActorCritic(
+        space, gym.spaces.Discrete(6), hidden_sizes=(), encoder="rllib", memory_size=32, weight_init="rllib"
+    )
+    forget = recurrent.lstm.bias_ih_l0[16:32]
+    assert torch.equal(forget, torch.ones(16)) and not recurrent.lstm.bias_ih_l0[:16].any()
+    _assert_xavier(recurrent.lstm.weight_ih_l0)
+    _assert_xavier(recurrent.pi[-1].weight)
+    orthogonal = MLPActorCritic(space, gym.spaces.Discrete(6), hidden_sizes=(64,), encoder="rllib")
+    torch.testing.assert_close(_row_norms(orthogonal.v[-1].weight), torch.tensor([1.0]))  # gain 1
+    for kwargs, message in [
+        ({"encoder": "nature_cnn"}, "--encoder nature_cnn is not RLlib's"),
+        ({"encoder": "rllib", "space": gym.spaces.Box(-1, 1, (5,))}, "these are vectors"),
+    ]:
+        obs_space = kwargs.pop("space", space)
+        with pytest.raises(UserError, match=message) as e:
+            MLPActorCritic(obs_space, DISCRETE, weight_init="rllib", **kwargs)
+        assert "\n" not in str(e.value)

@@ -203,10 +203,15 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, cli, args, message):
 # ---------------------------------------------------------------------------------------------- export
 
 
-@pytest.mark.parametrize("filters, activation, memory_size", [(None, "relu", 0), (A3C, "elu", 16)])
-def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_size):
+@pytest.mark.parametrize(
+    "filters, activation, memory_size, as_rllib",
+    [(None, "relu", 0, False), (A3C, "elu", 16, False), (None, "relu", 0, True), (A3C, "elu", 16, True)],
+)
+def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_size, as_rllib):
     """The generic form (uint8 CHW frames; uneven "same" padding as the Conv's own pads) and the Unity
-    form (a Dict with a 42x42 camera) give the torch policy's actions; a recurrent one over 3 steps."""
+    form (a Dict with a 42x42 camera) give the torch policy's actions; a recurrent one over 3 steps.
+    ``as_rllib``: as RLlib's files build it, unscaled pixels (--pixel_scale 1) and RLlib's weights."""
+    rllib = {"pixel_scale": 1.0, "weight_init": "rllib"} if as_rllib else {}
     torch.manual_seed(0)
     ac = MLPActorCritic(
         FRAMES_42,
@@ -216,6 +221,7 @@ def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_s
         conv_filters=filters,
         conv_activation=activation,
         memory_size=memory_size,
+        **rllib,
     )
     with torch.no_grad():
         for p in ac.parameters():
@@ -244,7 +250,7 @@ def test_42_pixel_policies_export_and_act_as_torch(filters, activation, memory_s
     assert len(set(actions)) > 1  # the pixels matter
     camera = gym.spaces.Dict({"obs_0": gym.spaces.Box(0, 255, (42, 42, 3), np.uint8)})
     ac = MLPActorCritic(camera, gym.spaces.Discrete(3), hidden_sizes=(16,), encoder="rllib",
-                        conv_filters=filters, conv_activation=activation)  # fmt: skip
+                        conv_filters=filters, conv_activation=activation, **rllib)  # fmt: skip
     unity = ort.InferenceSession(unity_model(ac, [[42, 42, 3]]).SerializeToString())
     pixels = rng.integers(0, 256, (8, 42, 42, 3), dtype=np.uint8)
     feeds = {"obs_0": pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255, "action_masks": np.ones((8, 3))}
@@ -322,14 +328,14 @@ def test_the_kl_coefficient_is_the_same_on_every_rank(tmp_path):
 
 
 def test_pong_at_42_pixels_trains_replays_exports_and_resumes(tmp_path, cli):
-    """RLlib's pong-a3c network (42-pixel frames, four 3x3 ELU convolutions, an LSTM) with the KL
-    penalty: one epoch, replayed from the run directory and from its .onnx file (with and without
-    --env), resumed for a second."""
+    """RLlib's pong-a3c network (42-pixel frames, four 3x3 ELU convolutions, an LSTM) as RLlib builds it
+    (unscaled pixels, RLlib's initial weights) with the KL penalty: one epoch, replayed from the run
+    directory and from its .onnx file (with and without --env), resumed for a second."""
     job = ["ppo", "--env", "Pong", "--frame_size", "42", "--encoder", "rllib", "--conv_filters",
            json.dumps(A3C), "--conv_activation", "elu", "--memory_size", "32", "--sequence_length", "8",
            "--hid", "[]", "--kl_coeff", "0.5", "--steps_per_epoch", "128", "--num_envs", "2",
            "--minibatch_size", "64", "--update_epochs", "1", "--exp_name", "p", "--data_dir", str(tmp_path),
-           "--tensorboard", "false"]  # fmt: skip
+           "--tensorboard", "false", "--pixel_scale", "1", "--weight_init", "rllib"]  # fmt: skip
     trained = cli(*job, "--epochs", "1")
     assert trained.returncode == 0, trained.stderr
     out = trained.stdout
@@ -337,6 +343,7 @@ def test_pong_at_42_pixels_trains_replays_exports_and_resumes(tmp_path, cli):
     run_dir = tmp_path / "p" / "p_s0"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_fn"]["frame_size"] == 42 and config["ac_kwargs"]["conv_filters"] == A3C
+    assert config["ac_kwargs"]["pixel_scale"] == 1.0 and config["ac_kwargs"]["weight_init"] == "rllib"
     replay = cli("test_policy", str(run_dir), "-n", "1", "--len", "30")
     assert replay.returncode == 0 and "EpLen 30" in replay.stdout, replay.stderr
     onnx_file = tmp_path / "p.onnx"

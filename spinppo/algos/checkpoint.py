@@ -107,7 +107,7 @@ def initialize_policy(ac: MLPActorCritic, path: str) -> str:
         if key not in ("log_std_init", "sequence_length") and theirs.get(key) != ours.get(key)
     )
     named = {"activation", "layer_norm", "shared_trunk", "norm_obs", "encoder", "memory_size"}
-    named |= {"conv_filters", "conv_activation"}
+    named |= {"conv_filters", "conv_activation", "pixel_scale"}
     if differ and set(differ) <= named:
         shown = ", ".join(f"{k} {theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in differ)
         raise UserError(

@@ -73,6 +73,20 @@ AC_FLAGS: dict[str, AcFlag] = {
         "--encoder rllib: the activation after each convolution (RLlib's model.conv_activation): tanh, "
         "relu, elu, gelu, silu, leaky_relu",
     ),
+    "pixel_scale": AcFlag(
+        "pixel_scale",
+        None,
+        float | None,
+        "what image pixels are multiplied by before the encoder; None: 1/255 for uint8 images (to [0, 1]), "
+        "1 for float images; RLlib's files set 1 (its networks take the 0-255 values unscaled)",
+    ),
+    "weight_init": AcFlag(
+        "weight_init",
+        "orthogonal",
+        str,
+        "initial weights: orthogonal (CleanRL's layer_init) or rllib (RLlib's VisionNetwork: Xavier-uniform "
+        "convolutions and logits, normc 0.01 value head; needs --encoder rllib)",
+    ),
     "memory_size": AcFlag(
         "memory_size",
         0,

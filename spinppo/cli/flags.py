@@ -426,4 +426,9 @@ def parse_algo_args(algo: str, argv: Sequence[str]) -> tuple[dict[str, list[Any]
             if conv_filters is not None:
                 check_conv_filters(conv_filters)
             check_ac_kwargs(conv_activation=conv_activation, encoder="rllib")
+    for pixel_scale in grid["ac:pixel_scale"]:
+        check_ac_kwargs(pixel_scale=pixel_scale)
+    for weight_init in grid["ac:weight_init"]:
+        for encoder in grid["ac:encoder"]:
+            check_ac_kwargs(weight_init=weight_init, encoder=encoder)
     return grid, options

@@ -11,7 +11,8 @@ Image layout rule: an image is channels-first (C, H, W) when its first dimension
 as gymnasium's Atari frame stacks give them ((4, 84, 84)); otherwise channels-last (H, W, C), as Unity's
 visual observations and rendered frames are ((84, 84, 3)). A ``uint8`` image is stored as ``uint8``
 everywhere (buffer, checkpoints) and scaled by 1/255 inside the network; a float image is used as it
-is. Images get no running normalisation.
+is. ``--pixel_scale`` sets that factor instead (1 for RLlib's files: RLlib's networks take the 0-255
+values unscaled). Images get no running normalisation.
 
 Encoders, by ML-Agents' names (``vis_encode_type``), with the smallest height and width each can take:
 
@@ -35,8 +36,8 @@ default stacks end at 1x1 with 256 channels). Without ``conv_filters``, RLlib's 
 other sizes need ``conv_filters``. RLlib's tuned Pong A3C stack, for instance, is four ``[32, [3, 3], 2]``
 layers with ELU: 42x42 frames become 21, 11, 6 and 2 pixels a side, 128 features.
 
-Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer_init`` (RLlib's start
-Xavier-uniform: the shapes are RLlib's, the initial weights spinppo's).
+Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer_init``; with
+``--weight_init rllib`` (``rllib_init``) as RLlib's VisionNetwork starts them.
 """
 
 from __future__ import annotations
@@ -355,6 +356,7 @@ class ImageEncoder(nn.Module):
     the shape and the encoders that fit) when the image is too small for it or has the wrong dimensions.
     ``rllib`` takes ``conv_filters`` (RLlib's form; None: RLlib's default for the image's size) and
     ``conv_activation`` (a name in ``ACTIVATIONS``); the other encoders have their own layers.
+    ``pixel_scale``: what the pixels are multiplied by first (None: 1/255 for uint8 images, 1 for float).
     """
 
     # Channels-last (NHWC) pixels make oneDNN's CPU convolutions faster: a PPO update step of the Nature
@@ -375,11 +377,14 @@ class ImageEncoder(nn.Module):
         uint8: bool,
         conv_filters: list[list[Any]] | None = None,
         conv_activation: str = "relu",
+        pixel_scale: float | None = None,
     ) -> None:
         super().__init__()
         filters = check_image_fits(shape, name, conv_filters)
         (c, h, w), self.channels_first = image_chw(shape)
-        self.scale = 1.0 / 255.0 if uint8 else None
+        # What the pixels are multiplied by (None: nothing): --pixel_scale, else 1/255 for uint8 pixels.
+        scale = float(pixel_scale) if pixel_scale is not None else 1.0 / 255.0 if uint8 else None
+        self.scale = None if scale == 1.0 else scale
         if name == "rllib":
             if conv_activation not in ACTIVATIONS:
                 raise UserError(
@@ -553,7 +558,8 @@ def _part(key: str | None, spec: dict[str, Any]) -> ObsPart:
 
 class ObservationEncoder(nn.Module):
     """Non-flat observations to one feature vector: each image part through its own ``ImageEncoder``
-    (``name``, and for ``rllib`` its ``conv_filters`` and ``conv_activation``), vector parts as they come
+    (``name``, and for ``rllib`` its ``conv_filters`` and ``conv_activation``; ``pixel_scale``), vector
+    parts as they come
     (already normalised), concatenated in the layout's order.
 
     ``forward(obs)`` takes a tensor (an image Box) or a dict of tensors and returns [B, ``out_dim``].
@@ -565,12 +571,13 @@ class ObservationEncoder(nn.Module):
         name: str,
         conv_filters: list[list[Any]] | None = None,
         conv_activation: str = "relu",
+        pixel_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.layout = layout
         # By position among the image parts (a Dict's keys may hold characters a module name cannot).
         self.images = nn.ModuleList(
-            ImageEncoder(p.shape, name, p.dtype == np.uint8, conv_filters, conv_activation)
+            ImageEncoder(p.shape, name, p.dtype == np.uint8, conv_filters, conv_activation, pixel_scale)
             for p in layout.parts
             if p.image
         )

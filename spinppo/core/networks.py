@@ -73,6 +73,17 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+# --weight_init: spinppo's (orthogonal, CleanRL's layer_init) or RLlib's (``MLPActorCritic._rllib_init``).
+WEIGHT_INITS = ("orthogonal", "rllib")
+
+
+def _normc_(weight: torch.Tensor, std: float) -> None:
+    """RLlib's ``normc_initializer(std)``: Gaussian weights, each output unit's row scaled to norm ``std``."""
+    with torch.no_grad():
+        w = torch.randn_like(weight)
+        weight.copy_(w * (std / w.pow(2).sum(1, keepdim=True).sqrt()))
+
+
 def _whole(x: Any, least: int) -> bool:
     """Whether ``x`` is a whole number of any type (numpy's, 64.0) at least ``least``; not a bool."""
     return (
@@ -89,10 +100,13 @@ def check_ac_kwargs(
     conv_filters: Any = None,
     conv_activation: Any = "relu",
     image_shape: tuple[int, ...] | None = None,
+    pixel_scale: Any = None,
+    weight_init: Any = "orthogonal",
     **_: Any,
 ) -> None:
     """A UserError for actor-critic options that cannot build a network (``--hid``, ``--act``,
-    ``--encoder``, ``--memory_size``, ``--sequence_length``, ``--conv_filters``, ``--conv_activation``):
+    ``--encoder``, ``--memory_size``, ``--sequence_length``, ``--conv_filters``, ``--conv_activation``,
+    ``--pixel_scale``, ``--weight_init``):
     the one check, used by the network itself and, for every variant of a grid, before anything trains.
     ``image_shape``: the observations' shape when it is an image known in advance (an Atari game's
     frames), checked against the encoder too (too small, a stack that shrinks it below one pixel)."""
@@ -118,6 +132,23 @@ def check_ac_kwargs(
         )
     if conv_filters is not None:
         check_conv_filters(conv_filters)
+    if pixel_scale is not None and not (
+        isinstance(pixel_scale, numbers.Real)
+        and not isinstance(pixel_scale, bool)
+        and math.isfinite(pixel_scale)
+        and pixel_scale > 0
+    ):
+        raise UserError(
+            f"--pixel_scale must be a positive number such as 1 (RLlib's unscaled pixels; uint8 images "
+            f"default to 1/255), not {pixel_scale!r}"
+        )
+    if weight_init not in WEIGHT_INITS:
+        raise UserError(f"--weight_init must be one of {', '.join(WEIGHT_INITS)}, not {weight_init!r}")
+    if weight_init == "rllib" and encoder != "rllib":
+        raise UserError(
+            f"--weight_init rllib starts RLlib's VisionNetwork as RLlib does; --encoder {encoder} is not "
+            "RLlib's: add --encoder rllib (or drop --weight_init)"
+        )
     if image_shape is not None:
         check_image_fits(image_shape, encoder, conv_filters)
     if activation not in ACTIVATIONS:
@@ -173,10 +204,20 @@ class MLPActorCritic(nn.Module):
         sequence_length: int = 64,
         conv_filters: list[list[Any]] | None = None,
         conv_activation: str = "relu",
+        pixel_scale: float | None = None,
+        weight_init: str = "orthogonal",
     ) -> None:
         super().__init__()
         check_ac_kwargs(
-            hidden_sizes, activation, encoder, memory_size, sequence_length, conv_filters, conv_activation
+            hidden_sizes,
+            activation,
+            encoder,
+            memory_size,
+            sequence_length,
+            conv_filters,
+            conv_activation,
+            pixel_scale=pixel_scale,
+            weight_init=weight_init,
         )
         obs_spec, act_spec = space_spec(observation_space), space_spec(action_space)
         self.layout = ObsLayout.from_spec(obs_spec)  # a UserError for observations it cannot take
@@ -203,7 +244,11 @@ class MLPActorCritic(nn.Module):
                 conv_filters = None if conv_filters is None else check_conv_filters(conv_filters)
                 self.ctor_spec["conv_filters"] = conv_filters
                 self.ctor_spec["conv_activation"] = conv_activation
-            self.encoder = ObservationEncoder(self.layout, encoder, conv_filters, conv_activation)
+            if pixel_scale is not None:  # only networks given one have the key: others keep their ctor_spec
+                self.ctor_spec["pixel_scale"] = float(pixel_scale)
+            self.encoder = ObservationEncoder(
+                self.layout, encoder, conv_filters, conv_activation, pixel_scale
+            )
             obs_dim = self.encoder.out_dim  # what the MLP after the encoder takes
         self.memory_size = int(memory_size)
         self.sequence_length = int(sequence_length) if memory_size else 1  # steps in one row of an update
@@ -243,6 +288,50 @@ class MLPActorCritic(nn.Module):
             self.v = mlp([obs_dim, *hidden, 1], activation, layer_norm, output_gain=1.0)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        if weight_init == "rllib":
+            if self.encoder is None:
+                raise UserError(
+                    "--weight_init rllib starts RLlib's VisionNetwork, for image observations; these are "
+                    "vectors: drop --weight_init"
+                )
+            self._rllib_init()
+
+    def _rllib_init(self) -> None:
+        """``--weight_init rllib``: the weights as RLlib's TensorFlow VisionNetwork and LSTM wrapper start
+        them (the tuned examples' ``framework: tf``), drawn again after spinppo's: convolutions and the
+        policy logits Xavier-uniform (Keras' default), the value head ``normc(0.01)``, biases zero. Dense
+        layers after the convolutions (``--hid``, RLlib's post_fcnet_hiddens): the first Xavier-uniform
+        (a 1x1 convolution in RLlib), the rest and then the logits ``normc(1.0)``. The LSTM as Keras':
+        Xavier-uniform input weights, orthogonal recurrent weights, forget-gate bias 1. Not part of
+        ``ctor_spec``: it sets the initial weights only."""
+        for module in self.encoder.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        trunk = [m for m in self.trunk.modules() if isinstance(m, nn.Linear)]
+        pi = [m for m in self.pi.modules() if isinstance(m, nn.Linear)]
+        v = [m for m in self.v.modules() if isinstance(m, nn.Linear)]
+        for layers in (trunk, pi[:-1], v[:-1]):  # one shared stack, or one each for policy and value
+            for i, linear in enumerate(layers):
+                if i == 0:
+                    nn.init.xavier_uniform_(linear.weight)
+                else:
+                    _normc_(linear.weight, 1.0)
+        if (trunk or pi[:-1]) and self.lstm is None:
+            _normc_(pi[-1].weight, 1.0)
+        else:
+            nn.init.xavier_uniform_(pi[-1].weight)
+        _normc_(v[-1].weight, 0.01)
+        for linear in (*trunk, *pi, *v):
+            nn.init.zeros_(linear.bias)
+        if self.lstm is not None:
+            hidden = self.lstm.hidden_size
+            nn.init.xavier_uniform_(self.lstm.weight_ih_l0)
+            nn.init.orthogonal_(self.lstm.weight_hh_l0)
+            nn.init.zeros_(self.lstm.bias_ih_l0)
+            nn.init.zeros_(self.lstm.bias_hh_l0)
+            with torch.no_grad():  # torch's gate order is input, forget, cell, output
+                self.lstm.bias_ih_l0[hidden : 2 * hidden] = 1.0
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -576,6 +665,7 @@ _DESCRIBED_OPTIONS = frozenset(
         "encoder",
         "conv_filters",
         "conv_activation",
+        "pixel_scale",
         "memory_size",
         "sequence_length",
     }

@@ -232,13 +232,18 @@ def _image_features(g: _Graph, image: ImageInput, x: str, unity: bool = False) -
     ``unity``: ``x`` is what Unity's inference feeds a visual sensor, float32 NCHW in [0, 1], which is
     already the 1/255-scaled CHW image the encoder computes from the uint8 HWC pixels spinppo's Unity
     adapter stores (round(255 v)): no Transpose, Cast or scaling (the rounding is not redone: within
-    1/510 a pixel)."""
+    1/510 a pixel). A network with another ``--pixel_scale`` gets Unity's values times the factor that
+    makes them what its encoder computes."""
     if not unity:
         if not image.channels_first:
             x = g.op("Transpose", [x], "to_chw", perm=[0, 3, 1, 2])
         x = g.op("Cast", [x], "as_float", to=_onnx().TensorProto.FLOAT)
         if image.scale is not None:
             x = g.op("Mul", [x, g.const("pixel_scale", [image.scale])], "scaled_pixels")
+    else:  # what the encoder multiplies the stored values (round(255 v) for uint8) by, applied to v
+        factor = (255.0 if image.uint8 else 1.0) * (1.0 if image.scale is None else image.scale)
+        if abs(factor - 1.0) > 1e-9:
+            x = g.op("Mul", [x, g.const("pixel_scale", [factor])], "scaled_pixels")
     return _layers(g, image.layers, x)
 
 
