@@ -95,9 +95,9 @@ def test_pong_ppo_means_rllibs_settings(tmp_path):
         "conv_activation": "relu",
         "hid": (),
         "shared_trunk": True,  # vf_share_layers
-        # RLlib's network as RLlib starts it: DeepMind's frames' 0-255 values unscaled, RLlib's weights
-        "pixel_scale": 1.0,
-        "weight_init": "rllib",
+        # spinppo's start, not RLlib's (unscaled pixels, Xavier layers): see docs/config.md
+        "pixel_scale": None,
+        "weight_init": "orthogonal",
     }
     assert {k: flags[k] for k in expected} == expected
 
@@ -118,8 +118,8 @@ def test_pong_a3c_means_rllibs_settings(tmp_path):
         "conv_activation": "elu",
         "conv_filters": [[32, [3, 3], 2]] * 4,
         "frame_size": 42,
-        "weight_init": "rllib",
-        "pixel_scale": None,  # preprocessor_pref: rllib, zero_mean: false: RLlib's preprocessor gives [0, 1]
+        "weight_init": "orthogonal",
+        "pixel_scale": None,
     }
     assert {k: flags[k] for k in expected} == expected
     assert flags["steps_per_epoch"] % (20 * 16) == 0  # whole rollouts of 16 workers' fragments

@@ -380,7 +380,7 @@ def _experiment_flags(experiment: dict[str, Any], where: str, algo: str, notes: 
             f"{where}: batch_mode: {settings['batch_mode']}: spinppo's rollouts have a fixed length "
             "(truncate_episodes)"
         )
-    _model(model, where, values, image, notes, deepmind=pref != "rllib")
+    _model(model, where, values, image, notes)
     _algorithm(settings, where, algo, values, notes)
     if algo != "ppo" and values.pop("anneal_lr"):
         raise UserError(f"{where}: lr_schedule: spinppo's {algo} keeps its learning rate constant")
@@ -493,9 +493,7 @@ def _observation_filter(settings: dict[str, Any], where: str, values: dict[str, 
         values["norm_obs"] = obs_filter == "MeanStdFilter"
 
 
-def _model(
-    model: dict[str, Any], where: str, values: dict[str, Any], image: bool, notes: list[str], deepmind: bool
-) -> None:
+def _model(model: dict[str, Any], where: str, values: dict[str, Any], image: bool, notes: list[str]) -> None:
     for key in ("custom_model", "custom_action_dist"):
         if model[key] is not None:
             raise UserError(f"{where}: model.{key}: spinppo builds its own networks (no custom models)")
@@ -522,18 +520,11 @@ def _model(
         values["hid"] = list(model["post_fcnet_hiddens"])
         values["act"] = _activation(model["post_fcnet_activation"], where, "post_fcnet_activation")
         values["shared_trunk"] = True  # vf_share_layers: the value head on the policy's last layer
-        # RLlib's network starts as RLlib starts it (Xavier-uniform convolutions and logits, normc 0.01
-        # value head), and the learning rates in its files are tuned for that.
-        values["weight_init"] = "rllib"
-        if deepmind:
-            # DeepMind's preprocessing (RLlib's default for Atari) ignores grayscale and zero_mean, and
-            # RLlib's VisionNetwork takes the frames' 0-255 values as they are (``obs.float()``).
-            values["pixel_scale"] = 1.0
-        elif model["zero_mean"]:
-            notes.append(
-                f"{where}: model.zero_mean: true: RLlib's own preprocessor maps pixels to [-1, 1]; spinppo "
-                "scales them to [0, 1] (zero_mean: false)"
-            )
+        # grayscale and zero_mean: DeepMind's preprocessing (RLlib's default for Atari) ignores them too.
+        # Not RLlib's: its VisionNetwork takes the frames' 0-255 values unscaled into Xavier-initialised
+        # layers (--pixel_scale 1 --weight_init rllib). spinppo's network scales them to [0, 1] and starts
+        # orthogonal: with RLlib's start its first policy is one fixed action and does not learn, and
+        # unscaled pixels alone give its value head targets past vf_clip_param (docs/config.md).
     else:
         if model["conv_filters"] is not None:
             raise UserError(f"{where}: model.conv_filters: {values['env']} does not give images")
