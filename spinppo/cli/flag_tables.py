@@ -78,7 +78,7 @@ AC_FLAGS: dict[str, AcFlag] = {
         None,
         float | None,
         "what image pixels are multiplied by before the encoder; None: 1/255 for uint8 images (to [0, 1]), "
-        "1 for float images; RLlib's files set 1 (its networks take the 0-255 values unscaled)",
+        "1 for float images; 1 feeds Atari frames' 0-255 values unscaled, as RLlib's networks take them",
     ),
     "weight_init": AcFlag(
         "weight_init",

@@ -11,8 +11,8 @@ Image layout rule: an image is channels-first (C, H, W) when its first dimension
 as gymnasium's Atari frame stacks give them ((4, 84, 84)); otherwise channels-last (H, W, C), as Unity's
 visual observations and rendered frames are ((84, 84, 3)). A ``uint8`` image is stored as ``uint8``
 everywhere (buffer, checkpoints) and scaled by 1/255 inside the network; a float image is used as it
-is. ``--pixel_scale`` sets that factor instead (1 for RLlib's files: RLlib's networks take the 0-255
-values unscaled). Images get no running normalisation.
+is. ``--pixel_scale`` sets that factor instead (1: the 0-255 values unscaled, as RLlib's networks take
+them). Images get no running normalisation.
 
 Encoders, by ML-Agents' names (``vis_encode_type``), with the smallest height and width each can take:
 
