@@ -94,7 +94,7 @@ def test_pong_ppo_means_rllibs_settings(tmp_path):
         "conv_filters": None,  # RLlib's default stack for 42x42
         "conv_activation": "relu",
         "hid": (),
-        "shared_trunk": True,  # vf_share_layers
+        "shared_trunk": False,  # vf_share_layers, with no dense layers to share (as runs before it had)
         # spinppo's start, not RLlib's (unscaled pixels, Xavier layers): see docs/config.md
         "pixel_scale": None,
         "weight_init": "orthogonal",

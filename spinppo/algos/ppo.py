@@ -186,7 +186,7 @@ def ppo(
         env_fn: makes the environment: a gymnasium Env (made ``num_envs`` times per rank) or a VectorEnv.
         actor_critic: the actor-critic class, built as ``actor_critic(obs_space, act_space, **ac_kwargs)``.
         ac_kwargs: hidden_sizes, activation, layer_norm, shared_trunk, log_std_init, norm_obs, encoder,
-            memory_size, sequence_length.
+            conv_filters, conv_activation, pixel_scale, weight_init, memory_size, sequence_length.
         seed: random seed; rank r uses seed + 10000 r for its environments and sampling.
         steps_per_epoch: environment steps per epoch over all ranks and environments (the batch).
         epochs: number of epochs (rollout + update) to run.

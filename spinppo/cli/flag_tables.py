@@ -85,7 +85,7 @@ AC_FLAGS: dict[str, AcFlag] = {
         "orthogonal",
         str,
         "initial weights: orthogonal (CleanRL's layer_init) or rllib (RLlib's VisionNetwork: Xavier-uniform "
-        "convolutions and logits, normc 0.01 value head; needs --encoder rllib)",
+        "convolutions and logits, normc 0.01 value head, or Xavier with an LSTM; needs --encoder rllib)",
     ),
     "memory_size": AcFlag(
         "memory_size",

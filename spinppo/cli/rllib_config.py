@@ -519,7 +519,9 @@ def _model(model: dict[str, Any], where: str, values: dict[str, Any], image: boo
         values["conv_activation"] = _activation(model["conv_activation"], where, "conv_activation")
         values["hid"] = list(model["post_fcnet_hiddens"])
         values["act"] = _activation(model["post_fcnet_activation"], where, "post_fcnet_activation")
-        values["shared_trunk"] = True  # vf_share_layers: the value head on the policy's last layer
+        # vf_share_layers: the value head on the policy's last dense layer (none without post_fcnet_hiddens,
+        # where the flag changes nothing and is left false, as runs made before it have it)
+        values["shared_trunk"] = bool(model["post_fcnet_hiddens"])
         # grayscale and zero_mean: DeepMind's preprocessing (RLlib's default for Atari) ignores them too.
         # Not RLlib's: its VisionNetwork takes the frames' 0-255 values unscaled into Xavier-initialised
         # layers (--pixel_scale 1 --weight_init rllib). spinppo's network scales them to [0, 1] and starts

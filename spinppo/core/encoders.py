@@ -37,7 +37,7 @@ other sizes need ``conv_filters``. RLlib's tuned Pong A3C stack, for instance, i
 layers with ELU: 42x42 frames become 21, 11, 6 and 2 pixels a side, 128 features.
 
 Weights start orthogonal with gain sqrt(2) and zero biases, as CleanRL's ``layer_init``; with
-``--weight_init rllib`` (``rllib_init``) as RLlib's VisionNetwork starts them.
+``--weight_init rllib`` (``MLPActorCritic._rllib_init``) as RLlib's VisionNetwork starts them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ What a network computes, in this order::
 
     inputs          the observation's parts, in the layout's order:
                     vector parts side by side, through ``normalize`` (when not None), split back;
-                    each image part to CHW, to float, times ``scale`` (uint8 pixels), through its layers;
+                    each image part to CHW, to float, times ``scale`` (when not None), through its layers;
                     then all of them concatenated in the parts' order
     lstm            one step (when not None); the memory is its h and c side by side, [N, 2 * hidden]
     trunk           layers both heads share
@@ -143,8 +143,9 @@ class VectorInput:
 @dataclass(frozen=True, slots=True, eq=False)
 class ImageInput:
     """An image part: ``key`` (None for a plain Box), ``shape`` as stored, ``uint8`` pixels (else
-    float32), ``channels_first`` (CHW, else HWC), ``scale`` (1/255 for uint8, else None), and ``layers``
-    from the CHW float image to its features."""
+    float32), ``channels_first`` (CHW, else HWC), ``scale`` (what the pixels are multiplied by: by
+    default 1/255 for uint8, else None, meaning 1; or ``--pixel_scale``), and ``layers`` from the CHW
+    float image to its features."""
 
     key: str | None
     shape: tuple[int, ...]

@@ -244,7 +244,9 @@ class MLPActorCritic(nn.Module):
                 conv_filters = None if conv_filters is None else check_conv_filters(conv_filters)
                 self.ctor_spec["conv_filters"] = conv_filters
                 self.ctor_spec["conv_activation"] = conv_activation
-            if pixel_scale is not None:  # only networks given one have the key: others keep their ctor_spec
+            defaults = [1.0 / 255.0 if p.dtype == np.uint8 else 1.0 for p in self.layout.parts if p.image]
+            # Only a scale other than the default is kept: other networks keep the ctor_spec they had.
+            if pixel_scale is not None and any(float(pixel_scale) != d for d in defaults):
                 self.ctor_spec["pixel_scale"] = float(pixel_scale)
             self.encoder = ObservationEncoder(
                 self.layout, encoder, conv_filters, conv_activation, pixel_scale
@@ -289,7 +291,7 @@ class MLPActorCritic(nn.Module):
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
         if weight_init == "rllib":
-            if self.encoder is None:
+            if not self.layout.has_images:
                 raise UserError(
                     "--weight_init rllib starts RLlib's VisionNetwork, for image observations; these are "
                     "vectors: drop --weight_init"
@@ -301,9 +303,10 @@ class MLPActorCritic(nn.Module):
         them (the tuned examples' ``framework: tf``), drawn again after spinppo's: convolutions and the
         policy logits Xavier-uniform (Keras' default), the value head ``normc(0.01)``, biases zero. Dense
         layers after the convolutions (``--hid``, RLlib's post_fcnet_hiddens): the first Xavier-uniform
-        (a 1x1 convolution in RLlib), the rest and then the logits ``normc(1.0)``. The LSTM as Keras':
-        Xavier-uniform input weights, orthogonal recurrent weights, forget-gate bias 1. Not part of
-        ``ctor_spec``: it sets the initial weights only."""
+        (a 1x1 convolution in RLlib), the rest and then the logits ``normc(1.0)``. With an LSTM, as RLlib's
+        LSTM wrapper: Keras' LSTM (Xavier-uniform input weights, orthogonal recurrent weights, forget-gate
+        bias 1), logits and value head Xavier-uniform (RLlib puts post_fcnet_hiddens before the LSTM,
+        spinppo's ``--hid`` comes after it). Not part of ``ctor_spec``: it sets the initial weights only."""
         for module in self.encoder.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
@@ -321,7 +324,10 @@ class MLPActorCritic(nn.Module):
             _normc_(pi[-1].weight, 1.0)
         else:
             nn.init.xavier_uniform_(pi[-1].weight)
-        _normc_(v[-1].weight, 0.01)
+        if self.lstm is None:
+            _normc_(v[-1].weight, 0.01)
+        else:  # RLlib's LSTM wrapper has its own value layer, Keras' default
+            nn.init.xavier_uniform_(v[-1].weight)
         for linear in (*trunk, *pi, *v):
             nn.init.zeros_(linear.bias)
         if self.lstm is not None:

@@ -227,7 +227,7 @@ def _layers(g: _Graph, layers: tuple[Any, ...], x: str) -> str:
 
 
 def _image_features(g: _Graph, image: ImageInput, x: str, unity: bool = False) -> str:
-    """An image input's features: to CHW (Transpose), to float (Cast), 1/255 for uint8, its layers.
+    """An image input's features: to CHW (Transpose), to float (Cast), times its scale, its layers.
 
     ``unity``: ``x`` is what Unity's inference feeds a visual sensor, float32 NCHW in [0, 1], which is
     already the 1/255-scaled CHW image the encoder computes from the uint8 HWC pixels spinppo's Unity
