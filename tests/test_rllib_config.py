@@ -188,6 +188,9 @@ def test_other_algorithms_map_too(tmp_path):
     assert (a2c["n_steps"], a2c["vf_coef"], a2c["max_grad_norm"], a2c["lr"]) == (200, 0.25, 40.0, 0.0001)
     pg = flags_of(tmp_path, experiment({"lr": 0.01}, run_="PG"), "vpg")
     assert (pg["pi_lr"], pg["steps_per_epoch"], pg["cpu"]) == (0.01, 200, 1)
+    # RLlib's PG has no value function to share layers with: VPG's value function keeps its own trunk
+    shared = flags_of(tmp_path, experiment({"model": {"vf_share_layers": True}}, run_="PG"), "vpg")
+    assert shared["shared_trunk"] is False
 
 
 def test_grid_search_anywhere_makes_a_grid(tmp_path):

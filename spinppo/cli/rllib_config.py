@@ -389,6 +389,9 @@ def _experiment_flags(experiment: dict[str, Any], where: str, algo: str, notes: 
         if "max_grad_norm" in values:
             raise UserError(f"{where}: grad_clip: spinppo's vpg does not clip gradients")
         values["lam"] = 1.0
+        # RLlib's PG has no value function to share layers with; spinppo's VPG fits its value function
+        # with its own optimiser, on its own trunk.
+        values["shared_trunk"] = False
         notes.append(
             f"{where}: PG is spinppo's vpg, Spinning Up's: its advantages subtract a learned value "
             "baseline (lam 1: the return minus V), where RLlib's PG uses the return itself"
