@@ -104,3 +104,19 @@ def test_a_run_says_once_how_many_threads_each_rank_uses(algo, tmp_path):
     out = run(args, **NO_THREAD_VARIABLES).stdout
     assert out.count("Threads per rank: ") == 1, out
     assert f"Threads per rank: {share(2)} for numpy's BLAS, OpenMP and torch" in out, out
+
+
+def test_one_rank_runs_a_network_without_images_on_one_thread(tmp_path):
+    """One rank's share is every core; a network without images takes one thread (its products are too
+    small to share out, and its threads would wait for each other whenever another process needs a
+    core), an image network keeps the share for its convolutions."""
+    if CORES < 2:
+        pytest.skip("needs two cores for the share to exceed one")
+    base = [sys.executable, "-m", "spinppo.run", "ppo", "--epochs", "1", "--data_dir", str(tmp_path)]
+    vector = [*base, "--env", "CartPole-v1", "--steps_per_epoch", "256", "--minibatch_size", "64"]
+    vector = run([*vector, "--exp_name", "v"], **NO_THREAD_VARIABLES).stdout
+    assert "Threads per rank: 1 for numpy's BLAS, OpenMP and torch" in vector, vector
+    image = [*base, "--env", "tests.test_export_images:Pixels-v0", "--encoder", "simple", "--num_envs", "2"]
+    image += ["--steps_per_epoch", "48", "--minibatch_size", "24", "--exp_name", "i"]
+    out = run(image, **NO_THREAD_VARIABLES).stdout
+    assert f"Threads per rank: {share(1)} for numpy's BLAS, OpenMP and torch" in out, out

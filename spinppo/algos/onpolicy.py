@@ -492,7 +492,7 @@ def threads_line(threads: list[int]) -> str:
     count = f"{low}" if low == high else f"{low} to {high} (by host)"
     return (
         f"Threads per rank: {count} for numpy's BLAS, OpenMP and torch (each rank's share of its host's "
-        "cores, capped by OMP_NUM_THREADS)"
+        "cores, capped by OMP_NUM_THREADS; one for a network without images)"
     )
 
 
@@ -583,6 +583,13 @@ class OnPolicyRun:
             self.rollout_steps = rollout_length(steps_per_epoch, self.num_envs, rollouts_per_epoch)
             obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
             self.ac = actor_critic(obs_space, act_space, **(ac_kwargs or {}))
+            layout = getattr(self.ac, "layout", None)
+            if layout is not None and not layout.has_images and threads > 1:
+                # A network without images computes on products too small to share out: a second thread
+                # gains a rank at most 10% alone, and costs it 5-13x when another process needs the
+                # cores, as its threads wait for each other (docs/benchmarks.md, "One thread for vector
+                # networks"). Image networks keep their share: their convolutions use it.
+                threads = setup_pytorch_for_mpi(most=1)
             # Before the run directory exists (a Unity build cannot be copied, a policy that does not fit:
             # both bad input). A resume continues from its own checkpoint instead of initialize_from.
             if eval_freq:

@@ -26,8 +26,9 @@ from mpi4py import MPI
 from spinppo.utils.mpi_tools import COMM, limit_thread_pools, num_procs, rank_thread_share
 
 
-def setup_pytorch_for_mpi() -> int:
-    """Limit every thread pool of this rank to its share of its host's cores, and return that count.
+def setup_pytorch_for_mpi(most: int | None = None) -> int:
+    """Limit every thread pool of this rank to its share of its host's cores (at most ``most`` when
+    given), and return that count.
 
     Without this, every rank's numpy (OpenBLAS or MKL), OpenMP and torch start one thread per core, and
     the ranks' threads fight over the cores: a rank of the 256-wide Walker2d network then spent 3.5 s an
@@ -42,7 +43,7 @@ def setup_pytorch_for_mpi() -> int:
     - torch's intra-op pool (``torch.set_num_threads``) and inter-op pool (once per process, before any
       inter-op work: later calls keep the first count).
     """
-    threads = rank_thread_share()
+    threads = rank_thread_share() if most is None else max(1, min(rank_thread_share(), most))
     limit_thread_pools(threads)
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != threads:
