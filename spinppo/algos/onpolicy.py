@@ -586,9 +586,9 @@ class OnPolicyRun:
             layout = getattr(self.ac, "layout", None)
             if layout is not None and not layout.has_images and threads > 1:
                 # A network without images computes on products too small to share out: a second thread
-                # gains a rank at most 10% alone, and costs it 5-13x when another process needs the
-                # cores, as its threads wait for each other (docs/benchmarks.md, "One thread for vector
-                # networks"). Image networks keep their share: their convolutions use it.
+                # gained a rank 2-14% alone (the 256-wide Walker2d config) and cost it 8-13x when another
+                # process needed the cores, as its threads wait for each other (docs/benchmarks.md, "One
+                # thread for vector networks"). Image networks keep their share for their convolutions.
                 threads = setup_pytorch_for_mpi(most=1)
             # Before the run directory exists (a Unity build cannot be copied, a policy that does not fit:
             # both bad input). A resume continues from its own checkpoint instead of initialize_from.

@@ -339,6 +339,14 @@ def check_image_fits(
     return None
 
 
+def pixel_factor(uint8: bool, pixel_scale: float | None = None) -> float:
+    """What an image's stored values are multiplied by before the encoder's layers: ``pixel_scale``
+    (``--pixel_scale``) when given, else 1/255 for uint8 pixels and 1 for float ones."""
+    if pixel_scale is not None:
+        return float(pixel_scale)
+    return 1.0 / 255.0 if uint8 else 1.0
+
+
 def weights_cast_once(device_type: str) -> torch.autocast:
     """An autocast region to hold open while a network's weights stay fixed (a rollout, an evaluation):
     within it a ``--precision bf16`` encoder casts its weights to bfloat16 once, at its first call, not at
@@ -382,9 +390,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         filters = check_image_fits(shape, name, conv_filters)
         (c, h, w), self.channels_first = image_chw(shape)
-        # What the pixels are multiplied by (None: nothing): --pixel_scale, else 1/255 for uint8 pixels.
-        scale = float(pixel_scale) if pixel_scale is not None else 1.0 / 255.0 if uint8 else None
-        self.scale = None if scale == 1.0 else scale
+        scale = pixel_factor(uint8, pixel_scale)
+        self.scale = None if scale == 1.0 else scale  # None: the pixels are used as they are
         if name == "rllib":
             if conv_activation not in ACTIVATIONS:
                 raise UserError(

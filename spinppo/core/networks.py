@@ -28,6 +28,7 @@ from spinppo.core.encoders import (
     ObsLayout,
     check_conv_filters,
     check_image_fits,
+    pixel_factor,
     space_from_spec,
     space_spec,
 )
@@ -244,7 +245,7 @@ class MLPActorCritic(nn.Module):
                 conv_filters = None if conv_filters is None else check_conv_filters(conv_filters)
                 self.ctor_spec["conv_filters"] = conv_filters
                 self.ctor_spec["conv_activation"] = conv_activation
-            defaults = [1.0 / 255.0 if p.dtype == np.uint8 else 1.0 for p in self.layout.parts if p.image]
+            defaults = [pixel_factor(p.dtype == np.uint8) for p in self.layout.parts if p.image]
             # Only a scale other than the default is kept: other networks keep the ctor_spec they had.
             if pixel_scale is not None and any(float(pixel_scale) != d for d in defaults):
                 self.ctor_spec["pixel_scale"] = float(pixel_scale)
