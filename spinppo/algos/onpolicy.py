@@ -750,6 +750,32 @@ class OnPolicyRun:
         self.epoch_state.update_started = time.perf_counter()
         return batch
 
+    def recompute_advantages(self, batch: Batch, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """PPO's ``--recompute_adv``: the rollout's GAE advantages and lambda-returns again, from the
+        critic as it is now (Tianshou's recompute_adv, "What Matters in On-Policy RL" section 3.5), as
+        ``(adv, ret)`` [n] tensors in the batch's order and on its device; ``adv`` normalised over all
+        ranks when ``norm_adv`` (three small collectives: every rank must call this as often).
+
+        The critic is evaluated, without gradients and ``chunk`` rows at a time, at the batch's
+        observations, at the observations after the rollout (the worker's) and at the final observations
+        of episodes truncated in it; the rewards, ends and the value scale are the rollout's."""
+        buf, ac, layout = self.buf, self.ac, self.buf.layout
+        steps, envs = buf.filled, buf.num_envs
+        with torch.no_grad():
+            val = torch.cat(
+                [ac.value(layout.take(batch.obs, slice(a, a + chunk))) for a in range(0, steps * envs, chunk)]
+            )
+
+            def values(obs: Any) -> np.ndarray:  # stored (numpy) observations
+                return ac.value(layout.to_torch(obs, self.device)).float().cpu().numpy()
+
+            last_val = values(self.worker.obs)
+            final_val = {t: values(obs) for t, (_, obs) in buf.final_obs.items()}
+        buf.recompute(val.float().cpu().numpy().reshape(steps, envs), last_val, final_val)
+        adv = np.ascontiguousarray(buf.advantages(self.norm_adv), dtype=np.float32)
+        ret = buf.ret[:steps].reshape(-1).copy()
+        return torch.from_numpy(adv).to(self.device), torch.from_numpy(ret).to(self.device)
+
     def after_update(self, stats: dict[str, float]) -> None:
         """After an update: make the ranks' parameters bitwise identical, stop on a non-finite loss or
         parameter, store ``stats`` for the epoch's row, and fold this rollout's observations (all ranks)

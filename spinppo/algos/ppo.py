@@ -166,6 +166,7 @@ def ppo(
     norm_adv: bool = True,
     norm_reward: bool = True,
     norm_value: bool = False,
+    recompute_adv: bool = False,
     time_horizon: int = 0,
     reward_scale: float = 1.0,
     initialize_from: str | None = None,
@@ -223,6 +224,10 @@ def ppo(
         norm_value: the critic learns the lambda-returns divided by their running standard deviation
             and its outputs are scaled back wherever they enter a return (Tianshou's rew_norm); rewards
             stay unscaled, so it is meant with norm_reward false.
+        recompute_adv: before each pass over the batch after the first, compute the advantages and
+            lambda-returns again with the critic as the update has left it (Tianshou's recompute_adv;
+            "What Matters in On-Policy RL", section 3.5); the ratio's old log-probabilities and the
+            value clip's old values stay the rollout's. Feed-forward networks only.
         time_horizon: cut each trajectory after this many steps and bootstrap it with V(next state), as
             ML-Agents' time_horizon does (0: only episode ends and the rollout's end cut).
         reward_scale: multiply every reward by this before any normalisation (ML-Agents'
@@ -338,6 +343,10 @@ def ppo(
                 # Statistics of the last pass only (and of every pass when target_kl needs its KL).
                 track = target_kl is not None or i == update_epochs - 1
                 stats.zero()
+                if recompute_adv and i > 0:  # the critic has moved: A_t and R_t from its values now
+                    adv, ret = run.recompute_advantages(batch)
+                    table.replace("adv", adv)
+                    table.replace("ret", ret)
                 for mb in table.shuffled(minibatch_rows, passes):
                     logp, entropy, v, *dist = ac.evaluate(
                         mb.obs, mb.act, obs_normalized=True, memory=mb.memory, starts=mb.starts, **with_dist
@@ -421,6 +430,11 @@ def check_flags(config: dict[str, Any]) -> None:
     )
     if config["target_kl"] is not None and not config["target_kl"] > 0:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {config['target_kl']}")
+    if config.get("recompute_adv") and (config["ac_kwargs"] or {}).get("memory_size"):
+        raise UserError(
+            "--recompute_adv computes values step by step, which a recurrent policy (--memory_size) cannot: "
+            "drop one of them"
+        )
     vf_clip = config.get("vf_clip_param")
     if vf_clip is not None and not vf_clip > 0:
         raise UserError(f"--vf_clip_param must be positive (or None to turn it off), not {vf_clip}")

@@ -94,6 +94,11 @@ class GAEBuffer:
         self.obs: Any = self.layout.zeros((steps, num_envs))
         self.act = np.zeros((steps, num_envs, *act_shape), dtype=np.int64 if discrete else np.float32)
         self.rew = np.zeros((steps, num_envs), dtype=np.float32)
+        # gamma V(final observation) where a truncated episode is bootstrapped (0 elsewhere), kept apart
+        # from the reward so that ``recompute`` can put the current critic's value in its place; and the
+        # final observations themselves, by step: (environments, their observations).
+        self.boot = np.zeros((steps, num_envs), dtype=np.float32)
+        self.final_obs: dict[int, tuple[np.ndarray, Any]] = {}
         self.val = np.zeros((steps, num_envs), dtype=np.float32)
         self.logp = np.zeros((steps, num_envs), dtype=np.float32)
         self.done = np.zeros((steps, num_envs), dtype=bool)
@@ -134,15 +139,20 @@ class GAEBuffer:
         truncated: np.ndarray,
         final_val: np.ndarray | None = None,
         memory: np.ndarray | None = None,
+        final_obs: Any = None,
     ) -> None:
         """Record one step of every environment.
 
         ``final_val`` is V(final observation) for environments whose episode was truncated at this step
         (other entries are ignored); it is required when any entry of ``truncated`` is set. ``memory``:
-        a recurrent policy's memory before this step, [envs, memory_size] (required then).
+        a recurrent policy's memory before this step, [envs, memory_size] (required then). ``final_obs``:
+        the final observations of those truncated (not terminated) environments, stacked in their order,
+        kept for ``recompute`` (optional).
         """
         t = self.ptr
         assert t < self.steps, "buffer full: call finish() and get() before storing more"
+        if t == 0:
+            self.final_obs = {}
         if self.memory is not None and t % self.sequence_length == 0:
             if memory is None:
                 raise ValueError("a recurrent policy's buffer needs the memory at every sequence start")
@@ -154,14 +164,16 @@ class GAEBuffer:
         self.act[t] = act
         self.val[t] = val
         self.logp[t] = logp
-        rew = np.asarray(rew, dtype=np.float32)
+        self.rew[t] = np.asarray(rew, dtype=np.float32)
+        self.boot[t] = 0.0
         bootstrap = np.logical_and(truncated, np.logical_not(terminated))
         if bootstrap.any():
             if final_val is None:
                 raise ValueError("a truncated episode needs final_val, V(final observation), to bootstrap")
             final_val = np.where(bootstrap, final_val, 0.0).astype(np.float32) * self.value_scale
-            rew = rew + self.gamma * final_val
-        self.rew[t] = rew
+            self.boot[t] = self.gamma * final_val
+            if final_obs is not None:
+                self.final_obs[t] = (np.flatnonzero(bootstrap), final_obs)
         self.done[t] = np.logical_or(terminated, truncated)
         self.ptr += 1
 
@@ -176,9 +188,26 @@ class GAEBuffer:
         ``ret`` holds the lambda-returns divided by it: the critic's targets in its own units."""
         assert 0 < self.ptr <= self.steps, f"buffer holds {self.ptr} of {self.steps} steps"
         self.filled = self.ptr
+        self._gae(self.val[: self.filled], last_val, self.rew[: self.filled] + self.boot[: self.filled])
+
+    def recompute(self, val: np.ndarray, last_val: np.ndarray, final_val: dict[int, np.ndarray]) -> None:
+        """GAE advantages and lambda-returns again (into ``adv`` and ``ret``) from values of the current
+        critic: ``val`` [filled, envs] at the stored observations, ``last_val`` [envs] at the observations
+        after the rollout, and ``final_val`` {step: values} at the truncated episodes' ``final_obs``, in
+        their order; all in the critic's own units, as ``store`` and ``finish`` take them. PPO's
+        ``--recompute_adv`` calls it before each pass over the batch after the first (Tianshou's
+        recompute_adv). The stored ``val`` (the batch's ``v_old``) stays the rollout's."""
+        boot = self.boot[: self.filled].copy()
+        for t, (envs, _) in self.final_obs.items():
+            boot[t, envs] = self.gamma * (np.asarray(final_val[t], dtype=np.float32) * self.value_scale)
+        self._gae(np.asarray(val, dtype=np.float32), last_val, self.rew[: self.filled] + boot)
+
+    def _gae(self, val: np.ndarray, last_val: np.ndarray, rew: np.ndarray) -> None:
+        """``adv`` and ``ret`` of the ``filled`` steps from the critic's values ``val`` [filled, envs],
+        ``last_val`` [envs] and the rewards with their truncation bootstraps ``rew`` [filled, envs]."""
         # Values in the rewards' units; the returns, the critic's targets, in its own (value_scale).
         scale = self.value_scale
-        val = self.val[: self.filled] * scale
+        val = val * scale
         next_val = np.asarray(last_val, dtype=np.float32) * scale
         gae = np.zeros(self.num_envs, dtype=np.float32)
         discount = self.gamma * self.lam
@@ -186,7 +215,7 @@ class GAEBuffer:
         stop = self.done if not self.time_horizon else self.done | self._horizon_cuts()
         for t in reversed(range(self.filled)):
             not_done = 1.0 - self.done[t]
-            delta = self.rew[t] + self.gamma * next_val * not_done - val[t]
+            delta = rew[t] + self.gamma * next_val * not_done - val[t]
             gae = delta + discount * (1.0 - stop[t]) * gae
             self.adv[t] = gae
             next_val = val[t]
@@ -222,10 +251,7 @@ class GAEBuffer:
         assert self.ptr == self.filled, "call finish() before get()"
         self.ptr = 0
         steps = self.filled
-        adv = self.adv[:steps].reshape(-1)
-        if normalize_adv:
-            mean, std = mpi_statistics_scalar(adv)
-            adv = (adv - mean) / (std + 1e-8)
+        adv = self.advantages(normalize_adv)
         if self.memory is not None:
             return self._sequences(adv.reshape(steps, self.num_envs))
         n = steps * self.num_envs
@@ -241,6 +267,16 @@ class GAEBuffer:
             logp_old=torch.from_numpy(self.logp[:steps].reshape(n)),
             v_old=torch.from_numpy(self.val[:steps].reshape(n)),
         )
+
+    def advantages(self, normalize: bool) -> np.ndarray:
+        """The ``filled`` steps' advantages, flat [steps x envs]; with ``normalize``, standardised with the
+        mean and standard deviation over all ranks (``mpi_statistics_scalar``: three small collectives,
+        so every rank must ask)."""
+        adv = self.adv[: self.filled].reshape(-1)
+        if normalize:
+            mean, std = mpi_statistics_scalar(adv)
+            adv = (adv - mean) / (std + 1e-8)
+        return adv
 
     def _sequences(self, adv: np.ndarray) -> Batch:
         """The batch as S = envs x ceil(steps / L) sequences of L steps, environment by environment; each

@@ -65,6 +65,13 @@ class MinibatchTable:
         self.shapes = [tuple(f.shape[1:]) for f in fields.values()]
         self.table = torch.cat(columns, dim=1)
 
+    def replace(self, name: str, values: torch.Tensor) -> None:
+        """Put ``values`` ([n] or [n, ...], as the field was given) in the place of the field ``name``
+        (PPO's --recompute_adv: new advantages and returns between passes)."""
+        i = self.names.index(name)
+        start = sum(self.widths[:i])
+        self.table[:, start : start + self.widths[i]] = values.reshape(self.n, -1).to(self.table)
+
     def shuffled(self, size: int, count: int | None = None) -> Iterator[Minibatch]:
         """Minibatches of ``size`` rows in a fresh random order (one ``torch.randperm``, drawn on the CPU
         whatever the table's device: the same order, from the same generator, on a GPU).

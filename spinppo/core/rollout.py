@@ -99,7 +99,7 @@ class RolloutWorker:
             done = terminated | truncated
             self.ep_ret += rew
             self.ep_len += 1
-            final_val = None
+            final_val, final_obs = None, None
             if truncated.any():
                 # The value of where a truncated episode stopped: its return continues past the cut.
                 idx = np.flatnonzero(truncated & ~terminated)
@@ -113,7 +113,7 @@ class RolloutWorker:
                 rew = rew * self.reward_scale
             if self.reward_scaler is not None:
                 rew = self.reward_scaler.scale(rew, done)
-            buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val, memory)
+            buf.store(obs, act_np, rew, val, logp, terminated, truncated, final_val, memory, final_obs)
             if self.game_score:  # the environment's own scores, at the ends of real games only
                 ended = info.get("_game_return")
                 if ended is not None and np.any(ended):
