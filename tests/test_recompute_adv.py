@@ -13,6 +13,7 @@ from spinppo.core.buffer import GAEBuffer
 from spinppo.envs.registry import EnvFactory
 
 GAMMA, LAM = 0.9, 0.8
+GAMMA_RUN = 0.99  # OnPolicyRun's default gamma (its lambda: 0.95)
 STEPS, ENVS = 9, 2
 REW = np.random.default_rng(0).normal(size=(STEPS, ENVS)).astype(np.float32)
 TERM = np.zeros((STEPS, ENVS), bool)
@@ -120,9 +121,6 @@ def test_a_run_recomputes_from_its_critic_at_its_own_observations(tmp_path):
         np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(ret.numpy().reshape(buf.filled, ENVS)[:, e], expect + val[:, e], rtol=1e-4,
                                    atol=1e-5)  # fmt: skip
-
-
-GAMMA_RUN = 0.99  # OnPolicyRun's default gamma (lambda 0.95)
 
 
 def test_recompute_adv_with_memory_is_refused_in_one_line(cli):

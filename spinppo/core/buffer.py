@@ -151,8 +151,9 @@ class GAEBuffer:
         """
         t = self.ptr
         assert t < self.steps, "buffer full: call finish() and get() before storing more"
-        if t == 0:
+        if t == 0:  # a new rollout: no bootstraps yet
             self.final_obs = {}
+            self.boot.fill(0.0)
         if self.memory is not None and t % self.sequence_length == 0:
             if memory is None:
                 raise ValueError("a recurrent policy's buffer needs the memory at every sequence start")
@@ -165,7 +166,6 @@ class GAEBuffer:
         self.val[t] = val
         self.logp[t] = logp
         self.rew[t] = np.asarray(rew, dtype=np.float32)
-        self.boot[t] = 0.0
         bootstrap = np.logical_and(truncated, np.logical_not(terminated))
         if bootstrap.any():
             if final_val is None:
