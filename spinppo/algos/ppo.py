@@ -432,8 +432,8 @@ def check_flags(config: dict[str, Any]) -> None:
         raise UserError(f"--target_kl must be positive (or None to turn it off), not {config['target_kl']}")
     if config.get("recompute_adv") and (config["ac_kwargs"] or {}).get("memory_size"):
         raise UserError(
-            "--recompute_adv computes values step by step, which a recurrent policy (--memory_size) cannot: "
-            "drop one of them"
+            "--recompute_adv evaluates the critic at single observations, without a recurrent policy's "
+            "memory (--memory_size): drop one of them"
         )
     vf_clip = config.get("vf_clip_param")
     if vf_clip is not None and not vf_clip > 0:
